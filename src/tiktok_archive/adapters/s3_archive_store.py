@@ -1,0 +1,245 @@
+"""S3 side of a transfer (boto3): a streaming multipart writer and presigned links.
+
+Memory bound: at most ``concurrency`` parts are in flight, one more is being read from the source while
+they upload, and the source may hold one more transiently while it frames it — about
+``part_size × (concurrency + 2)`` whatever the archive's size. Nothing touches the disk.
+
+Integrity: a CRC32 of the whole object is computed while streaming and given to S3 as a full-object
+checksum (``ChecksumType=FULL_OBJECT``) together with the byte count (``MpuObjectSize``), so S3 itself
+refuses to complete an upload whose bytes differ from what we read; each part carries its own CRC32 too.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tiktok_archive.models.download import StoredArchive
+from tiktok_archive.models.errors import StorageError
+from tiktok_archive.observability import logger, tracer
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
+
+CONTENT_TYPE = "application/zip"
+
+
+class ArchiveSource(Protocol):
+    """Anything that hands out the archive: ``read(n)`` gives ``n`` bytes, fewer only at the end."""
+
+    def read(self, size: int) -> bytes:
+        """Return up to ``size`` bytes, ``b""`` at the end; raise a TransferError on failure."""
+        ...
+
+
+def crc32_base64(crc: int) -> str:
+    """Encode a CRC32 the way S3 reports ``x-amz-checksum-crc32``: base64 of its 4 big-endian bytes."""
+    return base64.b64encode(crc.to_bytes(4, "big")).decode()
+
+
+def _storage_error(operation: str, error: BaseException) -> StorageError:
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "Unknown")
+        return StorageError(f"S3 {operation} failed: {code}")
+    return StorageError(f"S3 {operation} failed: {type(error).__name__}")
+
+
+class _MultipartUpload:
+    """One open multipart upload: submits parts with bounded concurrency, then completes or aborts.
+
+    Parts are uploaded on the shared executor; a semaphore makes :meth:`submit` block while
+    ``concurrency`` parts are in flight, which stops the reader and so applies TCP backpressure to
+    the download instead of buffering it.
+    """
+
+    def __init__(
+        self, client: S3Client, executor: ThreadPoolExecutor, bucket: str, key: str,
+        upload_id: str, concurrency: int,
+    ) -> None:
+        self._client = client
+        self._executor = executor
+        self._bucket = bucket
+        self._key = key
+        self._upload_id = upload_id
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._futures: list[Future[CompletedPartTypeDef]] = []
+        self._failure: StorageError | None = None
+
+    def submit(self, part_number: int, data: bytes) -> None:
+        """Queue one part, blocking while the in-flight limit is reached.
+
+        Raises:
+            StorageError: an earlier part failed; stop reading.
+        """
+        self._slots.acquire()
+        if self._failure is not None:
+            self._slots.release()
+            raise self._failure
+        future = self._executor.submit(self._upload_part, part_number, data)
+        future.add_done_callback(self._part_done)
+        self._futures.append(future)
+
+    def _upload_part(self, part_number: int, data: bytes) -> CompletedPartTypeDef:
+        answer = self._client.upload_part(
+            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+            PartNumber=part_number, Body=data, ChecksumAlgorithm="CRC32",
+        )
+        return {
+            "PartNumber": part_number, "ETag": answer["ETag"], "ChecksumCRC32": answer["ChecksumCRC32"],
+        }
+
+    def _part_done(self, future: Future[CompletedPartTypeDef]) -> None:
+        # Record the failure before freeing the slot: submit() checks it right after acquiring one.
+        error = future.exception()
+        if error is not None and self._failure is None:
+            self._failure = _storage_error("UploadPart", error)
+        self._slots.release()
+
+    def complete(self, size: int, crc: int) -> None:
+        """Wait for every part, then complete the upload with the whole object's CRC32 and size.
+
+        Raises:
+            StorageError: a part or the completion failed.
+        """
+        parts: list[CompletedPartTypeDef] = []
+        for future in self._futures:
+            error = future.exception()
+            if error is not None:
+                raise _storage_error("UploadPart", error)
+            parts.append(future.result())
+        try:
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts}, ChecksumCRC32=crc32_base64(crc),
+                ChecksumType="FULL_OBJECT", MpuObjectSize=size,
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise _storage_error("CompleteMultipartUpload", error) from None
+
+    def abort(self) -> None:
+        """Let in-flight parts finish, then abort, so that no part outlives the upload.
+
+        Never raises: a failed abort is logged, and the bucket's lifecycle rule removes the upload
+        after a day.
+        """
+        for future in self._futures:
+            future.cancel()
+        for future in self._futures:
+            if not future.cancelled():
+                future.exception()  # waits; the error itself is already recorded
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
+            )
+        except (ClientError, BotoCoreError) as error:
+            logger.error(
+                "could not abort the multipart upload; the lifecycle rule will remove it",
+                extra={"key": self._key, "error_code": _storage_error("Abort", error).message},
+            )
+
+
+class S3ArchiveStore:
+    """Writes archives into one bucket and hands out presigned links to them.
+
+    Args:
+        client: a boto3 S3 client whose connection pool holds at least ``concurrency`` connections.
+        executor: the container's shared pool of part uploaders (``concurrency`` workers).
+        bucket: the archive bucket.
+        part_size: bytes per part (at least 5 MiB, S3's minimum).
+        concurrency: parts uploading at once while the source is read.
+    """
+
+    def __init__(
+        self, client: S3Client, executor: ThreadPoolExecutor, bucket: str, part_size: int,
+        concurrency: int,
+    ) -> None:
+        self._client = client
+        self._executor = executor
+        self.bucket = bucket
+        self._part_size = part_size
+        self._concurrency = concurrency
+
+    @tracer.capture_method(capture_response=False)
+    def write(self, key: str, source: ArchiveSource, filename: str) -> StoredArchive:
+        """Stream ``source`` into ``key``: one PutObject if it fits in a part, a multipart upload
+        otherwise. Reading and uploading overlap.
+
+        Returns:
+            where the archive is, its size and its CRC32.
+
+        Raises:
+            StorageError: S3 failed; nothing was stored and no upload is left open.
+            TransferError: whatever ``source.read`` raised; likewise nothing is left behind.
+        """
+        data = source.read(self._part_size)
+        crc = zlib.crc32(data)
+        size = len(data)
+        extra_args: dict[str, Any] = {
+            "ContentType": CONTENT_TYPE,
+            "ContentDisposition": content_disposition(filename),
+        }
+        if size < self._part_size:
+            self._call(
+                "PutObject", self._client.put_object, Bucket=self.bucket, Key=key, Body=data,
+                ChecksumCRC32=crc32_base64(crc), **extra_args,
+            )
+            return StoredArchive(self.bucket, key, size, crc32_base64(crc))
+        created = self._call(
+            "CreateMultipartUpload", self._client.create_multipart_upload, Bucket=self.bucket,
+            Key=key, ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT", **extra_args,
+        )
+        upload = _MultipartUpload(
+            self._client, self._executor, self.bucket, key, created["UploadId"], self._concurrency
+        )
+        try:
+            part_number = 1
+            while data:
+                upload.submit(part_number, data)
+                data = source.read(self._part_size)
+                crc = zlib.crc32(data, crc)
+                size += len(data)
+                part_number += 1
+            upload.complete(size, crc)
+        except BaseException:
+            upload.abort()
+            raise
+        logger.debug("multipart upload completed", extra={"parts": part_number - 1})
+        return StoredArchive(self.bucket, key, size, crc32_base64(crc))
+
+    def presign(self, key: str, filename: str, ttl_seconds: int) -> tuple[str, datetime]:
+        """A GET link to ``key`` that downloads as ``filename``, and the moment it expires (UTC).
+
+        The link also stops working when the credentials that signed it expire (a Lambda role's
+        session), whichever comes first.
+        """
+        expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl_seconds)
+        url = self._call(
+            "presign", self._client.generate_presigned_url, "get_object",
+            Params={
+                "Bucket": self.bucket, "Key": key,
+                "ResponseContentDisposition": content_disposition(filename),
+                "ResponseContentType": CONTENT_TYPE,
+            },
+            ExpiresIn=ttl_seconds,
+        )
+        return url, expires_at
+
+    @staticmethod
+    def _call(operation: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (ClientError, BotoCoreError) as error:
+            raise _storage_error(operation, error) from None
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with the given plain ASCII file name."""
+    return f'attachment; filename="{filename}"'

@@ -1,0 +1,79 @@
+"""API Gateway (REST, Lambda proxy) entry point: ``POST /downloads``.
+
+Thin on purpose: it reads the bearer token and ``request_id``, calls the transfer service and turns
+the result — or the one error that explains a failure — into JSON. The event is never logged: its
+``Authorization`` header holds the user's TikTok token.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tiktok_archive.logic.transfer import UNEXPECTED_ERROR_CODE
+from tiktok_archive.models.download import (
+    DownloadRequest,
+    parse_authorization_header,
+    parse_json_object,
+    parse_request_id,
+)
+from tiktok_archive.models.errors import TransferError
+from tiktok_archive.observability import logger, metrics, tracer
+from tiktok_archive.runtime import transfer_service
+
+app = APIGatewayRestResolver()
+# Answers carry a presigned URL or a user's error: no cache may keep them.
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+@app.post("/downloads")
+def create_download() -> Response[str]:
+    """Stream the archive of ``request_id`` into S3 and answer with its presigned link."""
+    event = app.current_event
+    token = parse_authorization_header(event.get_header_value("Authorization", case_sensitive=False))
+    body = parse_json_object(event.decoded_body)
+    request = DownloadRequest(parse_request_id(body.get("request_id")), token)
+    result = transfer_service().run(request)
+    return _json(HTTPStatus.OK, result.to_body())
+
+
+@app.exception_handler(TransferError)
+def answer_transfer_error(error: TransferError) -> Response[str]:
+    """The single mapping from the error taxonomy to HTTP answers."""
+    headers = {"Retry-After": error.retry_after} if error.retry_after else {}
+    return _json(error.status, error.to_body(), headers)
+
+
+@app.exception_handler(Exception)
+def answer_unexpected_error(error: Exception) -> Response[str]:
+    """A bug: logged with its traceback, answered with a JSON 500 that reveals nothing of it."""
+    logger.exception("unexpected error", extra={"error_code": UNEXPECTED_ERROR_CODE})
+    body = {"error": {"code": UNEXPECTED_ERROR_CODE, "message": "internal error", "log_id": None}}
+    return _json(HTTPStatus.INTERNAL_SERVER_ERROR, body)
+
+
+@app.not_found
+def answer_not_found(_: Exception) -> Response[str]:
+    """Unknown path or method, in the same error shape as every other answer."""
+    body = {"error": {"code": "not_found", "message": "no such route; see POST /downloads", "log_id": None}}
+    return _json(HTTPStatus.NOT_FOUND, body)
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
+        headers={**_NO_STORE, **(headers or {})},
+    )
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Lambda entry point for the REST API."""
+    return app.resolve(event, context)

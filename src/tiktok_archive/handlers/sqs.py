@@ -1,0 +1,63 @@
+"""SQS entry point: each message asks for one download; partial batch responses report failures.
+
+A transient failure (rate limit, TikTok 5xx, network, broken stream, S3) is reported in
+``batchItemFailures`` so SQS delivers the message again; a permanent one (a malformed message, a
+refused token or scope, an unknown request) is logged as a structured error and acknowledged so it
+does not loop until the dead-letter queue. Each message is judged on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tiktok_archive.models.download import (
+    DownloadRequest,
+    parse_access_token,
+    parse_json_object,
+    parse_request_id,
+)
+from tiktok_archive.models.errors import TransferError
+from tiktok_archive.observability import logger, metrics, tracer
+from tiktok_archive.runtime import transfer_service
+
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+def download_message(record: SQSRecord) -> None:
+    """Run one message's download.
+
+    Raises:
+        TransferError: only transient ones, so that the message is delivered again.
+    """
+    logger.set_correlation_id(record.message_id)
+    try:
+        document = parse_json_object(record.body)
+        request = DownloadRequest(
+            parse_request_id(document.get("request_id")),
+            parse_access_token(document.get("access_token")),
+        )
+        transfer_service().run(request)
+    except TransferError as error:
+        fields = {**error.log_fields(), "message_id": record.message_id}
+        if error.is_transient:
+            logger.warning("message will be delivered again", extra=fields)
+            raise
+        logger.error("message acknowledged without retry: permanent failure", extra=fields)
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Lambda entry point for the download queue."""
+    return process_partial_response(
+        event=event, record_handler=download_message, processor=processor, context=context
+    )

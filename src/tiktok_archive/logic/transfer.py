@@ -1,0 +1,89 @@
+"""The transfer service: one TikTok archive into S3, answered with a presigned link.
+
+It knows nothing of API Gateway or SQS: both handlers call :meth:`ArchiveTransfer.run`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
+from tiktok_archive.adapters.tiktok import TikTokClient
+from tiktok_archive.models.download import DownloadRequest, DownloadResult
+from tiktok_archive.models.errors import TransferError
+from tiktok_archive.observability import SERVICE, logger, metrics
+
+UNEXPECTED_ERROR_CODE = "unexpected_error"
+
+
+class ArchiveTransfer:
+    """Streams a user's portability archive from TikTok into S3.
+
+    Args:
+        tiktok: the download client.
+        store: the archive bucket.
+        key_prefix: prepended to ``{request_id}.zip``.
+        url_ttl_seconds: validity of the returned link.
+    """
+
+    def __init__(
+        self, tiktok: TikTokClient, store: S3ArchiveStore, key_prefix: str, url_ttl_seconds: int
+    ) -> None:
+        self._tiktok = tiktok
+        self._store = store
+        self._key_prefix = key_prefix
+        self._url_ttl_seconds = url_ttl_seconds
+
+    def run(self, request: DownloadRequest) -> DownloadResult:
+        """Download ``request``'s archive into ``{prefix}{request_id}.zip`` and presign it.
+
+        Memory stays bounded by the store's part size and concurrency, whatever the archive's size.
+        Every outcome is logged with ``request_id`` and counted by code.
+
+        Raises:
+            TransferError: the one error that explains the failure; nothing partial is left in S3.
+        """
+        filename = f"{request.request_id}.zip"
+        key = f"{self._key_prefix}{filename}"
+        started = time.monotonic()
+        logger.append_keys(request_id=str(request.request_id))
+        try:
+            logger.info("download started", extra={"key": key})
+            with self._tiktok.open_archive(request) as stream:
+                archive = self._store.write(key, stream, filename)
+            url, expires_at = self._store.presign(key, filename, self._url_ttl_seconds)
+            duration = time.monotonic() - started
+            logger.info(
+                "download completed",
+                extra={
+                    "key": key, "size_bytes": archive.size_bytes,
+                    "duration_seconds": round(duration, 3),
+                    "throughput_mib_s": round(archive.size_bytes / 1048576 / max(duration, 1e-6), 1),
+                },
+            )
+        except TransferError as error:
+            logger.error("download failed", extra=error.log_fields())
+            _count_outcome(error.error_code)
+            raise
+        except Exception:
+            logger.exception("download failed unexpectedly", extra={"error_code": UNEXPECTED_ERROR_CODE})
+            _count_outcome(UNEXPECTED_ERROR_CODE)
+            raise
+        finally:
+            logger.remove_keys(["request_id"])
+        metrics.add_metric(name="ArchiveBytes", unit=MetricUnit.Bytes, value=archive.size_bytes)
+        metrics.add_metric(name="TransferDuration", unit=MetricUnit.Seconds, value=round(duration, 3))
+        _count_outcome("ok")
+        return DownloadResult(request.request_id, archive, url, expires_at)
+
+
+def _count_outcome(code: str) -> None:
+    """One ``Downloads`` count per outcome, by code (``ok`` or the error code)."""
+    with single_metric(
+        name="Downloads", unit=MetricUnit.Count, value=1, namespace=metrics.namespace,
+        default_dimensions=metrics.default_dimensions,
+    ) as metric:
+        metric.add_dimension(name="service", value=SERVICE)
+        metric.add_dimension(name="outcome", value=code)

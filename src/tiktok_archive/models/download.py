@@ -1,0 +1,130 @@
+"""Input and output of one download, independent of the trigger that asked for it."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tiktok_archive.models.errors import InvalidRequestError, MissingTokenError
+
+INT64_MAX = 2**63 - 1
+_DECIMAL = re.compile(r"[0-9]{1,20}")
+# RFC 6750 b64token characters; anything else cannot be a bearer token and must not reach a header.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_BEARER_HEADER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+)")
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """What the transfer service needs: the portability ``request_id`` and the user's access token.
+
+    ``repr`` hides the token so that the object can never leak it through a log line or traceback.
+    """
+
+    request_id: int
+    access_token: str
+
+    def __repr__(self) -> str:
+        return f"DownloadRequest(request_id={self.request_id}, access_token=<redacted>)"
+
+
+@dataclass(frozen=True)
+class StoredArchive:
+    """What the S3 leg wrote: where, how many bytes, and their checksum."""
+
+    bucket: str
+    key: str
+    size_bytes: int
+    checksum_crc32: str  # base64 of the big-endian CRC32, as S3 reports x-amz-checksum-crc32
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """The outcome of a successful download, as returned to callers."""
+
+    request_id: int
+    archive: StoredArchive
+    url: str
+    expires_at: datetime
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON document our API returns; ``request_id`` is a decimal string (exact in JavaScript)."""
+        return {
+            "request_id": str(self.request_id),
+            "bucket": self.archive.bucket,
+            "key": self.archive.key,
+            "size_bytes": self.archive.size_bytes,
+            "checksum": self.archive.checksum_crc32,
+            "checksum_algorithm": "CRC32",
+            "url": self.url,
+            "expires_at": self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+
+def parse_request_id(value: object) -> int:
+    """Validate a ``request_id`` given as a JSON integer or a decimal string.
+
+    Returns:
+        the id as an exact int in 1..2^63-1.
+
+    Raises:
+        InvalidRequestError: missing, a bool, a float, not a number, or out of range.
+    """
+    if value is None:
+        raise InvalidRequestError("request_id is required")
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidRequestError(
+            "request_id must be a positive 64-bit integer, as a JSON integer or a decimal string"
+        )
+    if isinstance(value, str):
+        if not _DECIMAL.fullmatch(value):
+            raise InvalidRequestError("request_id must contain decimal digits only")
+        value = int(value)
+    if not 0 < value <= INT64_MAX:
+        raise InvalidRequestError(f"request_id must be between 1 and {INT64_MAX}")
+    return value
+
+
+def parse_access_token(value: object) -> str:
+    """Validate a bare access token (as carried in an SQS message).
+
+    Raises:
+        MissingTokenError: absent, empty, or not a well-formed bearer token.
+    """
+    if not isinstance(value, str) or not value:
+        raise MissingTokenError("an access token is required")
+    if not _BEARER_TOKEN.fullmatch(value):
+        raise MissingTokenError("the access token is not a well-formed bearer token")
+    return value
+
+
+def parse_authorization_header(value: str | None) -> str:
+    """Extract the token from ``Authorization: Bearer <token>``.
+
+    Raises:
+        MissingTokenError: no header, another scheme, or a malformed token.
+    """
+    match = _BEARER_HEADER.fullmatch((value or "").strip())
+    if match is None:
+        raise MissingTokenError("an Authorization: Bearer <TikTok access token> header is required")
+    return parse_access_token(match.group(1))
+
+
+def parse_json_object(body: str | bytes | None) -> dict[str, Any]:
+    """Decode a JSON object body.
+
+    Raises:
+        InvalidRequestError: empty, not JSON, or not an object.
+    """
+    if body is None or not body.strip():
+        raise InvalidRequestError("a JSON body is required")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequestError("the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    return document

@@ -1,0 +1,184 @@
+"""The one error taxonomy of the service.
+
+Every failure a caller can see is a :class:`TransferError`. Each subclass fixes the answer's HTTP status
+and whether trying again later can succeed (``transient``); the API handler maps any of them to a JSON
+response in one place and the SQS worker uses ``transient`` to decide between a retry and an
+acknowledgement. Messages are written for the caller and never hold the access token or a presigned URL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TransferError(Exception):
+    """Base of every error the service reports to a caller.
+
+    Attributes:
+        code: a stable machine-readable code (TikTok's own code when TikTok gave one).
+        message: a human-readable explanation, safe to log and to return.
+        http_status: the status our API answers with.
+        transient: True when the same request may succeed later (SQS redelivers it).
+        log_id: TikTok's ``log_id`` for its support, when TikTok answered.
+        upstream_status: the HTTP status TikTok answered with, when it answered.
+        retry_after: TikTok's ``Retry-After`` value, passed on to the caller.
+    """
+
+    code: ClassVar[str] = "transfer_failed"
+    http_status: ClassVar[int] = 502
+    transient: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        log_id: str | None = None,
+        upstream_status: int | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log_id = log_id
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+    @property
+    def error_code(self) -> str:
+        """The code reported to the caller; instances may override the class default."""
+        return self.code
+
+    @property
+    def status(self) -> int:
+        """The HTTP status reported to the caller; instances may override the class default."""
+        return self.http_status
+
+    @property
+    def is_transient(self) -> bool:
+        """Whether retrying the same request later may succeed."""
+        return self.transient
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON error document our API returns: ``{"error": {"code", "message", "log_id"}}``."""
+        return {"error": {"code": self.error_code, "message": self.message, "log_id": self.log_id}}
+
+    def log_fields(self) -> dict[str, Any]:
+        """Structured fields for an error log record (no secrets: the message is caller-safe)."""
+        return {
+            "error_code": self.error_code,
+            "error_message": self.message,
+            "http_status": self.status,
+            "transient": self.is_transient,
+            "tiktok_log_id": self.log_id,
+            "upstream_status": self.upstream_status,
+        }
+
+
+class InvalidRequestError(TransferError):
+    """The caller's request is malformed (body, ``request_id``); nothing was called."""
+
+    code = "invalid_request"
+    http_status = 400
+    transient = False
+
+
+class MissingTokenError(TransferError):
+    """No ``Authorization: Bearer <token>`` (or SQS ``access_token``) was given; nothing was called."""
+
+    code = "missing_token"
+    http_status = 401
+    transient = False
+
+
+# TikTok's documented error codes and the status our API answers each with.
+_TIKTOK_CODE_STATUS: dict[str, tuple[int, bool]] = {
+    "invalid_params": (400, False),
+    "scope_permission_missed": (403, False),
+    "access_token_invalid": (401, False),
+    "scope_not_authorized": (401, False),
+    "rate_limit_exceeded": (429, True),
+    "internal_error": (502, True),
+}
+
+
+class TikTokApiError(TransferError):
+    """TikTok answered with its JSON error document; its code is passed through unchanged.
+
+    Known codes map to a fixed status (see ``_TIKTOK_CODE_STATUS``). An unknown code is judged by the
+    status TikTok sent it with: 429 and 5xx are transient (answered 429 / 502), 401 and 403 keep their
+    status, any other status is a permanent 400-class failure reported as 400 — except a 2xx status,
+    which cannot be judged and is answered 502 and treated as transient.
+    """
+
+    def __init__(
+        self,
+        tiktok_code: str,
+        message: str,
+        *,
+        log_id: str | None,
+        upstream_status: int,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(
+            message, log_id=log_id, upstream_status=upstream_status, retry_after=retry_after
+        )
+        self.tiktok_code = tiktok_code
+        known = _TIKTOK_CODE_STATUS.get(tiktok_code)
+        if known is not None:
+            self._status, self._transient = known
+        elif upstream_status == 429:
+            self._status, self._transient = 429, True
+        elif upstream_status >= 500 or upstream_status < 400:
+            self._status, self._transient = 502, True
+        elif upstream_status in (401, 403):
+            self._status, self._transient = upstream_status, False
+        else:
+            self._status, self._transient = 400, False
+
+    @property
+    def error_code(self) -> str:
+        return self.tiktok_code
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @property
+    def is_transient(self) -> bool:
+        return self._transient
+
+
+class UpstreamUnavailableError(TransferError):
+    """TikTok could not be reached, or did not answer before the connect or read timeout."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamStreamBrokenError(TransferError):
+    """The archive stream broke (reset, early end, stall) after TikTok started answering."""
+
+    code = "upstream_stream_broken"
+
+
+class UpstreamBadResponseError(TransferError):
+    """TikTok answered with something that is neither an archive nor its JSON error (HTML, empty body,
+    bytes that are not a zip)."""
+
+    code = "upstream_bad_response"
+
+
+class StorageError(TransferError):
+    """S3 refused or failed a call; the multipart upload, if any, was aborted."""
+
+    code = "storage_error"
+    http_status = 503
+
+
+class ConfigurationError(TransferError):
+    """The function's environment is invalid; the message names the variable.
+
+    Transient on purpose: a queued message must not be acknowledged (and so dropped) because of a
+    deployment mistake; it is redelivered and ends in the dead-letter queue if the mistake stays.
+    """
+
+    code = "configuration_error"
+    http_status = 500

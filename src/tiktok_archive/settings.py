@@ -1,0 +1,97 @@
+"""Typed configuration, read from the environment once per container.
+
+AWS endpoints are not configured here: boto3 reads its standard ``AWS_ENDPOINT_URL`` /
+``AWS_ENDPOINT_URL_S3`` variables itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from tiktok_archive.models.errors import ConfigurationError
+
+MIB = 1024 * 1024
+# S3 refuses parts below 5 MiB (except the last) and above 5 GiB.
+MIN_PART_SIZE_MIB = 5
+MAX_PART_SIZE_MIB = 5 * 1024
+MAX_UPLOAD_CONCURRENCY = 32
+MAX_PRESIGNED_URL_TTL_SECONDS = 604_800  # SigV4 presigned URLs live at most 7 days.
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration.
+
+    Attributes:
+        bucket_name: the S3 bucket archives are written to (``BUCKET_NAME``, required).
+        tiktok_api_base_url: TikTok's API origin (``TIKTOK_API_BASE_URL``).
+        object_key_prefix: prepended to ``{request_id}.zip`` (``OBJECT_KEY_PREFIX``).
+        part_size_bytes: multipart part size (``PART_SIZE_MIB``, 5–5120, default 8).
+        upload_concurrency: parts uploading while the download goes on (``UPLOAD_CONCURRENCY``, 1–32,
+            default 4).
+        presigned_url_ttl_seconds: validity of returned URLs (``PRESIGNED_URL_TTL_SECONDS``, 1–604800,
+            default 3600).
+        connect_timeout_seconds: TCP/TLS connect timeout to TikTok (``TIKTOK_CONNECT_TIMEOUT_SECONDS``).
+        read_timeout_seconds: longest silence tolerated on the TikTok socket
+            (``TIKTOK_READ_TIMEOUT_SECONDS``); a stalled stream fails after it.
+    """
+
+    bucket_name: str
+    tiktok_api_base_url: str = "https://open.tiktokapis.com"
+    object_key_prefix: str = "archives/"
+    part_size_bytes: int = 8 * MIB
+    upload_concurrency: int = 4
+    presigned_url_ttl_seconds: int = 3600
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 30.0
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings.
+
+        Raises:
+            ConfigurationError: a variable is missing or invalid; the message names it.
+        """
+        env = os.environ if environ is None else environ
+        bucket = env.get("BUCKET_NAME", "").strip()
+        if not bucket:
+            raise ConfigurationError("BUCKET_NAME is required: the S3 bucket archives are written to")
+        base_url = env.get("TIKTOK_API_BASE_URL", cls.tiktok_api_base_url).strip().rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            raise ConfigurationError(
+                f"TIKTOK_API_BASE_URL must be an origin such as https://open.tiktokapis.com, got {base_url!r}"
+            )
+        prefix = env.get("OBJECT_KEY_PREFIX", cls.object_key_prefix)
+        if prefix.startswith("/") or len(prefix.encode()) > 512:
+            raise ConfigurationError(
+                "OBJECT_KEY_PREFIX must not start with '/' and must be at most 512 bytes"
+            )
+        return cls(
+            bucket_name=bucket,
+            tiktok_api_base_url=base_url,
+            object_key_prefix=prefix,
+            part_size_bytes=_int(env, "PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB, MAX_PART_SIZE_MIB) * MIB,
+            upload_concurrency=_int(env, "UPLOAD_CONCURRENCY", 4, 1, MAX_UPLOAD_CONCURRENCY),
+            presigned_url_ttl_seconds=_int(
+                env, "PRESIGNED_URL_TTL_SECONDS", 3600, 1, MAX_PRESIGNED_URL_TTL_SECONDS
+            ),
+            connect_timeout_seconds=_int(env, "TIKTOK_CONNECT_TIMEOUT_SECONDS", 5, 1, 60),
+            read_timeout_seconds=_int(env, "TIKTOK_READ_TIMEOUT_SECONDS", 30, 1, 300),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigurationError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value

@@ -1,0 +1,147 @@
+"""Starts and stops moto server and the TikTok emulator on free loopback ports.
+
+Both run as child processes, so the code under test talks to them over real HTTP and does not share
+their interpreter lock. ``LocalStack.environment()`` is what the function needs to use them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REGION = "eu-west-1"
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[str], seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {seconds} s")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Emulator:
+    """Control client of a running TikTok emulator (see ``tiktok_emulator``'s docstring)."""
+
+    url: str
+
+    def register(self, request_id: int, token: str, **spec: Any) -> dict[str, Any]:
+        """Make an archive ready for ``request_id``, owned by ``token``; returns its size and sha256."""
+        return self._call("PUT", f"/_emulator/requests/{request_id}", {"token": token, **spec})
+
+    def downloads(self, request_id: int) -> int:
+        """How many times the download endpoint was called for ``request_id``."""
+        count: int = self._call("GET", f"/_emulator/requests/{request_id}")["downloads"]
+        return count
+
+    def reset(self) -> None:
+        """Forget every registration."""
+        self._call("POST", "/_emulator/reset", {})
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            document: dict[str, Any] = json.loads(response.read())
+            return document
+
+
+class LocalStack:
+    """moto server and the TikTok emulator, each in its own process; use as a context manager."""
+
+    def __init__(self) -> None:
+        self._processes: list[subprocess.Popen[str]] = []
+        self.moto_url = ""
+        self.emulator = Emulator("")
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        port = _free_port()
+        moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        )
+        self._processes.append(moto)
+        emulator = subprocess.Popen(
+            [sys.executable, "-m", "tests.harness.tiktok_emulator", "--port", "0"],
+            stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        )
+        self._processes.append(emulator)
+        assert emulator.stdout is not None
+        match = re.search(r"listening on (\S+)", emulator.stdout.readline())
+        if not match:
+            raise RuntimeError("the TikTok emulator did not start")
+        self.emulator = Emulator(match.group(1))
+        self.moto_url = f"http://127.0.0.1:{port}"
+        _wait_until_up(self.moto_url + "/moto-api/", moto)
+        _wait_until_up(self.emulator.url + "/_emulator/health", emulator)
+
+    def close(self) -> None:
+        """Stop both servers."""
+        for process in reversed(self._processes):
+            _stop(process)
+        self._processes.clear()
+
+    def environment(self) -> dict[str, str]:
+        """AWS and TikTok endpoints for the function and for boto3, with dummy credentials."""
+        return {
+            "AWS_ENDPOINT_URL": self.moto_url,
+            "AWS_ENDPOINT_URL_S3": self.moto_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "TIKTOK_API_BASE_URL": self.emulator.url,
+        }
+
+    def reset_aws(self) -> None:
+        """Drop every resource moto holds."""
+        request = urllib.request.Request(self.moto_url + "/moto-api/reset", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+

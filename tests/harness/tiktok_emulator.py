@@ -1,0 +1,303 @@
+"""A local emulator of TikTok's Data Portability download endpoint, including its failures.
+
+Run it with ``python -m tests.harness.tiktok_emulator [--port N]``; it prints ``listening on
+http://127.0.0.1:N`` once ready. What it serves is set over HTTP, so tests and the demo drive it the
+same way whether it runs in a thread or in its own process:
+
+- ``PUT /_emulator/requests/{request_id}`` with ``{"token", "size", "transfer": "chunked"|"length",
+  "chunk_size", "scopes", "fault", "fault_times"}`` registers a ready archive for one user's token and
+  answers ``{"size_bytes", "sha256", "entries"}``.
+- ``GET /_emulator/requests/{request_id}`` answers ``{"downloads": <calls to the download endpoint>}``.
+- ``POST /_emulator/reset`` forgets everything.
+
+``POST /v2/user/data/download/`` behaves like the documented endpoint: it checks the bearer token, the
+JSON body and its int64 ``request_id``, and answers the zip (chunked, or with Content-Length) or
+TikTok's JSON error. A registered ``fault`` replaces the answer for the first ``fault_times`` calls
+(all calls when omitted):
+
+- ``{"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "7"}``: a JSON error
+  with any status, 200 included.
+- ``{"kind": "html", "status": 502}``: an HTML error page.
+- ``{"kind": "not_zip"}`` / ``{"kind": "empty"}``: 200 with bytes that are not an archive, or none.
+- ``{"kind": "reset", "after_bytes": N}``: N archive bytes, then a TCP reset.
+- ``{"kind": "truncate", "after_bytes": N}``: N archive bytes, then a clean close before the end.
+- ``{"kind": "stall", "after_bytes": N, "seconds": S}``: N archive bytes, then silence for S seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.harness.archives import build_archive
+
+DOWNLOAD_PATH = "/v2/user/data/download/"
+_CONTROL = re.compile(r"/_emulator/requests/([0-9]+)")
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass
+class Registration:
+    """One ready archive and how to serve it."""
+
+    token: str
+    data: bytes
+    transfer: str = "chunked"
+    chunk_size: int = 64 * 1024
+    scopes: tuple[str, ...] = ("portability.all.single",)
+    fault: dict[str, Any] | None = None
+    fault_times: int | None = None
+    downloads: int = 0
+
+
+@dataclass
+class State:
+    """Everything the emulator knows, shared by its request threads."""
+
+    requests: dict[int, Registration] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    log_counter: int = 0
+
+    def next_log_id(self) -> str:
+        with self.lock:
+            self.log_counter += 1
+            counter = self.log_counter
+        return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + f"{counter:020X}"
+
+
+class EmulatorHandler(BaseHTTPRequestHandler):
+    """Serves the download endpoint and the control endpoints."""
+
+    protocol_version = "HTTP/1.1"
+    server: EmulatorServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Quiet: tests read their own output."""
+
+    # -- control plane -------------------------------------------------------------------------
+    def do_PUT(self) -> None:
+        match = _CONTROL.fullmatch(self.path)
+        if not match:
+            self._send_json(404, {"error": "unknown control path"})
+            return
+        spec = json.loads(self._read_body() or b"{}")
+        request_id = int(match.group(1))
+        archive = build_archive(request_id, int(spec.get("size", 64 * 1024)))
+        registration = Registration(
+            token=spec["token"],
+            data=archive.data,
+            transfer=spec.get("transfer", "chunked"),
+            chunk_size=int(spec.get("chunk_size", 64 * 1024)),
+            scopes=tuple(spec.get("scopes", ("portability.all.single",))),
+            fault=spec.get("fault"),
+            fault_times=spec.get("fault_times"),
+        )
+        with self.server.state.lock:
+            self.server.state.requests[request_id] = registration
+        self._send_json(
+            200,
+            {
+                "size_bytes": len(archive.data),
+                "sha256": hashlib.sha256(archive.data).hexdigest(),
+                "entries": list(archive.entries),
+            },
+        )
+
+    def do_GET(self) -> None:
+        match = _CONTROL.fullmatch(self.path)
+        if self.path == "/_emulator/health":
+            self._send_json(200, {"ok": True})
+            return
+        registration = self.server.state.requests.get(int(match.group(1))) if match else None
+        if registration is None:
+            self._send_json(404, {"error": "not registered"})
+            return
+        self._send_json(200, {"downloads": registration.downloads})
+
+    # -- the API ---------------------------------------------------------------------------------
+    def do_POST(self) -> None:
+        if self.path == "/_emulator/reset":
+            with self.server.state.lock:
+                self.server.state.requests.clear()
+            self._send_json(200, {"ok": True})
+            return
+        body = self._read_body()
+        if self.path.split("?")[0] != DOWNLOAD_PATH:
+            self._send_tiktok_error(404, "invalid_params", "Unknown endpoint.")
+            return
+        token = self._bearer_token()
+        if token is None:
+            self._send_tiktok_error(401, "access_token_invalid", "The access token is invalid or not found in the request.")
+            return
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
+            self._send_tiktok_error(400, "invalid_params", "Content-Type must be application/json.")
+            return
+        request_id = _request_id(body)
+        if request_id is None:
+            self._send_tiktok_error(400, "invalid_params", "Incorrect `request_id`. Please validate the request.")
+            return
+        state = self.server.state
+        with state.lock:
+            registration = state.requests.get(request_id)
+            owners = {r.token for r in state.requests.values()}
+            if registration is not None:
+                registration.downloads += 1
+                fault = registration.fault
+                if fault is not None and registration.fault_times is not None:
+                    if registration.fault_times <= 0:
+                        fault = None
+                    else:
+                        registration.fault_times -= 1
+        if token not in owners:
+            self._send_tiktok_error(401, "access_token_invalid", "The access token is invalid or not found in the request.")
+            return
+        if registration is None or registration.token != token:
+            self._send_tiktok_error(400, "invalid_params", "Incorrect `request_id`. Please validate the request.")
+            return
+        if not any(scope.startswith("portability.") for scope in registration.scopes):
+            self._send_tiktok_error(401, "scope_not_authorized", "The user did not authorize the scope required for completing this request.")
+            return
+        self._serve(registration, fault)
+
+    def _serve(self, registration: Registration, fault: dict[str, Any] | None) -> None:
+        kind = (fault or {}).get("kind")
+        if kind == "error":
+            assert fault is not None
+            headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
+            self._send_tiktok_error(
+                int(fault.get("status", 400)), fault["code"], fault.get("message", "Emulated failure."), headers
+            )
+        elif kind == "html":
+            assert fault is not None
+            page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+            self._send(int(fault.get("status", 502)), page, "text/html")
+        elif kind == "not_zip":
+            self._send(200, b"this is not a zip archive, just some bytes\n" * 20, "application/octet-stream")
+        elif kind == "empty":
+            self._send(200, b"", "application/zip")
+        else:
+            self._stream_archive(registration, fault)
+
+    def _stream_archive(self, registration: Registration, fault: dict[str, Any] | None) -> None:
+        data = memoryview(registration.data)
+        kind = (fault or {}).get("kind")
+        stop_at = int(fault.get("after_bytes", 0)) if fault and kind else len(data)
+        stop_at = min(stop_at, len(data))
+        chunked = registration.transfer == "chunked"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.send_header("X-Tt-Logid", self.server.state.next_log_id())
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        step = registration.chunk_size
+        try:
+            for offset in range(0, stop_at, step):
+                piece = data[offset : min(offset + step, stop_at)]
+                if chunked:
+                    self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                else:
+                    self.wfile.write(piece)
+            if kind == "reset":
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            elif kind == "stall":
+                assert fault is not None
+                time.sleep(float(fault.get("seconds", 60)))
+            elif kind != "truncate" and chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        if kind:
+            self.close_connection = True
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _bearer_token(self) -> str | None:
+        header = self.headers.get("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send_tiktok_error(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        log_id = self.server.state.next_log_id()
+        document = {
+            "data": {},
+            "error": {"code": code, "http_status_code": status, "log_id": log_id, "message": message},
+        }
+        self._send(status, json.dumps(document).encode(), "application/json", {"X-Tt-Logid": log_id, **(headers or {})})
+
+    def _send_json(self, status: int, document: dict[str, Any]) -> None:
+        self._send(status, json.dumps(document).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _request_id(body: bytes) -> int | None:
+    """The body's ``request_id`` if it is a JSON integer in int64 range, exactly as TikTok wants it."""
+    try:
+        document = json.loads(body, parse_float=lambda _: None, parse_constant=lambda _: None)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = document.get("request_id") if isinstance(document, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _INT64_MAX:
+        return None
+    return value
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    """The emulator's HTTP server; ``state`` holds the registered archives."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), EmulatorHandler)
+        self.state = State()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the emulator until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
+    args = parser.parse_args(argv)
+    server = EmulatorServer(args.port)
+    print(f"listening on {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
