@@ -7,7 +7,9 @@ a secret in a log line. Code must still never log one: the scrubber is the secon
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -45,4 +47,7 @@ class RedactingFormatter(LambdaPowertoolsFormatter):
 
 logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
 tracer = Tracer(service=SERVICE)
-metrics = Metrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", METRICS_NAMESPACE), service=SERVICE)
+# Outcome counts are published as single metrics, so an invocation that only rejects its input has
+# nothing in the shared buffer; that is expected, not worth a warning on every such invocation.
+warnings.filterwarnings("ignore", message="No application metrics to publish")

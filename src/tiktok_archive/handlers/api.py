@@ -35,7 +35,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 def create_download() -> Response[str]:
     """Stream the archive of ``request_id`` into S3 and answer with its presigned link."""
     event = app.current_event
-    token = parse_authorization_header(event.get_header_value("Authorization", case_sensitive=False))
+    token = parse_authorization_header(event.headers.get("Authorization"))
     body = parse_json_object(event.decoded_body)
     request = DownloadRequest(parse_request_id(body.get("request_id")), token)
     result = transfer_service().run(request)

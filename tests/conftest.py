@@ -1,0 +1,229 @@
+"""Shared fixtures: moto server and the TikTok emulator over real HTTP, the function's environment,
+event builders, and a guard that fails any test whose output holds a token or a URL signature."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.harness.lambda_context import FakeLambdaContext
+from tests.harness.local_stack import REGION, Emulator, LocalStack
+from tiktok_archive import runtime
+from tiktok_archive.observability import REDACTED, logger
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+MIB = 1024 * 1024
+
+
+# -- secrets guard -------------------------------------------------------------------------------
+@dataclass
+class SecretRegistry:
+    """Every token the suite hands out and every presigned URL it receives."""
+
+    tokens: set[str] = field(default_factory=set)
+    signatures: set[str] = field(default_factory=set)
+
+    def token(self) -> str:
+        value = f"act.{secrets.token_hex(20)}"
+        self.tokens.add(value)
+        return value
+
+    def saw_url(self, url: str) -> None:
+        for name in ("X-Amz-Signature", "X-Amz-Security-Token"):
+            match = re.search(name + r"=([^&]+)", url)
+            if match and match.group(1) != "testing":
+                self.signatures.add(match.group(1))
+
+
+SECRETS = SecretRegistry()
+
+
+class LogCapture(logging.Handler):
+    """Collects every record of the service's logger, formatted exactly as Lambda would print it."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(logger.registered_formatter)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+    def find(self, message: str) -> list[dict[str, Any]]:
+        return [record for record in self.records() if record.get("message") == message]
+
+
+def find_secrets(text: str) -> list[str]:
+    """What in ``text`` should never be there: a token, a signature, or the redaction marker (which
+    means code tried to log a secret and only the scrubber caught it)."""
+    found = [f"token {t[:8]}…" for t in SECRETS.tokens if t in text]
+    found += [f"signature {s[:8]}…" for s in SECRETS.signatures if s in text]
+    found += [marker for marker in ("X-Amz-Signature=", "X-Amz-Security-Token=", REDACTED) if marker in text]
+    return found
+
+
+@pytest.fixture(autouse=True)
+def logs(capsys: pytest.CaptureFixture[str]) -> Iterator[LogCapture]:
+    """Capture every log line and printed metric of the test, and fail it if either holds a secret."""
+    capture = LogCapture()
+    logger.addHandler(capture)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture)
+    out, err = capsys.readouterr()
+    leaked = find_secrets("\n".join([*capture.lines, out, err]))
+    assert not leaked, f"secrets reached the output: {leaked}"
+
+
+@pytest.fixture
+def token() -> str:
+    """A fresh user access token, registered with the secrets guard."""
+    return SECRETS.token()
+
+
+def new_request_id() -> int:
+    """A random positive int64 beyond 2^53, so any double rounding would show."""
+    return secrets.randbelow(2**63 - 2**60) + 2**60
+
+
+# -- local AWS and TikTok ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    with LocalStack() as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def emulator(stack: LocalStack) -> Emulator:
+    return stack.emulator
+
+
+@pytest.fixture(scope="session")
+def s3(stack: LocalStack) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=stack.moto_url, region_name=REGION,
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"archives-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION})
+    return name
+
+
+Configure = Callable[..., None]
+
+
+@pytest.fixture
+def configure(stack: LocalStack, bucket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
+    """Point the function at moto and the emulator (5 MiB parts); call it to override variables."""
+
+    def apply(**overrides: str | None) -> None:
+        for name, value in overrides.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        runtime.reset()
+
+    for name, value in stack.environment().items():
+        monkeypatch.setenv(name, value)
+    apply(BUCKET_NAME=bucket, PART_SIZE_MIB="5", UPLOAD_CONCURRENCY="3")
+    yield apply
+    runtime.reset()
+
+
+# -- events --------------------------------------------------------------------------------------
+def load_event(name: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    return document
+
+
+def api_event(
+    request_id: object = None, token: str | None = None, *, body: str | None = None,
+    authorization: str | None = None, path: str = "/downloads", method: str = "POST",
+) -> dict[str, Any]:
+    """``events/api-download.json`` with another body and Authorization header."""
+    event = copy.deepcopy(load_event("api-download.json"))
+    event["path"] = event["resource"] = path
+    event["httpMethod"] = method
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    if body is None:
+        body = json.dumps({"request_id": request_id})
+    event["body"] = body
+    headers = {k: v for k, v in event["headers"].items() if k != "Authorization"}
+    if authorization is None and token is not None:
+        authorization = f"Bearer {token}"
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    event["headers"] = headers
+    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+    return event
+
+
+@dataclass
+class ApiAnswer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def call_api(event: dict[str, Any]) -> ApiAnswer:
+    """Invoke the API handler as Lambda would, and decode its answer."""
+    from tiktok_archive.handlers import api
+
+    answer = api.lambda_handler(event, FakeLambdaContext("ApiFunction"))
+    body = json.loads(answer["body"])
+    if "url" in body:
+        SECRETS.saw_url(body["url"])
+    headers = {k: v[-1] if isinstance(v, list) else v for k, v in (answer.get("multiValueHeaders") or {}).items()}
+    headers.update(answer.get("headers") or {})
+    return ApiAnswer(answer["statusCode"], body, headers)
+
+
+def sqs_record(body: str, message_id: str | None = None) -> dict[str, Any]:
+    record = copy.deepcopy(load_event("sqs-download.json")["Records"][0])
+    record["messageId"] = message_id or str(uuid.uuid4())
+    record["body"] = body
+    return record
+
+
+def call_worker(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Invoke the SQS worker with a batch of records."""
+    from tiktok_archive.handlers import sqs
+
+    result: dict[str, Any] = sqs.lambda_handler({"Records": records}, FakeLambdaContext("WorkerFunction"))
+    return result
+
+
+# -- S3 assertions -------------------------------------------------------------------------------
+def open_uploads(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    uploads: list[dict[str, Any]] = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return uploads
+
+
+def stored_keys(s3: Any, bucket: str) -> list[str]:
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def assert_nothing_left(s3: Any, bucket: str) -> None:
+    """No object and no multipart upload (and so no orphaned part) in the bucket."""
+    assert stored_keys(s3, bucket) == []
+    assert open_uploads(s3, bucket) == []

@@ -1,0 +1,363 @@
+"""POST /downloads end to end: the real handler, moto server and the TikTok emulator over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import urllib.request
+import zipfile
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    MIB,
+    Configure,
+    LogCapture,
+    api_event,
+    assert_nothing_left,
+    call_api,
+    load_event,
+    new_request_id,
+    open_uploads,
+    stored_keys,
+)
+from tests.harness.local_stack import Emulator
+
+
+def fetch(url: str) -> tuple[bytes, dict[str, str]]:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return response.read(), dict(response.headers)
+
+
+@pytest.mark.parametrize("transfer", ["chunked", "length"])
+def test_archive_spanning_several_parts_arrives_byte_for_byte_through_its_url(
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str, transfer: str
+) -> None:
+    # Given an archive of about 23 MiB ready at TikTok, served chunked or with a Content-Length
+    request_id = new_request_id()
+    ready = emulator.register(request_id, token, size=23 * MIB, transfer=transfer)
+
+    # When the API is asked for it
+    answer = call_api(api_event(str(request_id), token))
+
+    # Then it answers with where the archive is and a link that serves exactly TikTok's bytes
+    assert answer.status == 200, answer.body
+    body = answer.body
+    assert body["request_id"] == str(request_id)
+    assert (body["bucket"], body["key"]) == (bucket, f"archives/{request_id}.zip")
+    assert body["size_bytes"] == ready["size_bytes"]
+    data, headers = fetch(body["url"])
+    assert hashlib.sha256(data).hexdigest() == ready["sha256"]
+    assert headers["Content-Disposition"] == f'attachment; filename="{request_id}.zip"'
+    assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None
+    # And the checksum is the CRC32 of those bytes, the same S3 stored with the object
+    expected_crc = zlib.crc32(data).to_bytes(4, "big")
+    assert body["checksum"] == __import__("base64").b64encode(expected_crc).decode()
+    head = s3.head_object(Bucket=bucket, Key=body["key"], ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"] == body["checksum"]
+    assert head["ContentType"] == "application/zip"
+    assert head["ContentLength"] == ready["size_bytes"]
+    # And it went up as a multipart upload that is closed now
+    assert head.get("PartsCount", 0) >= 4 or "-" in head["ETag"]
+    assert open_uploads(s3, bucket) == []
+    assert answer.headers["Cache-Control"] == "no-store"
+
+
+def test_archive_smaller_than_one_part_is_stored_too(
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str
+) -> None:
+    request_id = new_request_id()
+    ready = emulator.register(request_id, token, size=200 * 1024)
+
+    answer = call_api(api_event(request_id, token))
+
+    assert answer.status == 200, answer.body
+    data, _ = fetch(answer.body["url"])
+    assert hashlib.sha256(data).hexdigest() == ready["sha256"]
+    assert "-" not in s3.head_object(Bucket=bucket, Key=answer.body["key"])["ETag"]
+    assert open_uploads(s3, bucket) == []
+
+
+@pytest.mark.parametrize("given", [2**63 - 1, "9223372036854775807"])
+def test_request_id_int64_max_reaches_tiktok_exactly(
+    configure: Configure, emulator: Emulator, token: str, given: object
+) -> None:
+    # The emulator refuses any request_id that is not this exact JSON integer.
+    emulator.register(2**63 - 1, token, size=64 * 1024)
+
+    answer = call_api(api_event(given, token))
+
+    assert answer.status == 200, answer.body
+    assert answer.body["request_id"] == "9223372036854775807"
+    assert answer.body["key"] == "archives/9223372036854775807.zip"
+
+
+def test_url_lifetime_and_key_prefix_follow_the_settings(
+    configure: Configure, emulator: Emulator, token: str
+) -> None:
+    configure(PRESIGNED_URL_TTL_SECONDS="120", OBJECT_KEY_PREFIX="exports/tiktok/")
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=64 * 1024)
+
+    before = datetime.now(UTC)
+    answer = call_api(api_event(request_id, token))
+
+    assert answer.status == 200, answer.body
+    assert answer.body["key"] == f"exports/tiktok/{request_id}.zip"
+    assert "X-Amz-Expires=120&" in answer.body["url"]
+    expires_at = datetime.strptime(answer.body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert 118 <= (expires_at - before).total_seconds() <= 122
+
+
+def test_sample_event_is_served(configure: Configure, emulator: Emulator, token: str) -> None:
+    # events/api-download.json as it is, with the demo's token registered for its request_id.
+    event = load_event("api-download.json")
+    sample_token = event["headers"]["Authorization"].split()[1]
+    emulator.register(json.loads(event["body"])["request_id"], sample_token, size=64 * 1024)
+
+    answer = call_api(event)
+
+    assert answer.status == 200, answer.body
+
+
+# -- bad input: a clear JSON error, and TikTok is never called ------------------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        "",
+        "request_id=5",
+        "[]",
+        "{}",
+        '{"request_id": 1.5}',
+        '{"request_id": 7.2345e18}',
+        '{"request_id": true}',
+        '{"request_id": "abc"}',
+        '{"request_id": 0}',
+        '{"request_id": -3}',
+        '{"request_id": 9223372036854775808}',
+        '{"request_id": null}',
+    ],
+)
+def test_bad_body_is_400_and_tiktok_is_never_called(
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str, body: str | None
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token)
+    event = api_event(token=token, body=body or "")
+    if body is None:
+        event["body"] = None
+
+    answer = call_api(event)
+
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "invalid_request"
+    assert answer.body["error"]["message"]
+    assert emulator.downloads(request_id) == 0
+    assert_nothing_left(s3, bucket)
+
+
+@pytest.mark.parametrize("authorization", [None, "Basic dXNlcjpwYXNz", "Bearer", "act.no-scheme-given"])
+def test_missing_bearer_token_is_401_and_tiktok_is_never_called(
+    configure: Configure, emulator: Emulator, token: str, authorization: str | None
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token)
+
+    answer = call_api(api_event(request_id, authorization=authorization))
+
+    assert answer.status == 401
+    assert answer.body["error"]["code"] == "missing_token"
+    assert emulator.downloads(request_id) == 0
+
+
+# -- TikTok's refusals, passed on with their code and log_id --------------------------------------
+def test_unknown_request_id_is_tiktoks_invalid_params_400(
+    configure: Configure, emulator: Emulator, token: str
+) -> None:
+    emulator.register(new_request_id(), token)  # the token is known, this request_id is not
+
+    answer = call_api(api_event(new_request_id(), token))
+
+    assert answer.status == 400
+    assert answer.body["error"]["code"] == "invalid_params"
+    assert answer.body["error"]["message"] == "Incorrect `request_id`. Please validate the request."
+    assert len(answer.body["error"]["log_id"]) == 34
+
+
+def test_unknown_token_is_401_access_token_invalid(configure: Configure, emulator: Emulator, token: str) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, "act.someone-else-entirely")
+
+    answer = call_api(api_event(request_id, token))
+
+    assert answer.status == 401
+    assert answer.body["error"]["code"] == "access_token_invalid"
+
+
+def test_token_without_portability_scope_is_401_scope_not_authorized(
+    configure: Configure, emulator: Emulator, token: str
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token, scopes=["user.info.basic"])
+
+    answer = call_api(api_event(request_id, token))
+
+    assert answer.status == 401
+    assert answer.body["error"]["code"] == "scope_not_authorized"
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code", "retry_after"),
+    [
+        ({"kind": "error", "status": 400, "code": "scope_permission_missed"}, 403, "scope_permission_missed", None),
+        ({"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "17"}, 429,
+         "rate_limit_exceeded", "17"),
+        ({"kind": "error", "status": 500, "code": "internal_error"}, 502, "internal_error", None),
+        ({"kind": "error", "status": 200, "code": "access_token_invalid"}, 401, "access_token_invalid", None),
+        ({"kind": "html", "status": 502}, 502, "upstream_unavailable", None),
+        ({"kind": "html", "status": 200}, 502, "upstream_bad_response", None),
+        ({"kind": "not_zip"}, 502, "upstream_bad_response", None),
+        ({"kind": "empty"}, 502, "upstream_bad_response", None),
+    ],
+)
+def test_tiktok_failures_map_to_actionable_answers(
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str,
+    fault: dict[str, Any], status: int, code: str, retry_after: str | None,
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token, fault=fault)
+
+    answer = call_api(api_event(request_id, token))
+
+    assert answer.status == status
+    assert answer.body["error"]["code"] == code
+    assert answer.headers.get("Retry-After") == retry_after
+    if fault["kind"] == "error":
+        assert answer.body["error"]["log_id"]
+    assert_nothing_left(s3, bucket)
+
+
+def test_unreachable_tiktok_is_502_upstream_unavailable(configure: Configure, s3: Any, bucket: str, token: str) -> None:
+    configure(TIKTOK_API_BASE_URL="http://127.0.0.1:9")  # discard port: nothing listens
+
+    answer = call_api(api_event(new_request_id(), token))
+
+    assert answer.status == 502
+    assert answer.body["error"]["code"] == "upstream_unavailable"
+    assert_nothing_left(s3, bucket)
+
+
+# -- broken streams leave nothing behind ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("transfer", "fault"),
+    [
+        ("chunked", {"kind": "reset", "after_bytes": 17 * MIB}),
+        ("length", {"kind": "reset", "after_bytes": 17 * MIB}),
+        ("length", {"kind": "truncate", "after_bytes": 12 * MIB}),
+        ("chunked", {"kind": "truncate", "after_bytes": 12 * MIB}),
+        ("chunked", {"kind": "reset", "after_bytes": 1024}),
+    ],
+)
+def test_mid_stream_break_aborts_the_upload_and_leaves_nothing(
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str,
+    transfer: str, fault: dict[str, Any],
+) -> None:
+    # Given an archive whose stream breaks after several parts were already uploaded
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=24 * MIB, transfer=transfer, fault=fault)
+
+    # When it is downloaded
+    answer = call_api(api_event(request_id, token))
+
+    # Then the caller learns the stream broke, and no object nor open upload remains
+    assert answer.status == 502
+    assert answer.body["error"]["code"] == "upstream_stream_broken"
+    assert_nothing_left(s3, bucket)
+
+
+def test_stalled_stream_fails_after_the_read_timeout(
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str
+) -> None:
+    configure(TIKTOK_READ_TIMEOUT_SECONDS="1")
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=12 * MIB, fault={"kind": "stall", "after_bytes": 6 * MIB, "seconds": 4})
+
+    started = time.monotonic()
+    answer = call_api(api_event(request_id, token))
+
+    assert answer.status == 502
+    assert answer.body["error"]["code"] == "upstream_stream_broken"
+    assert "stalled" in answer.body["error"]["message"]
+    assert time.monotonic() - started < 4
+    assert_nothing_left(s3, bucket)
+
+
+def test_missing_bucket_is_a_storage_error_not_a_bare_500(
+    configure: Configure, emulator: Emulator, token: str
+) -> None:
+    configure(BUCKET_NAME="no-such-bucket-for-archives")
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=64 * 1024)
+
+    answer = call_api(api_event(request_id, token))
+
+    assert answer.status == 503
+    assert answer.body["error"]["code"] == "storage_error"
+    assert "NoSuchBucket" in answer.body["error"]["message"]
+
+
+def test_missing_bucket_setting_is_a_json_500_naming_the_variable(configure: Configure, token: str) -> None:
+    configure(BUCKET_NAME=None)
+
+    answer = call_api(api_event(new_request_id(), token))
+
+    assert answer.status == 500
+    assert answer.body["error"]["code"] == "configuration_error"
+    assert "BUCKET_NAME" in answer.body["error"]["message"]
+
+
+def test_unknown_route_is_a_json_404(configure: Configure, token: str) -> None:
+    answer = call_api(api_event(1, token, path="/elsewhere"))
+
+    assert answer.status == 404
+    assert answer.body["error"]["code"] == "not_found"
+
+
+# -- observability --------------------------------------------------------------------------------
+def test_failure_is_logged_as_a_structured_record_with_tiktoks_log_id(
+    configure: Configure, emulator: Emulator, token: str, logs: LogCapture
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token, fault={"kind": "error", "status": 429, "code": "rate_limit_exceeded"})
+    event = api_event(request_id, token)
+
+    answer = call_api(event)
+
+    [record] = logs.find("download failed")
+    assert record["level"] == "ERROR"
+    assert record["request_id"] == str(request_id)
+    assert record["error_code"] == "rate_limit_exceeded"
+    assert record["tiktok_log_id"] == answer.body["error"]["log_id"]
+    assert record["upstream_status"] == 429
+    assert record["correlation_id"] == event["requestContext"]["requestId"]
+
+
+def test_every_record_of_a_download_carries_its_request_id(
+    configure: Configure, emulator: Emulator, token: str, logs: LogCapture
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=64 * 1024)
+
+    call_api(api_event(request_id, token))
+
+    started, completed = logs.find("download started"), logs.find("download completed")
+    assert len(started) == 1
+    assert len(completed) == 1
+    assert {started[0]["request_id"], completed[0]["request_id"]} == {str(request_id)}
+    assert completed[0]["size_bytes"] > 0
