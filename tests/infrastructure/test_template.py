@@ -1,0 +1,140 @@
+"""template.yaml: it lints, and it says what the design asks of it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML loader that keeps CloudFormation's short tags as their long ``Fn::`` form."""
+
+
+def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
+    return document
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return {name: r for name, r in template["Resources"].items()}
+
+
+def test_cfn_lint_is_clean() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), str(ROOT / "template.yaml")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_two_functions_on_one_code_base_python_3_13_arm64(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    globals_ = template["Globals"]["Function"]
+    assert globals_["Runtime"] in ("python3.12", "python3.13")
+    assert globals_["Architectures"] == ["arm64"]
+    assert globals_["CodeUri"] == "src/"
+    handlers = {r["Properties"]["Handler"] for r in resources.values() if r["Type"] == "AWS::Serverless::Function"}
+    assert handlers == {"tiktok_archive.handlers.api.lambda_handler", "tiktok_archive.handlers.sqs.lambda_handler"}
+    for handler in handlers:
+        path = ROOT / "src" / (handler.rsplit(".", 1)[0].replace(".", "/") + ".py")
+        assert "def lambda_handler" in path.read_text()
+
+
+def test_bucket_is_encrypted_private_tls_only_and_cleans_up(resources: dict[str, Any]) -> None:
+    bucket = resources["ArchiveBucket"]["Properties"]
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert len(bucket["PublicAccessBlockConfiguration"]) == 4
+    rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
+    assert rules["ExpireArchives"]["ExpirationInDays"] == {"Ref": "ArchiveRetentionDays"}
+    assert rules["AbortIncompleteMultipartUploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    [statement] = resources["ArchiveBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_queue_has_a_dead_letter_queue_and_six_times_the_worker_timeout(resources: dict[str, Any]) -> None:
+    queue = resources["DownloadQueue"]["Properties"]
+    worker = resources["WorkerFunction"]["Properties"]
+    assert queue["VisibilityTimeout"] >= 6 * worker["Timeout"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": ["DownloadDeadLetterQueue", "Arn"]}
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+    event = worker["Events"]["Downloads"]["Properties"]
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_api_requires_a_key_and_throttles_with_a_usage_plan(resources: dict[str, Any]) -> None:
+    auth = resources["DownloadsApi"]["Properties"]["Auth"]
+    assert auth["ApiKeyRequired"] is True
+    assert auth["UsagePlan"]["CreateUsagePlan"] == "PER_API"
+    assert set(auth["UsagePlan"]["Throttle"]) == {"RateLimit", "BurstLimit"}
+    event = resources["ApiFunction"]["Properties"]["Events"]["CreateDownload"]["Properties"]
+    assert (event["Method"], event["Path"], event["Auth"]["ApiKeyRequired"]) == ("POST", "/downloads", True)
+
+
+def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
+    for name, resource in resources.items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            assert resource["Properties"]["Policies"] == [{"Ref": "ArchiveObjectsPolicy"}], name
+    [statement] = resources["ArchiveObjectsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert all("*" not in action for action in statement["Action"])
+    assert statement["Resource"] == {"Fn::Sub": "${ArchiveBucket.Arn}/${ObjectKeyPrefix}*"}
+
+
+def test_every_environment_variable_is_a_literal_a_parameter_or_a_template_resource(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    variables = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    for resource in resources.values():
+        variables.update(resource.get("Properties", {}).get("Environment", {}).get("Variables", {}))
+    known = set(template["Parameters"]) | set(resources)
+    for name, value in variables.items():
+        if isinstance(value, dict):
+            [(function, argument)] = value.items()
+            assert function in ("Ref", "Fn::GetAtt"), name
+            target = argument if function == "Ref" else argument[0]
+            assert target in known, name
+        else:
+            assert isinstance(value, str), name
+    assert {"BUCKET_NAME", "TIKTOK_API_BASE_URL", "OBJECT_KEY_PREFIX", "PART_SIZE_MIB", "UPLOAD_CONCURRENCY",
+            "PRESIGNED_URL_TTL_SECONDS"} <= set(variables)
+    assert not any(re.match(r"AWS_ENDPOINT", name) for name in variables)
+
+
+def test_outputs_name_the_api_the_queue_and_the_bucket(template: dict[str, Any]) -> None:
+    assert {"ApiUrl", "DownloadQueueUrl", "ArchiveBucketName", "ApiKeyId"} <= set(template["Outputs"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "events").glob("*.json")), ids=lambda p: p.name)
+def test_sample_events_are_lambda_shaped(path: Path) -> None:
+    event = json.loads(path.read_text())
+    if path.name.startswith("api-"):
+        assert event["httpMethod"] == "POST"
+        assert event["requestContext"]["requestId"]
+    else:
+        assert all(r["eventSource"] == "aws:sqs" and r["messageId"] for r in event["Records"])
