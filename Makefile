@@ -8,6 +8,7 @@ SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
 # `sam build` needs the function's Python (3.13) on PATH; with pyenv this makes it visible.
 export PYENV_VERSION ?= 3.11.7:3.13.0
+export SAM_CLI_TELEMETRY ?= 0
 
 .PHONY: demo test lint format validate build deploy clean
 

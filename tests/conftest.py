@@ -21,6 +21,7 @@ from tests.harness.demo import DEMO_TOKEN
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, Emulator, LocalStack
 from tiktok_archive import runtime
+from tiktok_archive.handlers import api, sqs
 from tiktok_archive.observability import REDACTED, logger
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -120,8 +121,11 @@ def emulator(stack: LocalStack) -> Emulator:
 @pytest.fixture(scope="session")
 def s3(stack: LocalStack) -> Any:
     return boto3.client(
-        "s3", endpoint_url=stack.moto_url, region_name=REGION,
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=stack.moto_url,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
 
 
@@ -161,8 +165,13 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 def api_event(
-    request_id: object = None, token: str | None = None, *, body: str | None = None,
-    authorization: str | None = None, path: str = "/downloads", method: str = "POST",
+    request_id: object = None,
+    token: str | None = None,
+    *,
+    body: str | None = None,
+    authorization: str | None = None,
+    path: str = "/downloads",
+    method: str = "POST",
 ) -> dict[str, Any]:
     """``events/api-download.json`` with another body and Authorization header."""
     event = copy.deepcopy(load_event("api-download.json"))
@@ -191,13 +200,13 @@ class ApiAnswer:
 
 def call_api(event: dict[str, Any]) -> ApiAnswer:
     """Invoke the API handler as Lambda would, and decode its answer."""
-    from tiktok_archive.handlers import api
-
     answer = api.lambda_handler(event, FakeLambdaContext("ApiFunction"))
     body = json.loads(answer["body"])
     if "url" in body:
         SECRETS.saw_url(body["url"])
-    headers = {k: v[-1] if isinstance(v, list) else v for k, v in (answer.get("multiValueHeaders") or {}).items()}
+    headers = {
+        k: v[-1] if isinstance(v, list) else v for k, v in (answer.get("multiValueHeaders") or {}).items()
+    }
     headers.update(answer.get("headers") or {})
     return ApiAnswer(answer["statusCode"], body, headers)
 
@@ -211,8 +220,6 @@ def sqs_record(body: str, message_id: str | None = None) -> dict[str, Any]:
 
 def call_worker(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Invoke the SQS worker with a batch of records."""
-    from tiktok_archive.handlers import sqs
-
     result: dict[str, Any] = sqs.lambda_handler({"Records": records}, FakeLambdaContext("WorkerFunction"))
     return result
 

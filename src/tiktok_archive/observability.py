@@ -47,7 +47,9 @@ class RedactingFormatter(LambdaPowertoolsFormatter):
 
 logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
 tracer = Tracer(service=SERVICE)
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", METRICS_NAMESPACE), service=SERVICE)
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", METRICS_NAMESPACE), service=SERVICE
+)
 # Outcome counts are published as single metrics, so an invocation that only rejects its input has
 # nothing in the shared buffer; that is expected, not worth a warning on every such invocation.
 warnings.filterwarnings("ignore", message="No application metrics to publish")

@@ -25,6 +25,7 @@ def transfer_service() -> ArchiveTransfer:
 
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
+
     """
     settings = Settings.from_environment()
     s3_client = boto3.client(
@@ -39,20 +40,19 @@ def transfer_service() -> ArchiveTransfer:
             tcp_keepalive=True,
         ),
     )
-    executor = ThreadPoolExecutor(
-        max_workers=settings.upload_concurrency, thread_name_prefix="s3-part"
-    )
+    executor = ThreadPoolExecutor(max_workers=settings.upload_concurrency, thread_name_prefix="s3-part")
     store = S3ArchiveStore(
-        s3_client, executor, settings.bucket_name, settings.part_size_bytes,
+        s3_client,
+        executor,
+        settings.bucket_name,
+        settings.part_size_bytes,
         settings.upload_concurrency,
     )
     tiktok = TikTokClient(
         settings.tiktok_api_base_url,
         build_pool(settings.connect_timeout_seconds, settings.read_timeout_seconds),
     )
-    return ArchiveTransfer(
-        tiktok, store, settings.object_key_prefix, settings.presigned_url_ttl_seconds
-    )
+    return ArchiveTransfer(tiktok, store, settings.object_key_prefix, settings.presigned_url_ttl_seconds)
 
 
 def reset() -> None:

@@ -71,7 +71,9 @@ def _user_data(rng: random.Random, request_id: int) -> dict[str, object]:
                 "VideoList": [{"Date": when(i), "Link": video_link()} for i in range(200)]
             },
             "Like List": {"ItemFavoriteList": [{"Date": when(i), "Link": video_link()} for i in range(80)]},
-            "Search History": {"SearchList": [{"Date": when(i), "SearchTerm": f"term {i}"} for i in range(40)]},
+            "Search History": {
+                "SearchList": [{"Date": when(i), "SearchTerm": f"term {i}"} for i in range(40)]
+            },
         },
         "Comment": {
             "Comments": {"CommentsList": [{"Date": when(i), "Comment": f"nice {i}"} for i in range(30)]}

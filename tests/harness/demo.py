@@ -21,6 +21,7 @@ import boto3
 
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, LocalStack
+from tiktok_archive.handlers import api, sqs
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 DEMO_TOKEN = "act.demo9f8e7d6c5b4a3210DEMOtoken"
@@ -44,10 +45,9 @@ def main() -> int:
     """Run the demo; 0 when every check held."""
     with LocalStack() as stack:
         os.environ.update(stack.environment())
-        os.environ.update({"BUCKET_NAME": DEMO_BUCKET, "PART_SIZE_MIB": "5", "POWERTOOLS_LOG_LEVEL": "WARNING"})
-        # Imported here: the handlers read no environment at import, but the demo shows that too.
-        from tiktok_archive.handlers import api, sqs
-
+        os.environ.update(
+            {"BUCKET_NAME": DEMO_BUCKET, "PART_SIZE_MIB": "5", "POWERTOOLS_LOG_LEVEL": "WARNING"}
+        )
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=DEMO_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         _say(f"moto server at {stack.moto_url}, TikTok emulator at {stack.emulator.url}")
@@ -70,7 +70,9 @@ def main() -> int:
         corrupt = archive.testzip()
         same = hashlib.sha256(data).hexdigest() == ready["sha256"]
         print(f"{len(data)} bytes, Content-Disposition: {disposition}")
-        print(f"zip test: {'ok' if corrupt is None else 'BAD ENTRY ' + corrupt}; identical to TikTok's: {same}")
+        print(
+            f"zip test: {'ok' if corrupt is None else 'BAD ENTRY ' + corrupt}; identical to TikTok's: {same}"
+        )
         names = archive.namelist()
         print(f"{len(names)} entries: " + ", ".join(names[:4]) + (", …" if len(names) > 4 else ""))
         if corrupt is not None or not same:
@@ -84,7 +86,9 @@ def main() -> int:
         _say("SQS worker: a mixed batch (events/sqs-mixed-batch.json)")
         stack.emulator.register(SQS_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES // 2, transfer="length")
         stack.emulator.register(
-            SQS_RATE_LIMITED_REQUEST_ID, DEMO_TOKEN, size=1024,
+            SQS_RATE_LIMITED_REQUEST_ID,
+            DEMO_TOKEN,
+            size=1024,
             fault={"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "30"},
         )
         print("message 1: ready archive; 2: malformed id; 3: unknown id; 4: TikTok rate-limits")

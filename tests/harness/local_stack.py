@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -45,8 +46,6 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -103,12 +102,16 @@ class LocalStack:
         port = _free_port()
         moto = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self._processes.append(moto)
         emulator = subprocess.Popen(
             [sys.executable, "-m", "tests.harness.tiktok_emulator", "--port", "0"],
-            stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
         )
         self._processes.append(emulator)
         assert emulator.stdout is not None
@@ -144,4 +147,3 @@ class LocalStack:
         request = urllib.request.Request(self.moto_url + "/moto-api/reset", data=b"", method="POST")
         with urllib.request.urlopen(request, timeout=30):
             pass
-

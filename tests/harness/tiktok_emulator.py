@@ -137,14 +137,18 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return
         token = self._bearer_token()
         if token is None:
-            self._send_tiktok_error(401, "access_token_invalid", "The access token is invalid or not found in the request.")
+            self._send_tiktok_error(
+                401, "access_token_invalid", "The access token is invalid or not found in the request."
+            )
             return
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
             self._send_tiktok_error(400, "invalid_params", "Content-Type must be application/json.")
             return
         request_id = _request_id(body)
         if request_id is None:
-            self._send_tiktok_error(400, "invalid_params", "Incorrect `request_id`. Please validate the request.")
+            self._send_tiktok_error(
+                400, "invalid_params", "Incorrect `request_id`. Please validate the request."
+            )
             return
         state = self.server.state
         with state.lock:
@@ -159,13 +163,21 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                     else:
                         registration.fault_times -= 1
         if token not in owners:
-            self._send_tiktok_error(401, "access_token_invalid", "The access token is invalid or not found in the request.")
+            self._send_tiktok_error(
+                401, "access_token_invalid", "The access token is invalid or not found in the request."
+            )
             return
         if registration is None or registration.token != token:
-            self._send_tiktok_error(400, "invalid_params", "Incorrect `request_id`. Please validate the request.")
+            self._send_tiktok_error(
+                400, "invalid_params", "Incorrect `request_id`. Please validate the request."
+            )
             return
         if not any(scope.startswith("portability.") for scope in registration.scopes):
-            self._send_tiktok_error(401, "scope_not_authorized", "The user did not authorize the scope required for completing this request.")
+            self._send_tiktok_error(
+                401,
+                "scope_not_authorized",
+                "The user did not authorize the scope required for completing this request.",
+            )
             return
         self._serve(registration, fault)
 
@@ -175,7 +187,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             assert fault is not None
             headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
             self._send_tiktok_error(
-                int(fault.get("status", 400)), fault["code"], fault.get("message", "Emulated failure."), headers
+                int(fault.get("status", 400)),
+                fault["code"],
+                fault.get("message", "Emulated failure."),
+                headers,
             )
         elif kind == "html":
             assert fault is not None
@@ -241,12 +256,19 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             "data": {},
             "error": {"code": code, "http_status_code": status, "log_id": log_id, "message": message},
         }
-        self._send(status, json.dumps(document).encode(), "application/json", {"X-Tt-Logid": log_id, **(headers or {})})
+        self._send(
+            status,
+            json.dumps(document).encode(),
+            "application/json",
+            {"X-Tt-Logid": log_id, **(headers or {})},
+        )
 
     def _send_json(self, status: int, document: dict[str, Any]) -> None:
         self._send(status, json.dumps(document).encode(), "application/json")
 
-    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

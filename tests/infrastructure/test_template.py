@@ -37,29 +37,39 @@ _CfnLoader.add_multi_constructor("!", _tag)
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    document: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
+    document: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)
     return document
 
 
 @pytest.fixture(scope="module")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
-    return {name: r for name, r in template["Resources"].items()}
+    return dict(template["Resources"])
 
 
 def test_cfn_lint_is_clean() -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "cfn-lint"), str(ROOT / "template.yaml")], capture_output=True, text=True, check=False
+        [str(Path(sys.executable).parent / "cfn-lint"), str(ROOT / "template.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_two_functions_on_one_code_base_python_3_13_arm64(template: dict[str, Any], resources: dict[str, Any]) -> None:
+def test_two_functions_on_one_code_base_python_3_13_arm64(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
     globals_ = template["Globals"]["Function"]
     assert globals_["Runtime"] in ("python3.12", "python3.13")
     assert globals_["Architectures"] == ["arm64"]
     assert globals_["CodeUri"] == "src/"
-    handlers = {r["Properties"]["Handler"] for r in resources.values() if r["Type"] == "AWS::Serverless::Function"}
-    assert handlers == {"tiktok_archive.handlers.api.lambda_handler", "tiktok_archive.handlers.sqs.lambda_handler"}
+    handlers = {
+        r["Properties"]["Handler"] for r in resources.values() if r["Type"] == "AWS::Serverless::Function"
+    }
+    assert handlers == {
+        "tiktok_archive.handlers.api.lambda_handler",
+        "tiktok_archive.handlers.sqs.lambda_handler",
+    }
     for handler in handlers:
         path = ROOT / "src" / (handler.rsplit(".", 1)[0].replace(".", "/") + ".py")
         assert "def lambda_handler" in path.read_text()
@@ -72,7 +82,9 @@ def test_bucket_is_encrypted_private_tls_only_and_cleans_up(resources: dict[str,
     assert len(bucket["PublicAccessBlockConfiguration"]) == 4
     rules = {rule["Id"]: rule for rule in bucket["LifecycleConfiguration"]["Rules"]}
     assert rules["ExpireArchives"]["ExpirationInDays"] == {"Ref": "ArchiveRetentionDays"}
-    assert rules["AbortIncompleteMultipartUploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert rules["AbortIncompleteMultipartUploads"]["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 1
+    }
     [statement] = resources["ArchiveBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Effect"] == "Deny"
     assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -121,8 +133,14 @@ def test_every_environment_variable_is_a_literal_a_parameter_or_a_template_resou
             assert target in known, name
         else:
             assert isinstance(value, str), name
-    assert {"BUCKET_NAME", "TIKTOK_API_BASE_URL", "OBJECT_KEY_PREFIX", "PART_SIZE_MIB", "UPLOAD_CONCURRENCY",
-            "PRESIGNED_URL_TTL_SECONDS"} <= set(variables)
+    assert {
+        "BUCKET_NAME",
+        "TIKTOK_API_BASE_URL",
+        "OBJECT_KEY_PREFIX",
+        "PART_SIZE_MIB",
+        "UPLOAD_CONCURRENCY",
+        "PRESIGNED_URL_TTL_SECONDS",
+    } <= set(variables)
     assert not any(re.match(r"AWS_ENDPOINT", name) for name in variables)
 
 

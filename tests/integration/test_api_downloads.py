@@ -24,7 +24,6 @@ from tests.conftest import (
     load_event,
     new_request_id,
     open_uploads,
-    stored_keys,
 )
 from tests.harness.local_stack import Emulator
 
@@ -190,7 +189,9 @@ def test_unknown_request_id_is_tiktoks_invalid_params_400(
     assert len(answer.body["error"]["log_id"]) == 34
 
 
-def test_unknown_token_is_401_access_token_invalid(configure: Configure, emulator: Emulator, token: str) -> None:
+def test_unknown_token_is_401_access_token_invalid(
+    configure: Configure, emulator: Emulator, token: str
+) -> None:
     request_id = new_request_id()
     emulator.register(request_id, "act.someone-else-entirely")
 
@@ -215,9 +216,18 @@ def test_token_without_portability_scope_is_401_scope_not_authorized(
 @pytest.mark.parametrize(
     ("fault", "status", "code", "retry_after"),
     [
-        ({"kind": "error", "status": 400, "code": "scope_permission_missed"}, 403, "scope_permission_missed", None),
-        ({"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "17"}, 429,
-         "rate_limit_exceeded", "17"),
+        (
+            {"kind": "error", "status": 400, "code": "scope_permission_missed"},
+            403,
+            "scope_permission_missed",
+            None,
+        ),
+        (
+            {"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "17"},
+            429,
+            "rate_limit_exceeded",
+            "17",
+        ),
         ({"kind": "error", "status": 500, "code": "internal_error"}, 502, "internal_error", None),
         ({"kind": "error", "status": 200, "code": "access_token_invalid"}, 401, "access_token_invalid", None),
         ({"kind": "html", "status": 502}, 502, "upstream_unavailable", None),
@@ -227,8 +237,15 @@ def test_token_without_portability_scope_is_401_scope_not_authorized(
     ],
 )
 def test_tiktok_failures_map_to_actionable_answers(
-    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str,
-    fault: dict[str, Any], status: int, code: str, retry_after: str | None,
+    configure: Configure,
+    emulator: Emulator,
+    s3: Any,
+    bucket: str,
+    token: str,
+    fault: dict[str, Any],
+    status: int,
+    code: str,
+    retry_after: str | None,
 ) -> None:
     request_id = new_request_id()
     emulator.register(request_id, token, fault=fault)
@@ -243,7 +260,9 @@ def test_tiktok_failures_map_to_actionable_answers(
     assert_nothing_left(s3, bucket)
 
 
-def test_unreachable_tiktok_is_502_upstream_unavailable(configure: Configure, s3: Any, bucket: str, token: str) -> None:
+def test_unreachable_tiktok_is_502_upstream_unavailable(
+    configure: Configure, s3: Any, bucket: str, token: str
+) -> None:
     configure(TIKTOK_API_BASE_URL="http://127.0.0.1:9")  # discard port: nothing listens
 
     answer = call_api(api_event(new_request_id(), token))
@@ -265,8 +284,13 @@ def test_unreachable_tiktok_is_502_upstream_unavailable(configure: Configure, s3
     ],
 )
 def test_mid_stream_break_aborts_the_upload_and_leaves_nothing(
-    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str,
-    transfer: str, fault: dict[str, Any],
+    configure: Configure,
+    emulator: Emulator,
+    s3: Any,
+    bucket: str,
+    token: str,
+    transfer: str,
+    fault: dict[str, Any],
 ) -> None:
     # Given an archive whose stream breaks after several parts were already uploaded
     request_id = new_request_id()
@@ -286,7 +310,9 @@ def test_stalled_stream_fails_after_the_read_timeout(
 ) -> None:
     configure(TIKTOK_READ_TIMEOUT_SECONDS="1")
     request_id = new_request_id()
-    emulator.register(request_id, token, size=12 * MIB, fault={"kind": "stall", "after_bytes": 6 * MIB, "seconds": 4})
+    emulator.register(
+        request_id, token, size=12 * MIB, fault={"kind": "stall", "after_bytes": 6 * MIB, "seconds": 4}
+    )
 
     started = time.monotonic()
     answer = call_api(api_event(request_id, token))
@@ -334,7 +360,9 @@ def test_failure_is_logged_as_a_structured_record_with_tiktoks_log_id(
     configure: Configure, emulator: Emulator, token: str, logs: LogCapture
 ) -> None:
     request_id = new_request_id()
-    emulator.register(request_id, token, fault={"kind": "error", "status": 429, "code": "rate_limit_exceeded"})
+    emulator.register(
+        request_id, token, fault={"kind": "error", "status": 429, "code": "rate_limit_exceeded"}
+    )
     event = api_event(request_id, token)
 
     answer = call_api(event)

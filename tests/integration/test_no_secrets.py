@@ -29,8 +29,12 @@ from tiktok_archive.observability import logger
 
 
 def test_no_secret_in_any_log_line_at_debug_level(
-    configure: Configure, emulator: Emulator, token: str, logs: LogCapture,
-    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    configure: Configure,
+    emulator: Emulator,
+    token: str,
+    logs: LogCapture,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given the service logging at DEBUG and every other library's records captured at INFO
     logger.setLevel(logging.DEBUG)
@@ -42,7 +46,9 @@ def test_no_secret_in_any_log_line_at_debug_level(
     try:
         # When downloads succeed and fail through both triggers
         answers = [call_api(api_event(i, token)) for i in (ok, broken, refused)]
-        call_worker([sqs_record(json.dumps({"request_id": i, "access_token": token})) for i in (ok, broken, refused)])
+        call_worker(
+            [sqs_record(json.dumps({"request_id": i, "access_token": token})) for i in (ok, broken, refused)]
+        )
     finally:
         logger.setLevel(logging.INFO)
 

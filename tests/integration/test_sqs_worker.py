@@ -32,7 +32,9 @@ def test_mixed_batch_reports_only_the_transient_failures(
     emulator.register(good_a, token, size=12 * MIB, transfer="chunked")
     emulator.register(good_b, token, size=64 * 1024, transfer="length")
     rate_limited, reset = new_request_id(), new_request_id()
-    emulator.register(rate_limited, token, fault={"kind": "error", "status": 429, "code": "rate_limit_exceeded"})
+    emulator.register(
+        rate_limited, token, fault={"kind": "error", "status": 429, "code": "rate_limit_exceeded"}
+    )
     emulator.register(reset, token, size=12 * MIB, fault={"kind": "reset", "after_bytes": 7 * MIB})
     refused = new_request_id()
     emulator.register(refused, token, fault={"kind": "error", "status": 401, "code": "scope_not_authorized"})
@@ -59,7 +61,9 @@ def test_mixed_batch_reports_only_the_transient_failures(
     # And each permanent failure was logged once as a structured error, with its message id
     dropped = logs.find("message acknowledged without retry: permanent failure")
     assert sorted(r["message_id"] for r in dropped) == [
-        "permanent-malformed", "permanent-scope", "permanent-unknown-id"
+        "permanent-malformed",
+        "permanent-scope",
+        "permanent-unknown-id",
     ]
     codes = {r["message_id"]: r["error_code"] for r in dropped}
     assert codes == {

@@ -34,8 +34,25 @@ def test_request_id_accepts_positive_int64_as_integer_or_decimal_string(given: o
 
 @pytest.mark.parametrize(
     "given",
-    [None, 0, -1, INT64_MAX + 1, "9223372036854775808", 1.0, 7.2345e18, True, False, "", "12a", " 12",
-     "-5", "1e3", "0x10", [1], {"id": 1}],
+    [
+        None,
+        0,
+        -1,
+        INT64_MAX + 1,
+        "9223372036854775808",
+        1.0,
+        7.2345e18,
+        True,
+        False,
+        "",
+        "12a",
+        " 12",
+        "-5",
+        "1e3",
+        "0x10",
+        [1],
+        {"id": 1},
+    ],
 )
 def test_request_id_rejects_everything_else(given: object) -> None:
     with pytest.raises(InvalidRequestError) as raised:
@@ -47,14 +64,19 @@ def test_request_id_rejects_everything_else(given: object) -> None:
 
 @pytest.mark.parametrize(
     ("header", "token"),
-    [("Bearer act.abc123", "act.abc123"), ("bearer act.abc123", "act.abc123"), ("BEARER  act.x-y_z~/+=", "act.x-y_z~/+=")],
+    [
+        ("Bearer act.abc123", "act.abc123"),
+        ("bearer act.abc123", "act.abc123"),
+        ("BEARER  act.x-y_z~/+=", "act.x-y_z~/+="),
+    ],
 )
 def test_bearer_header_yields_the_token_unchanged(header: str, token: str) -> None:
     assert parse_authorization_header(header) == token
 
 
 @pytest.mark.parametrize(
-    "header", [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "act.abc123", "Bearer a b", "Bearer a\r\nX: y"]
+    "header",
+    [None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "act.abc123", "Bearer a b", "Bearer a\r\nX: y"],
 )
 def test_missing_or_malformed_bearer_is_401(header: str | None) -> None:
     with pytest.raises(MissingTokenError) as raised:

@@ -33,7 +33,9 @@ from tiktok_archive.models.errors import (
         ("new_code", 200, 502, True),
     ],
 )
-def test_tiktok_codes_map_to_status_and_transience(code: str, upstream: int, status: int, transient: bool) -> None:
+def test_tiktok_codes_map_to_status_and_transience(
+    code: str, upstream: int, status: int, transient: bool
+) -> None:
     error = TikTokApiError(code, "msg", log_id="L", upstream_status=upstream)
     assert (error.status, error.is_transient, error.error_code) == (status, transient, code)
 

@@ -30,7 +30,9 @@ def test_presigned_url_signature_and_session_token_are_redacted() -> None:
 
 def test_formatter_scrubs_the_serialised_record() -> None:
     formatter = RedactingFormatter()
-    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed with Bearer act.leaky999999", None, None)
+    record = logging.LogRecord(
+        "t", logging.ERROR, __file__, 1, "failed with Bearer act.leaky999999", None, None
+    )
     line = formatter.format(record)
     assert json.loads(line)["message"] == f"failed with Bearer {REDACTED}"
 

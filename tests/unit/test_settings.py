@@ -21,8 +21,12 @@ def test_defaults_need_only_the_bucket() -> None:
 def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
     settings = Settings.from_environment(
         {
-            "BUCKET_NAME": "b", "TIKTOK_API_BASE_URL": "http://127.0.0.1:9000/", "PART_SIZE_MIB": "5",
-            "UPLOAD_CONCURRENCY": "2", "PRESIGNED_URL_TTL_SECONDS": "604800", "OBJECT_KEY_PREFIX": "",
+            "BUCKET_NAME": "b",
+            "TIKTOK_API_BASE_URL": "http://127.0.0.1:9000/",
+            "PART_SIZE_MIB": "5",
+            "UPLOAD_CONCURRENCY": "2",
+            "PRESIGNED_URL_TTL_SECONDS": "604800",
+            "OBJECT_KEY_PREFIX": "",
         }
     )
     assert settings.tiktok_api_base_url == "http://127.0.0.1:9000"

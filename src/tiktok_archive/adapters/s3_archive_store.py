@@ -61,8 +61,13 @@ class _MultipartUpload:
     """
 
     def __init__(
-        self, client: S3Client, executor: ThreadPoolExecutor, bucket: str, key: str,
-        upload_id: str, concurrency: int,
+        self,
+        client: S3Client,
+        executor: ThreadPoolExecutor,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        concurrency: int,
     ) -> None:
         self._client = client
         self._executor = executor
@@ -78,6 +83,7 @@ class _MultipartUpload:
 
         Raises:
             StorageError: an earlier part failed; stop reading.
+
         """
         self._slots.acquire()
         if self._failure is not None:
@@ -89,11 +95,17 @@ class _MultipartUpload:
 
     def _upload_part(self, part_number: int, data: bytes) -> CompletedPartTypeDef:
         answer = self._client.upload_part(
-            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-            PartNumber=part_number, Body=data, ChecksumAlgorithm="CRC32",
+            Bucket=self._bucket,
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=part_number,
+            Body=data,
+            ChecksumAlgorithm="CRC32",
         )
         return {
-            "PartNumber": part_number, "ETag": answer["ETag"], "ChecksumCRC32": answer["ChecksumCRC32"],
+            "PartNumber": part_number,
+            "ETag": answer["ETag"],
+            "ChecksumCRC32": answer["ChecksumCRC32"],
         }
 
     def _part_done(self, future: Future[CompletedPartTypeDef]) -> None:
@@ -108,6 +120,7 @@ class _MultipartUpload:
 
         Raises:
             StorageError: a part or the completion failed.
+
         """
         parts: list[CompletedPartTypeDef] = []
         for future in self._futures:
@@ -117,9 +130,13 @@ class _MultipartUpload:
             parts.append(future.result())
         try:
             self._client.complete_multipart_upload(
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
-                MultipartUpload={"Parts": parts}, ChecksumCRC32=crc32_base64(crc),
-                ChecksumType="FULL_OBJECT", MpuObjectSize=size,
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+                ChecksumCRC32=crc32_base64(crc),
+                ChecksumType="FULL_OBJECT",
+                MpuObjectSize=size,
             )
         except (ClientError, BotoCoreError) as error:
             raise _storage_error("CompleteMultipartUpload", error) from None
@@ -136,9 +153,7 @@ class _MultipartUpload:
             if not future.cancelled():
                 future.exception()  # waits; the error itself is already recorded
         try:
-            self._client.abort_multipart_upload(
-                Bucket=self._bucket, Key=self._key, UploadId=self._upload_id
-            )
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
         except (ClientError, BotoCoreError) as error:
             logger.error(
                 "could not abort the multipart upload; the lifecycle rule will remove it",
@@ -155,10 +170,15 @@ class S3ArchiveStore:
         bucket: the archive bucket.
         part_size: bytes per part (at least 5 MiB, S3's minimum).
         concurrency: parts uploading at once while the source is read.
+
     """
 
     def __init__(
-        self, client: S3Client, executor: ThreadPoolExecutor, bucket: str, part_size: int,
+        self,
+        client: S3Client,
+        executor: ThreadPoolExecutor,
+        bucket: str,
+        part_size: int,
         concurrency: int,
     ) -> None:
         self._client = client
@@ -169,8 +189,10 @@ class S3ArchiveStore:
 
     @tracer.capture_method(capture_response=False)
     def write(self, key: str, source: ArchiveSource, filename: str) -> StoredArchive:
-        """Stream ``source`` into ``key``: one PutObject if it fits in a part, a multipart upload
-        otherwise. Reading and uploading overlap.
+        """Stream ``source`` into ``key``, reading and uploading at the same time.
+
+        An archive that fits in one part is stored with one PutObject; a larger one with a multipart
+        upload.
 
         Returns:
             where the archive is, its size and its CRC32.
@@ -178,6 +200,7 @@ class S3ArchiveStore:
         Raises:
             StorageError: S3 failed; nothing was stored and no upload is left open.
             TransferError: whatever ``source.read`` raised; likewise nothing is left behind.
+
         """
         data = source.read(self._part_size)
         crc = zlib.crc32(data)
@@ -188,13 +211,23 @@ class S3ArchiveStore:
         }
         if size < self._part_size:
             self._call(
-                "PutObject", self._client.put_object, Bucket=self.bucket, Key=key, Body=data,
-                ChecksumCRC32=crc32_base64(crc), **extra_args,
+                "PutObject",
+                self._client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ChecksumCRC32=crc32_base64(crc),
+                **extra_args,
             )
             return StoredArchive(self.bucket, key, size, crc32_base64(crc))
         created = self._call(
-            "CreateMultipartUpload", self._client.create_multipart_upload, Bucket=self.bucket,
-            Key=key, ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT", **extra_args,
+            "CreateMultipartUpload",
+            self._client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=key,
+            ChecksumAlgorithm="CRC32",
+            ChecksumType="FULL_OBJECT",
+            **extra_args,
         )
         upload = _MultipartUpload(
             self._client, self._executor, self.bucket, key, created["UploadId"], self._concurrency
@@ -222,9 +255,12 @@ class S3ArchiveStore:
         """
         expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl_seconds)
         url = self._call(
-            "presign", self._client.generate_presigned_url, "get_object",
+            "presign",
+            self._client.generate_presigned_url,
+            "get_object",
             Params={
-                "Bucket": self.bucket, "Key": key,
+                "Bucket": self.bucket,
+                "Key": key,
                 "ResponseContentDisposition": content_disposition(filename),
                 "ResponseContentType": CONTENT_TYPE,
             },

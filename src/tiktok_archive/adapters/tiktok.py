@@ -19,6 +19,8 @@ from urllib3.exceptions import (
     MaxRetryError,
     ProtocolError,
     ReadTimeoutError,
+)
+from urllib3.exceptions import (
     TimeoutError as Urllib3TimeoutError,
 )
 
@@ -50,7 +52,13 @@ def build_pool(connect_timeout: float, read_timeout: float) -> urllib3.PoolManag
     anything after the request was sent is not, because a download POST is answered with the archive.
     """
     retry = urllib3.Retry(
-        total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.2,
+        total=2,
+        connect=2,
+        read=0,
+        status=0,
+        other=0,
+        redirect=0,
+        backoff_factor=0.2,
         raise_on_status=False,
     )
     return urllib3.PoolManager(
@@ -80,6 +88,7 @@ class ArchiveStream:
         Raises:
             UpstreamStreamBrokenError: the connection broke, stalled past the read timeout, or ended
                 before its declared length or final chunk.
+
         """
         head, self._pending = self._pending, b""
         try:
@@ -118,6 +127,7 @@ class TikTokClient:
     Args:
         base_url: TikTok's API origin, without a trailing slash.
         pool: the container's shared pool (see :func:`build_pool`).
+
     """
 
     def __init__(self, base_url: str, pool: urllib3.PoolManager) -> None:
@@ -135,6 +145,7 @@ class TikTokClient:
             TikTokApiError: TikTok's JSON error (whatever the HTTP status, 200 included).
             UpstreamUnavailableError: no connection, timeout before the answer, or a non-JSON 5xx.
             UpstreamBadResponseError: an answer that is neither a zip nor a TikTok error.
+
         """
         body = json.dumps({"request_id": request.request_id}).encode()
         headers = {
@@ -144,7 +155,11 @@ class TikTokClient:
         }
         try:
             response = self._pool.request(
-                "POST", self._url, body=body, headers=headers, preload_content=False,
+                "POST",
+                self._url,
+                body=body,
+                headers=headers,
+                preload_content=False,
                 redirect=False,
             )
         except MaxRetryError as error:
@@ -192,13 +207,17 @@ def _failure(response: urllib3.BaseHTTPResponse, body: bytes) -> TransferError:
         )
     if status == 429:
         return TikTokApiError(
-            "rate_limit_exceeded", "TikTok is rate-limiting these requests",
-            log_id=header_log_id, upstream_status=status, retry_after=retry_after,
+            "rate_limit_exceeded",
+            "TikTok is rate-limiting these requests",
+            log_id=header_log_id,
+            upstream_status=status,
+            retry_after=retry_after,
         )
     if status >= 500:
         return UpstreamUnavailableError(
             f"TikTok answered HTTP {status} without an error document",
-            log_id=header_log_id, upstream_status=status,
+            log_id=header_log_id,
+            upstream_status=status,
         )
     if not body:
         what = "an empty body"

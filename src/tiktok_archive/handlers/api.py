@@ -42,14 +42,14 @@ def create_download() -> Response[str]:
     return _json(HTTPStatus.OK, result.to_body())
 
 
-@app.exception_handler(TransferError)
+@app.exception_handler(TransferError)  # type: ignore[untyped-decorator]
 def answer_transfer_error(error: TransferError) -> Response[str]:
     """The single mapping from the error taxonomy to HTTP answers."""
     headers = {"Retry-After": error.retry_after} if error.retry_after else {}
     return _json(error.status, error.to_body(), headers)
 
 
-@app.exception_handler(Exception)
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
 def answer_unexpected_error(error: Exception) -> Response[str]:
     """A bug: logged with its traceback, answered with a JSON 500 that reveals nothing of it."""
     logger.exception("unexpected error", extra={"error_code": UNEXPECTED_ERROR_CODE})
@@ -66,7 +66,9 @@ def answer_not_found(_: Exception) -> Response[str]:
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
     return Response(
-        status_code=status, content_type=content_types.APPLICATION_JSON, body=json.dumps(body),
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=json.dumps(body),
         headers={**_NO_STORE, **(headers or {})},
     )
 

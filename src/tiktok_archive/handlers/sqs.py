@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.batch import (
     EventType,
     process_partial_response,
 )
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -36,6 +37,7 @@ def download_message(record: SQSRecord) -> None:
 
     Raises:
         TransferError: only transient ones, so that the message is delivered again.
+
     """
     logger.set_correlation_id(record.message_id)
     try:
@@ -56,7 +58,7 @@ def download_message(record: SQSRecord) -> None:
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Lambda entry point for the download queue."""
     return process_partial_response(
         event=event, record_handler=download_message, processor=processor, context=context

@@ -26,6 +26,7 @@ class ArchiveTransfer:
         store: the archive bucket.
         key_prefix: prepended to ``{request_id}.zip``.
         url_ttl_seconds: validity of the returned link.
+
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class ArchiveTransfer:
 
         Raises:
             TransferError: the one error that explains the failure; nothing partial is left in S3.
+
         """
         filename = f"{request.request_id}.zip"
         key = f"{self._key_prefix}{filename}"
@@ -58,7 +60,8 @@ class ArchiveTransfer:
             logger.info(
                 "download completed",
                 extra={
-                    "key": key, "size_bytes": archive.size_bytes,
+                    "key": key,
+                    "size_bytes": archive.size_bytes,
                     "duration_seconds": round(duration, 3),
                     "throughput_mib_s": round(archive.size_bytes / 1048576 / max(duration, 1e-6), 1),
                 },
@@ -82,7 +85,10 @@ class ArchiveTransfer:
 def _count_outcome(code: str) -> None:
     """One ``Downloads`` count per outcome, by code (``ok`` or the error code)."""
     with single_metric(
-        name="Downloads", unit=MetricUnit.Count, value=1, namespace=metrics.namespace,
+        name="Downloads",
+        unit=MetricUnit.Count,
+        value=1,
+        namespace=metrics.namespace,
         default_dimensions=metrics.default_dimensions,
     ) as metric:
         metric.add_dimension(name="service", value=SERVICE)

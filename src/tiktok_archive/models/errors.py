@@ -22,6 +22,7 @@ class TransferError(Exception):
         log_id: TikTok's ``log_id`` for its support, when TikTok answered.
         upstream_status: the HTTP status TikTok answered with, when it answered.
         retry_after: TikTok's ``Retry-After`` value, passed on to the caller.
+
     """
 
     code: ClassVar[str] = "transfer_failed"
@@ -118,9 +119,7 @@ class TikTokApiError(TransferError):
         upstream_status: int,
         retry_after: str | None = None,
     ) -> None:
-        super().__init__(
-            message, log_id=log_id, upstream_status=upstream_status, retry_after=retry_after
-        )
+        super().__init__(message, log_id=log_id, upstream_status=upstream_status, retry_after=retry_after)
         self.tiktok_code = tiktok_code
         known = _TIKTOK_CODE_STATUS.get(tiktok_code)
         if known is not None:
@@ -160,8 +159,10 @@ class UpstreamStreamBrokenError(TransferError):
 
 
 class UpstreamBadResponseError(TransferError):
-    """TikTok answered with something that is neither an archive nor its JSON error (HTML, empty body,
-    bytes that are not a zip)."""
+    """TikTok answered with neither an archive nor its JSON error.
+
+    For example an HTML page, an empty body, or bytes that are not a zip.
+    """
 
     code = "upstream_bad_response"
 
