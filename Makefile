@@ -23,7 +23,7 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 	touch $@
 
 demo: $(BIN)/.installed  ## Run the whole job against moto server and the TikTok emulator.
-	$(BIN)/python -m tests.harness.demo
+	PYTHONPATH=src $(BIN)/python -m tests.harness.demo
 
 test: $(BIN)/.installed  ## The whole suite (what CI runs).
 	$(BIN)/pytest
