@@ -1,7 +1,7 @@
 """S3 side of a transfer (boto3): a streaming multipart writer and presigned links.
 
-Memory bound: at most ``concurrency`` parts are in flight, one more is being read from the source while
-they upload, and the source may hold one more transiently while it frames it — about
+Memory bound: at most ``concurrency`` parts are in flight and one more is being filled from the source
+while they upload, plus the source's small read piece and the HTTP clients' buffers — within
 ``part_size × (concurrency + 2)`` whatever the archive's size. Nothing touches the disk.
 
 Integrity: a CRC32 of the whole object is computed while streaming and given to S3 as a full-object
@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -35,8 +35,8 @@ CONTENT_TYPE = "application/zip"
 class ArchiveSource(Protocol):
     """Anything that hands out the archive: ``read(n)`` gives ``n`` bytes, fewer only at the end."""
 
-    def read(self, size: int) -> bytes:
-        """Return up to ``size`` bytes, ``b""`` at the end; raise a TransferError on failure."""
+    def read(self, size: int) -> bytes | bytearray:
+        """Return up to ``size`` bytes, none at the end; raise a TransferError on failure."""
         ...
 
 
@@ -78,7 +78,7 @@ class _MultipartUpload:
         self._futures: list[Future[CompletedPartTypeDef]] = []
         self._failure: StorageError | None = None
 
-    def submit(self, part_number: int, data: bytes) -> None:
+    def submit(self, part_number: int, data: bytes | bytearray) -> None:
         """Queue one part, blocking while the in-flight limit is reached.
 
         Raises:
@@ -93,13 +93,14 @@ class _MultipartUpload:
         future.add_done_callback(self._part_done)
         self._futures.append(future)
 
-    def _upload_part(self, part_number: int, data: bytes) -> CompletedPartTypeDef:
+    def _upload_part(self, part_number: int, data: bytes | bytearray) -> CompletedPartTypeDef:
         answer = self._client.upload_part(
             Bucket=self._bucket,
             Key=self._key,
             UploadId=self._upload_id,
             PartNumber=part_number,
-            Body=data,
+            # botocore sends any bytes-like body (validate.py accepts bytearray); the stubs say bytes.
+            Body=cast("bytes", data),
             ChecksumAlgorithm="CRC32",
         )
         return {
@@ -236,6 +237,9 @@ class S3ArchiveStore:
             part_number = 1
             while data:
                 upload.submit(part_number, data)
+                # The uploader owns the part now: holding it through the next read would keep one
+                # more part alive than the memory bound allows for.
+                del data
                 data = source.read(self._part_size)
                 crc = zlib.crc32(data, crc)
                 size += len(data)

@@ -2,8 +2,9 @@
 
 One :class:`urllib3.PoolManager` per container is shared by every invocation. The archive body is read
 with ``HTTPResponse.read(n)`` only — never mixed with ``stream()``, whose chunked-transfer framing state
-is separate — and raw (``decode_content=False``), so a part arrives as one bytes object without the
-decoder's extra copy. We send ``Accept-Encoding: identity`` so the raw bytes are the archive.
+is separate — and raw (``decode_content=False``: we send ``Accept-Encoding: identity``, so the raw bytes
+are the archive). A part is filled in place, a bounded piece at a time: reading a whole part in one
+``read`` would make http.client join a chunked body's pieces into a second copy of the part.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from tiktok_archive.models.errors import (
 from tiktok_archive.observability import tracer
 
 DOWNLOAD_PATH = "/v2/user/data/download/"
+# Largest single read from the socket while filling a part: the transient copy it costs.
+READ_PIECE_BYTES = 1024 * 1024
 # A zip archive starts with a local file header; an archive with no entries is only its end record.
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 SIGNATURE_LENGTH = 4
@@ -72,9 +75,10 @@ def build_pool(connect_timeout: float, read_timeout: float) -> urllib3.PoolManag
 class ArchiveStream:
     """An open archive download whose first bytes were checked to be a zip.
 
-    ``read(n)`` returns exactly ``n`` bytes except at the end of the archive, ``b""`` after it. It holds
-    no buffer of its own beyond the four signature bytes. Use it as a context manager: the connection
-    goes back to the pool only when the body was read to its end, and is discarded otherwise.
+    ``read(n)`` returns a new buffer of exactly ``n`` bytes except at the end of the archive, an empty
+    one after it. Beyond that buffer it holds at most one ``READ_PIECE_BYTES`` piece. Use it as a
+    context manager: the connection goes back to the pool only when the body was read to its end, and
+    is discarded otherwise.
     """
 
     def __init__(self, response: urllib3.BaseHTTPResponse, signature: bytes) -> None:
@@ -82,17 +86,33 @@ class ArchiveStream:
         self._pending = signature
         self._finished = False
 
-    def read(self, size: int) -> bytes:
-        """Read up to ``size`` bytes of the archive.
+    def read(self, size: int) -> bytearray:
+        """Read the next ``size`` bytes of the archive (fewer only at its end).
 
         Raises:
             UpstreamStreamBrokenError: the connection broke, stalled past the read timeout, or ended
                 before its declared length or final chunk.
-
         """
-        head, self._pending = self._pending, b""
+        part = bytearray(size)
+        view = memoryview(part)
+        filled = len(self._pending)
+        view[:filled] = self._pending
+        self._pending = b""
+        while filled < size:
+            piece = self._read_piece(min(READ_PIECE_BYTES, size - filled))
+            if not piece:
+                self._finished = True
+                break
+            view[filled : filled + len(piece)] = piece
+            filled += len(piece)
+        view.release()
+        if filled < size:
+            del part[filled:]
+        return part
+
+    def _read_piece(self, amount: int) -> bytes:
         try:
-            body = self._response.read(size - len(head), decode_content=False)
+            return self._response.read(amount, decode_content=False)
         except ReadTimeoutError:
             raise UpstreamStreamBrokenError(
                 "the archive stream from TikTok stalled past the read timeout"
@@ -101,10 +121,6 @@ class ArchiveStream:
             raise UpstreamStreamBrokenError(
                 f"the archive stream from TikTok broke: {type(error).__name__}"
             ) from None
-        data = head + body if head else body
-        if not data:
-            self._finished = True
-        return data
 
     def __enter__(self) -> ArchiveStream:
         return self
