@@ -25,7 +25,8 @@ from tests.conftest import (
     new_request_id,
     open_uploads,
 )
-from tests.harness.local_stack import Emulator
+from tests.harness.local_stack import Emulator, LocalStack
+from tests.harness.s3_fault_proxy import S3FaultProxy
 
 
 def fetch(url: str) -> tuple[bytes, dict[str, str]]:
@@ -389,3 +390,53 @@ def test_every_record_of_a_download_carries_its_request_id(
     assert len(completed) == 1
     assert {started[0]["request_id"], completed[0]["request_id"]} == {str(request_id)}
     assert completed[0]["size_bytes"] > 0
+
+
+# -- S3 failures, over real HTTP through a fault-injecting proxy in front of moto -----------------
+@pytest.mark.parametrize("failing_part", [1, 3])
+def test_s3_part_failure_aborts_the_upload_and_answers_a_storage_error(
+    configure: Configure,
+    stack: LocalStack,
+    emulator: Emulator,
+    s3: Any,
+    bucket: str,
+    token: str,
+    failing_part: int,
+) -> None:
+    # Given S3 refusing one part of a multipart upload
+    def refuse_part(method: str, path: str) -> tuple[int, str] | None:
+        return (
+            (403, "AccessDenied") if method == "PUT" and f"partNumber={failing_part}&" in path + "&" else None
+        )
+
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=24 * MIB)
+    with S3FaultProxy(stack.moto_url, refuse_part) as proxy:
+        configure(AWS_ENDPOINT_URL_S3=proxy.url)
+
+        # When the archive is streamed
+        answer = call_api(api_event(request_id, token))
+
+    # Then the caller gets a storage error and the upload was aborted: no object, no parts
+    assert proxy.failed, "the proxy never failed a part"
+    assert answer.status == 503
+    assert answer.body["error"]["code"] == "storage_error"
+    assert "UploadPart" in answer.body["error"]["message"]
+    assert_nothing_left(s3, bucket)
+
+
+def test_s3_failure_on_completion_aborts_the_upload(
+    configure: Configure, stack: LocalStack, emulator: Emulator, s3: Any, bucket: str, token: str
+) -> None:
+    def refuse_completion(method: str, path: str) -> tuple[int, str] | None:
+        return (400, "InvalidPart") if method == "POST" and "uploadId=" in path else None
+
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=12 * MIB)
+    with S3FaultProxy(stack.moto_url, refuse_completion) as proxy:
+        configure(AWS_ENDPOINT_URL_S3=proxy.url)
+        answer = call_api(api_event(request_id, token))
+
+    assert answer.status == 503
+    assert "CompleteMultipartUpload" in answer.body["error"]["message"]
+    assert_nothing_left(s3, bucket)

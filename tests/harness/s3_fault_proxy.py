@@ -1,0 +1,90 @@
+"""An HTTP proxy in front of moto server that makes chosen S3 calls fail, over real HTTP.
+
+Point ``AWS_ENDPOINT_URL_S3`` at it; every request is forwarded to moto unchanged except those that
+match ``fail_when``, which are answered with an S3 error document instead.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection"}
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: S3FaultProxy
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Quiet."""
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        failure = self.server.failure_for(self.command, self.path)
+        if failure is not None:
+            status, code = failure
+            document = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>injected</Message></Error>"
+            self._answer(status, {"Content-Type": "application/xml"}, document.encode())
+            return
+        upstream = http.client.HTTPConnection(self.server.target_host, self.server.target_port, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            answer_headers = {k: v for k, v in response.getheaders() if k.lower() not in _HOP_BY_HOP}
+            self._answer(response.status, answer_headers, data)
+        finally:
+            upstream.close()
+
+    def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+
+class S3FaultProxy(ThreadingHTTPServer):
+    """The proxy; ``fail_when(method, path)`` returns ``(status, S3 error code)`` to fail a call."""
+
+    daemon_threads = True
+
+    def __init__(self, target_url: str, fail_when: Callable[[str, str], tuple[int, str] | None]) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        target = urlsplit(target_url)
+        self.target_host = target.hostname or "127.0.0.1"
+        self.target_port = target.port or 80
+        self._fail_when = fail_when
+        self._lock = threading.Lock()
+        self.failed: list[str] = []
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def failure_for(self, method: str, path: str) -> tuple[int, str] | None:
+        failure = self._fail_when(method, path)
+        if failure is not None:
+            with self._lock:
+                self.failed.append(f"{method} {path}")
+        return failure
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> S3FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
