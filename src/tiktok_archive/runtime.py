@@ -25,7 +25,6 @@ def transfer_service() -> ArchiveTransfer:
 
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
-
     """
     settings = Settings.from_environment()
     s3_client = boto3.client(

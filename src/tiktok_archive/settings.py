@@ -37,7 +37,6 @@ class Settings:
         connect_timeout_seconds: TCP/TLS connect timeout to TikTok (``TIKTOK_CONNECT_TIMEOUT_SECONDS``).
         read_timeout_seconds: longest silence tolerated on the TikTok socket
             (``TIKTOK_READ_TIMEOUT_SECONDS``); a stalled stream fails after it.
-
     """
 
     bucket_name: str
@@ -55,7 +54,6 @@ class Settings:
 
         Raises:
             ConfigurationError: a variable is missing or invalid; the message names it.
-
         """
         env = os.environ if environ is None else environ
         bucket = env.get("BUCKET_NAME", "").strip()

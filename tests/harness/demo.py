@@ -51,6 +51,7 @@ def main() -> int:
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=DEMO_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
         _say(f"moto server at {stack.moto_url}, TikTok emulator at {stack.emulator.url}")
+        print("(the function's JSON log records and EMF metrics print as they happen, as in CloudWatch)")
         ready = stack.emulator.register(API_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES, transfer="chunked")
         print(f"TikTok has archive {API_REQUEST_ID} ready: {ready['size_bytes']} bytes, chunked")
 

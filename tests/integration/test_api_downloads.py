@@ -401,6 +401,7 @@ def test_s3_part_failure_aborts_the_upload_and_answers_a_storage_error(
     s3: Any,
     bucket: str,
     token: str,
+    logs: LogCapture,
     failing_part: int,
 ) -> None:
     # Given S3 refusing one part of a multipart upload
@@ -419,6 +420,7 @@ def test_s3_part_failure_aborts_the_upload_and_answers_a_storage_error(
 
     # Then the caller gets a storage error and the upload was aborted: no object, no parts
     assert proxy.failed, "the proxy never failed a part"
+    assert len(logs.find("multipart upload aborted")) == 1
     assert answer.status == 503
     assert answer.body["error"]["code"] == "storage_error"
     assert "UploadPart" in answer.body["error"]["message"]

@@ -83,7 +83,6 @@ class _MultipartUpload:
 
         Raises:
             StorageError: an earlier part failed; stop reading.
-
         """
         self._slots.acquire()
         if self._failure is not None:
@@ -121,7 +120,6 @@ class _MultipartUpload:
 
         Raises:
             StorageError: a part or the completion failed.
-
         """
         parts: list[CompletedPartTypeDef] = []
         for future in self._futures:
@@ -158,8 +156,15 @@ class _MultipartUpload:
         except (ClientError, BotoCoreError) as error:
             logger.error(
                 "could not abort the multipart upload; the lifecycle rule will remove it",
-                extra={"key": self._key, "error_code": _storage_error("Abort", error).message},
+                extra={
+                    "key": self._key,
+                    "error_message": _storage_error("AbortMultipartUpload", error).message,
+                },
             )
+            return
+        logger.info(
+            "multipart upload aborted", extra={"key": self._key, "parts_submitted": len(self._futures)}
+        )
 
 
 class S3ArchiveStore:
@@ -171,7 +176,6 @@ class S3ArchiveStore:
         bucket: the archive bucket.
         part_size: bytes per part (at least 5 MiB, S3's minimum).
         concurrency: parts uploading at once while the source is read.
-
     """
 
     def __init__(
@@ -201,7 +205,6 @@ class S3ArchiveStore:
         Raises:
             StorageError: S3 failed; nothing was stored and no upload is left open.
             TransferError: whatever ``source.read`` raised; likewise nothing is left behind.
-
         """
         data = source.read(self._part_size)
         crc = zlib.crc32(data)

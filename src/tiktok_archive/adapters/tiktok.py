@@ -143,7 +143,6 @@ class TikTokClient:
     Args:
         base_url: TikTok's API origin, without a trailing slash.
         pool: the container's shared pool (see :func:`build_pool`).
-
     """
 
     def __init__(self, base_url: str, pool: urllib3.PoolManager) -> None:
@@ -161,7 +160,6 @@ class TikTokClient:
             TikTokApiError: TikTok's JSON error (whatever the HTTP status, 200 included).
             UpstreamUnavailableError: no connection, timeout before the answer, or a non-JSON 5xx.
             UpstreamBadResponseError: an answer that is neither a zip nor a TikTok error.
-
         """
         body = json.dumps({"request_id": request.request_id}).encode()
         headers = {

@@ -37,7 +37,6 @@ def download_message(record: SQSRecord) -> None:
 
     Raises:
         TransferError: only transient ones, so that the message is delivered again.
-
     """
     logger.set_correlation_id(record.message_id)
     try:

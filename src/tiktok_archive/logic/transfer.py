@@ -26,7 +26,6 @@ class ArchiveTransfer:
         store: the archive bucket.
         key_prefix: prepended to ``{request_id}.zip``.
         url_ttl_seconds: validity of the returned link.
-
     """
 
     def __init__(
@@ -45,7 +44,6 @@ class ArchiveTransfer:
 
         Raises:
             TransferError: the one error that explains the failure; nothing partial is left in S3.
-
         """
         filename = f"{request.request_id}.zip"
         key = f"{self._key_prefix}{filename}"

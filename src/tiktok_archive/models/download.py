@@ -72,7 +72,6 @@ def parse_request_id(value: object) -> int:
 
     Raises:
         InvalidRequestError: missing, a bool, a float, not a number, or out of range.
-
     """
     if value is None:
         raise InvalidRequestError("request_id is required")
@@ -94,7 +93,6 @@ def parse_access_token(value: object) -> str:
 
     Raises:
         MissingTokenError: absent, empty, or not a well-formed bearer token.
-
     """
     if not isinstance(value, str) or not value:
         raise MissingTokenError("an access token is required")
@@ -108,7 +106,6 @@ def parse_authorization_header(value: str | None) -> str:
 
     Raises:
         MissingTokenError: no header, another scheme, or a malformed token.
-
     """
     match = _BEARER_HEADER.fullmatch((value or "").strip())
     if match is None:
@@ -121,7 +118,6 @@ def parse_json_object(body: str | bytes | None) -> dict[str, Any]:
 
     Raises:
         InvalidRequestError: empty, not JSON, or not an object.
-
     """
     if body is None or not body.strip():
         raise InvalidRequestError("a JSON body is required")

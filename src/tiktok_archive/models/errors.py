@@ -22,7 +22,6 @@ class TransferError(Exception):
         log_id: TikTok's ``log_id`` for its support, when TikTok answered.
         upstream_status: the HTTP status TikTok answered with, when it answered.
         retry_after: TikTok's ``Retry-After`` value, passed on to the caller.
-
     """
 
     code: ClassVar[str] = "transfer_failed"
