@@ -64,8 +64,12 @@ class Emulator:
 
     def downloads(self, request_id: int) -> int:
         """How many times the download endpoint was called for ``request_id``."""
-        count: int = self._call("GET", f"/_emulator/requests/{request_id}")["downloads"]
+        count: int = self.state(request_id)["downloads"]
         return count
+
+    def state(self, request_id: int) -> dict[str, Any]:
+        """The emulator's record of ``request_id``: ``downloads`` and ``last_body_sent_at``."""
+        return self._call("GET", f"/_emulator/requests/{request_id}")
 
     def reset(self) -> None:
         """Forget every registration."""

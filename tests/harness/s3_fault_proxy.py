@@ -1,13 +1,15 @@
 """An HTTP proxy in front of moto server that makes chosen S3 calls fail, over real HTTP.
 
 Point ``AWS_ENDPOINT_URL_S3`` at it; every request is forwarded to moto unchanged except those that
-match ``fail_when``, which are answered with an S3 error document instead.
+match ``fail_when``, which are answered with an S3 error document instead. ``seen`` records when each
+request arrived, so tests can order S3 calls against other events.
 """
 
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -26,6 +28,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        self.server.seen.append((time.time(), self.command, self.path))
         failure = self.server.failure_for(self.command, self.path)
         if failure is not None:
             status, code = failure
@@ -60,7 +63,9 @@ class S3FaultProxy(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, target_url: str, fail_when: Callable[[str, str], tuple[int, str] | None]) -> None:
+    def __init__(
+        self, target_url: str, fail_when: Callable[[str, str], tuple[int, str] | None] = lambda *_: None
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
         target = urlsplit(target_url)
         self.target_host = target.hostname or "127.0.0.1"
@@ -68,6 +73,7 @@ class S3FaultProxy(ThreadingHTTPServer):
         self._fail_when = fail_when
         self._lock = threading.Lock()
         self.failed: list[str] = []
+        self.seen: list[tuple[float, str, str]] = []
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     def failure_for(self, method: str, path: str) -> tuple[int, str] | None:

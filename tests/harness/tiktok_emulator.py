@@ -5,9 +5,10 @@ http://127.0.0.1:N`` once ready. What it serves is set over HTTP, so tests and t
 same way whether it runs in a thread or in its own process:
 
 - ``PUT /_emulator/requests/{request_id}`` with ``{"token", "size", "transfer": "chunked"|"length",
-  "chunk_size", "scopes", "fault", "fault_times"}`` registers a ready archive for one user's token and
-  answers ``{"size_bytes", "sha256", "entries"}``.
-- ``GET /_emulator/requests/{request_id}`` answers ``{"downloads": <calls to the download endpoint>}``.
+  "chunk_size", "bytes_per_second", "scopes", "fault", "fault_times"}`` registers a ready archive for
+  one user's token and answers ``{"size_bytes", "sha256", "entries"}``.
+- ``GET /_emulator/requests/{request_id}`` answers ``{"downloads": <calls to the download endpoint>,
+  "last_body_sent_at": <Unix time the last complete archive body was sent, or null>}``.
 - ``POST /_emulator/reset`` forgets everything.
 
 ``POST /v2/user/data/download/`` behaves like the documented endpoint: it checks the bearer token, the
@@ -57,7 +58,9 @@ class Registration:
     scopes: tuple[str, ...] = ("portability.all.single",)
     fault: dict[str, Any] | None = None
     fault_times: int | None = None
+    bytes_per_second: float | None = None
     downloads: int = 0
+    last_body_sent_at: float | None = None
 
 
 @dataclass
@@ -101,6 +104,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             scopes=tuple(spec.get("scopes", ("portability.all.single",))),
             fault=spec.get("fault"),
             fault_times=spec.get("fault_times"),
+            bytes_per_second=spec.get("bytes_per_second"),
         )
         with self.server.state.lock:
             self.server.state.requests[request_id] = registration
@@ -122,7 +126,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if registration is None:
             self._send_json(404, {"error": "not registered"})
             return
-        self._send_json(200, {"downloads": registration.downloads})
+        self._send_json(
+            200, {"downloads": registration.downloads, "last_body_sent_at": registration.last_body_sent_at}
+        )
 
     # -- the API ---------------------------------------------------------------------------------
     def do_POST(self) -> None:
@@ -218,6 +224,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         step = registration.chunk_size
+        started = time.monotonic()
         try:
             for offset in range(0, stop_at, step):
                 piece = data[offset : min(offset + step, stop_at)]
@@ -225,6 +232,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                     self.wfile.write(b"%x\r\n" % len(piece) + piece + b"\r\n")
                 else:
                     self.wfile.write(piece)
+                if registration.bytes_per_second:
+                    # Pace the stream like a slow network: never ahead of the configured rate.
+                    due = started + (offset + len(piece)) / registration.bytes_per_second
+                    time.sleep(max(0.0, due - time.monotonic()))
             if kind == "reset":
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.connection.close()
@@ -233,6 +244,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 time.sleep(float(fault.get("seconds", 60)))
             elif kind != "truncate" and chunked:
                 self.wfile.write(b"0\r\n\r\n")
+            if not kind:
+                registration.last_body_sent_at = time.time()
         except (BrokenPipeError, ConnectionResetError):
             pass
         if kind:

@@ -442,3 +442,23 @@ def test_s3_failure_on_completion_aborts_the_upload(
     assert answer.status == 503
     assert "CompleteMultipartUpload" in answer.body["error"]["message"]
     assert_nothing_left(s3, bucket)
+
+
+def test_parts_upload_while_the_download_is_still_running(
+    configure: Configure, stack: LocalStack, emulator: Emulator, s3: Any, bucket: str, token: str
+) -> None:
+    # Given a 24 MiB archive that TikTok sends at 10 MiB/s, watched through a proxy in front of S3
+    request_id = new_request_id()
+    ready = emulator.register(request_id, token, size=24 * MIB, bytes_per_second=10 * MIB)
+    with S3FaultProxy(stack.moto_url) as proxy:
+        configure(AWS_ENDPOINT_URL_S3=proxy.url)
+
+        # When it is downloaded
+        answer = call_api(api_event(request_id, token))
+
+    # Then parts reached S3 before TikTok had finished sending: the legs overlap, nothing is buffered whole
+    assert answer.status == 200, answer.body
+    body_sent_at = emulator.state(request_id)["last_body_sent_at"]
+    part_times = [at for at, method, path in proxy.seen if method == "PUT" and "partNumber=" in path]
+    assert len(part_times) == -(-ready["size_bytes"] // (5 * MIB))
+    assert sum(at < body_sent_at for at in part_times) >= 3
