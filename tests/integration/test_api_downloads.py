@@ -145,7 +145,13 @@ def test_sample_event_is_served(configure: Configure, emulator: Emulator, token:
     ],
 )
 def test_bad_body_is_400_and_tiktok_is_never_called(
-    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str, body: str | None
+    configure: Configure,
+    logs: LogCapture,
+    emulator: Emulator,
+    s3: Any,
+    bucket: str,
+    token: str,
+    body: str | None,
 ) -> None:
     request_id = new_request_id()
     emulator.register(request_id, token)
@@ -158,6 +164,7 @@ def test_bad_body_is_400_and_tiktok_is_never_called(
     assert answer.status == 400
     assert answer.body["error"]["code"] == "invalid_request"
     assert answer.body["error"]["message"]
+    assert [r["error_code"] for r in logs.find("answered with an error")] == ["invalid_request"]
     assert emulator.downloads(request_id) == 0
     assert_nothing_left(s3, bucket)
 

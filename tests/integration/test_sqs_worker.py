@@ -72,6 +72,8 @@ def test_mixed_batch_reports_only_the_transient_failures(
         "permanent-unknown-id": "invalid_params",
     }
     assert {r["correlation_id"] for r in dropped} == set(codes)
+    by_id = {r["message_id"]: r.get("request_id") for r in dropped}
+    assert (by_id["permanent-malformed"], by_id["permanent-scope"]) == (None, str(refused))
 
 
 def test_good_message_is_stored_byte_for_byte(

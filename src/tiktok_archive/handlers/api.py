@@ -45,6 +45,9 @@ def create_download() -> Response[str]:
 @app.exception_handler(TransferError)  # type: ignore[untyped-decorator]
 def answer_transfer_error(error: TransferError) -> Response[str]:
     """The single mapping from the error taxonomy to HTTP answers."""
+    # One short record per error answer; the failure itself was logged where it happened, or is a
+    # rejected input that touched nothing.
+    logger.info("answered with an error", extra={"error_code": error.error_code, "http_status": error.status})
     headers = {"Retry-After": error.retry_after} if error.retry_after else {}
     return _json(error.status, error.to_body(), headers)
 

@@ -39,15 +39,18 @@ def download_message(record: SQSRecord) -> None:
         TransferError: only transient ones, so that the message is delivered again.
     """
     logger.set_correlation_id(record.message_id)
+    request_id: int | None = None
     try:
         document = parse_json_object(record.body)
-        request = DownloadRequest(
-            parse_request_id(document.get("request_id")),
-            parse_access_token(document.get("access_token")),
-        )
+        request_id = parse_request_id(document.get("request_id"))
+        request = DownloadRequest(request_id, parse_access_token(document.get("access_token")))
         transfer_service().run(request)
     except TransferError as error:
-        fields = {**error.log_fields(), "message_id": record.message_id}
+        fields = {
+            **error.log_fields(),
+            "message_id": record.message_id,
+            "request_id": None if request_id is None else str(request_id),
+        }
         if error.is_transient:
             logger.warning("message will be delivered again", extra=fields)
             raise
