@@ -156,6 +156,9 @@ def configure(stack: LocalStack, bucket: str, monkeypatch: pytest.MonkeyPatch) -
     apply(BUCKET_NAME=bucket, PART_SIZE_MIB="5", UPLOAD_CONCURRENCY="3")
     yield apply
     runtime.reset()
+    # Archives live in both servers' memory: drop them so a long session stays small.
+    stack.emulator.reset()
+    stack.reset_aws()
 
 
 # -- events --------------------------------------------------------------------------------------
