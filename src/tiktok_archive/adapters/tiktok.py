@@ -60,9 +60,7 @@ def build_pool(connect_timeout: float, read_timeout: float) -> urllib3.PoolManag
         read=0,
         status=0,
         other=0,
-        redirect=0,
         backoff_factor=0.2,
-        raise_on_status=False,
     )
     return urllib3.PoolManager(
         num_pools=4,
