@@ -36,7 +36,16 @@ class Settings:
             default 3600).
         connect_timeout_seconds: TCP/TLS connect timeout to TikTok (``TIKTOK_CONNECT_TIMEOUT_SECONDS``).
         read_timeout_seconds: longest silence tolerated on the TikTok socket
-            (``TIKTOK_READ_TIMEOUT_SECONDS``); a stalled stream fails after it.
+            (``TIKTOK_READ_TIMEOUT_SECONDS``, 1–300, default 30); a stalled stream is resumed or fetched
+            again after it.
+        tiktok_max_attempts: tries of each TikTok request that fails before its first byte, and of a
+            broken stream (``TIKTOK_MAX_ATTEMPTS``, 1–10, default 4).
+        deadline_margin_seconds: how long before Lambda's deadline an invocation stops, aborts and
+            answers (``DEADLINE_MARGIN_SECONDS``, 1–300, default 10).
+        s3_retry_mode: botocore's retry mode for S3 calls (``S3_RETRY_MODE``, ``standard`` or
+            ``adaptive``).
+        s3_max_attempts: botocore's attempts per S3 call, first one included (``S3_MAX_ATTEMPTS``, 1–10,
+            default 5).
     """
 
     bucket_name: str
@@ -47,6 +56,10 @@ class Settings:
     presigned_url_ttl_seconds: int = 3600
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
+    tiktok_max_attempts: int = 4
+    deadline_margin_seconds: float = 10.0
+    s3_retry_mode: str = "standard"
+    s3_max_attempts: int = 5
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +94,10 @@ class Settings:
             ),
             connect_timeout_seconds=_int(env, "TIKTOK_CONNECT_TIMEOUT_SECONDS", 5, 1, 60),
             read_timeout_seconds=_int(env, "TIKTOK_READ_TIMEOUT_SECONDS", 30, 1, 300),
+            tiktok_max_attempts=_int(env, "TIKTOK_MAX_ATTEMPTS", 4, 1, 10),
+            deadline_margin_seconds=_int(env, "DEADLINE_MARGIN_SECONDS", 10, 1, 300),
+            s3_retry_mode=_choice(env, "S3_RETRY_MODE", "standard", ("standard", "adaptive")),
+            s3_max_attempts=_int(env, "S3_MAX_ATTEMPTS", 5, 1, 10),
         )
 
 
@@ -94,4 +111,11 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum:
         raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
     if not minimum <= value <= maximum:
         raise ConfigurationError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in allowed:
+        raise ConfigurationError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value

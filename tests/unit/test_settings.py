@@ -16,6 +16,10 @@ def test_defaults_need_only_the_bucket() -> None:
     assert settings.upload_concurrency == 4
     assert settings.presigned_url_ttl_seconds == 3600
     assert settings.object_key_prefix == "archives/"
+    assert settings.read_timeout_seconds == 30
+    assert settings.tiktok_max_attempts == 4
+    assert settings.deadline_margin_seconds == 10
+    assert (settings.s3_retry_mode, settings.s3_max_attempts) == ("standard", 5)
 
 
 def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
@@ -27,6 +31,10 @@ def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
             "UPLOAD_CONCURRENCY": "2",
             "PRESIGNED_URL_TTL_SECONDS": "604800",
             "OBJECT_KEY_PREFIX": "",
+            "TIKTOK_MAX_ATTEMPTS": "1",
+            "DEADLINE_MARGIN_SECONDS": "3",
+            "S3_RETRY_MODE": "adaptive",
+            "S3_MAX_ATTEMPTS": "10",
         }
     )
     assert settings.tiktok_api_base_url == "http://127.0.0.1:9000"
@@ -34,6 +42,8 @@ def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
     assert settings.upload_concurrency == 2
     assert settings.presigned_url_ttl_seconds == 604800
     assert settings.object_key_prefix == ""
+    assert (settings.tiktok_max_attempts, settings.deadline_margin_seconds) == (1, 3)
+    assert (settings.s3_retry_mode, settings.s3_max_attempts) == ("adaptive", 10)
 
 
 @pytest.mark.parametrize(
@@ -48,6 +58,11 @@ def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
         ("TIKTOK_API_BASE_URL", "open.tiktokapis.com"),
         ("TIKTOK_API_BASE_URL", "https://open.tiktokapis.com/v2"),
         ("OBJECT_KEY_PREFIX", "/archives/"),
+        ("TIKTOK_MAX_ATTEMPTS", "0"),
+        ("TIKTOK_MAX_ATTEMPTS", "11"),
+        ("DEADLINE_MARGIN_SECONDS", "0"),
+        ("S3_RETRY_MODE", "legacy"),
+        ("S3_MAX_ATTEMPTS", "0"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_variable(variable: str, value: str) -> None:

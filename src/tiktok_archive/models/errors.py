@@ -157,6 +157,16 @@ class UpstreamStreamBrokenError(TransferError):
     code = "upstream_stream_broken"
 
 
+class ArchiveTruncatedError(UpstreamStreamBrokenError):
+    """The archive body ended before its ``Content-Length`` or without the final chunk.
+
+    Like any broken stream it is resumed or fetched again while the budget lasts; this is what is
+    reported when that did not succeed.
+    """
+
+    code = "archive_truncated"
+
+
 class UpstreamBadResponseError(TransferError):
     """TikTok answered with neither an archive nor its JSON error.
 
@@ -164,6 +174,24 @@ class UpstreamBadResponseError(TransferError):
     """
 
     code = "upstream_bad_response"
+
+
+class ArchiveInvalidError(TransferError):
+    """The bytes received are not a whole zip archive: its end-of-central-directory record is missing,
+    or disagrees with the number of bytes received. The upload was aborted instead of completed."""
+
+    code = "archive_invalid"
+
+
+class DeadlineExceededError(TransferError):
+    """The invocation's time budget (its Lambda deadline less a safety margin) ran out.
+
+    The upload was aborted before Lambda could kill the function; the same request can be sent again
+    (through the queue for archives too large for the API's time limit).
+    """
+
+    code = "deadline_exceeded"
+    http_status = 504
 
 
 class StorageError(TransferError):

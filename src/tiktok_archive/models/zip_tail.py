@@ -1,0 +1,110 @@
+"""Checks that a streamed archive ends like a whole zip file, from its last bytes only.
+
+A zip archive ends with its central directory and an end-of-central-directory record (EOCD) that says
+where that directory starts and how long it is; ZIP64 archives (more than 65,535 entries or beyond
+4 GiB) put the real values in a ZIP64 end record found through a locator just before the EOCD. A body
+cut short, padded, or stitched from two downloads almost never keeps these numbers consistent with the
+byte count, so checking them before completing the upload keeps such bodies out of the bucket without
+reading anything twice.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from tiktok_archive.models.errors import ArchiveInvalidError
+
+EOCD_SIGNATURE = b"PK\x05\x06"
+ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
+CENTRAL_HEADER_SIGNATURE = b"PK\x01\x02"
+_EOCD = struct.Struct("<4s4H2LH")  # signature, disk, cd disk, entries here, entries, cd size, cd offset, comment
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")  # signature, cd disk, zip64 EOCD offset, disks
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # signature, size, versions, disks, entries here, entries, size, offset
+MAX_COMMENT = 0xFFFF
+# Enough for the longest EOCD (with a maximal comment), the ZIP64 locator and a ZIP64 record with some
+# extensible data.
+TAIL_BYTES = _EOCD.size + MAX_COMMENT + _ZIP64_LOCATOR.size + _ZIP64_EOCD.size + 64 * 1024
+
+
+class ZipTail:
+    """Keeps the last :data:`TAIL_BYTES` of a stream and validates them as a zip's end at the end.
+
+    Memory: at most ``TAIL_BYTES`` (about 192 KiB) beyond the piece being fed.
+    """
+
+    def __init__(self) -> None:
+        self._tail = bytearray()
+        self.size = 0
+
+    def feed(self, piece: bytes | bytearray | memoryview) -> None:
+        """Account for the next bytes of the stream."""
+        self.size += len(piece)
+        if len(piece) >= TAIL_BYTES:
+            self._tail = bytearray(piece[-TAIL_BYTES:])
+            return
+        self._tail += piece
+        if len(self._tail) > TAIL_BYTES:
+            del self._tail[: len(self._tail) - TAIL_BYTES]
+
+    def verify(self) -> None:
+        """Check the end records against the number of bytes fed.
+
+        Raises:
+            ArchiveInvalidError: no end record, a multi-disk archive, or a central directory whose offset
+                and size do not end where the end records begin.
+        """
+        tail = bytes(self._tail)
+        base = self.size - len(tail)  # absolute offset of tail[0]
+        at = _find_eocd(tail)
+        if at is None:
+            raise ArchiveInvalidError(
+                "the archive has no end-of-central-directory record: it is cut short or not a zip file"
+            )
+        (_, disk, cd_disk, entries_here, entries, cd_size, cd_offset, _) = _EOCD.unpack_from(tail, at)
+        directory_end = base + at
+        locator_at = at - _ZIP64_LOCATOR.size
+        if locator_at >= 0 and tail[locator_at : locator_at + 4] == ZIP64_LOCATOR_SIGNATURE:
+            entries, cd_size, cd_offset, directory_end = _zip64_directory(tail, base, locator_at)
+        elif 0xFFFF in (disk, cd_disk, entries_here, entries) or 0xFFFFFFFF in (cd_size, cd_offset):
+            raise ArchiveInvalidError("the archive's end record needs ZIP64 values but has no ZIP64 locator")
+        elif disk or cd_disk or entries_here != entries:
+            raise ArchiveInvalidError("the archive spans several disks, which a download cannot be")
+        if cd_offset + cd_size != directory_end:
+            raise ArchiveInvalidError(
+                f"the archive's central directory (offset {cd_offset}, {cd_size} bytes) does not end where "
+                f"its end record starts (byte {directory_end} of {self.size}): bytes are missing or extra"
+            )
+        if (entries == 0) != (cd_size == 0):
+            raise ArchiveInvalidError("the archive's entry count disagrees with its central directory")
+        start = cd_offset - base
+        if entries and 0 <= start and tail[start : start + 4] != CENTRAL_HEADER_SIGNATURE:
+            raise ArchiveInvalidError("the archive's central directory is not where its end record says")
+
+
+def _find_eocd(tail: bytes) -> int | None:
+    """Offset of the EOCD whose comment reaches exactly to the end, searching backwards."""
+    end = len(tail)
+    at = tail.rfind(EOCD_SIGNATURE, max(0, end - _EOCD.size - MAX_COMMENT))
+    while at >= 0:
+        if at + _EOCD.size <= end:
+            comment_length = struct.unpack_from("<H", tail, at + _EOCD.size - 2)[0]
+            if at + _EOCD.size + comment_length == end:
+                return at
+        at = tail.rfind(EOCD_SIGNATURE, max(0, end - _EOCD.size - MAX_COMMENT), at)
+    return None
+
+
+def _zip64_directory(tail: bytes, base: int, locator_at: int) -> tuple[int, int, int, int]:
+    """Entries, size and offset of the central directory from the ZIP64 records, and where it must end."""
+    _, _, record_offset, disks = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
+    record_at = record_offset - base
+    if disks > 1 or not 0 <= record_at <= locator_at - _ZIP64_EOCD.size:
+        raise ArchiveInvalidError("the archive's ZIP64 locator points outside the archive's end")
+    fields = _ZIP64_EOCD.unpack_from(tail, record_at)
+    signature, record_size, _, _, disk, cd_disk, entries_here, entries, cd_size, cd_offset = fields
+    if signature != ZIP64_EOCD_SIGNATURE or record_at + 12 + record_size != locator_at:
+        raise ArchiveInvalidError("the archive's ZIP64 end record is missing or damaged")
+    if disk or cd_disk or entries_here != entries:
+        raise ArchiveInvalidError("the archive spans several disks, which a download cannot be")
+    return entries, cd_size, cd_offset, record_offset
