@@ -201,9 +201,9 @@ class ApiAnswer:
     headers: dict[str, str]
 
 
-def call_api(event: dict[str, Any]) -> ApiAnswer:
-    """Invoke the API handler as Lambda would, and decode its answer."""
-    answer = api.lambda_handler(event, FakeLambdaContext("ApiFunction"))
+def call_api(event: dict[str, Any], remaining_ms: int = 28_000) -> ApiAnswer:
+    """Invoke the API handler as Lambda would (``remaining_ms`` before its timeout), and decode its answer."""
+    answer = api.lambda_handler(event, FakeLambdaContext("ApiFunction", remaining_ms))
     body = json.loads(answer["body"])
     if "url" in body:
         SECRETS.saw_url(body["url"])
@@ -221,9 +221,10 @@ def sqs_record(body: str, message_id: str | None = None) -> dict[str, Any]:
     return record
 
 
-def call_worker(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Invoke the SQS worker with a batch of records."""
-    result: dict[str, Any] = sqs.lambda_handler({"Records": records}, FakeLambdaContext("WorkerFunction"))
+def call_worker(records: list[dict[str, Any]], remaining_ms: int = 900_000) -> dict[str, Any]:
+    """Invoke the SQS worker with a batch of records, ``remaining_ms`` before its timeout."""
+    context = FakeLambdaContext("WorkerFunction", remaining_ms)
+    result: dict[str, Any] = sqs.lambda_handler({"Records": records}, context)
     return result
 
 

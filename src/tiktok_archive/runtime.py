@@ -33,7 +33,9 @@ def transfer_service() -> ArchiveTransfer:
             signature_version="s3v4",
             # Every in-flight part needs its own connection, plus one for create/complete/presign.
             max_pool_connections=settings.upload_concurrency + 2,
-            retries={"mode": "standard", "max_attempts": 5},
+            # SlowDown, 500 and throttling answers are retried by botocore itself, per part.
+            # (total_max_attempts counts the first try; botocore's max_attempts would not.)
+            retries={"mode": settings.s3_retry_mode, "total_max_attempts": settings.s3_max_attempts},
             connect_timeout=5,
             read_timeout=60,
             tcp_keepalive=True,
@@ -49,9 +51,18 @@ def transfer_service() -> ArchiveTransfer:
     )
     tiktok = TikTokClient(
         settings.tiktok_api_base_url,
-        build_pool(settings.connect_timeout_seconds, settings.read_timeout_seconds),
+        build_pool(),
+        connect_timeout=settings.connect_timeout_seconds,
+        read_timeout=settings.read_timeout_seconds,
+        max_attempts=settings.tiktok_max_attempts,
     )
-    return ArchiveTransfer(tiktok, store, settings.object_key_prefix, settings.presigned_url_ttl_seconds)
+    return ArchiveTransfer(
+        tiktok,
+        store,
+        key_prefix=settings.object_key_prefix,
+        url_ttl_seconds=settings.presigned_url_ttl_seconds,
+        deadline_margin_seconds=settings.deadline_margin_seconds,
+    )
 
 
 def reset() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal, cast
 from urllib.parse import urlsplit
 
 from tiktok_archive.models.errors import ConfigurationError
@@ -58,7 +59,7 @@ class Settings:
     read_timeout_seconds: float = 30.0
     tiktok_max_attempts: int = 4
     deadline_margin_seconds: float = 10.0
-    s3_retry_mode: str = "standard"
+    s3_retry_mode: Literal["standard", "adaptive"] = "standard"
     s3_max_attempts: int = 5
 
     @classmethod
@@ -96,7 +97,10 @@ class Settings:
             read_timeout_seconds=_int(env, "TIKTOK_READ_TIMEOUT_SECONDS", 30, 1, 300),
             tiktok_max_attempts=_int(env, "TIKTOK_MAX_ATTEMPTS", 4, 1, 10),
             deadline_margin_seconds=_int(env, "DEADLINE_MARGIN_SECONDS", 10, 1, 300),
-            s3_retry_mode=_choice(env, "S3_RETRY_MODE", "standard", ("standard", "adaptive")),
+            s3_retry_mode=cast(
+                "Literal['standard', 'adaptive']",
+                _choice(env, "S3_RETRY_MODE", "standard", ("standard", "adaptive")),
+            ),
             s3_max_attempts=_int(env, "S3_MAX_ATTEMPTS", 5, 1, 10),
         )
 

@@ -71,6 +71,11 @@ class Emulator:
         """The emulator's record of ``request_id``: ``downloads`` and ``last_body_sent_at``."""
         return self._call("GET", f"/_emulator/requests/{request_id}")
 
+    def calls(self, request_id: int) -> list[dict[str, Any]]:
+        """Each call of the download endpoint for ``request_id``: ``at``, ``range`` and ``fault``."""
+        calls: list[dict[str, Any]] = self.state(request_id)["calls"]
+        return calls
+
     def reset(self) -> None:
         """Forget every registration."""
         self._call("POST", "/_emulator/reset", {})

@@ -5,24 +5,32 @@ http://127.0.0.1:N`` once ready. What it serves is set over HTTP, so tests and t
 same way whether it runs in a thread or in its own process:
 
 - ``PUT /_emulator/requests/{request_id}`` with ``{"token", "size", "transfer": "chunked"|"length",
-  "chunk_size", "bytes_per_second", "scopes", "fault", "fault_times"}`` registers a ready archive for
-  one user's token and answers ``{"size_bytes", "sha256", "entries"}``.
+  "chunk_size", "bytes_per_second", "scopes", "ranges": "ignore"|"honour", "fault", "fault_times"}``
+  registers a ready archive for one user's token and answers ``{"size_bytes", "sha256", "entries"}``.
 - ``GET /_emulator/requests/{request_id}`` answers ``{"downloads": <calls to the download endpoint>,
+  "calls": [{"at": <Unix time>, "range": <Range header or null>, "fault": <kind or null>}],
   "last_body_sent_at": <Unix time the last complete archive body was sent, or null>}``.
 - ``POST /_emulator/reset`` forgets everything.
 
 ``POST /v2/user/data/download/`` behaves like the documented endpoint: it checks the bearer token, the
 JSON body and its int64 ``request_id``, and answers the zip (chunked, or with Content-Length) or
-TikTok's JSON error. A registered ``fault`` replaces the answer for the first ``fault_times`` calls
-(all calls when omitted):
+TikTok's JSON error. TikTok documents no Range support, so by default a ``Range`` header is ignored
+(200 and the whole archive); with ``"ranges": "honour"`` a ``Range: bytes=N-`` is answered 206 with
+``Content-Range: bytes N-last/size`` and the rest of the archive. A registered ``fault`` replaces the
+answer for the first ``fault_times`` calls (all calls when omitted):
 
 - ``{"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "7"}``: a JSON error
   with any status, 200 included.
 - ``{"kind": "html", "status": 502}``: an HTML error page.
 - ``{"kind": "not_zip"}`` / ``{"kind": "empty"}``: 200 with bytes that are not an archive, or none.
-- ``{"kind": "reset", "after_bytes": N}``: N archive bytes, then a TCP reset.
-- ``{"kind": "truncate", "after_bytes": N}``: N archive bytes, then a clean close before the end.
-- ``{"kind": "stall", "after_bytes": N, "seconds": S}``: N archive bytes, then silence for S seconds.
+- ``{"kind": "reset", "after_bytes": N}``: the archive up to byte N, then a TCP reset.
+- ``{"kind": "truncate", "after_bytes": N}``: the archive up to byte N, then a clean close before
+  the end.
+- ``{"kind": "stall", "after_bytes": N, "seconds": S}``: the archive up to byte N, then silence for S
+  seconds. (A ranged answer starting beyond byte N fails at once.)
+- ``{"kind": "drop"}``: the request is read, then the connection reset before any answer.
+- ``{"kind": "no_central_directory"}``: a complete, well-framed 200 body holding the archive without
+  its central directory and end record — a zip that was cut, served as if whole.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from tests.harness.archives import build_archive
 DOWNLOAD_PATH = "/v2/user/data/download/"
 _CONTROL = re.compile(r"/_emulator/requests/([0-9]+)")
 _INT64_MAX = 2**63 - 1
+_RANGE = re.compile(r"bytes=([0-9]+)-")
 
 
 @dataclass
@@ -59,7 +68,9 @@ class Registration:
     fault: dict[str, Any] | None = None
     fault_times: int | None = None
     bytes_per_second: float | None = None
+    ranges: str = "ignore"
     downloads: int = 0
+    calls: list[dict[str, Any]] = field(default_factory=list)
     last_body_sent_at: float | None = None
 
 
@@ -105,6 +116,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             fault=spec.get("fault"),
             fault_times=spec.get("fault_times"),
             bytes_per_second=spec.get("bytes_per_second"),
+            ranges=spec.get("ranges", "ignore"),
         )
         with self.server.state.lock:
             self.server.state.requests[request_id] = registration
@@ -126,9 +138,13 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if registration is None:
             self._send_json(404, {"error": "not registered"})
             return
-        self._send_json(
-            200, {"downloads": registration.downloads, "last_body_sent_at": registration.last_body_sent_at}
-        )
+        with self.server.state.lock:
+            document = {
+                "downloads": registration.downloads,
+                "calls": list(registration.calls),
+                "last_body_sent_at": registration.last_body_sent_at,
+            }
+        self._send_json(200, document)
 
     # -- the API ---------------------------------------------------------------------------------
     def do_POST(self) -> None:
@@ -168,6 +184,13 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                         fault = None
                     else:
                         registration.fault_times -= 1
+                registration.calls.append(
+                    {
+                        "at": time.time(),
+                        "range": self.headers.get("Range"),
+                        "fault": (fault or {}).get("kind"),
+                    }
+                )
         if token not in owners:
             self._send_tiktok_error(
                 401, "access_token_invalid", "The access token is invalid or not found in the request."
@@ -206,18 +229,43 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self._send(200, b"this is not a zip archive, just some bytes\n" * 20, "application/octet-stream")
         elif kind == "empty":
             self._send(200, b"", "application/zip")
+        elif kind == "drop":
+            self._reset()
+        elif kind == "no_central_directory":
+            data = registration.data
+            self._send(
+                200, data[: data.rindex(b"PK\x01\x02", 0, data.rindex(b"PK\x05\x06"))], "application/zip"
+            )
         else:
             self._stream_archive(registration, fault)
 
+    def _reset(self) -> None:
+        """Close the connection with a TCP reset (RST), not a clean FIN."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
     def _stream_archive(self, registration: Registration, fault: dict[str, Any] | None) -> None:
         data = memoryview(registration.data)
+        total = len(data)
+        status, first = 200, 0
+        wanted = _RANGE.fullmatch((self.headers.get("Range") or "").strip())
+        if wanted and registration.ranges == "honour":
+            first = int(wanted.group(1))
+            if first >= total:
+                self._send(416, b"", "text/plain", {"Content-Range": f"bytes */{total}"})
+                return
+            status, data = 206, data[first:]
         kind = (fault or {}).get("kind")
-        stop_at = int(fault.get("after_bytes", 0)) if fault and kind else len(data)
-        stop_at = min(stop_at, len(data))
+        # A fault's cut point is a byte of the archive: a resumed answer past it breaks at once.
+        stop_at = int(fault.get("after_bytes", 0)) - first if fault and kind else len(data)
+        stop_at = max(0, min(stop_at, len(data)))
         chunked = registration.transfer == "chunked"
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "application/zip")
         self.send_header("X-Tt-Logid", self.server.state.next_log_id())
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {first}-{total - 1}/{total}")
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
         else:
@@ -237,8 +285,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                     due = started + (offset + len(piece)) / registration.bytes_per_second
                     time.sleep(max(0.0, due - time.monotonic()))
             if kind == "reset":
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
+                self._reset()
             elif kind == "stall":
                 assert fault is not None
                 time.sleep(float(fault.get("seconds", 60)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import time
 import urllib.request
 import zipfile
 import zlib
@@ -231,10 +230,11 @@ def test_token_without_portability_scope_is_401_scope_not_authorized(
             None,
         ),
         (
-            {"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "17"},
+            # Longer than the function waits: handed on to the caller at once.
+            {"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "90"},
             429,
             "rate_limit_exceeded",
-            "17",
+            "90",
         ),
         ({"kind": "error", "status": 500, "code": "internal_error"}, 502, "internal_error", None),
         ({"kind": "error", "status": 200, "code": "access_token_invalid"}, 401, "access_token_invalid", None),
@@ -277,58 +277,6 @@ def test_unreachable_tiktok_is_502_upstream_unavailable(
 
     assert answer.status == 502
     assert answer.body["error"]["code"] == "upstream_unavailable"
-    assert_nothing_left(s3, bucket)
-
-
-# -- broken streams leave nothing behind ----------------------------------------------------------
-@pytest.mark.parametrize(
-    ("transfer", "fault"),
-    [
-        ("chunked", {"kind": "reset", "after_bytes": 17 * MIB}),
-        ("length", {"kind": "reset", "after_bytes": 17 * MIB}),
-        ("length", {"kind": "truncate", "after_bytes": 12 * MIB}),
-        ("chunked", {"kind": "truncate", "after_bytes": 12 * MIB}),
-        ("chunked", {"kind": "reset", "after_bytes": 1024}),
-    ],
-)
-def test_mid_stream_break_aborts_the_upload_and_leaves_nothing(
-    configure: Configure,
-    emulator: Emulator,
-    s3: Any,
-    bucket: str,
-    token: str,
-    transfer: str,
-    fault: dict[str, Any],
-) -> None:
-    # Given an archive whose stream breaks after several parts were already uploaded
-    request_id = new_request_id()
-    emulator.register(request_id, token, size=24 * MIB, transfer=transfer, fault=fault)
-
-    # When it is downloaded
-    answer = call_api(api_event(request_id, token))
-
-    # Then the caller learns the stream broke, and no object nor open upload remains
-    assert answer.status == 502
-    assert answer.body["error"]["code"] == "upstream_stream_broken"
-    assert_nothing_left(s3, bucket)
-
-
-def test_stalled_stream_fails_after_the_read_timeout(
-    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str
-) -> None:
-    configure(TIKTOK_READ_TIMEOUT_SECONDS="1")
-    request_id = new_request_id()
-    emulator.register(
-        request_id, token, size=12 * MIB, fault={"kind": "stall", "after_bytes": 6 * MIB, "seconds": 4}
-    )
-
-    started = time.monotonic()
-    answer = call_api(api_event(request_id, token))
-
-    assert answer.status == 502
-    assert answer.body["error"]["code"] == "upstream_stream_broken"
-    assert "stalled" in answer.body["error"]["message"]
-    assert time.monotonic() - started < 4
     assert_nothing_left(s3, bucket)
 
 

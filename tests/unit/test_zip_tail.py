@@ -26,7 +26,8 @@ def zip64_of(entries: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> byte
     """A real ZIP64 archive (zipfile writes the ZIP64 end records past this entry count)."""
     monkeypatch.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 1)
     data = zip_of(entries)
-    assert b"PK\x06\x06" in data[-200:] and b"PK\x06\x07" in data[-200:]
+    assert b"PK\x06\x06" in data[-200:]
+    assert b"PK\x06\x07" in data[-200:]
     return data
 
 

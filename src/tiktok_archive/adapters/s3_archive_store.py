@@ -4,6 +4,9 @@ Memory bound: at most ``concurrency`` parts are in flight and one more is being 
 while they upload, plus the source's small read piece and the HTTP clients' buffers — within
 ``part_size × (concurrency + 2)`` whatever the archive's size. Nothing touches the disk.
 
+Time: every wait — for a free upload slot, for the last parts — is bounded by the invocation's
+:class:`Deadline`; when it passes, the upload is aborted and ``DeadlineExceededError`` raised.
+
 Integrity: a CRC32 of the whole object is computed while streaming and given to S3 as a full-object
 checksum (``ChecksumType=FULL_OBJECT``) together with the byte count (``MpuObjectSize``), so S3 itself
 refuses to complete an upload whose bytes differ from what we read; each part carries its own CRC32 too.
@@ -16,13 +19,15 @@ import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import StoredArchive
-from tiktok_archive.models.errors import StorageError
+from tiktok_archive.models.errors import DeadlineExceededError, StorageError
 from tiktok_archive.observability import logger, tracer
 
 if TYPE_CHECKING:
@@ -30,6 +35,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 CONTENT_TYPE = "application/zip"
+# How long an abort waits for parts still uploading, so that none outlives the upload; bounded because
+# an abort at the deadline has only the safety margin left.
+ABORT_WAIT_SECONDS = 5.0
 
 
 class ArchiveSource(Protocol):
@@ -78,13 +86,18 @@ class _MultipartUpload:
         self._futures: list[Future[CompletedPartTypeDef]] = []
         self._failure: StorageError | None = None
 
-    def submit(self, part_number: int, data: bytes | bytearray) -> None:
+    def submit(self, part_number: int, data: bytes | bytearray, deadline: Deadline) -> None:
         """Queue one part, blocking while the in-flight limit is reached.
 
         Raises:
             StorageError: an earlier part failed; stop reading.
+            DeadlineExceededError: no slot freed up before the deadline.
         """
-        self._slots.acquire()
+        if not self._slots.acquire(timeout=max(0.0, deadline.remaining())):
+            raise DeadlineExceededError(
+                "the invocation's time budget ran out while S3 was still uploading earlier parts; "
+                "nothing was stored"
+            )
         if self._failure is not None:
             self._slots.release()
             raise self._failure
@@ -110,20 +123,27 @@ class _MultipartUpload:
 
     def _part_done(self, future: Future[CompletedPartTypeDef]) -> None:
         # Record the failure before freeing the slot: submit() checks it right after acquiring one.
-        error = future.exception()
+        error = None if future.cancelled() else future.exception()
         if error is not None and self._failure is None:
             self._failure = _storage_error("UploadPart", error)
         self._slots.release()
 
-    def complete(self, size: int, crc: int) -> None:
+    def complete(self, size: int, crc: int, deadline: Deadline) -> None:
         """Wait for every part, then complete the upload with the whole object's CRC32 and size.
 
         Raises:
             StorageError: a part or the completion failed.
+            DeadlineExceededError: the last parts were not uploaded before the deadline.
         """
         parts: list[CompletedPartTypeDef] = []
         for future in self._futures:
-            error = future.exception()
+            try:
+                error = future.exception(timeout=max(0.0, deadline.remaining()))
+            except FutureTimeoutError:
+                raise DeadlineExceededError(
+                    "the invocation's time budget ran out while S3 was uploading the last parts; "
+                    "nothing was stored"
+                ) from None
             if error is not None:
                 raise _storage_error("UploadPart", error)
             parts.append(future.result())
@@ -141,16 +161,22 @@ class _MultipartUpload:
             raise _storage_error("CompleteMultipartUpload", error) from None
 
     def abort(self) -> None:
-        """Let in-flight parts finish, then abort, so that no part outlives the upload.
+        """Let in-flight parts finish (up to ``ABORT_WAIT_SECONDS``), then abort the upload.
 
-        Never raises: a failed abort is logged, and the bucket's lifecycle rule removes the upload
-        after a day.
+        Waiting first means no part is stored after the abort. Never raises: a failed abort is logged,
+        and the bucket's lifecycle rule removes the upload after a day.
         """
         for future in self._futures:
             future.cancel()
+        waited = Deadline.after(ABORT_WAIT_SECONDS)
+        still_uploading = 0
         for future in self._futures:
-            if not future.cancelled():
-                future.exception()  # waits; the error itself is already recorded
+            if future.cancelled():
+                continue
+            try:
+                future.exception(timeout=max(0.0, waited.remaining()))  # the error is already recorded
+            except FutureTimeoutError:
+                still_uploading += 1
         try:
             self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
         except (ClientError, BotoCoreError) as error:
@@ -163,7 +189,12 @@ class _MultipartUpload:
             )
             return
         logger.info(
-            "multipart upload aborted", extra={"key": self._key, "parts_submitted": len(self._futures)}
+            "multipart upload aborted",
+            extra={
+                "key": self._key,
+                "parts_submitted": len(self._futures),
+                "parts_still_uploading": still_uploading,
+            },
         )
 
 
@@ -193,17 +224,18 @@ class S3ArchiveStore:
         self._concurrency = concurrency
 
     @tracer.capture_method(capture_response=False)
-    def write(self, key: str, source: ArchiveSource, filename: str) -> StoredArchive:
+    def write(self, key: str, source: ArchiveSource, filename: str, deadline: Deadline) -> StoredArchive:
         """Stream ``source`` into ``key``, reading and uploading at the same time.
 
         An archive that fits in one part is stored with one PutObject; a larger one with a multipart
-        upload.
+        upload. The object only exists once ``source`` has reported its end without an error.
 
         Returns:
             where the archive is, its size and its CRC32.
 
         Raises:
             StorageError: S3 failed; nothing was stored and no upload is left open.
+            DeadlineExceededError: S3 did not keep up before the deadline; likewise nothing is left.
             TransferError: whatever ``source.read`` raised; likewise nothing is left behind.
         """
         data = source.read(self._part_size)
@@ -239,7 +271,7 @@ class S3ArchiveStore:
         try:
             part_number = 1
             while data:
-                upload.submit(part_number, data)
+                upload.submit(part_number, data, deadline)
                 # The uploader owns the part now: holding it through the next read would keep one
                 # more part alive than the memory bound allows for.
                 del data
@@ -247,7 +279,7 @@ class S3ArchiveStore:
                 crc = zlib.crc32(data, crc)
                 size += len(data)
                 part_number += 1
-            upload.complete(size, crc)
+            upload.complete(size, crc, deadline)
         except BaseException:
             upload.abort()
             raise

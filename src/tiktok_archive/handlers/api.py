@@ -38,7 +38,7 @@ def create_download() -> Response[str]:
     token = parse_authorization_header(event.headers.get("Authorization"))
     body = parse_json_object(event.decoded_body)
     request = DownloadRequest(parse_request_id(body.get("request_id")), token)
-    result = transfer_service().run(request)
+    result = transfer_service().run(request, app.lambda_context.get_remaining_time_in_millis())
     return _json(HTTPStatus.OK, result.to_body())
 
 

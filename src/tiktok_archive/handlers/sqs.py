@@ -32,8 +32,8 @@ from tiktok_archive.runtime import transfer_service
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-def download_message(record: SQSRecord) -> None:
-    """Run one message's download.
+def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
+    """Run one message's download, within the time the invocation has left.
 
     Raises:
         TransferError: only transient ones, so that the message is delivered again.
@@ -44,7 +44,7 @@ def download_message(record: SQSRecord) -> None:
         document = parse_json_object(record.body)
         request_id = parse_request_id(document.get("request_id"))
         request = DownloadRequest(request_id, parse_access_token(document.get("access_token")))
-        transfer_service().run(request)
+        transfer_service().run(request, lambda_context.get_remaining_time_in_millis())
     except TransferError as error:
         fields = {
             **error.log_fields(),

@@ -1,6 +1,7 @@
 """The transfer service: one TikTok archive into S3, answered with a presigned link.
 
-It knows nothing of API Gateway or SQS: both handlers call :meth:`ArchiveTransfer.run`.
+It knows nothing of API Gateway or SQS: both handlers call :meth:`ArchiveTransfer.run` with the time
+their invocation has left.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient
-from tiktok_archive.models.download import DownloadRequest, DownloadResult
-from tiktok_archive.models.errors import TransferError
+from tiktok_archive.models.deadline import Deadline
+from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
+from tiktok_archive.models.errors import TransferError, UpstreamStreamBrokenError
 from tiktok_archive.observability import SERVICE, logger, metrics
 
 UNEXPECTED_ERROR_CODE = "unexpected_error"
@@ -26,33 +28,47 @@ class ArchiveTransfer:
         store: the archive bucket.
         key_prefix: prepended to ``{request_id}.zip``.
         url_ttl_seconds: validity of the returned link.
+        deadline_margin_seconds: how long before the invocation's end the work stops, so that there is
+            time to abort the upload and answer.
     """
 
     def __init__(
-        self, tiktok: TikTokClient, store: S3ArchiveStore, key_prefix: str, url_ttl_seconds: int
+        self,
+        tiktok: TikTokClient,
+        store: S3ArchiveStore,
+        *,
+        key_prefix: str,
+        url_ttl_seconds: int,
+        deadline_margin_seconds: float,
     ) -> None:
         self._tiktok = tiktok
         self._store = store
         self._key_prefix = key_prefix
         self._url_ttl_seconds = url_ttl_seconds
+        self._deadline_margin_seconds = deadline_margin_seconds
 
-    def run(self, request: DownloadRequest) -> DownloadResult:
+    def run(self, request: DownloadRequest, remaining_ms: int) -> DownloadResult:
         """Download ``request``'s archive into ``{prefix}{request_id}.zip`` and presign it.
 
-        Memory stays bounded by the store's part size and concurrency, whatever the archive's size.
-        Every outcome is logged with ``request_id`` and counted by code.
+        ``remaining_ms`` is the invocation's time left (Lambda's ``get_remaining_time_in_millis()``);
+        the work stops ``deadline_margin_seconds`` before it. Memory stays bounded by the store's part
+        size and concurrency, whatever the archive's size. Every outcome is logged with ``request_id``
+        and counted by code.
 
         Raises:
             TransferError: the one error that explains the failure; nothing partial is left in S3.
         """
+        deadline = Deadline.for_invocation(remaining_ms, self._deadline_margin_seconds)
         filename = f"{request.request_id}.zip"
         key = f"{self._key_prefix}{filename}"
         started = time.monotonic()
         logger.append_keys(request_id=str(request.request_id))
         try:
-            logger.info("download started", extra={"key": key})
-            with self._tiktok.open_archive(request) as stream:
-                archive = self._store.write(key, stream, filename)
+            logger.info(
+                "download started",
+                extra={"key": key, "time_budget_seconds": round(max(0.0, deadline.remaining()), 3)},
+            )
+            archive = self._download(request, key, filename, deadline)
             url, expires_at = self._store.presign(key, filename, self._url_ttl_seconds)
             duration = time.monotonic() - started
             logger.info(
@@ -78,6 +94,32 @@ class ArchiveTransfer:
         metrics.add_metric(name="TransferDuration", unit=MetricUnit.Seconds, value=round(duration, 3))
         _count_outcome("ok")
         return DownloadResult(request.request_id, archive, url, expires_at)
+
+    def _download(
+        self, request: DownloadRequest, key: str, filename: str, deadline: Deadline
+    ) -> StoredArchive:
+        """Stream the archive into ``key``, starting over when a broken stream could not be resumed.
+
+        Breaks of every kind share TikTok's attempt budget: a stream resumed twice leaves one fresh
+        start out of four. Starting over means a new upload (the failed one was aborted by the store),
+        so bytes of two downloads are never mixed.
+        """
+        breaks = 0
+        while True:
+            resumes = self._tiktok.max_attempts - 1 - breaks
+            stream = None
+            try:
+                stream = self._tiktok.open_archive(request, deadline, resumes=resumes)
+                with stream:
+                    return self._store.write(key, stream, filename, deadline)
+            except UpstreamStreamBrokenError as error:
+                breaks += 1 + (stream.resumed if stream is not None else 0)
+                if breaks >= self._tiktok.max_attempts or deadline.expired():
+                    raise
+                logger.warning(
+                    "download starts over after a broken stream",
+                    extra={**error.log_fields(), "attempt": breaks + 1},
+                )
 
 
 def _count_outcome(code: str) -> None:

@@ -46,6 +46,4 @@ class Deadline:
             DeadlineExceededError: naming what could not be done in time.
         """
         if self.expired():
-            raise DeadlineExceededError(
-                f"the invocation's time budget ran out {doing}; nothing was stored"
-            )
+            raise DeadlineExceededError(f"the invocation's time budget ran out {doing}; nothing was stored")

@@ -177,8 +177,11 @@ class UpstreamBadResponseError(TransferError):
 
 
 class ArchiveInvalidError(TransferError):
-    """The bytes received are not a whole zip archive: its end-of-central-directory record is missing,
-    or disagrees with the number of bytes received. The upload was aborted instead of completed."""
+    """The bytes received are not a whole zip archive.
+
+    Its end-of-central-directory record is missing, or disagrees with the number of bytes received. The
+    upload was aborted instead of completed.
+    """
 
     code = "archive_invalid"
 

@@ -18,9 +18,13 @@ EOCD_SIGNATURE = b"PK\x05\x06"
 ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
 ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
 CENTRAL_HEADER_SIGNATURE = b"PK\x01\x02"
-_EOCD = struct.Struct("<4s4H2LH")  # signature, disk, cd disk, entries here, entries, cd size, cd offset, comment
+_EOCD = struct.Struct(
+    "<4s4H2LH"
+)  # signature, disk, cd disk, entries here, entries, cd size, cd offset, comment
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")  # signature, cd disk, zip64 EOCD offset, disks
-_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # signature, size, versions, disks, entries here, entries, size, offset
+_ZIP64_EOCD = struct.Struct(
+    "<4sQ2H2L4Q"
+)  # signature, size, versions, disks, entries here, entries, size, offset
 MAX_COMMENT = 0xFFFF
 # Enough for the longest EOCD (with a maximal comment), the ZIP64 locator and a ZIP64 record with some
 # extensible data.
@@ -78,7 +82,7 @@ class ZipTail:
         if (entries == 0) != (cd_size == 0):
             raise ArchiveInvalidError("the archive's entry count disagrees with its central directory")
         start = cd_offset - base
-        if entries and 0 <= start and tail[start : start + 4] != CENTRAL_HEADER_SIGNATURE:
+        if entries and start >= 0 and tail[start : start + 4] != CENTRAL_HEADER_SIGNATURE:
             raise ArchiveInvalidError("the archive's central directory is not where its end record says")
 
 
