@@ -140,8 +140,24 @@ def test_every_environment_variable_is_a_literal_a_parameter_or_a_template_resou
         "PART_SIZE_MIB",
         "UPLOAD_CONCURRENCY",
         "PRESIGNED_URL_TTL_SECONDS",
+        "TIKTOK_MAX_ATTEMPTS",
+        "DEADLINE_MARGIN_SECONDS",
+        "S3_RETRY_MODE",
     } <= set(variables)
     assert not any(re.match(r"AWS_ENDPOINT", name) for name in variables)
+
+
+def test_each_function_has_time_to_notice_a_stall_and_still_stop_before_its_timeout(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    # The work budget is the timeout less the deadline margin; a stall (one read timeout) must fit in it
+    # with room to resume, so that Lambda never kills a function in the middle of an upload.
+    margin = template["Parameters"]["DeadlineMarginSeconds"]["Default"]
+    for name in ("ApiFunction", "WorkerFunction"):
+        properties = resources[name]["Properties"]
+        variables = properties.get("Environment", {}).get("Variables", {})
+        read_timeout = int(variables.get("TIKTOK_READ_TIMEOUT_SECONDS", 30))
+        assert properties["Timeout"] - margin >= 1.5 * read_timeout, name
 
 
 def test_outputs_name_the_api_the_queue_and_the_bucket(template: dict[str, Any]) -> None:
