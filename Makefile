@@ -10,7 +10,7 @@ SAM := $(SAM_VENV)/bin/sam
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY ?= 0
 
-.PHONY: demo test lint format validate build deploy clean
+.PHONY: demo test faults lint format validate build deploy clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ demo: $(BIN)/.installed  ## Run the whole job against moto server and the TikTok
 
 test: $(BIN)/.installed  ## The whole suite (what CI runs).
 	$(BIN)/pytest
+
+faults: $(BIN)/.installed  ## Fault-injection suite: every fault kind, 3 random runs each, prints the table.
+	PYTHONPATH=src $(BIN)/python -m tests.harness.faults $(FAULTS_ARGS)
 
 lint: $(BIN)/.installed  ## ruff and mypy --strict.
 	$(BIN)/ruff check src tests
