@@ -2,7 +2,9 @@
 
 Memory bound: at most ``concurrency`` parts are in flight and one more is being filled from the source
 while they upload, plus the source's small read piece and the HTTP clients' buffers — within
-``part_size × (concurrency + 2)`` whatever the archive's size. Nothing touches the disk.
+``part_size × (concurrency + 2)`` for any archive up to 1,000 parts (7.8 GiB at 8 MiB). Beyond that
+the part size grows on a schedule (:mod:`part_sizes`) so that 10,000 parts hold any archive, and the
+bound grows with it. Nothing touches the disk.
 
 Time: every wait — for a free upload slot, for the last parts — is bounded by the invocation's
 :class:`Deadline`; when it passes, the upload is aborted and ``DeadlineExceededError`` raised.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tiktok_archive.adapters.part_sizes import MAX_PARTS, part_size
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import StoredArchive
 from tiktok_archive.models.errors import DeadlineExceededError, StorageError
@@ -269,22 +272,34 @@ class S3ArchiveStore:
             self._client, self._executor, self.bucket, key, created["UploadId"], self._concurrency
         )
         try:
-            part_number = 1
+            part_number = 0
             while data:
+                part_number += 1
                 upload.submit(part_number, data, deadline)
                 # The uploader owns the part now: holding it through the next read would keep one
                 # more part alive than the memory bound allows for.
                 del data
-                data = source.read(self._part_size)
+                data = self._next_part(source, part_number)
                 crc = zlib.crc32(data, crc)
                 size += len(data)
-                part_number += 1
             upload.complete(size, crc, deadline)
         except BaseException:
             upload.abort()
             raise
-        logger.debug("multipart upload completed", extra={"parts": part_number - 1})
+        logger.debug("multipart upload completed", extra={"parts": part_number})
         return StoredArchive(self.bucket, key, size, crc32_base64(crc))
+
+    def _next_part(self, source: ArchiveSource, after: int) -> bytes | bytearray:
+        """The part that follows part ``after``, sized by the schedule; empty at the archive's end.
+
+        Raises:
+            StorageError: bytes remain after S3's last possible part.
+        """
+        if after < MAX_PARTS:
+            return source.read(part_size(after + 1, self._part_size))
+        if source.read(1):
+            raise StorageError(f"the archive does not fit in S3's {MAX_PARTS} parts")
+        return b""
 
     def presign(self, key: str, filename: str, ttl_seconds: int) -> tuple[str, datetime]:
         """A GET link to ``key`` that downloads as ``filename``, and the moment it expires (UTC).
