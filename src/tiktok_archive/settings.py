@@ -20,6 +20,29 @@ MIN_PART_SIZE_MIB = 5
 MAX_PART_SIZE_MIB = 5 * 1024
 MAX_UPLOAD_CONCURRENCY = 32
 MAX_PRESIGNED_URL_TTL_SECONDS = 604_800  # SigV4 presigned URLs live at most 7 days.
+# Without AWS_LAMBDA_FUNCTION_MEMORY_SIZE (outside Lambda) and without explicit values.
+DEFAULT_PART_SIZE_MIB = 8
+DEFAULT_UPLOAD_CONCURRENCY = 4
+# What the runtime, the imported libraries and the clients take before any archive byte (about 60 MiB
+# measured after imports, plus clients, threads and HTTP buffers), and the share of the rest that the
+# archive's parts may use: the other half is headroom for the interpreter's allocator.
+RUNTIME_RESERVE_MIB = 80
+PARTS_SHARE_OF_THE_REST = 0.5
+
+
+def memory_defaults(memory_mib: int, part_mib: int | None = None) -> tuple[int, int]:
+    """Part size (MiB) and concurrency that keep ``part × (concurrency + 2)`` inside the function.
+
+    Without a given ``part_mib``: 8 MiB parts when at least 2 of them can be in flight, else 5 MiB (S3's
+    minimum). Concurrency: as many parts as the budget holds, at most 4, at least 1 (one part always
+    uploads while the next is read). 128 MiB gives 5 MiB × 2 (20 MiB of parts); 256 MiB and more give
+    8 MiB × 4 (48 MiB).
+    """
+    budget = int(max(0, memory_mib - RUNTIME_RESERVE_MIB) * PARTS_SHARE_OF_THE_REST)
+    if part_mib is None:
+        fits = budget >= DEFAULT_PART_SIZE_MIB * (2 + 2)
+        part_mib = DEFAULT_PART_SIZE_MIB if fits else MIN_PART_SIZE_MIB
+    return part_mib, max(1, min(DEFAULT_UPLOAD_CONCURRENCY, budget // part_mib - 2))
 
 
 @dataclass(frozen=True)
@@ -30,9 +53,12 @@ class Settings:
         bucket_name: the S3 bucket archives are written to (``BUCKET_NAME``, required).
         tiktok_api_base_url: TikTok's API origin (``TIKTOK_API_BASE_URL``).
         object_key_prefix: prepended to ``{request_id}.zip`` (``OBJECT_KEY_PREFIX``).
-        part_size_bytes: multipart part size (``PART_SIZE_MIB``, 5–5120, default 8).
-        upload_concurrency: parts uploading while the download goes on (``UPLOAD_CONCURRENCY``, 1–32,
-            default 4).
+        part_size_bytes: multipart part size of the first 1,000 parts (``PART_SIZE_MIB``, 5–5120); by
+            default derived from the function's memory (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``, see
+            :func:`memory_defaults`), 8 outside Lambda.
+        upload_concurrency: parts uploading while the download goes on (``UPLOAD_CONCURRENCY``, 1–32);
+            by default derived from the function's memory, 4 outside Lambda.
+        memory_mib: the function's memory (``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``), when known.
         presigned_url_ttl_seconds: validity of returned URLs (``PRESIGNED_URL_TTL_SECONDS``, 1–604800,
             default 3600).
         connect_timeout_seconds: TCP/TLS connect timeout to TikTok (``TIKTOK_CONNECT_TIMEOUT_SECONDS``).
@@ -59,6 +85,7 @@ class Settings:
     read_timeout_seconds: float = 30.0
     tiktok_max_attempts: int = 4
     deadline_margin_seconds: float = 10.0
+    memory_mib: int | None = None
     s3_retry_mode: Literal["standard", "adaptive"] = "standard"
     s3_max_attempts: int = 5
 
@@ -84,12 +111,20 @@ class Settings:
             raise ConfigurationError(
                 "OBJECT_KEY_PREFIX must not start with '/' and must be at most 512 bytes"
             )
+        memory = _int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, 128, 10_240) or None
+        explicit_part = _int(env, "PART_SIZE_MIB", 0, MIN_PART_SIZE_MIB, MAX_PART_SIZE_MIB) or None
+        if memory is not None:
+            part_mib, concurrency_default = memory_defaults(memory, explicit_part)
+        else:
+            part_mib, concurrency_default = explicit_part or DEFAULT_PART_SIZE_MIB, DEFAULT_UPLOAD_CONCURRENCY
         return cls(
             bucket_name=bucket,
             tiktok_api_base_url=base_url,
             object_key_prefix=prefix,
-            part_size_bytes=_int(env, "PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB, MAX_PART_SIZE_MIB) * MIB,
-            upload_concurrency=_int(env, "UPLOAD_CONCURRENCY", 4, 1, MAX_UPLOAD_CONCURRENCY),
+            part_size_bytes=part_mib * MIB,
+            upload_concurrency=_int(
+                env, "UPLOAD_CONCURRENCY", concurrency_default, 1, MAX_UPLOAD_CONCURRENCY
+            ),
             presigned_url_ttl_seconds=_int(
                 env, "PRESIGNED_URL_TTL_SECONDS", 3600, 1, MAX_PRESIGNED_URL_TTL_SECONDS
             ),
@@ -102,6 +137,7 @@ class Settings:
                 _choice(env, "S3_RETRY_MODE", "standard", ("standard", "adaptive")),
             ),
             s3_max_attempts=_int(env, "S3_MAX_ATTEMPTS", 5, 1, 10),
+            memory_mib=memory,
         )
 
 

@@ -125,7 +125,13 @@ def test_every_environment_variable_is_a_literal_a_parameter_or_a_template_resou
     for resource in resources.values():
         variables.update(resource.get("Properties", {}).get("Environment", {}).get("Variables", {}))
     known = set(template["Parameters"]) | set(resources)
-    for name, value in variables.items():
+    for name, given in variables.items():
+        value = given
+        if isinstance(given, dict) and "Fn::If" in given:
+            # Optional: set from a parameter when given, absent otherwise.
+            condition, value, otherwise = given["Fn::If"]
+            assert condition in template["Conditions"], name
+            assert otherwise == {"Ref": "AWS::NoValue"}, name
         if isinstance(value, dict):
             [(function, argument)] = value.items()
             assert function in ("Ref", "Fn::GetAtt"), name
@@ -172,3 +178,22 @@ def test_sample_events_are_lambda_shaped(path: Path) -> None:
         assert event["requestContext"]["requestId"]
     else:
         assert all(r["eventSource"] == "aws:sqs" and r["messageId"] for r in event["Records"])
+
+
+@pytest.mark.parametrize(
+    ("parameter", "accepted", "refused"),
+    [
+        (
+            "PartSizeMiB",
+            ["", "5", "8", "64", "999", "1000", "4999", "5000", "5119", "5120"],
+            ["4", "0", "5121", "6000", "08"],
+        ),
+        ("UploadConcurrency", ["", "1", "9", "10", "29", "32"], ["0", "33", "100", "04"]),
+    ],
+)
+def test_optional_tuning_parameters_accept_exactly_the_functions_range(
+    template: dict[str, Any], parameter: str, accepted: list[str], refused: list[str]
+) -> None:
+    pattern = re.compile(template["Parameters"][parameter]["AllowedPattern"])
+    assert [value for value in accepted if not pattern.fullmatch(value)] == []
+    assert [value for value in refused if pattern.fullmatch(value)] == []

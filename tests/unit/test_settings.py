@@ -69,3 +69,33 @@ def test_invalid_values_are_refused_naming_the_variable(variable: str, value: st
     with pytest.raises(ConfigurationError) as raised:
         Settings.from_environment({"BUCKET_NAME": "b", variable: value})
     assert variable in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("memory", "part_mib", "concurrency"),
+    [
+        ("128", 5, 2),
+        ("160", 8, 3),
+        ("192", 8, 4),
+        ("256", 8, 4),
+        ("512", 8, 4),
+        ("10240", 8, 4),
+    ],
+)
+def test_part_size_and_concurrency_follow_the_functions_memory(
+    memory: str, part_mib: int, concurrency: int
+) -> None:
+    settings = Settings.from_environment({"BUCKET_NAME": "b", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": memory})
+    assert (settings.part_size_bytes // MIB, settings.upload_concurrency) == (part_mib, concurrency)
+    # Parts in memory stay within half of what the runtime leaves free.
+    assert part_mib * (concurrency + 2) <= (int(memory) - 80) / 2
+
+
+def test_explicit_values_win_over_the_memory_and_a_lone_part_size_gets_a_fitting_concurrency() -> None:
+    base = {"BUCKET_NAME": "b", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256"}
+    both = Settings.from_environment({**base, "PART_SIZE_MIB": "16", "UPLOAD_CONCURRENCY": "8"})
+    assert (both.part_size_bytes, both.upload_concurrency) == (16 * MIB, 8)
+    part_only = Settings.from_environment({**base, "PART_SIZE_MIB": "16"})
+    assert (part_only.part_size_bytes, part_only.upload_concurrency) == (16 * MIB, 3)  # 88 MiB // 16 - 2
+    concurrency_only = Settings.from_environment({**base, "UPLOAD_CONCURRENCY": "2"})
+    assert (concurrency_only.part_size_bytes, concurrency_only.upload_concurrency) == (8 * MIB, 2)
