@@ -10,7 +10,7 @@ SAM := $(SAM_VENV)/bin/sam
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY ?= 0
 
-.PHONY: demo test faults lint format validate build deploy clean
+.PHONY: demo test faults bench lint format validate build deploy clean
 
 $(BIN)/.installed: requirements-dev.txt src/requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: $(BIN)/.installed  ## The whole suite (what CI runs).
 
 faults: $(BIN)/.installed  ## Fault-injection suite: every fault kind, 3 random runs each, prints the table.
 	PYTHONPATH=src $(BIN)/python -m tests.harness.faults $(FAULTS_ARGS)
+
+$(BIN)/.bench-installed: $(BIN)/.installed requirements-bench.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.txt -c constraints.txt
+	touch $@
+
+bench: $(BIN)/.bench-installed  ## Benchmark vs TikTok's sample and boto3; writes docs/benchmarks.md and .png.
+	PYTHONPATH=src $(BIN)/python -m tests.benchmarks.run $(BENCH_ARGS)
 
 lint: $(BIN)/.installed  ## ruff and mypy --strict.
 	$(BIN)/ruff check src tests

@@ -20,51 +20,70 @@ from tiktok_archive.settings import Settings
 
 
 @functools.cache
+def settings() -> Settings:
+    """The container's settings.
+
+    Raises:
+        ConfigurationError: the environment is invalid (the message names the variable).
+    """
+    return Settings.from_environment()
+
+
+@functools.cache
+def archive_store() -> S3ArchiveStore:
+    """The container's S3 writer: one client and one pool of part uploaders."""
+    config = settings()
+    s3_client = boto3.client(
+        "s3",
+        config=Config(
+            signature_version="s3v4",
+            # Every in-flight part needs its own connection, plus one for create/complete/presign.
+            max_pool_connections=config.upload_concurrency + 2,
+            # SlowDown, 500 and throttling answers are retried by botocore itself, per part.
+            # (total_max_attempts counts the first try; botocore's max_attempts would not.)
+            retries={"mode": config.s3_retry_mode, "total_max_attempts": config.s3_max_attempts},
+            connect_timeout=5,
+            read_timeout=60,
+            tcp_keepalive=True,
+        ),
+    )
+    executor = ThreadPoolExecutor(max_workers=config.upload_concurrency, thread_name_prefix="s3-part")
+    return S3ArchiveStore(
+        s3_client, executor, config.bucket_name, config.part_size_bytes, config.upload_concurrency
+    )
+
+
+@functools.cache
+def tiktok_client() -> TikTokClient:
+    """The container's TikTok client and its connection pool."""
+    config = settings()
+    return TikTokClient(
+        config.tiktok_api_base_url,
+        build_pool(),
+        connect_timeout=config.connect_timeout_seconds,
+        read_timeout=config.read_timeout_seconds,
+        max_attempts=config.tiktok_max_attempts,
+    )
+
+
+@functools.cache
 def transfer_service() -> ArchiveTransfer:
     """The container's transfer service.
 
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
-    settings = Settings.from_environment()
-    s3_client = boto3.client(
-        "s3",
-        config=Config(
-            signature_version="s3v4",
-            # Every in-flight part needs its own connection, plus one for create/complete/presign.
-            max_pool_connections=settings.upload_concurrency + 2,
-            # SlowDown, 500 and throttling answers are retried by botocore itself, per part.
-            # (total_max_attempts counts the first try; botocore's max_attempts would not.)
-            retries={"mode": settings.s3_retry_mode, "total_max_attempts": settings.s3_max_attempts},
-            connect_timeout=5,
-            read_timeout=60,
-            tcp_keepalive=True,
-        ),
-    )
-    executor = ThreadPoolExecutor(max_workers=settings.upload_concurrency, thread_name_prefix="s3-part")
-    store = S3ArchiveStore(
-        s3_client,
-        executor,
-        settings.bucket_name,
-        settings.part_size_bytes,
-        settings.upload_concurrency,
-    )
-    tiktok = TikTokClient(
-        settings.tiktok_api_base_url,
-        build_pool(),
-        connect_timeout=settings.connect_timeout_seconds,
-        read_timeout=settings.read_timeout_seconds,
-        max_attempts=settings.tiktok_max_attempts,
-    )
+    config = settings()
     return ArchiveTransfer(
-        tiktok,
-        store,
-        key_prefix=settings.object_key_prefix,
-        url_ttl_seconds=settings.presigned_url_ttl_seconds,
-        deadline_margin_seconds=settings.deadline_margin_seconds,
+        tiktok_client(),
+        archive_store(),
+        key_prefix=config.object_key_prefix,
+        url_ttl_seconds=config.presigned_url_ttl_seconds,
+        deadline_margin_seconds=config.deadline_margin_seconds,
     )
 
 
 def reset() -> None:
-    """Forget the built service so the next call reads the environment again (tests only)."""
-    transfer_service.cache_clear()
+    """Forget everything built so the next call reads the environment again (tests only)."""
+    for built in (transfer_service, tiktok_client, archive_store, settings):
+        built.cache_clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from tiktok_archive.adapters.s3_archive_store import crc32_base64
+from tiktok_archive.adapters.crc32 import crc32_base64
 from tiktok_archive.observability import REDACTED, RedactingFormatter, redact_secrets
 
 

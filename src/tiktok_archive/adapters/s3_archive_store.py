@@ -9,14 +9,14 @@ bound grows with it. Nothing touches the disk.
 Time: every wait — for a free upload slot, for the last parts — is bounded by the invocation's
 :class:`Deadline`; when it passes, the upload is aborted and ``DeadlineExceededError`` raised.
 
-Integrity: a CRC32 of the whole object is computed while streaming and given to S3 as a full-object
-checksum (``ChecksumType=FULL_OBJECT``) together with the byte count (``MpuObjectSize``), so S3 itself
-refuses to complete an upload whose bytes differ from what we read; each part carries its own CRC32 too.
+Integrity: each part's CRC32 is computed once from its buffer and sent with it, so S3 refuses a part
+that arrives altered; the whole object's CRC32 is combined from the parts' (no second pass over the
+bytes) and given to S3 as a full-object checksum (``ChecksumType=FULL_OBJECT``) together with the byte
+count (``MpuObjectSize``), so S3 itself refuses to complete an upload that differs from what we read.
 """
 
 from __future__ import annotations
 
-import base64
 import threading
 import zlib
 from collections.abc import Callable
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tiktok_archive.adapters.crc32 import crc32_base64, crc32_combine
 from tiktok_archive.adapters.part_sizes import MAX_PARTS, part_size
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import StoredArchive
@@ -49,11 +50,6 @@ class ArchiveSource(Protocol):
     def read(self, size: int) -> bytes | bytearray:
         """Return up to ``size`` bytes, none at the end; raise a TransferError on failure."""
         ...
-
-
-def crc32_base64(crc: int) -> str:
-    """Encode a CRC32 the way S3 reports ``x-amz-checksum-crc32``: base64 of its 4 big-endian bytes."""
-    return base64.b64encode(crc.to_bytes(4, "big")).decode()
 
 
 def _storage_error(operation: str, error: BaseException) -> StorageError:
@@ -89,8 +85,8 @@ class _MultipartUpload:
         self._futures: list[Future[CompletedPartTypeDef]] = []
         self._failure: StorageError | None = None
 
-    def submit(self, part_number: int, data: bytes | bytearray, deadline: Deadline) -> None:
-        """Queue one part, blocking while the in-flight limit is reached.
+    def submit(self, part_number: int, data: bytes | bytearray, crc: int, deadline: Deadline) -> None:
+        """Queue one part (with its CRC32), blocking while the in-flight limit is reached.
 
         Raises:
             StorageError: an earlier part failed; stop reading.
@@ -104,11 +100,11 @@ class _MultipartUpload:
         if self._failure is not None:
             self._slots.release()
             raise self._failure
-        future = self._executor.submit(self._upload_part, part_number, data)
+        future = self._executor.submit(self._upload_part, part_number, data, crc32_base64(crc))
         future.add_done_callback(self._part_done)
         self._futures.append(future)
 
-    def _upload_part(self, part_number: int, data: bytes | bytearray) -> CompletedPartTypeDef:
+    def _upload_part(self, part_number: int, data: bytes | bytearray, crc: str) -> CompletedPartTypeDef:
         answer = self._client.upload_part(
             Bucket=self._bucket,
             Key=self._key,
@@ -116,12 +112,13 @@ class _MultipartUpload:
             PartNumber=part_number,
             # botocore sends any bytes-like body (validate.py accepts bytearray); the stubs say bytes.
             Body=cast("bytes", data),
-            ChecksumAlgorithm="CRC32",
+            # Given, so botocore does not compute it again; S3 checks it against what arrived.
+            ChecksumCRC32=crc,
         )
         return {
             "PartNumber": part_number,
             "ETag": answer["ETag"],
-            "ChecksumCRC32": answer["ChecksumCRC32"],
+            "ChecksumCRC32": crc,
         }
 
     def _part_done(self, future: Future[CompletedPartTypeDef]) -> None:
@@ -242,23 +239,22 @@ class S3ArchiveStore:
             TransferError: whatever ``source.read`` raised; likewise nothing is left behind.
         """
         data = source.read(self._part_size)
-        crc = zlib.crc32(data)
-        size = len(data)
+        part_crc = zlib.crc32(data)
         extra_args: dict[str, Any] = {
             "ContentType": CONTENT_TYPE,
             "ContentDisposition": content_disposition(filename),
         }
-        if size < self._part_size:
+        if len(data) < self._part_size:
             self._call(
                 "PutObject",
                 self._client.put_object,
                 Bucket=self.bucket,
                 Key=key,
                 Body=data,
-                ChecksumCRC32=crc32_base64(crc),
+                ChecksumCRC32=crc32_base64(part_crc),
                 **extra_args,
             )
-            return StoredArchive(self.bucket, key, size, crc32_base64(crc))
+            return StoredArchive(self.bucket, key, len(data), crc32_base64(part_crc))
         created = self._call(
             "CreateMultipartUpload",
             self._client.create_multipart_upload,
@@ -271,17 +267,19 @@ class S3ArchiveStore:
         upload = _MultipartUpload(
             self._client, self._executor, self.bucket, key, created["UploadId"], self._concurrency
         )
+        crc, size = 0, 0
         try:
             part_number = 0
             while data:
                 part_number += 1
-                upload.submit(part_number, data, deadline)
+                crc = crc32_combine(crc, part_crc, len(data))
+                size += len(data)
+                upload.submit(part_number, data, part_crc, deadline)
                 # The uploader owns the part now: holding it through the next read would keep one
                 # more part alive than the memory bound allows for.
                 del data
                 data = self._next_part(source, part_number)
-                crc = zlib.crc32(data, crc)
-                size += len(data)
+                part_crc = zlib.crc32(data)
             upload.complete(size, crc, deadline)
         except BaseException:
             upload.abort()

@@ -1,0 +1,479 @@
+"""``make bench``: this project against TikTok's whole-body sample and boto3's managed transfer.
+
+Starts moto server and the TikTok emulator, registers archives of each size (served chunked, as TikTok
+does, at full speed), then runs every approach once per round, each in a fresh process
+(``tests.benchmarks.child``), rotating the order every round so that drift on a noisy machine spreads
+over all of them. It reports per size and approach the median wall time, throughput, CPU seconds per
+GiB, peak RSS and streaming memory (peak − RSS after imports), and for this project the overlap ratio
+wall ÷ max(download only, upload only) from the same round; it also runs the 128 MB function's
+derived settings and measures import time. It prints PASS/FAIL for each target, writes
+``docs/benchmarks.md`` and ``docs/benchmarks.png``, and exits 0 — targets are reported, never enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from tests.harness.local_stack import REGION, REPO_ROOT, LocalStack
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+PART_MIB = 8
+CONCURRENCY = 4
+BUCKET = "bench-archives"
+TOKEN = "act.bench0000000000000000000000000000000000"  # the emulator's user; not a real secret
+APPROACHES = (
+    "whole_body",
+    "boto3_default",
+    "boto3_matched",
+    "handler",
+    "download_only",
+    "upload_only",
+)
+LABELS = {
+    "whole_body": "TikTok sample: whole body, then PutObject",
+    "boto3_default": "boto3 upload_fileobj, default TransferConfig (8 MiB × 10)",
+    "boto3_matched": f"boto3 upload_fileobj, {PART_MIB} MiB × {CONCURRENCY}",
+    "handler": f"this project (SQS handler), {PART_MIB} MiB × {CONCURRENCY}",
+    "handler_128": "this project, 128 MB function (derived: 5 MiB × 2)",
+    "download_only": "download leg alone (ours)",
+    "upload_only": "upload leg alone (ours)",
+}
+
+
+@dataclass
+class Run:
+    approach: str
+    size: int
+    round: int
+    wall: float
+    cpu: float
+    rss_after_imports_mib: float
+    peak_rss_mib: float
+    completion: float
+    samples: list[tuple[float, int]] = field(repr=False)
+
+    @property
+    def streaming_mib(self) -> float:
+        return self.peak_rss_mib - self.rss_after_imports_mib
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measured transfer in a fresh interpreter; its last output line is the result."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.benchmarks.child", json.dumps(spec)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{spec['approach']} failed:\n{completed.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(
+    stack: LocalStack,
+    s3: Any,
+    approach: str,
+    archive: tuple[int, int],
+    request_id: int,
+    round_number: int,
+    *,
+    keep: bool = False,
+) -> Run:
+    """Run ``approach`` on ``archive`` = (nominal size, real size); its object is deleted unless ``keep``."""
+    nominal, size = archive
+    key = f"archives/{request_id}.zip"
+    environment = {
+        **stack.environment(),
+        "BUCKET_NAME": BUCKET,
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "TIKTOK_READ_TIMEOUT_SECONDS": "60",
+    }
+    spec_approach = approach
+    if approach == "handler_128":
+        spec_approach = "handler"
+        environment["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = "128"
+    else:
+        environment.update({"PART_SIZE_MIB": str(PART_MIB), "UPLOAD_CONCURRENCY": str(CONCURRENCY)})
+    spec = {
+        "approach": spec_approach,
+        "tiktok_url": stack.emulator.url,
+        "request_id": request_id,
+        "token": TOKEN,
+        "size": size,
+        "bucket": BUCKET,
+        "key": key,
+        "part_mib": PART_MIB,
+        "concurrency": CONCURRENCY,
+        "environment": environment,
+    }
+    result = run_child(spec)
+    if approach != "download_only":
+        if result["stored_bytes"] != size:
+            raise RuntimeError(f"{approach} stored {result['stored_bytes']} bytes of {size}")
+        if not keep:
+            s3.delete_object(Bucket=BUCKET, Key=key)
+    return Run(
+        approach,
+        nominal,
+        round_number,
+        result["wall_seconds"],
+        result["cpu_seconds"],
+        result["rss_after_imports_kib"] / 1024,
+        result["peak_rss_kib"] / 1024,
+        result["completion_seconds"],
+        [tuple(sample) for sample in result["samples"]],  # type: ignore[misc]
+    )
+
+
+def stored_digest(s3: Any, request_id: int) -> str:
+    """SHA-256 of the stored archive, read back from S3 a part at a time."""
+    key = f"archives/{request_id}.zip"
+    hasher = hashlib.sha256()
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
+    for chunk in iter(lambda: body.read(8 * MIB), b""):
+        hasher.update(chunk)
+    s3.delete_object(Bucket=BUCKET, Key=key)
+    return hasher.hexdigest()
+
+
+def import_times(repeats: int = 7) -> dict[str, float]:
+    """Median import time (ms) of each handler and of bare boto3, as Lambda's runtime would import them."""
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT / "src"),
+        # In Lambda the X-Ray SDK samples locally; without this it builds an X-Ray client at import.
+        "LAMBDA_TASK_ROOT": "/var/task",
+        "AWS_LAMBDA_FUNCTION_NAME": "bench",
+        "AWS_DEFAULT_REGION": REGION,
+    }
+    times: dict[str, float] = {}
+    for module in ("boto3", "tiktok_archive.handlers.api", "tiktok_archive.handlers.sqs"):
+        samples = []
+        for _ in range(repeats):
+            completed = subprocess.run(
+                [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                env=environment,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            line = completed.stderr.strip().splitlines()[-1]
+            samples.append(int(line.split("|")[1]) / 1000)
+        times[module] = statistics.median(samples)
+    return times
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        match = re.search(r"model name\s*:\s*(.+)", info.read())
+        if match:
+            cpu = match.group(1).strip()
+    with open("/proc/meminfo") as info:
+        match = re.search(r"MemTotal:\s+(\d+) kB", info.read())
+        memory = f"{int(match.group(1)) / 1024 / 1024:.0f} GiB" if match else "?"
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("boto3", "urllib3", "moto"))
+    return (
+        f"{os.cpu_count()} × {cpu}, {memory} RAM, Linux {platform.release()}, Python "
+        f"{platform.python_version()}; {versions}. moto server and the emulator run on the same machine "
+        "and share its cores."
+    )
+
+
+@dataclass
+class Summary:
+    approach: str
+    size: int
+    wall: float
+    cpu_per_gib: float
+    peak_rss_mib: float
+    streaming_mib: float
+    completion: float
+    overlap: float | None = None
+    overlap_without_completion: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.size / MIB / self.wall
+
+
+def summarize(runs: list[Run]) -> dict[tuple[str, int], Summary]:
+    summaries: dict[tuple[str, int], Summary] = {}
+    for approach, size in {(r.approach, r.size) for r in runs}:
+        mine = [r for r in runs if (r.approach, r.size) == (approach, size)]
+        summaries[approach, size] = Summary(
+            approach,
+            size,
+            statistics.median(r.wall for r in mine),
+            statistics.median(r.cpu for r in mine) / (size / GIB),
+            statistics.median(r.peak_rss_mib for r in mine),
+            statistics.median(r.streaming_mib for r in mine),
+            statistics.median(r.completion for r in mine),
+        )
+    for (approach, size), summary in summaries.items():
+        if approach != "handler":
+            continue
+        ratios, adjusted = [], []
+        for round_number in {r.round for r in runs if r.size == size}:
+            by = {r.approach: r for r in runs if r.size == size and r.round == round_number}
+            if {"handler", "download_only", "upload_only"} <= set(by):
+                download, upload, ours = by["download_only"], by["upload_only"], by["handler"]
+                ratios.append(ours.wall / max(download.wall, upload.wall))
+                adjusted.append(
+                    (ours.wall - ours.completion) / max(download.wall, upload.wall - upload.completion)
+                )
+        summary.overlap = statistics.median(ratios) if ratios else None
+        summary.overlap_without_completion = statistics.median(adjusted) if adjusted else None
+    return summaries
+
+
+def targets(summaries: dict[tuple[str, int], Summary], sizes: list[int]) -> list[tuple[bool, str]]:
+    """Each target of the issue, checked against this run."""
+    checks: list[tuple[bool, str]] = []
+    for size in sizes:
+        ours, managed = summaries["handler", size], summaries["boto3_matched", size]
+        label = f"{size // MIB} MiB"
+        ratio = ours.streaming_mib / managed.streaming_mib
+        checks.append(
+            (
+                ratio <= 0.5,
+                f"{label}: streaming memory {ours.streaming_mib:.0f} MiB ≤ 0.5 × managed transfer's "
+                f"{managed.streaming_mib:.0f} MiB (ratio {ratio:.2f})",
+            )
+        )
+        ratio = ours.wall / managed.wall
+        without = (ours.wall - ours.completion) / (managed.wall - managed.completion)
+        checks.append(
+            (
+                ratio <= 1.0,
+                f"{label}: wall time {ours.wall:.2f} s ≤ 1.0 × managed transfer's {managed.wall:.2f} s "
+                f"(ratio {ratio:.2f}; {without:.2f} without S3's CompleteMultipartUpload, which took "
+                f"{ours.completion:.2f} s for our full-object checksum, {managed.completion:.2f} s for its "
+                "composite one)",
+            )
+        )
+        if ours.overlap is not None and ours.overlap_without_completion is not None:
+            checks.append(
+                (
+                    ours.overlap <= 1.15,
+                    f"{label}: overlap ratio wall ÷ max(download only, upload only) = "
+                    f"{ours.overlap:.2f} ≤ 1.15 ({ours.overlap_without_completion:.2f} without "
+                    "CompleteMultipartUpload)",
+                )
+            )
+        ratio = ours.cpu_per_gib / managed.cpu_per_gib
+        checks.append(
+            (
+                ratio <= 1.0,
+                f"{label}: CPU {ours.cpu_per_gib:.2f} s/GiB ≤ managed transfer's "
+                f"{managed.cpu_per_gib:.2f} s/GiB (ratio {ratio:.2f})",
+            )
+        )
+    flat = [s for s in sizes if s >= 512 * MIB]
+    if len(flat) >= 2:
+        small, large = summaries["handler", flat[0]], summaries["handler", flat[-1]]
+        growth = large.peak_rss_mib - small.peak_rss_mib
+        checks.append(
+            (
+                abs(growth) <= 16,
+                f"peak RSS flat in archive size: {small.peak_rss_mib:.0f} MiB at {flat[0] // MIB} MiB, "
+                f"{large.peak_rss_mib:.0f} MiB at {flat[-1] // MIB} MiB (difference {growth:+.0f} ≤ 16 MiB)",
+            )
+        )
+    for size in sizes:
+        small_function = summaries.get(("handler_128", size))
+        if small_function is not None:
+            checks.append(
+                (
+                    small_function.peak_rss_mib <= 128,
+                    f"{size // MIB} MiB in a 128 MB function: peak RSS "
+                    f"{small_function.peak_rss_mib:.0f} MiB ≤ 128",
+                )
+            )
+    return checks
+
+
+def plot(runs: list[Run], summaries: dict[tuple[str, int], Summary], sizes: list[int], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - only the benchmark draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    largest = max(sizes)
+    figure, (memory_axes, speed_axes) = plt.subplots(1, 2, figsize=(14, 5.5))
+    shown = ["whole_body", "boto3_default", "boto3_matched", "handler", "handler_128"]
+    for approach in shown:
+        first = [r for r in runs if r.approach == approach and r.size == largest]
+        if not first:
+            continue
+        run = min(first, key=lambda r: r.round)
+        memory_axes.plot(
+            [t for t, _ in run.samples], [kib / 1024 for _, kib in run.samples], label=LABELS[approach]
+        )
+    memory_axes.set_title(f"Process RSS over time, {largest // MIB} MiB archive")
+    memory_axes.set_xlabel("seconds")
+    memory_axes.set_ylabel("RSS (MiB)")
+    memory_axes.set_yscale("log")
+    memory_axes.legend(fontsize=8)
+    width = 0.8 / len(shown)
+    for index, approach in enumerate(shown):
+        values = [summaries[approach, s].throughput if (approach, s) in summaries else 0 for s in sizes]
+        positions = [n + index * width for n in range(len(sizes))]
+        speed_axes.bar(positions, values, width, label=LABELS[approach])
+    speed_axes.set_xticks([n + width * (len(shown) - 1) / 2 for n in range(len(sizes))])
+    speed_axes.set_xticklabels([f"{s // MIB} MiB" for s in sizes])
+    speed_axes.set_ylabel("throughput (MiB/s, median)")
+    speed_axes.set_title("Throughput per approach")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_report(
+    path: Path,
+    summaries: dict[tuple[str, int], Summary],
+    sizes: list[int],
+    rounds: int,
+    checks: list[tuple[bool, str]],
+    imports: dict[str, float],
+    elapsed: float,
+) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`tests/benchmarks/run.py`); do not edit by hand. Every number is from",
+        "one run, compared as ratios between approaches of the same run — a different machine gives other",
+        "absolute numbers and, usually, the same ratios.",
+        "",
+        f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {rounds} rounds per size (median shown), "
+        f"order rotated every round; {elapsed / 60:.1f} minutes in all.",
+        f"- Machine: {machine()}",
+        "- Archives: generated zips served chunked (as TikTok does) by the emulator at full speed, stored "
+        "in moto server over HTTP. Every approach runs in a fresh process; CPU is that process's user + "
+        "system time.",
+        "- Streaming memory = peak RSS − RSS after the approach's imports and client creation.",
+        "- Overlap ratio = this project's wall time ÷ max(download leg alone, upload leg alone) of the same",
+        "  round: 1.0 means the two legs fully overlap, 2.0 that they run one after the other.",
+        "",
+        "![memory over time and throughput](benchmarks.png)",
+        "",
+    ]
+    for size in sizes:
+        lines += [
+            f"## {size // MIB} MiB archive",
+            "",
+            "| approach | wall (s) | of which CompleteMultipartUpload (s) | MiB/s | CPU s/GiB | "
+            "peak RSS (MiB) | streaming memory (MiB) | overlap |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for approach in (*APPROACHES[:4], "handler_128", *APPROACHES[4:]):
+            summary = summaries.get((approach, size))
+            if summary is None:
+                continue
+            overlap = f"{summary.overlap:.2f}" if summary.overlap is not None else ""
+            lines.append(
+                f"| {LABELS[approach]} | {summary.wall:.2f} | {summary.completion:.2f} | "
+                f"{summary.throughput:.0f} | "
+                f"{summary.cpu_per_gib:.2f} | {summary.peak_rss_mib:.0f} | {summary.streaming_mib:.0f} | "
+                f"{overlap} |"
+            )
+        lines.append("")
+    lines += [
+        "## Targets",
+        "",
+        *[f"- **{'PASS' if ok else 'FAIL'}** {text}" for ok, text in checks],
+        "",
+        "## Import time (cold start)",
+        "",
+        "Median of 7 `python -X importtime` runs with `LAMBDA_TASK_ROOT` set as in Lambda (the X-Ray SDK",
+        "then samples locally instead of building an X-Ray client at import):",
+        "",
+        "| module | import time (ms) | × bare boto3 |",
+        "|---|---:|---:|",
+        *[f"| `{module}` | {ms:.0f} | {ms / imports['boto3']:.2f} |" for module, ms in imports.items()],
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="64,512,2048", help="archive sizes in MiB, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per size (the median is reported)")
+    parser.add_argument("--report", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    sizes = [int(value) * MIB for value in args.sizes.split(",")]
+    started = time.monotonic()
+    runs: list[Run] = []
+    with LocalStack() as stack:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=stack.moto_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        for size in sizes:
+            request_id = 7_000_000_000_000_000_000 + size
+            ready = stack.emulator.register(request_id, TOKEN, size=size, transfer="chunked")
+            archive = (size, ready["size_bytes"])
+            print(f"\n{size // MIB} MiB archive ({ready['size_bytes']} bytes)", flush=True)
+            # First, once: what this project stores is TikTok's archive, byte for byte.
+            measure(stack, s3, "handler", archive, request_id, -1, keep=True)
+            if stored_digest(s3, request_id) != ready["sha256"]:
+                raise RuntimeError(f"the stored {size // MIB} MiB archive differs from TikTok's")
+            order = [*APPROACHES, "handler_128"]
+            for round_number in range(args.rounds):
+                shift = round_number % len(order)
+                for approach in order[shift:] + order[:shift]:
+                    run = measure(stack, s3, approach, archive, request_id, round_number)
+                    runs.append(run)
+                    print(
+                        f"  round {round_number + 1} {approach:14} {run.wall:7.2f} s "
+                        f"(complete {run.completion:5.2f} s)  "
+                        f"peak {run.peak_rss_mib:6.0f} MiB  streaming {run.streaming_mib:6.0f} MiB  "
+                        f"cpu {run.cpu:6.2f} s",
+                        flush=True,
+                    )
+            stack.emulator.reset()
+    imports = import_times()
+    summaries = summarize(runs)
+    checks = targets(summaries, sizes)
+    report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    plot(runs, summaries, sizes, report.with_suffix(".png"))
+    write_report(report, summaries, sizes, args.rounds, checks, imports, time.monotonic() - started)
+    print()
+    for ok, text in checks:
+        print(f"{'PASS' if ok else 'FAIL'} {text}")
+    for module, ms in imports.items():
+        print(f"import {module}: {ms:.0f} ms")
+    print(f"\nwrote {report} and {report.with_suffix('.png')} in {(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
