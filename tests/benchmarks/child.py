@@ -171,8 +171,9 @@ def _prepare(approach: str, spec: dict[str, Any]) -> Any:
 
         def run_download_only() -> None:
             request = DownloadRequest(spec["request_id"], spec["token"])
+            buffer = bytearray(spec["part_mib"] * MIB)
             with client.open_archive(request, Deadline.after(900), resumes=0) as stream:
-                while stream.read(spec["part_mib"] * MIB):
+                while stream.readinto(buffer):
                     pass
 
         return run_download_only
@@ -186,14 +187,13 @@ def _prepare(approach: str, spec: dict[str, Any]) -> Any:
             def __init__(self, size: int) -> None:
                 self.left = size
 
-            def read(self, size: int) -> bytearray:
-                size = min(size, self.left)
-                part = bytearray(size)
+            def readinto(self, part: bytearray) -> int:
+                size = min(len(part), self.left)
                 for start in range(0, size, MIB):
                     end = min(size, start + MIB)
                     part[start:end] = block[: end - start]
                 self.left -= size
-                return part
+                return size
 
         store = runtime.archive_store()
 

@@ -2,7 +2,9 @@
 
 Memory bound: at most ``concurrency`` parts are in flight and one more is being filled from the source
 while they upload, plus the source's small read piece and the HTTP clients' buffers — within
-``part_size × (concurrency + 2)`` for any archive up to 1,000 parts (7.8 GiB at 8 MiB). Beyond that
+``part_size × (concurrency + 2)`` for any archive up to 1,000 parts (7.8 GiB at 8 MiB). Part buffers
+are recycled: an uploader hands its buffer back before freeing its slot, so a transfer allocates at most
+``concurrency + 1`` of them, and the allocator never sits on freed parts. Beyond that
 the part size grows on a schedule (:mod:`part_sizes`) so that 10,000 parts hold any archive, and the
 bound grows with it. Nothing touches the disk.
 
@@ -45,11 +47,45 @@ ABORT_WAIT_SECONDS = 5.0
 
 
 class ArchiveSource(Protocol):
-    """Anything that hands out the archive: ``read(n)`` gives ``n`` bytes, fewer only at the end."""
+    """Anything that hands out the archive into buffers it is given."""
 
-    def read(self, size: int) -> bytes | bytearray:
-        """Return up to ``size`` bytes, none at the end; raise a TransferError on failure."""
+    def readinto(self, buffer: bytearray) -> int:
+        """Fill ``buffer`` from its start; fewer bytes only at the end, 0 after it.
+
+        Raises:
+            TransferError: the source failed.
+        """
         ...
+
+
+class _PartBuffers:
+    """Part buffers that uploaders hand back once S3 has the part, for the next part to reuse."""
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of exactly ``size`` bytes: a returned one when there is one, else a new one."""
+        with self._lock:
+            while self._free:
+                buffer = self._free.pop()
+                if len(buffer) == size:
+                    return buffer
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        """Take back a buffer whose part S3 has (or refused): nothing reads it any more."""
+        with self._lock:
+            self._free.append(buffer)
+
+    def fill(self, source: ArchiveSource, size: int) -> bytearray:
+        """The next ``size`` bytes of ``source`` in a buffer (shorter only at the end, empty after it)."""
+        buffer = self.take(size)
+        count = source.readinto(buffer)
+        if count < size:
+            del buffer[count:]
+        return buffer
 
 
 def _storage_error(operation: str, error: BaseException) -> StorageError:
@@ -75,8 +111,10 @@ class _MultipartUpload:
         key: str,
         upload_id: str,
         concurrency: int,
+        buffers: _PartBuffers,
     ) -> None:
         self._client = client
+        self._buffers = buffers
         self._executor = executor
         self._bucket = bucket
         self._key = key
@@ -85,7 +123,7 @@ class _MultipartUpload:
         self._futures: list[Future[CompletedPartTypeDef]] = []
         self._failure: StorageError | None = None
 
-    def submit(self, part_number: int, data: bytes | bytearray, crc: int, deadline: Deadline) -> None:
+    def submit(self, part_number: int, data: bytearray, crc: int, deadline: Deadline) -> None:
         """Queue one part (with its CRC32), blocking while the in-flight limit is reached.
 
         Raises:
@@ -100,21 +138,31 @@ class _MultipartUpload:
         if self._failure is not None:
             self._slots.release()
             raise self._failure
-        future = self._executor.submit(self._upload_part, part_number, data, crc32_base64(crc))
+        # The buffer travels in a list that the uploader empties and hands back to the pool before its
+        # slot is freed (a worker's finished task would otherwise keep it alive while the next part is
+        # already being read into a new one).
+        future = self._executor.submit(self._upload_part, part_number, [data], crc32_base64(crc))
         future.add_done_callback(self._part_done)
         self._futures.append(future)
 
-    def _upload_part(self, part_number: int, data: bytes | bytearray, crc: str) -> CompletedPartTypeDef:
-        answer = self._client.upload_part(
-            Bucket=self._bucket,
-            Key=self._key,
-            UploadId=self._upload_id,
-            PartNumber=part_number,
-            # botocore sends any bytes-like body (validate.py accepts bytearray); the stubs say bytes.
-            Body=cast("bytes", data),
-            # Given, so botocore does not compute it again; S3 checks it against what arrived.
-            ChecksumCRC32=crc,
-        )
+    def _upload_part(self, part_number: int, pending: list[bytearray], crc: str) -> CompletedPartTypeDef:
+        body = pending.pop()
+        try:
+            answer = self._client.upload_part(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=part_number,
+                # botocore sends any bytes-like body (validate.py accepts bytearray); the stubs say bytes.
+                Body=cast("bytes", body),
+                # Given, so botocore does not compute it again; S3 checks it against what arrived.
+                ChecksumCRC32=crc,
+            )
+        finally:
+            # Back to the pool, and not even a failure's traceback keeps the part alive.
+            self._buffers.give(body)
+            del body
+
         return {
             "PartNumber": part_number,
             "ETag": answer["ETag"],
@@ -236,9 +284,10 @@ class S3ArchiveStore:
         Raises:
             StorageError: S3 failed; nothing was stored and no upload is left open.
             DeadlineExceededError: S3 did not keep up before the deadline; likewise nothing is left.
-            TransferError: whatever ``source.read`` raised; likewise nothing is left behind.
+            TransferError: whatever ``source.readinto`` raised; likewise nothing is left behind.
         """
-        data = source.read(self._part_size)
+        buffers = _PartBuffers()
+        data = buffers.fill(source, self._part_size)
         part_crc = zlib.crc32(data)
         extra_args: dict[str, Any] = {
             "ContentType": CONTENT_TYPE,
@@ -265,7 +314,13 @@ class S3ArchiveStore:
             **extra_args,
         )
         upload = _MultipartUpload(
-            self._client, self._executor, self.bucket, key, created["UploadId"], self._concurrency
+            self._client,
+            self._executor,
+            self.bucket,
+            key,
+            created["UploadId"],
+            self._concurrency,
+            buffers,
         )
         crc, size = 0, 0
         try:
@@ -278,7 +333,7 @@ class S3ArchiveStore:
                 # The uploader owns the part now: holding it through the next read would keep one
                 # more part alive than the memory bound allows for.
                 del data
-                data = self._next_part(source, part_number)
+                data = self._next_part(source, buffers, part_number)
                 part_crc = zlib.crc32(data)
             upload.complete(size, crc, deadline)
         except BaseException:
@@ -287,17 +342,17 @@ class S3ArchiveStore:
         logger.debug("multipart upload completed", extra={"parts": part_number})
         return StoredArchive(self.bucket, key, size, crc32_base64(crc))
 
-    def _next_part(self, source: ArchiveSource, after: int) -> bytes | bytearray:
+    def _next_part(self, source: ArchiveSource, buffers: _PartBuffers, after: int) -> bytearray:
         """The part that follows part ``after``, sized by the schedule; empty at the archive's end.
 
         Raises:
             StorageError: bytes remain after S3's last possible part.
         """
         if after < MAX_PARTS:
-            return source.read(part_size(after + 1, self._part_size))
-        if source.read(1):
+            return buffers.fill(source, part_size(after + 1, self._part_size))
+        if source.readinto(bytearray(1)):
             raise StorageError(f"the archive does not fit in S3's {MAX_PARTS} parts")
-        return b""
+        return bytearray()
 
     def presign(self, key: str, filename: str, ttl_seconds: int) -> tuple[str, datetime]:
         """A GET link to ``key`` that downloads as ``filename``, and the moment it expires (UTC).

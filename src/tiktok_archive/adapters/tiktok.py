@@ -167,10 +167,10 @@ class BudgetedRetry(urllib3.Retry):
 class ArchiveStream:
     """An open archive download whose first bytes were checked to be a zip.
 
-    ``read(n)`` returns a new buffer of exactly ``n`` bytes except at the end of the archive, an empty
-    one after it. A break is repaired in place by a ranged request when TikTok supports one, so the
-    caller never sees it. Beyond the returned buffer it holds at most one ``READ_PIECE_BYTES`` piece
-    and the archive's last bytes (:class:`ZipTail`). Use it as a context manager: the connection goes
+    ``readinto(buffer)`` fills the caller's buffer, completely except at the end of the archive. A break
+    is repaired in place by a ranged request when TikTok supports one, so the caller never sees it.
+    Beyond the caller's buffer it holds at most one ``READ_PIECE_BYTES`` piece and the archive's last
+    bytes (:class:`ZipTail`). Use it as a context manager: the connection goes
     back to the pool only when the body was read to its end, and is discarded otherwise.
     """
 
@@ -205,8 +205,8 @@ class ArchiveStream:
         """Archive bytes received so far."""
         return self._tail.size
 
-    def read(self, size: int) -> bytearray:
-        """Read the next ``size`` bytes of the archive (fewer only at its end).
+    def readinto(self, part: bytearray) -> int:
+        """Fill ``part`` with the next bytes of the archive; fewer only at its end, 0 after it.
 
         Raises:
             UpstreamStreamBrokenError: the connection broke or stalled past the read timeout, and could
@@ -215,7 +215,7 @@ class ArchiveStream:
             DeadlineExceededError: the invocation's deadline came first.
             TransferError: a resumption was refused by TikTok.
         """
-        part = bytearray(size)
+        size = len(part)
         view = memoryview(part)
         filled = len(self._pending)
         view[:filled] = self._pending
@@ -230,9 +230,7 @@ class ArchiveStream:
             filled += len(piece)
             self._tail.feed(piece)
         view.release()
-        if filled < size:
-            del part[filled:]
-        return part
+        return filled
 
     def _read_piece(self, amount: int) -> bytes:
         while True:
