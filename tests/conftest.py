@@ -19,7 +19,7 @@ import pytest
 
 from tests.harness.demo import DEMO_TOKEN
 from tests.harness.lambda_context import FakeLambdaContext
-from tests.harness.local_stack import REGION, Emulator, LocalStack
+from tests.harness.local_stack import REGION, Emulator, LocalStack, Resources, provision
 from tiktok_archive import runtime
 from tiktok_archive.handlers import api, sqs
 from tiktok_archive.observability import REDACTED, logger
@@ -140,7 +140,15 @@ Configure = Callable[..., None]
 
 
 @pytest.fixture
-def configure(stack: LocalStack, bucket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Configure]:
+def resources(stack: LocalStack, bucket: str) -> Resources:
+    """The downloads table, the queue, the token key and an event capture, fresh in moto."""
+    return provision(stack.moto_url, bucket.removeprefix("archives-"))
+
+
+@pytest.fixture
+def configure(
+    stack: LocalStack, bucket: str, resources: Resources, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Configure]:
     """Point the function at moto and the emulator (5 MiB parts); call it to override variables."""
 
     def apply(**overrides: str | None) -> None:
@@ -151,7 +159,7 @@ def configure(stack: LocalStack, bucket: str, monkeypatch: pytest.MonkeyPatch) -
                 monkeypatch.setenv(name, value)
         runtime.reset()
 
-    for name, value in stack.environment().items():
+    for name, value in {**stack.environment(), **resources.environment()}.items():
         monkeypatch.setenv(name, value)
     apply(BUCKET_NAME=bucket, PART_SIZE_MIB="5", UPLOAD_CONCURRENCY="3")
     yield apply

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import boto3
 from botocore.config import Config
 
+from tiktok_archive.adapters.download_events import DownloadEvents
+from tiktok_archive.adapters.download_jobs import DownloadJobs
+from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
+from tiktok_archive.logic.downloads import DownloadService
 from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.settings import Settings
+
+# Short calls, each retried by botocore's standard mode.
+_SMALL_CALLS = Config(
+    retries={"mode": "standard", "total_max_attempts": 4}, connect_timeout=5, read_timeout=10
+)
 
 
 @functools.cache
@@ -83,7 +94,49 @@ def transfer_service() -> ArchiveTransfer:
     )
 
 
+@functools.cache
+def download_jobs() -> DownloadJobs:
+    """The queue of async downloads and the KMS key of their tokens (built on first use).
+
+    Raises:
+        ConfigurationError: ``DOWNLOAD_QUEUE_URL`` or ``TOKEN_KMS_KEY_ID`` is not set.
+    """
+    config = settings()
+    if not config.download_queue_url or not config.token_kms_key_id:
+        raise ConfigurationError(
+            "DOWNLOAD_QUEUE_URL and TOKEN_KMS_KEY_ID are required for queued downloads "
+            "(Prefer: respond-async)"
+        )
+    return DownloadJobs(
+        boto3.client("sqs", config=_SMALL_CALLS),
+        boto3.client("kms", config=_SMALL_CALLS),
+        config.download_queue_url,
+        config.token_kms_key_id,
+    )
+
+
+@functools.cache
+def download_service() -> DownloadService:
+    """The container's download service (records, ownership, events around the transfer).
+
+    Raises:
+        ConfigurationError: the environment is invalid (the message names the variable).
+    """
+    config = settings()
+    return DownloadService(
+        transfer_service(),
+        DownloadRecords(
+            boto3.client("dynamodb", config=_SMALL_CALLS),
+            config.downloads_table_name,
+            timedelta(days=config.record_retention_days),
+        ),
+        tiktok_client(),
+        DownloadEvents(boto3.client("events", config=_SMALL_CALLS), config.event_bus_name),
+        download_jobs,
+    )
+
+
 def reset() -> None:
     """Forget everything built so the next call reads the environment again (tests only)."""
-    for built in (transfer_service, tiktok_client, archive_store, settings):
+    for built in (download_service, download_jobs, transfer_service, tiktok_client, archive_store, settings):
         built.cache_clear()

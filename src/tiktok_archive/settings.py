@@ -51,6 +51,15 @@ class Settings:
 
     Attributes:
         bucket_name: the S3 bucket archives are written to (``BUCKET_NAME``, required).
+        downloads_table_name: the DynamoDB table of download records (``DOWNLOADS_TABLE_NAME``,
+            required).
+        download_queue_url: the queue async requests go to (``DOWNLOAD_QUEUE_URL``; needed for
+            ``Prefer: respond-async`` only).
+        token_kms_key_id: the KMS key that encrypts tokens in queued jobs (``TOKEN_KMS_KEY_ID``; needed
+            for async requests and to open their jobs).
+        event_bus_name: where completion events go (``EVENT_BUS_NAME``, default ``default``).
+        record_retention_days: how long a record outlives its last change, like the archives
+            (``RECORD_RETENTION_DAYS``, 1–3650, default 7).
         tiktok_api_base_url: TikTok's API origin (``TIKTOK_API_BASE_URL``).
         object_key_prefix: prepended to ``{request_id}.zip`` (``OBJECT_KEY_PREFIX``).
         part_size_bytes: multipart part size of the first 1,000 parts (``PART_SIZE_MIB``, 5–5120); by
@@ -76,6 +85,11 @@ class Settings:
     """
 
     bucket_name: str
+    downloads_table_name: str = ""
+    download_queue_url: str = ""
+    token_kms_key_id: str = ""
+    event_bus_name: str = "default"
+    record_retention_days: int = 7
     tiktok_api_base_url: str = "https://open.tiktokapis.com"
     object_key_prefix: str = "archives/"
     part_size_bytes: int = 8 * MIB
@@ -100,6 +114,11 @@ class Settings:
         bucket = env.get("BUCKET_NAME", "").strip()
         if not bucket:
             raise ConfigurationError("BUCKET_NAME is required: the S3 bucket archives are written to")
+        table = env.get("DOWNLOADS_TABLE_NAME", "").strip()
+        if not table:
+            raise ConfigurationError(
+                "DOWNLOADS_TABLE_NAME is required: the DynamoDB table of download records"
+            )
         base_url = env.get("TIKTOK_API_BASE_URL", cls.tiktok_api_base_url).strip().rstrip("/")
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
@@ -119,6 +138,11 @@ class Settings:
             part_mib, concurrency_default = explicit_part or DEFAULT_PART_SIZE_MIB, DEFAULT_UPLOAD_CONCURRENCY
         return cls(
             bucket_name=bucket,
+            downloads_table_name=table,
+            download_queue_url=env.get("DOWNLOAD_QUEUE_URL", "").strip(),
+            token_kms_key_id=env.get("TOKEN_KMS_KEY_ID", "").strip(),
+            event_bus_name=env.get("EVENT_BUS_NAME", "").strip() or cls.event_bus_name,
+            record_retention_days=_int(env, "RECORD_RETENTION_DAYS", 7, 1, 3650),
             tiktok_api_base_url=base_url,
             object_key_prefix=prefix,
             part_size_bytes=part_mib * MIB,

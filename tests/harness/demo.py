@@ -2,7 +2,10 @@
 
 Starts moto server and the TikTok emulator on free loopback ports, creates the bucket, runs the API
 handler on ``events/api-download.json``, fetches the presigned URL it answers with and checks the
-archive, then runs the SQS worker on ``events/sqs-mixed-batch.json`` and stops what it started.
+archive, asks again (no second download, a fresh link), queues a download with ``Prefer:
+respond-async`` and lets the worker run it, reads its record with ``GET /downloads/{request_id}``,
+shows the completion events, runs the SQS worker on ``events/sqs-mixed-batch.json`` and stops what it
+started.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import boto3
 
 from tests.harness.lambda_context import FakeLambdaContext
-from tests.harness.local_stack import REGION, LocalStack
+from tests.harness.local_stack import REGION, LocalStack, provision
 from tiktok_archive.handlers import api, sqs
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -29,6 +32,7 @@ DEMO_BUCKET = "tiktok-archive-demo"
 API_REQUEST_ID = 7234567890123456789
 SQS_REQUEST_ID = 7234567890123456790
 SQS_RATE_LIMITED_REQUEST_ID = 7234567890123456791
+ASYNC_REQUEST_ID = 7234567890123456792
 ARCHIVE_BYTES = 20 * 1024 * 1024
 
 
@@ -50,6 +54,8 @@ def main() -> int:
         )
         s3 = boto3.client("s3", region_name=REGION)
         s3.create_bucket(Bucket=DEMO_BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        resources = provision(stack.moto_url, "demo")
+        os.environ.update(resources.environment())
         _say(f"moto server at {stack.moto_url}, TikTok emulator at {stack.emulator.url}")
         print("(the function's JSON log records and EMF metrics print as they happen, as in CloudWatch)")
         ready = stack.emulator.register(API_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES, transfer="chunked")
@@ -78,6 +84,37 @@ def main() -> int:
         print(f"{len(names)} entries: " + ", ".join(names[:4]) + (", …" if len(names) > 4 else ""))
         if corrupt is not None or not same:
             return 1
+
+        _say("The same POST again: the record says completed, so no second download, a fresh link")
+        answer = api.lambda_handler(_event("api-download.json"), FakeLambdaContext("ApiFunction"))
+        again = json.loads(answer["body"])
+        downloads = stack.emulator.downloads(API_REQUEST_ID)
+        print(f"HTTP {answer['statusCode']}, status {again['status']}, TikTok downloads so far: {downloads}")
+        if answer["statusCode"] != 200 or downloads != 1 or "url" not in again:
+            return 1
+
+        _say("Async: POST /downloads with Prefer: respond-async (events/api-download-async.json)")
+        stack.emulator.register(ASYNC_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES // 4, transfer="chunked")
+        answer = api.lambda_handler(_event("api-download-async.json"), FakeLambdaContext("ApiFunction"))
+        location = (answer.get("multiValueHeaders") or {}).get("Location", ["?"])[0]
+        print(f"HTTP {answer['statusCode']}, Location: {location}")
+        print(answer["body"])
+        [message] = resources.queued_messages()
+        print(f"queued message (the token is KMS-encrypted): {message['Body'][:90]}…")
+        job = {"Records": [{**_event("sqs-download.json")["Records"][0], "body": message["Body"]}]}
+        batch = sqs.lambda_handler(job, FakeLambdaContext("WorkerFunction"))
+        print(f"worker: {json.dumps(batch)}")
+        answer = api.lambda_handler(_event("api-get-download.json"), FakeLambdaContext("ApiFunction"))
+        record = json.loads(answer["body"])
+        print(
+            f"GET /downloads/{ASYNC_REQUEST_ID}: HTTP {answer['statusCode']}, status {record.get('status')}"
+        )
+        if record.get("status") != "completed" or "url" not in record:
+            return 1
+
+        _say("Completion events on EventBridge (a rule copies them to a queue here)")
+        for event in resources.events():
+            print(f"{event['detail-type']}: {json.dumps(event['detail'])}")
 
         _say("Errors: missing token, invalid request_id")
         for name in ("api-missing-token.json", "api-invalid-request-id.json"):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
 
@@ -70,6 +72,11 @@ class Emulator:
     def state(self, request_id: int) -> dict[str, Any]:
         """The emulator's record of ``request_id``: ``downloads`` and ``last_body_sent_at``."""
         return self._call("GET", f"/_emulator/requests/{request_id}")
+
+    def checks(self, request_id: int) -> int:
+        """How many times the Check Status endpoint was asked about ``request_id``."""
+        count: int = self.state(request_id)["checks"]
+        return count
 
     def calls(self, request_id: int) -> list[dict[str, Any]]:
         """Each call of the download endpoint for ``request_id``: ``at``, ``range`` and ``fault``."""
@@ -156,3 +163,83 @@ class LocalStack:
         request = urllib.request.Request(self.moto_url + "/moto-api/reset", data=b"", method="POST")
         with urllib.request.urlopen(request, timeout=30):
             pass
+
+
+@dataclass
+class Resources:
+    """What the stack's template creates besides the bucket, created in moto for one test or demo."""
+
+    moto_url: str
+    table: str
+    queue_url: str
+    key_id: str
+    events_queue_url: str
+
+    def environment(self) -> dict[str, str]:
+        """The function's variables that point at these resources."""
+        return {
+            "DOWNLOADS_TABLE_NAME": self.table,
+            "DOWNLOAD_QUEUE_URL": self.queue_url,
+            "TOKEN_KMS_KEY_ID": self.key_id,
+            "EVENT_BUS_NAME": "default",
+        }
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,  # type: ignore[call-overload]
+            endpoint_url=self.moto_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every completion event published so far (a rule on the default bus copies them to a queue)."""
+        sqs = self.client("sqs")
+        found: list[dict[str, Any]] = []
+        while True:
+            answer = sqs.receive_message(QueueUrl=self.events_queue_url, MaxNumberOfMessages=10)
+            messages = answer.get("Messages", [])
+            if not messages:
+                return found
+            for message in messages:
+                found.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=self.events_queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def queued_messages(self) -> list[dict[str, Any]]:
+        """The download queue's messages (left in the queue, visible again after 0 s)."""
+        sqs = self.client("sqs")
+        answer = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+        return answer.get("Messages", [])  # type: ignore[no-any-return]
+
+    def item(self, request_id: int) -> dict[str, Any] | None:
+        """The raw DynamoDB item of ``request_id``."""
+        answer = self.client("dynamodb").get_item(
+            TableName=self.table, Key={"request_id": {"S": str(request_id)}}, ConsistentRead=True
+        )
+        item: dict[str, Any] | None = answer.get("Item")
+        return item
+
+
+def provision(moto_url: str, name: str) -> Resources:
+    """Create the downloads table, the download queue, the token key and an event capture in moto."""
+    resources = Resources(moto_url, f"downloads-{name}", "", "", "")
+    dynamodb, sqs = resources.client("dynamodb"), resources.client("sqs")
+    dynamodb.create_table(
+        TableName=resources.table,
+        KeySchema=[{"AttributeName": "request_id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "request_id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    resources.queue_url = sqs.create_queue(QueueName=f"downloads-{name}")["QueueUrl"]
+    resources.key_id = resources.client("kms").create_key(Description="tokens")["KeyMetadata"]["KeyId"]
+    resources.events_queue_url = sqs.create_queue(QueueName=f"events-{name}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=resources.events_queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    events = resources.client("events")
+    events.put_rule(
+        Name=f"capture-{name}", EventPattern=json.dumps({"source": ["tiktok-archive"]}), State="ENABLED"
+    )
+    events.put_targets(Rule=f"capture-{name}", Targets=[{"Id": "capture", "Arn": arn}])
+    return resources

@@ -12,6 +12,11 @@ same way whether it runs in a thread or in its own process:
   "last_body_sent_at": <Unix time the last complete archive body was sent, or null>}``.
 - ``POST /_emulator/reset`` forgets everything.
 
+``POST /v2/user/data/check/`` answers ``{"data": {"request_id", "status"}}`` (the registration's
+``status``, ``downloading`` by default) to the request's owner only: another known token gets
+``invalid_params``, an unknown one ``access_token_invalid``. ``GET`` of a registration counts these
+``checks`` too.
+
 ``POST /v2/user/data/download/`` behaves like the documented endpoint: it checks the bearer token, the
 JSON body and its int64 ``request_id``, and answers the zip (chunked, or with Content-Length) or
 TikTok's JSON error. TikTok documents no Range support, so by default a ``Range`` header is ignored
@@ -51,6 +56,7 @@ from typing import Any
 from tests.harness.archives import build_archive
 
 DOWNLOAD_PATH = "/v2/user/data/download/"
+CHECK_PATH = "/v2/user/data/check/"
 _CONTROL = re.compile(r"/_emulator/requests/([0-9]+)")
 _INT64_MAX = 2**63 - 1
 _RANGE = re.compile(r"bytes=([0-9]+)-")
@@ -69,7 +75,9 @@ class Registration:
     fault_times: int | None = None
     bytes_per_second: float | None = None
     ranges: str = "ignore"
+    status: str = "downloading"
     downloads: int = 0
+    checks: int = 0
     calls: list[dict[str, Any]] = field(default_factory=list)
     last_body_sent_at: float | None = None
 
@@ -117,6 +125,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             fault_times=spec.get("fault_times"),
             bytes_per_second=spec.get("bytes_per_second"),
             ranges=spec.get("ranges", "ignore"),
+            status=spec.get("status", "downloading"),
         )
         with self.server.state.lock:
             self.server.state.requests[request_id] = registration
@@ -141,6 +150,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         with self.server.state.lock:
             document = {
                 "downloads": registration.downloads,
+                "checks": registration.checks,
                 "calls": list(registration.calls),
                 "last_body_sent_at": registration.last_body_sent_at,
             }
@@ -154,7 +164,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self._send_json(200, {"ok": True})
             return
         body = self._read_body()
-        if self.path.split("?")[0] != DOWNLOAD_PATH:
+        endpoint = self.path.split("?")[0]
+        if endpoint not in (DOWNLOAD_PATH, CHECK_PATH):
             self._send_tiktok_error(404, "invalid_params", "Unknown endpoint.")
             return
         token = self._bearer_token()
@@ -171,6 +182,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self._send_tiktok_error(
                 400, "invalid_params", "Incorrect `request_id`. Please validate the request."
             )
+            return
+        if endpoint == CHECK_PATH:
+            self._check(token, request_id)
             return
         state = self.server.state
         with state.lock:
@@ -209,6 +223,31 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             )
             return
         self._serve(registration, fault)
+
+    def _check(self, token: str, request_id: int) -> None:
+        """Check Status: only the request's owner learns its status; anyone else gets invalid_params."""
+        state = self.server.state
+        with state.lock:
+            registration = state.requests.get(request_id)
+            owners = {r.token for r in state.requests.values()}
+            if registration is not None:
+                registration.checks += 1
+        if token not in owners:
+            self._send_tiktok_error(
+                401, "access_token_invalid", "The access token is invalid or not found in the request."
+            )
+            return
+        if registration is None or registration.token != token:
+            self._send_tiktok_error(
+                400, "invalid_params", "Incorrect `request_id`. Please validate the request."
+            )
+            return
+        log_id = state.next_log_id()
+        document = {
+            "data": {"request_id": request_id, "status": registration.status},
+            "error": {"code": "ok", "message": "", "log_id": log_id},
+        }
+        self._send(200, json.dumps(document).encode(), "application/json", {"X-Tt-Logid": log_id})
 
     def _serve(self, registration: Registration, fault: dict[str, Any] | None) -> None:
         kind = (fault or {}).get("kind")

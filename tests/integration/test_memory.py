@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import MIB, new_request_id
-from tests.harness.local_stack import REPO_ROOT, Emulator, LocalStack
+from tests.harness.local_stack import REPO_ROOT, Emulator, LocalStack, Resources
 
 PART_MIB = 8
 CONCURRENCY = 4
 
 
-def measure(stack: LocalStack, emulator: Emulator, bucket: str, token: str, approach: str) -> dict[str, Any]:
+def measure(
+    stack: LocalStack, resources: Resources, emulator: Emulator, bucket: str, token: str, approach: str
+) -> dict[str, Any]:
     request_id = new_request_id()
     ready = emulator.register(request_id, token, size=256 * MIB, transfer="chunked")
     spec = {
@@ -38,6 +40,7 @@ def measure(stack: LocalStack, emulator: Emulator, bucket: str, token: str, appr
         "concurrency": CONCURRENCY,
         "environment": {
             **stack.environment(),
+            **resources.environment(),
             "BUCKET_NAME": bucket,
             "PART_SIZE_MIB": str(PART_MIB),
             "UPLOAD_CONCURRENCY": str(CONCURRENCY),
@@ -65,9 +68,9 @@ def streaming_mib(result: dict[str, Any]) -> float:
 
 
 def test_a_256_mib_archive_raises_peak_rss_by_at_most_its_parts_in_flight(
-    stack: LocalStack, emulator: Emulator, bucket: str, token: str
+    stack: LocalStack, resources: Resources, emulator: Emulator, bucket: str, token: str
 ) -> None:
-    result = measure(stack, emulator, bucket, token, "handler")
+    result = measure(stack, resources, emulator, bucket, token, "handler")
 
     # (concurrency uploading + 1 being filled + 1 of slack) × part size = 48 MiB, for 256 MiB of archive
     assert streaming_mib(result) <= (CONCURRENCY + 2) * PART_MIB, result["peak_rss_kib"]
@@ -75,10 +78,10 @@ def test_a_256_mib_archive_raises_peak_rss_by_at_most_its_parts_in_flight(
 
 @pytest.mark.parametrize("approach", ["whole_body"])
 def test_the_probe_sees_an_archive_held_in_memory(
-    stack: LocalStack, emulator: Emulator, bucket: str, token: str, approach: str
+    stack: LocalStack, resources: Resources, emulator: Emulator, bucket: str, token: str, approach: str
 ) -> None:
     # The same measurement on TikTok's sample approach, which holds the whole body: proof the probe
     # would catch a transfer that buffers the archive.
-    result = measure(stack, emulator, bucket, token, approach)
+    result = measure(stack, resources, emulator, bucket, token, approach)
 
     assert streaming_mib(result) >= 256

@@ -9,7 +9,7 @@ from tiktok_archive.settings import MIB, Settings
 
 
 def test_defaults_need_only_the_bucket() -> None:
-    settings = Settings.from_environment({"BUCKET_NAME": "b"})
+    settings = Settings.from_environment({"BUCKET_NAME": "b", "DOWNLOADS_TABLE_NAME": "t"})
     assert settings.bucket_name == "b"
     assert settings.tiktok_api_base_url == "https://open.tiktokapis.com"
     assert settings.part_size_bytes == 8 * MIB
@@ -26,6 +26,7 @@ def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
     settings = Settings.from_environment(
         {
             "BUCKET_NAME": "b",
+            "DOWNLOADS_TABLE_NAME": "t",
             "TIKTOK_API_BASE_URL": "http://127.0.0.1:9000/",
             "PART_SIZE_MIB": "5",
             "UPLOAD_CONCURRENCY": "2",
@@ -50,6 +51,8 @@ def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
     ("variable", "value"),
     [
         ("BUCKET_NAME", ""),
+        ("DOWNLOADS_TABLE_NAME", ""),
+        ("RECORD_RETENTION_DAYS", "0"),
         ("PART_SIZE_MIB", "4"),
         ("PART_SIZE_MIB", "eight"),
         ("UPLOAD_CONCURRENCY", "0"),
@@ -67,7 +70,7 @@ def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
 )
 def test_invalid_values_are_refused_naming_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigurationError) as raised:
-        Settings.from_environment({"BUCKET_NAME": "b", variable: value})
+        Settings.from_environment({"BUCKET_NAME": "b", "DOWNLOADS_TABLE_NAME": "t", variable: value})
     assert variable in raised.value.message
 
 
@@ -85,14 +88,16 @@ def test_invalid_values_are_refused_naming_the_variable(variable: str, value: st
 def test_part_size_and_concurrency_follow_the_functions_memory(
     memory: str, part_mib: int, concurrency: int
 ) -> None:
-    settings = Settings.from_environment({"BUCKET_NAME": "b", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": memory})
+    settings = Settings.from_environment(
+        {"BUCKET_NAME": "b", "DOWNLOADS_TABLE_NAME": "t", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": memory}
+    )
     assert (settings.part_size_bytes // MIB, settings.upload_concurrency) == (part_mib, concurrency)
     # Parts in memory stay within half of what the runtime leaves free.
     assert part_mib * (concurrency + 2) <= (int(memory) - 80) / 2
 
 
 def test_explicit_values_win_over_the_memory_and_a_lone_part_size_gets_a_fitting_concurrency() -> None:
-    base = {"BUCKET_NAME": "b", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256"}
+    base = {"BUCKET_NAME": "b", "DOWNLOADS_TABLE_NAME": "t", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256"}
     both = Settings.from_environment({**base, "PART_SIZE_MIB": "16", "UPLOAD_CONCURRENCY": "8"})
     assert (both.part_size_bytes, both.upload_concurrency) == (16 * MIB, 8)
     part_only = Settings.from_environment({**base, "PART_SIZE_MIB": "16"})

@@ -60,6 +60,7 @@ from tiktok_archive.models.zip_tail import ZipTail
 from tiktok_archive.observability import logger, tracer
 
 DOWNLOAD_PATH = "/v2/user/data/download/"
+CHECK_PATH = "/v2/user/data/check/?fields=request_id,status"
 # Largest single read from the socket while filling a part: the transient copy it costs.
 READ_PIECE_BYTES = 1024 * 1024
 # A zip archive starts with a local file header; an archive with no entries is only its end record.
@@ -336,6 +337,7 @@ class TikTokClient:
         max_attempts: int,
     ) -> None:
         self._url = base_url + DOWNLOAD_PATH
+        self._check_url = base_url + CHECK_PATH
         self._pool = pool
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -413,8 +415,49 @@ class TikTokClient:
         response.close()
         return None
 
+    @tracer.capture_method(capture_response=False)
+    def check_request(self, request: DownloadRequest, deadline: Deadline) -> str:
+        """Ask TikTok's Check Status endpoint about ``request`` with its token: whose is it, how is it.
+
+        Returns:
+            TikTok's status of the request (``pending``, ``downloading``, ``expired``, ``cancelled``):
+            the token's user owns it.
+
+        Raises:
+            TikTokApiError: TikTok refused (``invalid_params`` for a request of another user, a bad
+                token, a missing scope, a rate limit …).
+            UpstreamUnavailableError: TikTok could not be reached.
+            UpstreamBadResponseError: the answer is not TikTok's JSON.
+        """
+        deadline.check("before TikTok was asked who owns the request")
+        response = self._post(request, deadline, url=self._check_url)
+        try:
+            body = response.read(MAX_ERROR_BODY_BYTES, decode_content=True)
+        except (HTTPError, OSError) as error:
+            raise UpstreamUnavailableError(
+                f"TikTok's status answer broke: {type(error).__name__}", upstream_status=response.status
+            ) from None
+        finally:
+            response.close()
+        document = _json_object(body)
+        outcome = document.get("error") if document else None
+        data = document.get("data") if document else None
+        if (
+            response.status == 200
+            and isinstance(outcome, dict)
+            and outcome.get("code") == "ok"
+            and isinstance(data, dict)
+            and isinstance(data.get("status"), str)
+        ):
+            return str(data["status"])[:40]
+        raise _failure(response, body)
+
     def _post(
-        self, request: DownloadRequest, deadline: Deadline, extra_headers: dict[str, str] | None = None
+        self,
+        request: DownloadRequest,
+        deadline: Deadline,
+        extra_headers: dict[str, str] | None = None,
+        url: str | None = None,
     ) -> urllib3.BaseHTTPResponse:
         body = json.dumps({"request_id": request.request_id}).encode()
         headers = {
@@ -426,7 +469,7 @@ class TikTokClient:
         try:
             return self._pool.request(
                 "POST",
-                self._url,
+                url or self._url,
                 body=body,
                 headers=headers,
                 preload_content=False,

@@ -1,8 +1,8 @@
-"""API Gateway (REST, Lambda proxy) entry point: ``POST /downloads``.
+"""API Gateway (REST, Lambda proxy) entry point: ``POST /downloads`` and ``GET /downloads/{request_id}``.
 
-Thin on purpose: it reads the bearer token and ``request_id``, calls the transfer service and turns
-the result — or the one error that explains a failure — into JSON. The event is never logged: its
-``Authorization`` header holds the user's TikTok token.
+Thin on purpose: it reads the bearer token, the ``request_id`` and the ``Prefer`` header, calls the
+download service and turns the answer — or the one error that explains a failure — into JSON. The
+event is never logged: its ``Authorization`` header holds the user's TikTok token.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from tiktok_archive.models.download import (
     parse_authorization_header,
     parse_json_object,
     parse_request_id,
+    prefers_async,
 )
+from tiktok_archive.models.download_record import DownloadStatus
 from tiktok_archive.models.errors import TransferError
 from tiktok_archive.observability import logger, metrics, tracer
-from tiktok_archive.runtime import transfer_service
+from tiktok_archive.runtime import download_service
 
 app = APIGatewayRestResolver()
 # Answers carry a presigned URL or a user's error: no cache may keep them.
@@ -33,13 +35,29 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 @app.post("/downloads")
 def create_download() -> Response[str]:
-    """Stream the archive of ``request_id`` into S3 and answer with its presigned link."""
+    """Download ``request_id``'s archive once and answer with a link (``Prefer: respond-async``: queue it)."""
     event = app.current_event
     token = parse_authorization_header(event.headers.get("Authorization"))
     body = parse_json_object(event.decoded_body)
     request = DownloadRequest(parse_request_id(body.get("request_id")), token)
-    result = transfer_service().run(request, app.lambda_context.get_remaining_time_in_millis())
-    return _json(HTTPStatus.OK, result.to_body())
+    remaining_ms = app.lambda_context.get_remaining_time_in_millis()
+    if not prefers_async(event.headers.get("Prefer")):
+        return _json(HTTPStatus.OK, download_service().download(request, remaining_ms).to_body())
+    answer = download_service().queue(request, remaining_ms)
+    if answer.record.status is DownloadStatus.COMPLETED:
+        return _json(HTTPStatus.OK, answer.to_body())  # nothing left to wait for (RFC 7240 allows it)
+    location = f"{event.request_context.path.rstrip('/')}/{request.request_id}"
+    headers = {"Location": location, "Preference-Applied": "respond-async"}
+    return _json(HTTPStatus.ACCEPTED, answer.to_body(), headers)
+
+
+@app.get("/downloads/<request_id>")
+def get_download(request_id: str) -> Response[str]:
+    """The download's record for its owner, with a fresh link once the archive is stored."""
+    token = parse_authorization_header(app.current_event.headers.get("Authorization"))
+    request = DownloadRequest(parse_request_id(request_id), token)
+    remaining_ms = app.lambda_context.get_remaining_time_in_millis()
+    return _json(HTTPStatus.OK, download_service().describe(request, remaining_ms).to_body())
 
 
 @app.exception_handler(TransferError)  # type: ignore[untyped-decorator]
@@ -63,7 +81,8 @@ def answer_unexpected_error(error: Exception) -> Response[str]:
 @app.not_found
 def answer_not_found(_: Exception) -> Response[str]:
     """Unknown path or method, in the same error shape as every other answer."""
-    body = {"error": {"code": "not_found", "message": "no such route; see POST /downloads", "log_id": None}}
+    message = "no such route; see POST /downloads and GET /downloads/{request_id}"
+    body = {"error": {"code": "not_found", "message": message, "log_id": None}}
     return _json(HTTPStatus.NOT_FOUND, body)
 
 

@@ -1,9 +1,12 @@
 """SQS entry point: each message asks for one download; partial batch responses report failures.
 
-A transient failure (rate limit, TikTok 5xx, network, broken stream, S3) is reported in
-``batchItemFailures`` so SQS delivers the message again; a permanent one (a malformed message, a
-refused token or scope, an unknown request) is logged as a structured error and acknowledged so it
-does not loop until the dead-letter queue. Each message is judged on its own.
+A message is ``{"request_id", "access_token"}`` (sent by a backend) or ``{"request_id",
+"encrypted_access_token"}`` (queued by ``POST /downloads`` with ``Prefer: respond-async``). A download
+already completed is acknowledged without downloading again; one that another invocation is running,
+and any transient failure (rate limit, TikTok 5xx, network, broken stream, S3, the deadline), are
+reported in ``batchItemFailures`` so SQS delivers the message again; a permanent one (a malformed
+message, a refused token or scope, an unknown request) is recorded, logged as a structured error and
+acknowledged so it does not loop until the dead-letter queue. Each message is judged on its own.
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tiktok_archive.logic.downloads import QueuedJob
 from tiktok_archive.models.download import (
-    DownloadRequest,
     parse_access_token,
     parse_json_object,
     parse_request_id,
 )
-from tiktok_archive.models.errors import TransferError
+from tiktok_archive.models.errors import MissingTokenError, TransferError
 from tiktok_archive.observability import logger, metrics, tracer
-from tiktok_archive.runtime import transfer_service
+from tiktok_archive.runtime import download_service
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -43,8 +46,8 @@ def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
     try:
         document = parse_json_object(record.body)
         request_id = parse_request_id(document.get("request_id"))
-        request = DownloadRequest(request_id, parse_access_token(document.get("access_token")))
-        transfer_service().run(request, lambda_context.get_remaining_time_in_millis())
+        job = _job(request_id, document)
+        download_service().download_job(job, lambda_context.get_remaining_time_in_millis())
     except TransferError as error:
         fields = {
             **error.log_fields(),
@@ -55,6 +58,15 @@ def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
             logger.warning("message will be delivered again", extra=fields)
             raise
         logger.error("message acknowledged without retry: permanent failure", extra=fields)
+
+
+def _job(request_id: int, document: dict[str, Any]) -> QueuedJob:
+    encrypted = document.get("encrypted_access_token")
+    if encrypted is not None:
+        if not isinstance(encrypted, str) or not encrypted:
+            raise MissingTokenError("encrypted_access_token must be a base64 string")
+        return QueuedJob(request_id, encrypted_access_token=encrypted)
+    return QueuedJob(request_id, access_token=parse_access_token(document.get("access_token")))
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -7,6 +7,7 @@ their invocation has left.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
@@ -58,9 +59,9 @@ class ArchiveTransfer:
         Raises:
             TransferError: the one error that explains the failure; nothing partial is left in S3.
         """
-        deadline = Deadline.for_invocation(remaining_ms, self._deadline_margin_seconds)
+        deadline = self.deadline(remaining_ms)
         filename = f"{request.request_id}.zip"
-        key = f"{self._key_prefix}{filename}"
+        _, key = self.location(request.request_id)
         started = time.monotonic()
         logger.append_keys(request_id=str(request.request_id))
         try:
@@ -94,6 +95,23 @@ class ArchiveTransfer:
         metrics.add_metric(name="TransferDuration", unit=MetricUnit.Seconds, value=round(duration, 3))
         _count_outcome("ok")
         return DownloadResult(request.request_id, archive, url, expires_at)
+
+    def deadline(self, remaining_ms: int) -> Deadline:
+        """When work must stop in an invocation with ``remaining_ms`` left (the margin taken off)."""
+        return Deadline.for_invocation(remaining_ms, self._deadline_margin_seconds)
+
+    def location(self, request_id: int) -> tuple[str, str]:
+        """Bucket and key of ``request_id``'s archive."""
+        return self._store.bucket, f"{self._key_prefix}{request_id}.zip"
+
+    def link(self, request_id: int) -> tuple[str, datetime]:
+        """A fresh presigned link to ``request_id``'s stored archive, and when it expires.
+
+        Raises:
+            StorageError: the link could not be signed.
+        """
+        _, key = self.location(request_id)
+        return self._store.presign(key, f"{request_id}.zip", self._url_ttl_seconds)
 
     def _download(
         self, request: DownloadRequest, key: str, filename: str, deadline: Deadline

@@ -128,3 +128,12 @@ def parse_json_object(body: str | bytes | None) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidRequestError("the body must be a JSON object")
     return document
+
+
+def prefers_async(value: str | None) -> bool:
+    """Whether a ``Prefer`` header (RFC 7240) asks for ``respond-async``, among other preferences."""
+    for preference in (value or "").split(","):
+        name = preference.split(";")[0].split("=")[0].strip().lower()
+        if name == "respond-async":
+            return True
+    return False

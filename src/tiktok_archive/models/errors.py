@@ -197,11 +197,51 @@ class DeadlineExceededError(TransferError):
     http_status = 504
 
 
+class DownloadNotFoundError(TransferError):
+    """No download of this ``request_id`` is visible with this token.
+
+    Answered alike whether the record does not exist or TikTok does not confirm that the token's user
+    owns the request, so that the answer reveals nothing about other users' downloads.
+    """
+
+    code = "not_found"
+    http_status = 404
+    transient = False
+
+
+class DownloadInProgressError(TransferError):
+    """Another invocation is downloading this ``request_id`` right now; ask again after ``retry_after``."""
+
+    code = "download_in_progress"
+    http_status = 409
+
+
+class RecordStoreError(TransferError):
+    """The download records (DynamoDB) could not be read or written; nothing was downloaded."""
+
+    code = "record_store_error"
+    http_status = 503
+
+
+class QueueError(TransferError):
+    """The download could not be queued (SQS or KMS failed); the record says ``failed``."""
+
+    code = "queue_error"
+    http_status = 503
+
+
 class StorageError(TransferError):
     """S3 refused or failed a call; the multipart upload, if any, was aborted."""
 
     code = "storage_error"
     http_status = 503
+
+
+class UnexpectedError(TransferError):
+    """A bug; recorded and answered without any of its details."""
+
+    code = "unexpected_error"
+    http_status = 500
 
 
 class ConfigurationError(TransferError):

@@ -1,0 +1,226 @@
+"""Downloads as a caller sees them: one record per ``request_id``, idempotent, owned, observable.
+
+Both triggers call :class:`DownloadService`; it claims the download's record before the transfer runs
+(so a duplicate request or a redelivered message does not download again), records the outcome,
+publishes it as an event, and hands a stored archive only to a caller whose token TikTok confirms owns
+the request. It knows nothing of API Gateway or SQS events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tiktok_archive.adapters.download_events import DownloadEvents
+from tiktok_archive.adapters.download_jobs import DownloadJobs
+from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
+from tiktok_archive.adapters.tiktok import TikTokClient
+from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.models.download import DownloadRequest
+from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
+from tiktok_archive.models.errors import (
+    DownloadInProgressError,
+    DownloadNotFoundError,
+    RecordStoreError,
+    TikTokApiError,
+    TransferError,
+    UnexpectedError,
+)
+from tiktok_archive.observability import logger
+
+# A claim outlives its invocation's deadline by this much, then lapses by itself: a crashed or killed
+# attempt never blocks the download for longer.
+LEASE_GRACE_SECONDS = 5
+# A queued job that has not started after this long may be queued again by a repeated async request
+# (a duplicate message is harmless: the claim lets only one of them download).
+QUEUED_LEASE_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """A queue message: the request id and the token, in clear (a backend's) or encrypted (ours)."""
+
+    request_id: int
+    access_token: str | None = None
+    encrypted_access_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A download's record, with a fresh link to the archive when it is stored."""
+
+    record: DownloadRecord
+    url: str | None = None
+    expires_at: datetime | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body = self.record.to_body()
+        if self.url is not None and self.expires_at is not None:
+            body["url"] = self.url
+            body["expires_at"] = self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return body
+
+
+class DownloadService:
+    """Idempotent downloads with records, ownership checks and completion events.
+
+    Args:
+        transfer: streams an archive into S3 (knows nothing of records).
+        records: the downloads table.
+        tiktok: asks TikTok who owns a request.
+        events: publishes outcomes.
+        jobs: the queue of async downloads, built on first use (only async requests need it).
+    """
+
+    def __init__(
+        self,
+        transfer: ArchiveTransfer,
+        records: DownloadRecords,
+        tiktok: TikTokClient,
+        events: DownloadEvents,
+        jobs: Callable[[], DownloadJobs],
+    ) -> None:
+        self._transfer = transfer
+        self._records = records
+        self._tiktok = tiktok
+        self._events = events
+        self._jobs = jobs
+
+    def download(self, request: DownloadRequest, remaining_ms: int, *, link: bool = True) -> Answer:
+        """Download ``request``'s archive once; a repeat gets the stored one (with a fresh link).
+
+        Args:
+            request: what to download, with whose token.
+            remaining_ms: the invocation's time left.
+            link: whether the caller gets a link — then a stored archive is only handed over after
+                TikTok confirms the token's user owns the request (the worker needs no link).
+
+        Raises:
+            DownloadInProgressError: another invocation holds the download (409, with Retry-After).
+            DownloadNotFoundError: the archive is stored but TikTok does not confirm the owner.
+            TransferError: the download failed; the record says so and an event was published.
+        """
+        bucket, key = self._transfer.location(request.request_id)
+        lease = timedelta(seconds=remaining_ms / 1000 + LEASE_GRACE_SECONDS)
+        claim = self._records.claim(request.request_id, bucket, key, lease)
+        if isinstance(claim, Held):
+            return self._held(claim.record, request, remaining_ms, link=link)
+        try:
+            result = self._transfer.run(request, remaining_ms)
+        except TransferError as error:
+            self._finish_failed(claim, error)
+            raise
+        except Exception:
+            self._finish_failed(claim, UnexpectedError("internal error"))
+            raise
+        archive = result.archive
+        try:
+            record = self._records.complete(claim, archive.size_bytes, archive.checksum_crc32)
+        except RecordStoreError as error:
+            # The archive is stored and the caller gets it; only a later repeat will download again.
+            logger.error("download stored but not recorded", extra=error.log_fields())
+            record = dataclasses.replace(
+                claim.record,
+                status=DownloadStatus.COMPLETED,
+                size_bytes=archive.size_bytes,
+                checksum=archive.checksum_crc32,
+                completed_at=datetime.now(UTC).replace(microsecond=0),
+            )
+        self._events.publish(record)
+        return Answer(record, result.url, result.expires_at)
+
+    def download_job(self, job: QueuedJob, remaining_ms: int) -> Answer:
+        """The worker's side of a queued download (no link is handed out).
+
+        Raises:
+            MissingTokenError: the message has no usable token (permanent).
+            QueueError: KMS could not open the token (transient).
+            TransferError: as :meth:`download`.
+        """
+        token = job.access_token
+        if token is None:
+            token = self._jobs().open_token(job.request_id, job.encrypted_access_token or "")
+        return self.download(DownloadRequest(job.request_id, token), remaining_ms, link=False)
+
+    def queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
+        """Queue ``request`` for the worker (``Prefer: respond-async``) once TikTok confirms the owner.
+
+        Returns:
+            the queued record; or the record as it is when the download already runs or is queued
+            (nothing is queued twice), or is stored (then with a fresh link).
+
+        Raises:
+            DownloadNotFoundError: TikTok does not confirm that the token's user owns the request.
+            QueueError: KMS or SQS failed; the record says ``failed``.
+            ConfigurationError: the queue or the key is not configured.
+        """
+        self._confirm_owner(request, remaining_ms)
+        jobs = self._jobs()
+        queued = self._records.enqueue(request.request_id, timedelta(seconds=QUEUED_LEASE_SECONDS))
+        if isinstance(queued, Held):
+            return self._answer(queued.record, request)
+        try:
+            message_id = jobs.send(request.request_id, request.access_token)
+        except TransferError as error:
+            self._records.abandon(request.request_id, error)
+            raise
+        logger.info("download queued", extra={"message_id": message_id})
+        return Answer(queued)
+
+    def describe(self, request: DownloadRequest, remaining_ms: int) -> Answer:
+        """The record of ``request`` for its owner, with a fresh link when the archive is stored.
+
+        Raises:
+            DownloadNotFoundError: no record, or TikTok does not confirm the owner (the same answer).
+        """
+        record = self._records.get(request.request_id)
+        if record is None:
+            raise DownloadNotFoundError("no download of this request_id is known for this token")
+        self._confirm_owner(request, remaining_ms)
+        return self._answer(record, request)
+
+    def _held(
+        self, record: DownloadRecord, request: DownloadRequest, remaining_ms: int, *, link: bool
+    ) -> Answer:
+        if record.status is DownloadStatus.COMPLETED:
+            if not link:
+                logger.info("download already completed; not downloaded again")
+                return Answer(record)
+            self._confirm_owner(request, remaining_ms)
+            logger.info("download already completed; answered with a fresh link")
+            return self._answer(record, request)
+        if link:
+            self._confirm_owner(request, remaining_ms)
+        retry_after = record.retry_after_seconds(datetime.now(UTC))
+        raise DownloadInProgressError(
+            "this request_id is being downloaded by another invocation; ask again later, or "
+            f"GET /downloads/{request.request_id}",
+            retry_after=str(retry_after),
+        )
+
+    def _answer(self, record: DownloadRecord, request: DownloadRequest) -> Answer:
+        if record.status is not DownloadStatus.COMPLETED:
+            return Answer(record)
+        url, expires_at = self._transfer.link(request.request_id)
+        return Answer(record, url, expires_at)
+
+    def _confirm_owner(self, request: DownloadRequest, remaining_ms: int) -> None:
+        """Raise unless TikTok confirms, with this token, that the token's user owns the request."""
+        try:
+            self._tiktok.check_request(request, self._transfer.deadline(remaining_ms))
+        except TikTokApiError as error:
+            if error.is_transient:
+                raise
+            logger.info("TikTok did not confirm the owner", extra={"tiktok_code": error.error_code})
+            raise DownloadNotFoundError("no download of this request_id is known for this token") from None
+
+    def _finish_failed(self, claim: Claimed, error: TransferError) -> None:
+        try:
+            record = self._records.fail(claim, error)
+        except RecordStoreError as store_error:
+            logger.error("download failure not recorded", extra=store_error.log_fields())
+            return
+        self._events.publish(record)
