@@ -110,12 +110,54 @@ def test_api_requires_a_key_and_throttles_with_a_usage_plan(resources: dict[str,
 
 
 def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
-    for name, resource in resources.items():
-        if resource["Type"] == "AWS::Serverless::Function":
-            assert resource["Properties"]["Policies"] == [{"Ref": "ArchiveObjectsPolicy"}], name
-    [statement] = resources["ArchiveObjectsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    assert all("*" not in action for action in statement["Action"])
-    assert statement["Resource"] == {"Fn::Sub": "${ArchiveBucket.Arn}/${ObjectKeyPrefix}*"}
+    shared = [{"Ref": "ArchiveObjectsPolicy"}, {"Ref": "DownloadRecordsPolicy"}]
+    api_policies = resources["ApiFunction"]["Properties"]["Policies"]
+    worker_policies = resources["WorkerFunction"]["Properties"]["Policies"]
+    assert api_policies[:2] == worker_policies[:2] == shared
+    # Only the API queues jobs and encrypts tokens; only the worker decrypts them; both for one purpose.
+    api_own = {(s["Action"], json.dumps(s["Resource"])) for s in api_policies[2]["Statement"]}
+    assert api_own == {
+        ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["DownloadQueue", "Arn"]})),
+        ("kms:Encrypt", json.dumps({"Fn::GetAtt": ["TokenKey", "Arn"]})),
+    }
+    [decrypt] = worker_policies[2]["Statement"]
+    assert (decrypt["Action"], decrypt["Resource"]) == ("kms:Decrypt", {"Fn::GetAtt": ["TokenKey", "Arn"]})
+    for statement in (decrypt, *[s for s in api_policies[2]["Statement"] if s["Action"] == "kms:Encrypt"]):
+        purpose = statement["Condition"]["StringEquals"]["kms:EncryptionContext:purpose"]
+        assert purpose == "tiktok-archive access token"
+    [objects] = resources["ArchiveObjectsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert all("*" not in action for action in objects["Action"])
+    assert objects["Resource"] == {"Fn::Sub": "${ArchiveBucket.Arn}/${ObjectKeyPrefix}*"}
+    records, events = resources["DownloadRecordsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert set(records["Action"]) == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    assert records["Resource"] == {"Fn::GetAtt": ["DownloadsTable", "Arn"]}
+    assert events["Action"] == "events:PutEvents"
+    assert events["Resource"]["Fn::Sub"].endswith(":event-bus/default")
+
+
+def test_downloads_table_is_on_demand_recoverable_encrypted_and_expires_with_the_archives(
+    resources: dict[str, Any], template: dict[str, Any]
+) -> None:
+    table = resources["DownloadsTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "request_id", "KeyType": "HASH"}]
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["DOWNLOADS_TABLE_NAME"] == {"Ref": "DownloadsTable"}
+    # Records live as long as the archives the bucket's lifecycle keeps.
+    assert variables["RECORD_RETENTION_DAYS"] == {"Ref": "ArchiveRetentionDays"}
+    assert resources["TokenKey"]["Properties"]["EnableKeyRotation"] is True
+
+
+def test_api_serves_post_and_get_behind_the_api_key(resources: dict[str, Any]) -> None:
+    events = resources["ApiFunction"]["Properties"]["Events"]
+    routes = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events.values()}
+    assert routes == {("POST", "/downloads"), ("GET", "/downloads/{request_id}")}
+    assert all(e["Properties"]["Auth"]["ApiKeyRequired"] for e in events.values())
+    variables = resources["ApiFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["DOWNLOAD_QUEUE_URL"] == {"Ref": "DownloadQueue"}
 
 
 def test_every_environment_variable_is_a_literal_a_parameter_or_a_template_resource(
@@ -174,7 +216,7 @@ def test_outputs_name_the_api_the_queue_and_the_bucket(template: dict[str, Any])
 def test_sample_events_are_lambda_shaped(path: Path) -> None:
     event = json.loads(path.read_text())
     if path.name.startswith("api-"):
-        assert event["httpMethod"] == "POST"
+        assert event["httpMethod"] in ("POST", "GET")
         assert event["requestContext"]["requestId"]
     else:
         assert all(r["eventSource"] == "aws:sqs" and r["messageId"] for r in event["Records"])
