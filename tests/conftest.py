@@ -183,8 +183,9 @@ def api_event(
     authorization: str | None = None,
     path: str = "/downloads",
     method: str = "POST",
+    prefer: str | None = None,
 ) -> dict[str, Any]:
-    """``events/api-download.json`` with another body and Authorization header."""
+    """``events/api-download.json`` with another body, Authorization and Prefer header."""
     event = copy.deepcopy(load_event("api-download.json"))
     event["path"] = event["resource"] = path
     event["httpMethod"] = method
@@ -193,10 +194,27 @@ def api_event(
         body = json.dumps({"request_id": request_id})
     event["body"] = body
     headers = {k: v for k, v in event["headers"].items() if k != "Authorization"}
+    if prefer is not None:
+        headers["Prefer"] = prefer
     if authorization is None and token is not None:
         authorization = f"Bearer {token}"
     if authorization is not None:
         headers["Authorization"] = authorization
+    event["headers"] = headers
+    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+    return event
+
+
+def get_event(request_id: object, token: str | None) -> dict[str, Any]:
+    """``events/api-get-download.json`` for another ``request_id`` and token."""
+    event = copy.deepcopy(load_event("api-get-download.json"))
+    event["path"] = f"/downloads/{request_id}"
+    event["pathParameters"] = {"request_id": str(request_id)}
+    event["requestContext"]["path"] = f"/v1/downloads/{request_id}"
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    headers = {k: v for k, v in event["headers"].items() if k != "Authorization"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     event["headers"] = headers
     event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
     return event

@@ -13,6 +13,7 @@ from tiktok_archive.models.download import (
     parse_authorization_header,
     parse_json_object,
     parse_request_id,
+    prefers_async,
 )
 from tiktok_archive.models.errors import InvalidRequestError, MissingTokenError
 
@@ -102,3 +103,22 @@ def test_request_repr_never_shows_the_token() -> None:
     assert "very-secret" not in repr(request)
     assert "very-secret" not in str(request)
     assert "42" in repr(request)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("respond-async", True),
+        ("Respond-Async", True),
+        ("return=minimal, respond-async; foo=bar", True),
+        ("respond-async, wait=10", True),
+        ("wait=10", False),
+        ("respond-asynchronously", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_prefer_header_asks_for_respond_async_among_other_preferences(
+    header: str | None, expected: bool
+) -> None:
+    assert prefers_async(header) is expected
