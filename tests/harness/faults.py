@@ -9,6 +9,7 @@ signature. It prints one row per fault::
     fault | runs | succeeded | failed cleanly | corrupt objects stored | multipart uploads left open |
     secrets in logs
 
+(the last column also scans the DynamoDB record and the completion event of each run)
 and exits non-zero unless the last three columns are all 0 and every run ended as its fault should
 (recovered, or failed with the expected error code). ``--seed`` replays a run; ``--runs`` sets the runs
 per fault (at least 3).
@@ -37,7 +38,7 @@ from typing import Any
 import boto3
 
 from tests.harness.lambda_context import FakeLambdaContext
-from tests.harness.local_stack import REGION, LocalStack
+from tests.harness.local_stack import REGION, LocalStack, provision
 from tests.harness.s3_fault_proxy import S3FaultProxy
 from tiktok_archive import runtime
 from tiktok_archive.handlers import api, sqs
@@ -264,10 +265,16 @@ def run_once(stack: LocalStack, scenario: Scenario, trigger: str, s3: Any) -> Ou
     """Invoke the handler once under ``scenario`` and judge the result."""
     bucket = f"faults-{uuid.uuid4().hex[:16]}"
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    resources = provision(stack.moto_url, bucket.removeprefix("faults-"))
     token = f"act.{secrets.token_hex(20)}"
     request_id = secrets.randbelow(2**63 - 2**60) + 2**60
     ready = stack.emulator.register(request_id, token, size=scenario.size, **scenario.emulator)
-    environment = {"BUCKET_NAME": bucket, "PART_SIZE_MIB": str(PART_MIB), "UPLOAD_CONCURRENCY": "3"}
+    environment = {
+        "BUCKET_NAME": bucket,
+        "PART_SIZE_MIB": str(PART_MIB),
+        "UPLOAD_CONCURRENCY": "3",
+        **resources.environment(),
+    }
     environment.update(scenario.environment)
     signatures: set[str] = set()
     with contextlib.ExitStack() as cleanup:
@@ -314,6 +321,8 @@ def run_once(stack: LocalStack, scenario: Scenario, trigger: str, s3: Any) -> Ou
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         corrupt += hashlib.sha256(data).hexdigest() != ready["sha256"]
     uploads = len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+    # What the function stored besides the archive: the download's record and its completion event.
+    logged += json.dumps([resources.item(request_id), resources.events()])
     # The token's secret part (with or without "act."), a URL signature, or the scrubber's marker (which
     # means code tried to log a secret and only the formatter caught it).
     leaked = int(token.partition(".")[2] in logged) + sum(s in logged for s in signatures)
