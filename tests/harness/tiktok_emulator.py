@@ -403,6 +403,12 @@ class EmulatorServer(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (as the function does when it abandons a stream) is not an error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run the emulator until interrupted."""
