@@ -8,8 +8,9 @@ the request. It knows nothing of API Gateway or SQS events.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -103,6 +104,10 @@ class DownloadService:
             DownloadNotFoundError: the archive is stored but TikTok does not confirm the owner.
             TransferError: the download failed; the record says so and an event was published.
         """
+        with _logged_as(request.request_id):
+            return self._download(request, remaining_ms, link=link)
+
+    def _download(self, request: DownloadRequest, remaining_ms: int, *, link: bool) -> Answer:
         bucket, key = self._transfer.location(request.request_id)
         lease = timedelta(seconds=remaining_ms / 1000 + LEASE_GRACE_SECONDS)
         claim = self._records.claim(request.request_id, bucket, key, lease)
@@ -157,6 +162,10 @@ class DownloadService:
             QueueError: KMS or SQS failed; the record says ``failed``.
             ConfigurationError: the queue or the key is not configured.
         """
+        with _logged_as(request.request_id):
+            return self._queue(request, remaining_ms)
+
+    def _queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
         self._confirm_owner(request, remaining_ms)
         jobs = self._jobs()
         queued = self._records.enqueue(request.request_id, timedelta(seconds=QUEUED_LEASE_SECONDS))
@@ -176,11 +185,12 @@ class DownloadService:
         Raises:
             DownloadNotFoundError: no record, or TikTok does not confirm the owner (the same answer).
         """
-        record = self._records.get(request.request_id)
-        if record is None:
-            raise DownloadNotFoundError("no download of this request_id is known for this token")
-        self._confirm_owner(request, remaining_ms)
-        return self._answer(record, request)
+        with _logged_as(request.request_id):
+            record = self._records.get(request.request_id)
+            if record is None:
+                raise DownloadNotFoundError("no download of this request_id is known for this token")
+            self._confirm_owner(request, remaining_ms)
+            return self._answer(record, request)
 
     def _held(
         self, record: DownloadRecord, request: DownloadRequest, remaining_ms: int, *, link: bool
@@ -224,3 +234,13 @@ class DownloadService:
             logger.error("download failure not recorded", extra=store_error.log_fields())
             return
         self._events.publish(record)
+
+
+@contextlib.contextmanager
+def _logged_as(request_id: int) -> Iterator[None]:
+    """Every log record while handling ``request_id`` carries it."""
+    logger.append_keys(request_id=str(request_id))
+    try:
+        yield
+    finally:
+        logger.remove_keys(["request_id"])

@@ -53,8 +53,8 @@ class ArchiveTransfer:
 
         ``remaining_ms`` is the invocation's time left (Lambda's ``get_remaining_time_in_millis()``);
         the work stops ``deadline_margin_seconds`` before it. Memory stays bounded by the store's part
-        size and concurrency, whatever the archive's size. Every outcome is logged with ``request_id``
-        and counted by code.
+        size and concurrency, whatever the archive's size. Every outcome is logged (the caller puts
+        ``request_id`` on the records) and counted by code.
 
         Raises:
             TransferError: the one error that explains the failure; nothing partial is left in S3.
@@ -63,7 +63,6 @@ class ArchiveTransfer:
         filename = f"{request.request_id}.zip"
         _, key = self.location(request.request_id)
         started = time.monotonic()
-        logger.append_keys(request_id=str(request.request_id))
         try:
             logger.info(
                 "download started",
@@ -89,8 +88,6 @@ class ArchiveTransfer:
             logger.exception("download failed unexpectedly", extra={"error_code": UNEXPECTED_ERROR_CODE})
             _count_outcome(UNEXPECTED_ERROR_CODE)
             raise
-        finally:
-            logger.remove_keys(["request_id"])
         metrics.add_metric(name="ArchiveBytes", unit=MetricUnit.Bytes, value=archive.size_bytes)
         metrics.add_metric(name="TransferDuration", unit=MetricUnit.Seconds, value=round(duration, 3))
         _count_outcome("ok")
