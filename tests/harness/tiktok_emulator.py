@@ -205,16 +205,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                         "fault": (fault or {}).get("kind"),
                     }
                 )
-        if token not in owners:
-            self._send_tiktok_error(
-                401, "access_token_invalid", "The access token is invalid or not found in the request."
-            )
+        if not self._owned(registration, token, owners):
             return
-        if registration is None or registration.token != token:
-            self._send_tiktok_error(
-                400, "invalid_params", "Incorrect `request_id`. Please validate the request."
-            )
-            return
+        assert registration is not None
         if not any(scope.startswith("portability.") for scope in registration.scopes):
             self._send_tiktok_error(
                 401,
@@ -224,6 +217,20 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return
         self._serve(registration, fault)
 
+    def _owned(self, registration: Registration | None, token: str, owners: set[str]) -> bool:
+        """Whether ``token`` owns the request; answers TikTok's error when it does not."""
+        if token not in owners:
+            self._send_tiktok_error(
+                401, "access_token_invalid", "The access token is invalid or not found in the request."
+            )
+            return False
+        if registration is None or registration.token != token:
+            self._send_tiktok_error(
+                400, "invalid_params", "Incorrect `request_id`. Please validate the request."
+            )
+            return False
+        return True
+
     def _check(self, token: str, request_id: int) -> None:
         """Check Status: only the request's owner learns its status; anyone else gets invalid_params."""
         state = self.server.state
@@ -232,16 +239,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             owners = {r.token for r in state.requests.values()}
             if registration is not None:
                 registration.checks += 1
-        if token not in owners:
-            self._send_tiktok_error(
-                401, "access_token_invalid", "The access token is invalid or not found in the request."
-            )
+        if not self._owned(registration, token, owners):
             return
-        if registration is None or registration.token != token:
-            self._send_tiktok_error(
-                400, "invalid_params", "Incorrect `request_id`. Please validate the request."
-            )
-            return
+        assert registration is not None
         log_id = state.next_log_id()
         document = {
             "data": {"request_id": request_id, "status": registration.status},

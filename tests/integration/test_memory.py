@@ -8,16 +8,13 @@ server, and reports its peak.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
+from tests.benchmarks.run import run_child
 from tests.conftest import MIB, new_request_id
-from tests.harness.local_stack import REPO_ROOT, Emulator, LocalStack, Resources
+from tests.harness.local_stack import Emulator, LocalStack, Resources
 
 PART_MIB = 8
 CONCURRENCY = 4
@@ -48,17 +45,7 @@ def measure(
             "POWERTOOLS_METRICS_DISABLED": "true",
         },
     }
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.child", json.dumps(spec)],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = run_child(spec)
     assert result["stored_bytes"] == ready["size_bytes"]
     return result
 
