@@ -11,6 +11,7 @@ reading anything twice.
 from __future__ import annotations
 
 import struct
+from collections import deque
 
 from tiktok_archive.models.errors import ArchiveInvalidError
 
@@ -34,22 +35,23 @@ TAIL_BYTES = _EOCD.size + MAX_COMMENT + _ZIP64_LOCATOR.size + _ZIP64_EOCD.size +
 class ZipTail:
     """Keeps the last :data:`TAIL_BYTES` of a stream and validates them as a zip's end at the end.
 
-    Memory: at most ``TAIL_BYTES`` (about 192 KiB) beyond the piece being fed.
+    Nothing is copied while streaming: it holds references to the last pieces fed (immutable
+    ``bytes``), at most one piece beyond ``TAIL_BYTES`` (about 192 KiB), and joins them only to verify.
     """
 
     def __init__(self) -> None:
-        self._tail = bytearray()
+        self._pieces: deque[bytes] = deque()
+        self._held = 0
         self.size = 0
 
     def feed(self, piece: bytes | bytearray | memoryview) -> None:
-        """Account for the next bytes of the stream."""
-        self.size += len(piece)
-        if len(piece) >= TAIL_BYTES:
-            self._tail = bytearray(piece[-TAIL_BYTES:])
-            return
-        self._tail += piece
-        if len(self._tail) > TAIL_BYTES:
-            del self._tail[: len(self._tail) - TAIL_BYTES]
+        """Account for the next bytes of the stream (a ``bytes`` piece is kept, not copied)."""
+        kept = bytes(piece)  # the same object when it already is bytes
+        self.size += len(kept)
+        self._pieces.append(kept)
+        self._held += len(kept)
+        while self._held - len(self._pieces[0]) >= TAIL_BYTES:
+            self._held -= len(self._pieces.popleft())
 
     def verify(self) -> None:
         """Check the end records against the number of bytes fed.
@@ -58,7 +60,7 @@ class ZipTail:
             ArchiveInvalidError: no end record, a multi-disk archive, or a central directory whose offset
                 and size do not end where the end records begin.
         """
-        tail = bytes(self._tail)
+        tail = b"".join(self._pieces)[-TAIL_BYTES:]
         base = self.size - len(tail)  # absolute offset of tail[0]
         at = _find_eocd(tail)
         if at is None:
