@@ -16,7 +16,6 @@ import urllib.request
 from datetime import timedelta
 from typing import Any
 
-import boto3
 import pytest
 
 from tests.conftest import (
@@ -32,7 +31,7 @@ from tests.conftest import (
     sqs_record,
     stored_keys,
 )
-from tests.harness.local_stack import REGION, REPO_ROOT, Emulator, LocalStack, Resources
+from tests.harness.local_stack import REPO_ROOT, Emulator, LocalStack, Resources
 from tiktok_archive.adapters.download_records import DownloadRecords
 
 
@@ -408,14 +407,7 @@ def test_no_token_in_any_table_item_event_or_queue_message(
     call_api(api_event(refused, token))
     call_api(api_event(flaky, token))
 
-    dynamodb = boto3.client(
-        "dynamodb",
-        endpoint_url=resources.moto_url,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    items = dynamodb.scan(TableName=resources.table)["Items"]
+    items = resources.client("dynamodb").scan(TableName=resources.table)["Items"]
     written = json.dumps([items, resources.events(), resources.queued_messages()])
     assert len(items) == 4
     assert token.partition(".")[2] not in written

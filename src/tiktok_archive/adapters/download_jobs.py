@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tiktok_archive.adapters.aws_errors import aws_failure
 from tiktok_archive.models.errors import MissingTokenError, QueueError
 
 if TYPE_CHECKING:
@@ -103,6 +104,4 @@ class DownloadJobs:
 
 
 def _queue_error(operation: str, error: BaseException) -> QueueError:
-    if isinstance(error, ClientError):
-        return QueueError(f"{operation} failed: {error.response.get('Error', {}).get('Code', 'Unknown')}")
-    return QueueError(f"{operation} failed: {type(error).__name__}")
+    return aws_failure(QueueError, operation, error)

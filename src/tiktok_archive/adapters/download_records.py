@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tiktok_archive.adapters.aws_errors import aws_failure
+from tiktok_archive.models.download import format_utc, parse_utc
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, RecordedError
 from tiktok_archive.models.errors import RecordStoreError, TransferError
 from tiktok_archive.observability import logger
@@ -84,7 +86,7 @@ class DownloadRecords:
             ":in_progress": {"S": DownloadStatus.IN_PROGRESS.value},
             ":queued": {"S": DownloadStatus.QUEUED.value},
             ":failed": {"S": DownloadStatus.FAILED.value},
-            ":now": {"S": _iso(now)},
+            ":now": {"S": format_utc(now)},
             ":now_epoch": {"N": str(int(now.timestamp()))},
             ":lease": {"N": str(int((now + lease).timestamp()) + 1)},
             ":owner": {"S": owner},
@@ -123,7 +125,7 @@ class DownloadRecords:
             ":queued": {"S": DownloadStatus.QUEUED.value},
             ":in_progress": {"S": DownloadStatus.IN_PROGRESS.value},
             ":failed": {"S": DownloadStatus.FAILED.value},
-            ":now": {"S": _iso(now)},
+            ":now": {"S": format_utc(now)},
             ":now_epoch": {"N": str(int(now.timestamp()))},
             ":lease": {"N": str(int((now + lease).timestamp()) + 1)},
             ":zero": {"N": "0"},
@@ -150,7 +152,7 @@ class DownloadRecords:
         now = _now()
         values = {
             ":completed": {"S": DownloadStatus.COMPLETED.value},
-            ":now": {"S": _iso(now)},
+            ":now": {"S": format_utc(now)},
             ":size": {"N": str(size_bytes)},
             ":checksum": {"S": checksum},
             ":owner": {"S": claim.owner},
@@ -171,7 +173,7 @@ class DownloadRecords:
         now = _now()
         values = {
             ":failed": {"S": DownloadStatus.FAILED.value},
-            ":now": {"S": _iso(now)},
+            ":now": {"S": format_utc(now)},
             ":code": {"S": error.error_code},
             ":message": {"S": error.message[:1000]},
             ":transient": {"BOOL": error.is_transient},
@@ -194,7 +196,7 @@ class DownloadRecords:
         values = {
             ":failed": {"S": DownloadStatus.FAILED.value},
             ":queued": {"S": DownloadStatus.QUEUED.value},
-            ":now": {"S": _iso(now)},
+            ":now": {"S": format_utc(now)},
             ":code": {"S": error.error_code},
             ":message": {"S": error.message[:1000]},
             ":transient": {"BOOL": error.is_transient},
@@ -258,13 +260,9 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse_time(item: Item, name: str) -> datetime | None:
     value = item.get(name, {}).get("S")
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if value else None
+    return parse_utc(value) if value else None
 
 
 def _number(item: Item, name: str) -> int | None:
@@ -306,7 +304,4 @@ def _record(item: Item) -> DownloadRecord:
 
 
 def _store_error(operation: str, error: BaseException) -> RecordStoreError:
-    if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "Unknown")
-        return RecordStoreError(f"DynamoDB {operation} failed: {code}")
-    return RecordStoreError(f"DynamoDB {operation} failed: {type(error).__name__}")
+    return aws_failure(RecordStoreError, f"DynamoDB {operation}", error)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from tiktok_archive.adapters.aws_errors import aws_failure
 from tiktok_archive.adapters.crc32 import crc32_base64, crc32_combine
 from tiktok_archive.adapters.part_sizes import MAX_PARTS, part_size
 from tiktok_archive.models.deadline import Deadline
@@ -89,10 +90,7 @@ class _PartBuffers:
 
 
 def _storage_error(operation: str, error: BaseException) -> StorageError:
-    if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "Unknown")
-        return StorageError(f"S3 {operation} failed: {code}")
-    return StorageError(f"S3 {operation} failed: {type(error).__name__}")
+    return aws_failure(StorageError, f"S3 {operation}", error)
 
 
 class _MultipartUpload:

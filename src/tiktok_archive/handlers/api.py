@@ -15,7 +15,6 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tiktok_archive.logic.transfer import UNEXPECTED_ERROR_CODE
 from tiktok_archive.models.download import (
     DownloadRequest,
     parse_authorization_header,
@@ -24,7 +23,7 @@ from tiktok_archive.models.download import (
     prefers_async,
 )
 from tiktok_archive.models.download_record import DownloadStatus
-from tiktok_archive.models.errors import TransferError
+from tiktok_archive.models.errors import TransferError, UnexpectedError
 from tiktok_archive.observability import logger, metrics, tracer
 from tiktok_archive.runtime import download_service
 
@@ -73,9 +72,9 @@ def answer_transfer_error(error: TransferError) -> Response[str]:
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
 def answer_unexpected_error(error: Exception) -> Response[str]:
     """A bug: logged with its traceback, answered with a JSON 500 that reveals nothing of it."""
-    logger.exception("unexpected error", extra={"error_code": UNEXPECTED_ERROR_CODE})
-    body = {"error": {"code": UNEXPECTED_ERROR_CODE, "message": "internal error", "log_id": None}}
-    return _json(HTTPStatus.INTERNAL_SERVER_ERROR, body)
+    answer = UnexpectedError("internal error")
+    logger.exception("unexpected error", extra={"error_code": answer.error_code})
+    return _json(answer.status, answer.to_body())
 
 
 @app.not_found

@@ -20,7 +20,7 @@ from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.transfer import ArchiveTransfer
-from tiktok_archive.models.download import DownloadRequest
+from tiktok_archive.models.download import DownloadRequest, format_utc
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
 from tiktok_archive.models.errors import (
     DownloadInProgressError,
@@ -61,7 +61,7 @@ class Answer:
         body = self.record.to_body()
         if self.url is not None and self.expires_at is not None:
             body["url"] = self.url
-            body["expires_at"] = self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            body["expires_at"] = format_utc(self.expires_at)
         return body
 
 

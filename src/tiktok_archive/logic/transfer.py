@@ -15,10 +15,8 @@ from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
-from tiktok_archive.models.errors import TransferError, UpstreamStreamBrokenError
+from tiktok_archive.models.errors import TransferError, UnexpectedError, UpstreamStreamBrokenError
 from tiktok_archive.observability import SERVICE, logger, metrics
-
-UNEXPECTED_ERROR_CODE = "unexpected_error"
 
 
 class ArchiveTransfer:
@@ -85,8 +83,8 @@ class ArchiveTransfer:
             _count_outcome(error.error_code)
             raise
         except Exception:
-            logger.exception("download failed unexpectedly", extra={"error_code": UNEXPECTED_ERROR_CODE})
-            _count_outcome(UNEXPECTED_ERROR_CODE)
+            logger.exception("download failed unexpectedly", extra={"error_code": UnexpectedError.code})
+            _count_outcome(UnexpectedError.code)
             raise
         metrics.add_metric(name="ArchiveBytes", unit=MetricUnit.Bytes, value=archive.size_bytes)
         metrics.add_metric(name="TransferDuration", unit=MetricUnit.Seconds, value=round(duration, 3))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from tiktok_archive.models.errors import InvalidRequestError, MissingTokenError
 
 INT64_MAX = 2**63 - 1
+_UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _DECIMAL = re.compile(r"[0-9]{1,20}")
 # RFC 6750 b64token characters; anything else cannot be a bearer token and must not reach a header.
 _BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -43,25 +44,22 @@ class StoredArchive:
 
 @dataclass(frozen=True)
 class DownloadResult:
-    """The outcome of a successful download, as returned to callers."""
+    """What a transfer returns: the stored archive and a fresh link to it."""
 
     request_id: int
     archive: StoredArchive
     url: str
     expires_at: datetime
 
-    def to_body(self) -> dict[str, Any]:
-        """The JSON document our API returns; ``request_id`` is a decimal string (exact in JavaScript)."""
-        return {
-            "request_id": str(self.request_id),
-            "bucket": self.archive.bucket,
-            "key": self.archive.key,
-            "size_bytes": self.archive.size_bytes,
-            "checksum": self.archive.checksum_crc32,
-            "checksum_algorithm": "CRC32",
-            "url": self.url,
-            "expires_at": self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
+
+def format_utc(moment: datetime) -> str:
+    """A UTC moment as the API and the records write it: ``2026-11-27T19:04:28Z``."""
+    return moment.strftime(_UTC_FORMAT)
+
+
+def parse_utc(text: str) -> datetime:
+    """The inverse of :func:`format_utc`."""
+    return datetime.strptime(text, _UTC_FORMAT).replace(tzinfo=UTC)
 
 
 def parse_request_id(value: object) -> int:

@@ -17,6 +17,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from tiktok_archive.models.download import format_utc
+
 
 class DownloadStatus(StrEnum):
     """Where a download is in its lifecycle."""
@@ -93,4 +95,4 @@ class DownloadRecord:
 
 
 def _timestamp(moment: datetime | None) -> str | None:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+    return format_utc(moment) if moment else None
