@@ -369,6 +369,23 @@ def test_async_post_without_a_queue_configured_is_a_json_500_naming_the_variable
     assert "DOWNLOAD_QUEUE_URL" in answer.body["error"]["message"]
 
 
+def test_a_job_that_cannot_be_queued_is_503_and_recorded_failed(
+    configure: Configure, emulator: Emulator, resources: Resources, token: str
+) -> None:
+    # Given a queue that does not exist (deleted, or a wrong URL in the configuration)
+    configure(DOWNLOAD_QUEUE_URL=resources.queue_url + "-gone")
+    request_id = new_request_id()
+    emulator.register(request_id, token)
+
+    answer = call_api(api_event(request_id, token, prefer="respond-async"))
+
+    # Then the caller is told, and the record does not claim a job is waiting
+    assert (answer.status, answer.body["error"]["code"]) == (503, "queue_error")
+    item = resources.item(request_id)
+    assert item is not None
+    assert (item["status"]["S"], item["error_code"]["S"]) == ("failed", "queue_error")
+
+
 # -- events and secrets ----------------------------------------------------------------------------
 def test_completion_event_describes_the_archive_without_url_or_token(
     configure: Configure, emulator: Emulator, resources: Resources, bucket: str, token: str
