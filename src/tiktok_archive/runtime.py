@@ -19,6 +19,7 @@ from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
+from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic.downloads import DownloadService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.errors import ConfigurationError
@@ -95,24 +96,31 @@ def transfer_service() -> ArchiveTransfer:
 
 
 @functools.cache
+def token_vault() -> TokenVault:
+    """The KMS key that seals tokens (built on first use).
+
+    Raises:
+        ConfigurationError: ``TOKEN_KMS_KEY_ID`` is not set.
+    """
+    config = settings()
+    if not config.token_kms_key_id:
+        raise ConfigurationError("TOKEN_KMS_KEY_ID is required to seal and open tokens")
+    return TokenVault(boto3.client("kms", config=_SMALL_CALLS), config.token_kms_key_id)
+
+
+@functools.cache
 def download_jobs() -> DownloadJobs:
-    """The queue of async downloads and the KMS key of their tokens (built on first use).
+    """The queue of async downloads (built on first use).
 
     Raises:
         ConfigurationError: ``DOWNLOAD_QUEUE_URL`` or ``TOKEN_KMS_KEY_ID`` is not set.
     """
     config = settings()
-    if not config.download_queue_url or not config.token_kms_key_id:
+    if not config.download_queue_url:
         raise ConfigurationError(
-            "DOWNLOAD_QUEUE_URL and TOKEN_KMS_KEY_ID are required for queued downloads "
-            "(Prefer: respond-async)"
+            "DOWNLOAD_QUEUE_URL is required for queued downloads (Prefer: respond-async)"
         )
-    return DownloadJobs(
-        boto3.client("sqs", config=_SMALL_CALLS),
-        boto3.client("kms", config=_SMALL_CALLS),
-        config.download_queue_url,
-        config.token_kms_key_id,
-    )
+    return DownloadJobs(boto3.client("sqs", config=_SMALL_CALLS), token_vault(), config.download_queue_url)
 
 
 @functools.cache
@@ -133,10 +141,12 @@ def download_service() -> DownloadService:
         tiktok_client(),
         DownloadEvents(boto3.client("events", config=_SMALL_CALLS), config.event_bus_name),
         download_jobs,
+        token_vault,
     )
 
 
 def reset() -> None:
     """Forget everything built so the next call reads the environment again (tests only)."""
-    for built in (download_service, download_jobs, transfer_service, tiktok_client, archive_store, settings):
-        built.cache_clear()
+    built = (download_service, download_jobs, token_vault, transfer_service, tiktok_client, archive_store)
+    for each in (*built, settings):
+        each.cache_clear()

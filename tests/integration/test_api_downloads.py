@@ -183,17 +183,17 @@ def test_missing_bearer_token_is_401_and_tiktok_is_never_called(
 
 
 # -- TikTok's refusals, passed on with their code and log_id --------------------------------------
-def test_unknown_request_id_is_tiktoks_invalid_params_400(
+def test_unknown_request_id_is_404_after_tiktoks_invalid_params(
     configure: Configure, emulator: Emulator, token: str
 ) -> None:
     emulator.register(new_request_id(), token)  # the token is known, this request_id is not
+    request_id = new_request_id()
 
-    answer = call_api(api_event(new_request_id(), token))
+    answer = call_api(api_event(request_id, token))
 
-    assert answer.status == 400
-    assert answer.body["error"]["code"] == "invalid_params"
-    assert answer.body["error"]["message"] == "Incorrect `request_id`. Please validate the request."
-    assert len(answer.body["error"]["log_id"]) == 34
+    # TikTok's Check Status said invalid_params: the same answer as for someone else's request
+    assert answer.status == 404
+    assert answer.body["error"]["code"] == "not_found"
 
 
 def test_unknown_token_is_401_access_token_invalid(
@@ -225,7 +225,7 @@ def test_token_without_portability_scope_is_401_scope_not_authorized(
     [
         (
             {"kind": "error", "status": 400, "code": "scope_permission_missed"},
-            403,
+            400,
             "scope_permission_missed",
             None,
         ),

@@ -78,10 +78,10 @@ def test_repeated_post_downloads_once_and_both_answers_carry_working_urls(
     first = call_api(api_event(request_id, token))
     second = call_api(api_event(request_id, token))
 
-    # Then TikTok served it once, the repeat was checked with TikTok, and both links serve the archive
+    # Then TikTok served it once, each request was confirmed with TikTok first, both links serve it
     assert (first.status, second.status) == (200, 200), (first.body, second.body)
     assert emulator.downloads(request_id) == 1
-    assert emulator.checks(request_id) == 1
+    assert emulator.checks(request_id) == 2
     assert fetch_digest(first.body["url"]) == fetch_digest(second.body["url"]) == ready["sha256"]
     assert second.body["status"] == "completed"
     assert second.body["attempts"] == 1
@@ -253,31 +253,37 @@ def test_another_users_token_gets_no_url_from_get_or_post(
     stranger = SECRETS.token()
     emulator.register(new_request_id(), stranger)
 
-    # When the stranger asks for it by GET and by POST, and so does an unknown token
+    # When the stranger asks for it by GET and by POST, and so does a token TikTok does not know
     answers = [
         call_api(get_event(request_id, stranger)),
         call_api(api_event(request_id, stranger)),
-        call_api(get_event(request_id, SECRETS.token())),
         call_api(api_event(request_id, stranger, prefer="respond-async")),
     ]
+    unknown = call_api(get_event(request_id, SECRETS.token()))
 
-    # Then every answer is the same 404 as for an unknown request, and none holds a URL
+    # Then the stranger gets the same 404 as for an unknown request, and no answer holds a URL
     for answer in answers:
         assert (answer.status, answer.body["error"]["code"]) == (404, "not_found"), answer.body
         assert "url" not in json.dumps(answer.body)
+    # And the unknown token is told what TikTok said of it, with TikTok's log_id
+    assert (unknown.status, unknown.body["error"]["code"]) == (401, "access_token_invalid")
+    assert len(unknown.body["error"]["log_id"]) == 34
+    assert "url" not in json.dumps(unknown.body)
     assert emulator.downloads(request_id) == 1
 
 
-def test_get_of_an_unknown_request_is_404_without_asking_tiktok(
+def test_get_of_a_request_without_a_record_is_404_after_asking_tiktok(
     configure: Configure, emulator: Emulator, token: str
 ) -> None:
+    # Given a request TikTok knows for this user, which the service never saw
     request_id = new_request_id()
     emulator.register(request_id, token)
 
     answer = call_api(get_event(request_id, token))
 
+    # Then the answer is the 404 a stranger gets too, given after TikTok was asked (authorize first)
     assert (answer.status, answer.body["error"]["code"]) == (404, "not_found")
-    assert emulator.checks(request_id) == 0
+    assert emulator.checks(request_id) == 1
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,7 @@ def test_mixed_batch_reports_only_the_transient_failures(
     assert codes == {
         "permanent-malformed": "invalid_request",
         "permanent-scope": "scope_not_authorized",
-        "permanent-unknown-id": "invalid_params",
+        "permanent-unknown-id": "not_found",
     }
     assert {r["correlation_id"] for r in dropped} == set(codes)
     by_id = {r["message_id"]: r.get("request_id") for r in dropped}

@@ -6,7 +6,7 @@ import pytest
 from urllib3 import HTTPResponse
 from urllib3.exceptions import MaxRetryError
 
-from tiktok_archive.adapters.tiktok import (
+from tiktok_archive.adapters.tiktok.budget import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
     RETRY_AFTER_MAX_SECONDS,

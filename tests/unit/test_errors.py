@@ -20,7 +20,7 @@ from tiktok_archive.models.errors import (
         ("invalid_params", 400, 400, False),
         ("access_token_invalid", 401, 401, False),
         ("scope_not_authorized", 401, 401, False),
-        ("scope_permission_missed", 400, 403, False),
+        ("scope_permission_missed", 400, 400, False),
         ("rate_limit_exceeded", 429, 429, True),
         ("internal_error", 500, 502, True),
         # The documented codes keep their meaning whatever status carried them, 200 included.

@@ -34,7 +34,7 @@ from tiktok_archive.adapters.crc32 import crc32_base64, crc32_combine
 from tiktok_archive.adapters.part_sizes import MAX_PARTS, part_size
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import StoredArchive
-from tiktok_archive.models.errors import DeadlineExceededError, StorageError
+from tiktok_archive.models.errors import ArchiveTooLargeError, DeadlineExceededError, StorageError
 from tiktok_archive.observability import logger, tracer
 
 if TYPE_CHECKING:
@@ -344,12 +344,14 @@ class S3ArchiveStore:
         """The part that follows part ``after``, sized by the schedule; empty at the archive's end.
 
         Raises:
-            StorageError: bytes remain after S3's last possible part.
+            ArchiveTooLargeError: bytes remain after S3's last possible part.
         """
         if after < MAX_PARTS:
             return buffers.fill(source, part_size(after + 1, self._part_size))
         if source.readinto(bytearray(1)):
-            raise StorageError(f"the archive does not fit in S3's {MAX_PARTS} parts")
+            raise ArchiveTooLargeError(
+                f"the archive does not fit in S3's {MAX_PARTS} parts at this part size; raise PART_SIZE_MIB"
+            )
         return bytearray()
 
     def presign(self, key: str, filename: str, ttl_seconds: int) -> tuple[str, datetime]:

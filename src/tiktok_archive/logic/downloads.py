@@ -16,20 +16,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tiktok_archive.adapters.download_events import DownloadEvents
-from tiktok_archive.adapters.download_jobs import DownloadJobs
+from tiktok_archive.adapters.download_jobs import DownloadJobs, open_job_token
 from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
 from tiktok_archive.adapters.tiktok import TikTokClient
+from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.download import DownloadRequest, format_utc
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
 from tiktok_archive.models.errors import (
+    ArchiveNotReadyError,
     DownloadInProgressError,
     DownloadNotFoundError,
     RecordStoreError,
+    RequestCancelledError,
+    RequestExpiredError,
     TikTokApiError,
     TransferError,
     UnexpectedError,
 )
+from tiktok_archive.models.portability import RequestStatus, TikTokStatus
 from tiktok_archive.observability import logger
 
 # A claim outlives its invocation's deadline by this much, then lapses by itself: a crashed or killed
@@ -40,13 +45,23 @@ LEASE_GRACE_SECONDS = 5
 QUEUED_LEASE_SECONDS = 900
 
 
+# A TikTok answer that says "this token's user does not own this request": the same 404 as an
+# unknown request_id, so that the answer reveals nothing about other users' downloads.
+_NOT_OWNED = "invalid_params"
+# How long a caller waits before asking again about an archive TikTok is still preparing.
+NOT_READY_RETRY_AFTER_SECONDS = 60
+
+
 @dataclass(frozen=True)
 class QueuedJob:
-    """A queue message: the request id and the token, in clear (a backend's) or encrypted (ours)."""
+    """A queue message: the request id and the token, in clear (a backend's) or encrypted (ours).
+
+    ``repr`` shows neither form of the token.
+    """
 
     request_id: int
-    access_token: str | None = None
-    encrypted_access_token: str | None = None
+    access_token: str | None = dataclasses.field(default=None, repr=False)
+    encrypted_access_token: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,11 @@ class DownloadService:
         tiktok: asks TikTok who owns a request.
         events: publishes outcomes.
         jobs: the queue of async downloads, built on first use (only async requests need it).
+        vault: opens the tokens of queued jobs, built on first use (only the worker needs it).
+
+    Authorization comes first: no record is written, no job queued and no event published for a
+    caller until TikTok's Check Status, asked with the caller's token, confirms that its user owns the
+    request.
     """
 
     def __init__(
@@ -83,12 +103,14 @@ class DownloadService:
         tiktok: TikTokClient,
         events: DownloadEvents,
         jobs: Callable[[], DownloadJobs],
+        vault: Callable[[], TokenVault],
     ) -> None:
         self._transfer = transfer
         self._records = records
         self._tiktok = tiktok
         self._events = events
         self._jobs = jobs
+        self._vault = vault
 
     def download(self, request: DownloadRequest, remaining_ms: int, *, link: bool = True) -> Answer:
         """Download ``request``'s archive once; a repeat gets the stored one (with a fresh link).
@@ -96,23 +118,31 @@ class DownloadService:
         Args:
             request: what to download, with whose token.
             remaining_ms: the invocation's time left.
-            link: whether the caller gets a link — then a stored archive is only handed over after
-                TikTok confirms the token's user owns the request (the worker needs no link).
+            link: whether the caller gets a link (the worker needs none: for it a stored archive is
+                done, without asking TikTok anything).
 
         Raises:
+            DownloadNotFoundError: TikTok does not confirm that the token's user owns the request.
+            TikTokApiError: TikTok refused the token (``access_token_invalid``, a scope error …).
+            ArchiveNotReadyError / RequestExpiredError / RequestCancelledError: TikTok's status.
             DownloadInProgressError: another invocation holds the download (409, with Retry-After).
-            DownloadNotFoundError: the archive is stored but TikTok does not confirm the owner.
             TransferError: the download failed; the record says so and an event was published.
         """
         with _logged_as(request.request_id):
             return self._download(request, remaining_ms, link=link)
 
     def _download(self, request: DownloadRequest, remaining_ms: int, *, link: bool) -> Answer:
+        if not link:
+            stored = self._records.get(request.request_id)
+            if stored is not None and stored.status is DownloadStatus.COMPLETED:
+                logger.info("download already completed; not downloaded again")
+                return Answer(stored)
+        _require_ready(self._confirm_owner(request, remaining_ms))
         bucket, key = self._transfer.location(request.request_id)
         lease = timedelta(seconds=remaining_ms / 1000 + LEASE_GRACE_SECONDS)
         claim = self._records.claim(request.request_id, bucket, key, lease)
         if isinstance(claim, Held):
-            return self._held(claim.record, request, remaining_ms, link=link)
+            return self._held(claim.record, request, link=link)
         try:
             result = self._transfer.run(request, remaining_ms)
         except TransferError as error:
@@ -142,12 +172,12 @@ class DownloadService:
 
         Raises:
             MissingTokenError: the message has no usable token (permanent).
-            QueueError: KMS could not open the token (transient).
+            TokenVaultError: KMS could not open the token (transient).
             TransferError: as :meth:`download`.
         """
         token = job.access_token
         if token is None:
-            token = self._jobs().open_token(job.request_id, job.encrypted_access_token or "")
+            token = open_job_token(self._vault(), job.request_id, job.encrypted_access_token or "")
         return self.download(DownloadRequest(job.request_id, token), remaining_ms, link=False)
 
     def queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
@@ -159,6 +189,7 @@ class DownloadService:
 
         Raises:
             DownloadNotFoundError: TikTok does not confirm that the token's user owns the request.
+            TikTokApiError: TikTok refused the token (``access_token_invalid``, a scope error …).
             QueueError: KMS or SQS failed; the record says ``failed``.
             ConfigurationError: the queue or the key is not configured.
         """
@@ -166,7 +197,7 @@ class DownloadService:
             return self._queue(request, remaining_ms)
 
     def _queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
-        self._confirm_owner(request, remaining_ms)
+        _require_ready(self._confirm_owner(request, remaining_ms))
         jobs = self._jobs()
         queued = self._records.enqueue(request.request_id, timedelta(seconds=QUEUED_LEASE_SECONDS))
         if isinstance(queued, Held):
@@ -183,27 +214,25 @@ class DownloadService:
         """The record of ``request`` for its owner, with a fresh link when the archive is stored.
 
         Raises:
-            DownloadNotFoundError: no record, or TikTok does not confirm the owner (the same answer).
+            DownloadNotFoundError: TikTok does not confirm the owner, or there is no record (the same
+                answer).
+            TikTokApiError: TikTok refused the token (``access_token_invalid``, a scope error …).
         """
         with _logged_as(request.request_id):
+            self._confirm_owner(request, remaining_ms)
             record = self._records.get(request.request_id)
             if record is None:
                 raise DownloadNotFoundError("no download of this request_id is known for this token")
-            self._confirm_owner(request, remaining_ms)
             return self._answer(record, request)
 
-    def _held(
-        self, record: DownloadRecord, request: DownloadRequest, remaining_ms: int, *, link: bool
-    ) -> Answer:
+    def _held(self, record: DownloadRecord, request: DownloadRequest, *, link: bool) -> Answer:
+        """The answer for a download that could not be claimed (its owner is already confirmed)."""
         if record.status is DownloadStatus.COMPLETED:
-            if not link:
-                logger.info("download already completed; not downloaded again")
-                return Answer(record)
-            self._confirm_owner(request, remaining_ms)
-            logger.info("download already completed; answered with a fresh link")
-            return self._answer(record, request)
-        if link:
-            self._confirm_owner(request, remaining_ms)
+            logger.info(
+                "download already completed; "
+                + ("answered with a fresh link" if link else "not downloaded again")
+            )
+            return self._answer(record, request) if link else Answer(record)
         retry_after = record.retry_after_seconds(datetime.now(UTC))
         raise DownloadInProgressError(
             "this request_id is being downloaded by another invocation; ask again later, or "
@@ -217,15 +246,26 @@ class DownloadService:
         url, expires_at = self._transfer.link(request.request_id)
         return Answer(record, url, expires_at)
 
-    def _confirm_owner(self, request: DownloadRequest, remaining_ms: int) -> None:
-        """Raise unless TikTok confirms, with this token, that the token's user owns the request."""
+    def _confirm_owner(self, request: DownloadRequest, remaining_ms: int) -> RequestStatus:
+        """TikTok's status of the request, once TikTok confirms — with this token — that its user owns it.
+
+        Raises:
+            DownloadNotFoundError: TikTok answered ``invalid_params`` for the request, or answered
+                without naming this very request (the same 404 as an unknown request: no oracle).
+            TikTokApiError: any other refusal keeps TikTok's code, status and ``log_id``
+                (``access_token_invalid``, ``scope_not_authorized``, ``scope_permission_missed``, a
+                rate limit …).
+        """
         try:
-            self._tiktok.check_request(request, self._transfer.deadline(remaining_ms))
+            status = self._tiktok.check_request(request, self._transfer.deadline(remaining_ms))
         except TikTokApiError as error:
-            if error.is_transient:
+            if error.error_code != _NOT_OWNED:
                 raise
-            logger.info("TikTok did not confirm the owner", extra={"tiktok_code": error.error_code})
-            raise DownloadNotFoundError("no download of this request_id is known for this token") from None
+            status = None
+        if status is None:
+            logger.info("TikTok did not confirm the owner")
+            raise DownloadNotFoundError("no download of this request_id is known for this token")
+        return status
 
     def _finish_failed(self, claim: Claimed, error: TransferError) -> None:
         try:
@@ -234,6 +274,24 @@ class DownloadService:
             logger.error("download failure not recorded", extra=store_error.log_fields())
             return
         self._events.publish(record)
+
+
+def _require_ready(status: RequestStatus) -> None:
+    """Raise unless TikTok says the archive can be downloaded now (``downloading``).
+
+    Raises:
+        ArchiveNotReadyError: ``pending`` (transient, with Retry-After).
+        RequestExpiredError / RequestCancelledError: ``expired`` / ``cancelled`` (permanent).
+    """
+    if status.status == TikTokStatus.PENDING:
+        raise ArchiveNotReadyError(
+            "TikTok is still preparing this archive; ask again later",
+            retry_after=str(NOT_READY_RETRY_AFTER_SECONDS),
+        )
+    if status.status == TikTokStatus.EXPIRED:
+        raise RequestExpiredError("TikTok's four-day download window for this request is over")
+    if status.status == TikTokStatus.CANCELLED:
+        raise RequestCancelledError("this request was cancelled at TikTok")
 
 
 @contextlib.contextmanager

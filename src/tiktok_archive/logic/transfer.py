@@ -113,25 +113,21 @@ class ArchiveTransfer:
     ) -> StoredArchive:
         """Stream the archive into ``key``, starting over when a broken stream could not be resumed.
 
-        Breaks of every kind share TikTok's attempt budget: a stream resumed twice leaves one fresh
-        start out of four. Starting over means a new upload (the failed one was aborted by the store),
-        so bytes of two downloads are never mixed.
+        Every request of the download — the first, its retries, the ranged requests that resume it,
+        the fresh starts — is paid from one :class:`AttemptBudget`. Starting over means a new upload
+        (the failed one was aborted by the store), so bytes of two downloads are never mixed.
         """
-        breaks = 0
+        budget = self._tiktok.budget(deadline)
         while True:
-            resumes = self._tiktok.max_attempts - 1 - breaks
-            stream = None
             try:
-                stream = self._tiktok.open_archive(request, deadline, resumes=resumes)
-                with stream:
+                with self._tiktok.open_archive(request, budget) as stream:
                     return self._store.write(key, stream, filename, deadline)
             except UpstreamStreamBrokenError as error:
-                breaks += 1 + (stream.resumed if stream is not None else 0)
-                if breaks >= self._tiktok.max_attempts or deadline.expired():
+                if budget.left <= 0 or deadline.expired():
                     raise
                 logger.warning(
                     "download starts over after a broken stream",
-                    extra={**error.log_fields(), "attempt": breaks + 1},
+                    extra={**error.log_fields(), "attempt": budget.used + 1},
                 )
 
 

@@ -13,8 +13,11 @@ from tiktok_archive.models.errors import InvalidRequestError, MissingTokenError
 INT64_MAX = 2**63 - 1
 _UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _DECIMAL = re.compile(r"[0-9]{1,20}")
-# RFC 6750 b64token characters; anything else cannot be a bearer token and must not reach a header.
-_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# TikTok's tokens are not RFC 6750 b64tokens (``act.…!4667.e1``) and TikTok publishes no grammar: a
+# token is any visible ASCII (0x21-0x7E) of bounded length. Nothing else — no whitespace, no control
+# character, nothing beyond ASCII — may reach a header, where it could split it.
+MAX_TOKEN_LENGTH = 2048
+_VISIBLE_ASCII = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
 _BEARER_HEADER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+)")
 
 
@@ -86,16 +89,28 @@ def parse_request_id(value: object) -> int:
     return value
 
 
+def is_token_shaped(value: str) -> bool:
+    """Whether ``value`` can be a TikTok token: 1 to 2,048 characters of visible ASCII (0x21-0x7E)."""
+    return _VISIBLE_ASCII.fullmatch(value) is not None
+
+
 def parse_access_token(value: object) -> str:
-    """Validate a bare access token (as carried in an SQS message).
+    """Validate a bare access token (as carried in an SQS message) as TikTok issues them.
+
+    Any visible ASCII is accepted (TikTok's tokens carry ``!`` and ``.``: ``act.…!4667.e1``), at most
+    :data:`MAX_TOKEN_LENGTH` characters; the token is never parsed further.
 
     Raises:
-        MissingTokenError: absent, empty, or not a well-formed bearer token.
+        MissingTokenError: absent, empty, too long, or holding whitespace, control or non-ASCII
+            characters.
     """
     if not isinstance(value, str) or not value:
         raise MissingTokenError("an access token is required")
-    if not _BEARER_TOKEN.fullmatch(value):
-        raise MissingTokenError("the access token is not a well-formed bearer token")
+    if not is_token_shaped(value):
+        raise MissingTokenError(
+            f"the access token must be 1 to {MAX_TOKEN_LENGTH} visible ASCII characters "
+            "(no spaces, control or non-ASCII characters)"
+        )
     return value
 
 
@@ -123,6 +138,9 @@ def parse_json_object(body: str | bytes | None) -> dict[str, Any]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequestError("the body is not valid JSON") from None
+    except RecursionError:
+        # json.loads recurses once per nesting level: a body of 100,000 "[" exhausts the stack.
+        raise InvalidRequestError("the body is nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidRequestError("the body must be a JSON object")
     return document

@@ -92,7 +92,7 @@ class MissingTokenError(TransferError):
 # TikTok's documented error codes and the status our API answers each with.
 _TIKTOK_CODE_STATUS: dict[str, tuple[int, bool]] = {
     "invalid_params": (400, False),
-    "scope_permission_missed": (403, False),
+    "scope_permission_missed": (400, False),
     "access_token_invalid": (401, False),
     "scope_not_authorized": (401, False),
     "rate_limit_exceeded": (429, True),
@@ -209,6 +209,41 @@ class DownloadNotFoundError(TransferError):
     transient = False
 
 
+class ArchiveNotReadyError(TransferError):
+    """TikTok is still preparing the archive (Check Status says ``pending``); ask again later."""
+
+    code = "archive_not_ready"
+    http_status = 409
+
+
+class RequestExpiredError(TransferError):
+    """TikTok's four-day download window is over (Check Status says ``expired``): add a new request."""
+
+    code = "request_expired"
+    http_status = 410
+    transient = False
+
+
+class RequestCancelledError(TransferError):
+    """The request was cancelled (at TikTok, or with ``DELETE``); its archive is gone for good."""
+
+    code = "request_cancelled"
+    http_status = 410
+    transient = False
+
+
+class ArchiveTooLargeError(TransferError):
+    """The archive does not fit in S3's 10,000 parts at the configured part size.
+
+    Permanent: trying again streams the same bytes into the same limit; a larger ``PART_SIZE_MIB`` is the
+    remedy.
+    """
+
+    code = "archive_too_large"
+    http_status = 507
+    transient = False
+
+
 class DownloadInProgressError(TransferError):
     """Another invocation is downloading this ``request_id`` right now; ask again after ``retry_after``."""
 
@@ -253,3 +288,34 @@ class ConfigurationError(TransferError):
 
     code = "configuration_error"
     http_status = 500
+
+
+class ReauthorizationRequiredError(TransferError):
+    """The user's tokens cannot be renewed; only the user can fix it, by consenting again.
+
+    TikTok refused to refresh them (``invalid_grant``: the refresh token expired, was revoked or was
+    already used), or there is no refresh token and the access token expired.
+    """
+
+    code = "reauthorization_required"
+    http_status = 401
+    transient = False
+
+
+class AppCredentialsError(TransferError):
+    """TikTok refused the app's credentials, or the secret holding them is missing or malformed.
+
+    ``invalid_client`` from TikTok, or a secret that is not ``{"client_key", "client_secret"}``. An
+    operator's fix; transient on purpose, like a configuration error, so that work waits for the fix
+    instead of being dropped.
+    """
+
+    code = "app_credentials_invalid"
+    http_status = 500
+
+
+class TokenVaultError(TransferError):
+    """KMS could not seal or open a token; nothing that needed it was done."""
+
+    code = "token_vault_error"
+    http_status = 503
