@@ -11,12 +11,12 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-import boto3
-from botocore.config import Config
-
+from tiktok_archive.adapters import aws_clients
+from tiktok_archive.adapters.aws_clients import SMALL_CALLS, s3_limits
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords
+from tiktok_archive.adapters.queue_visibility import MessageVisibility
 from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
 from tiktok_archive.adapters.token_vault import TokenVault
@@ -24,11 +24,6 @@ from tiktok_archive.logic.downloads import DownloadService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.settings import Settings
-
-# Short calls, each retried by botocore's standard mode.
-_SMALL_CALLS = Config(
-    retries={"mode": "standard", "total_max_attempts": 4}, connect_timeout=5, read_timeout=10
-)
 
 
 @functools.cache
@@ -45,23 +40,25 @@ def settings() -> Settings:
 def archive_store() -> S3ArchiveStore:
     """The container's S3 writer: one client and one pool of part uploaders."""
     config = settings()
-    s3_client = boto3.client(
+    limits = s3_limits(config.deadline_margin_seconds, config.s3_max_attempts)
+    s3_client = aws_clients.client(
         "s3",
-        config=Config(
-            signature_version="s3v4",
-            # Every in-flight part needs its own connection, plus one for create/complete/presign.
-            max_pool_connections=config.upload_concurrency + 2,
-            # SlowDown, 500 and throttling answers are retried by botocore itself, per part.
-            # (total_max_attempts counts the first try; botocore's max_attempts would not.)
-            retries={"mode": config.s3_retry_mode, "total_max_attempts": config.s3_max_attempts},
-            connect_timeout=5,
-            read_timeout=60,
-            tcp_keepalive=True,
-        ),
+        limits,
+        signature_version="s3v4",
+        # Every in-flight part needs its own connection, plus one for create/complete/presign.
+        max_pool_connections=config.upload_concurrency + 2,
+        # SlowDown, 500 and throttling answers are retried by botocore itself, per part.
+        retry_mode=config.s3_retry_mode,
+        tcp_keepalive=True,
     )
     executor = ThreadPoolExecutor(max_workers=config.upload_concurrency, thread_name_prefix="s3-part")
     return S3ArchiveStore(
-        s3_client, executor, config.bucket_name, config.part_size_bytes, config.upload_concurrency
+        s3_client,
+        executor,
+        config.bucket_name,
+        config.part_size_bytes,
+        config.upload_concurrency,
+        longest_try=limits.longest_try,
     )
 
 
@@ -105,7 +102,7 @@ def token_vault() -> TokenVault:
     config = settings()
     if not config.token_kms_key_id:
         raise ConfigurationError("TOKEN_KMS_KEY_ID is required to seal and open tokens")
-    return TokenVault(boto3.client("kms", config=_SMALL_CALLS), config.token_kms_key_id)
+    return TokenVault(aws_clients.client("kms", SMALL_CALLS), config.token_kms_key_id)
 
 
 @functools.cache
@@ -120,7 +117,7 @@ def download_jobs() -> DownloadJobs:
         raise ConfigurationError(
             "DOWNLOAD_QUEUE_URL is required for queued downloads (Prefer: respond-async)"
         )
-    return DownloadJobs(boto3.client("sqs", config=_SMALL_CALLS), token_vault(), config.download_queue_url)
+    return DownloadJobs(aws_clients.client("sqs", SMALL_CALLS), token_vault(), config.download_queue_url)
 
 
 @functools.cache
@@ -134,19 +131,38 @@ def download_service() -> DownloadService:
     return DownloadService(
         transfer_service(),
         DownloadRecords(
-            boto3.client("dynamodb", config=_SMALL_CALLS),
+            aws_clients.client("dynamodb", SMALL_CALLS),
             config.downloads_table_name,
             timedelta(days=config.record_retention_days),
         ),
         tiktok_client(),
-        DownloadEvents(boto3.client("events", config=_SMALL_CALLS), config.event_bus_name),
+        DownloadEvents(aws_clients.client("events", SMALL_CALLS), config.event_bus_name),
         download_jobs,
         token_vault,
     )
 
 
+@functools.cache
+def message_visibility() -> MessageVisibility:
+    """Changes a received message's visibility (the worker's redelivery timing)."""
+    return MessageVisibility(aws_clients.client("sqs", SMALL_CALLS))
+
+
+def start_invocation(remaining_ms: int) -> None:
+    """Tell the AWS clients when this invocation ends (handlers call it first): no try outlives it."""
+    aws_clients.start_invocation(remaining_ms)
+
+
 def reset() -> None:
     """Forget everything built so the next call reads the environment again (tests only)."""
-    built = (download_service, download_jobs, token_vault, transfer_service, tiktok_client, archive_store)
-    for each in (*built, settings):
-        each.cache_clear()
+    for built in (
+        download_service,
+        download_jobs,
+        token_vault,
+        transfer_service,
+        tiktok_client,
+        archive_store,
+        message_visibility,
+        settings,
+    ):
+        built.cache_clear()

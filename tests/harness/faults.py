@@ -147,9 +147,10 @@ def _deadline(rng: random.Random) -> Scenario:
     size = _size(rng, 12, 24)
     return Scenario(
         size,
-        {"bytes_per_second": 4 * MIB},
-        {"DEADLINE_MARGIN_SECONDS": "1"},
-        remaining_ms=rng.randint(2_000, 3_000),
+        {"bytes_per_second": 2 * MIB},
+        # Room in the margin for an in-flight part and the abort (one S3 try of 1.25 s each).
+        {"DEADLINE_MARGIN_SECONDS": "3"},
+        remaining_ms=rng.randint(6_000, 7_000),
         expect="deadline_exceeded",
     )
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_errors import aws_failure
+from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, TokenVault
 from tiktok_archive.models.errors import QueueError, TokenVaultError
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_errors import aws_failure
+from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.models.download import format_utc, parse_utc
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, RecordedError
 from tiktok_archive.models.errors import RecordStoreError, TransferError
@@ -303,5 +303,5 @@ def _record(item: Item) -> DownloadRecord:
     )
 
 
-def _store_error(operation: str, error: BaseException) -> RecordStoreError:
+def _store_error(operation: str, error: BaseException) -> TransferError:
     return aws_failure(RecordStoreError, f"DynamoDB {operation}", error)

@@ -29,12 +29,17 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_errors import aws_failure
+from tiktok_archive.adapters.aws_clients import aws_failure, time_left
 from tiktok_archive.adapters.crc32 import crc32_base64, crc32_combine
 from tiktok_archive.adapters.part_sizes import MAX_PARTS, part_size
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import StoredArchive
-from tiktok_archive.models.errors import ArchiveTooLargeError, DeadlineExceededError, StorageError
+from tiktok_archive.models.errors import (
+    ArchiveTooLargeError,
+    DeadlineExceededError,
+    StorageError,
+    TransferError,
+)
 from tiktok_archive.observability import logger, tracer
 
 if TYPE_CHECKING:
@@ -89,7 +94,7 @@ class _PartBuffers:
         return buffer
 
 
-def _storage_error(operation: str, error: BaseException) -> StorageError:
+def _storage_error(operation: str, error: BaseException) -> TransferError:
     return aws_failure(StorageError, f"S3 {operation}", error)
 
 
@@ -110,7 +115,9 @@ class _MultipartUpload:
         upload_id: str,
         concurrency: int,
         buffers: _PartBuffers,
+        longest_try: float,
     ) -> None:
+        self._longest_try = longest_try
         self._client = client
         self._buffers = buffers
         self._executor = executor
@@ -119,7 +126,7 @@ class _MultipartUpload:
         self._upload_id = upload_id
         self._slots = threading.BoundedSemaphore(concurrency)
         self._futures: list[Future[CompletedPartTypeDef]] = []
-        self._failure: StorageError | None = None
+        self._failure: TransferError | None = None
 
     def submit(self, part_number: int, data: bytearray, crc: int, deadline: Deadline) -> None:
         """Queue one part (with its CRC32), blocking while the in-flight limit is reached.
@@ -206,15 +213,21 @@ class _MultipartUpload:
         except (ClientError, BotoCoreError) as error:
             raise _storage_error("CompleteMultipartUpload", error) from None
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """Let in-flight parts finish (up to ``ABORT_WAIT_SECONDS``), then abort the upload.
 
-        Waiting first means no part is stored after the abort. Never raises: a failed abort is logged,
-        and the bucket's lifecycle rule removes the upload after a day.
+        Waiting first means no part is stored after the abort; the wait is shortened so that the abort's
+        own try still fits in the invocation. Never raises: a failed abort is logged, and the bucket's
+        lifecycle rule removes the upload after a day.
+
+        Returns:
+            True when S3 no longer knows the upload (``NoSuchUpload``): it was completed or aborted.
         """
         for future in self._futures:
             future.cancel()
-        waited = Deadline.after(ABORT_WAIT_SECONDS)
+        left = time_left()
+        wait = ABORT_WAIT_SECONDS if left is None else min(ABORT_WAIT_SECONDS, left - self._longest_try)
+        waited = Deadline.after(wait)
         still_uploading = 0
         for future in self._futures:
             if future.cancelled():
@@ -226,6 +239,11 @@ class _MultipartUpload:
         try:
             self._client.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
         except (ClientError, BotoCoreError) as error:
+            if (
+                isinstance(error, ClientError)
+                and error.response.get("Error", {}).get("Code") == "NoSuchUpload"
+            ):
+                return True
             logger.error(
                 "could not abort the multipart upload; the lifecycle rule will remove it",
                 extra={
@@ -233,7 +251,7 @@ class _MultipartUpload:
                     "error_message": _storage_error("AbortMultipartUpload", error).message,
                 },
             )
-            return
+            return False
         logger.info(
             "multipart upload aborted",
             extra={
@@ -242,6 +260,7 @@ class _MultipartUpload:
                 "parts_still_uploading": still_uploading,
             },
         )
+        return False
 
 
 class S3ArchiveStore:
@@ -253,6 +272,8 @@ class S3ArchiveStore:
         bucket: the archive bucket.
         part_size: bytes per part (at least 5 MiB, S3's minimum).
         concurrency: parts uploading at once while the source is read.
+        longest_try: how long one S3 try may take (connect + read timeout): an abort waits for
+            in-flight parts only as long as still leaves time for its own try.
     """
 
     def __init__(
@@ -262,12 +283,15 @@ class S3ArchiveStore:
         bucket: str,
         part_size: int,
         concurrency: int,
+        *,
+        longest_try: float = 60.0,
     ) -> None:
         self._client = client
         self._executor = executor
         self.bucket = bucket
         self._part_size = part_size
         self._concurrency = concurrency
+        self._longest_try = longest_try
 
     @tracer.capture_method(capture_response=False)
     def write(self, key: str, source: ArchiveSource, filename: str, deadline: Deadline) -> StoredArchive:
@@ -319,8 +343,9 @@ class S3ArchiveStore:
             created["UploadId"],
             self._concurrency,
             buffers,
+            self._longest_try,
         )
-        crc, size = 0, 0
+        crc, size, completing = 0, 0, False
         try:
             part_number = 0
             while data:
@@ -333,12 +358,26 @@ class S3ArchiveStore:
                 del data
                 data = self._next_part(source, buffers, part_number)
                 part_crc = zlib.crc32(data)
+            completing = True
             upload.complete(size, crc, deadline)
         except BaseException:
-            upload.abort()
+            gone = upload.abort()
+            # The completion failed (a timeout, no time left for a retry) but S3 had done it: the
+            # upload no longer exists. The object counts only if it is exactly what we read.
+            if completing and gone and self._holds(key, size, crc):
+                logger.warning("upload completion was answered late; the stored object was verified")
+                return StoredArchive(self.bucket, key, size, crc32_base64(crc))
             raise
         logger.debug("multipart upload completed", extra={"parts": part_number})
         return StoredArchive(self.bucket, key, size, crc32_base64(crc))
+
+    def _holds(self, key: str, size: int, crc: int) -> bool:
+        """Whether ``key`` is an object of ``size`` bytes whose CRC32 is ``crc`` (never raises)."""
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except (ClientError, BotoCoreError):
+            return False
+        return head.get("ContentLength") == size and head.get("ChecksumCRC32") == crc32_base64(crc)
 
     def _next_part(self, source: ArchiveSource, buffers: _PartBuffers, after: int) -> bytearray:
         """The part that follows part ``after``, sized by the schedule; empty at the archive's end.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_errors import aws_failure
+from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.models.errors import MissingTokenError, TokenVaultError
 from tiktok_archive.observability import hide
 

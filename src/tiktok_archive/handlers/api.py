@@ -24,8 +24,8 @@ from tiktok_archive.models.download import (
 )
 from tiktok_archive.models.download_record import DownloadStatus
 from tiktok_archive.models.errors import TransferError, UnexpectedError
-from tiktok_archive.observability import logger, metrics, tracer
-from tiktok_archive.runtime import download_service
+from tiktok_archive.observability import hide, logger, metrics, tracer
+from tiktok_archive.runtime import download_service, start_invocation
 
 app = APIGatewayRestResolver()
 # Answers carry a presigned URL or a user's error: no cache may keep them.
@@ -36,7 +36,7 @@ _NO_STORE = {"Cache-Control": "no-store"}
 def create_download() -> Response[str]:
     """Download ``request_id``'s archive once and answer with a link (``Prefer: respond-async``: queue it)."""
     event = app.current_event
-    token = parse_authorization_header(event.headers.get("Authorization"))
+    token = _bearer_token()
     body = parse_json_object(event.decoded_body)
     request = DownloadRequest(parse_request_id(body.get("request_id")), token)
     remaining_ms = app.lambda_context.get_remaining_time_in_millis()
@@ -53,8 +53,7 @@ def create_download() -> Response[str]:
 @app.get("/downloads/<request_id>")
 def get_download(request_id: str) -> Response[str]:
     """The download's record for its owner, with a fresh link once the archive is stored."""
-    token = parse_authorization_header(app.current_event.headers.get("Authorization"))
-    request = DownloadRequest(parse_request_id(request_id), token)
+    request = DownloadRequest(parse_request_id(request_id), _bearer_token())
     remaining_ms = app.lambda_context.get_remaining_time_in_millis()
     return _json(HTTPStatus.OK, download_service().describe(request, remaining_ms).to_body())
 
@@ -85,6 +84,13 @@ def answer_not_found(_: Exception) -> Response[str]:
     return _json(HTTPStatus.NOT_FOUND, body)
 
 
+def _bearer_token() -> str:
+    """The caller's TikTok token, registered as a secret before anything else can log it."""
+    token = parse_authorization_header(app.current_event.headers.get("Authorization"))
+    hide(token)
+    return token
+
+
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
     return Response(
         status_code=status,
@@ -99,4 +105,5 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point for the REST API."""
+    start_invocation(context.get_remaining_time_in_millis())
     return app.resolve(event, context)

@@ -4,7 +4,9 @@ A message is ``{"request_id", "access_token"}`` (sent by a backend) or ``{"reque
 "encrypted_access_token"}`` (queued by ``POST /downloads`` with ``Prefer: respond-async``). A download
 already completed is acknowledged without downloading again; one that another invocation is running,
 and any transient failure (rate limit, TikTok 5xx, network, broken stream, S3, the deadline), are
-reported in ``batchItemFailures`` so SQS delivers the message again; a permanent one (a malformed
+reported in ``batchItemFailures`` so SQS delivers the message again (when the failure says when —
+TikTok's ``Retry-After``, a running download's claim — the message's visibility is changed to come back
+then); a permanent one (a malformed
 message, a refused token or scope, an unknown request) is recorded, logged as a structured error and
 acknowledged so it does not loop until the dead-letter queue. Each message is judged on its own.
 """
@@ -29,8 +31,8 @@ from tiktok_archive.models.download import (
     parse_request_id,
 )
 from tiktok_archive.models.errors import MissingTokenError, TransferError
-from tiktok_archive.observability import logger, metrics, tracer
-from tiktok_archive.runtime import download_service
+from tiktok_archive.observability import hide, logger, metrics, tracer
+from tiktok_archive.runtime import download_service, message_visibility, start_invocation
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -55,6 +57,10 @@ def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
             "request_id": None if request_id is None else str(request_id),
         }
         if error.is_transient:
+            if error.redeliver_after is not None:
+                # e.g. TikTok's Retry-After: back then, not after the queue's whole visibility timeout.
+                message_visibility().postpone(record.queue_url, record.receipt_handle, error.redeliver_after)
+                fields["redelivered_after_seconds"] = error.redeliver_after
             logger.warning("message will be delivered again", extra=fields)
             raise
         logger.error("message acknowledged without retry: permanent failure", extra=fields)
@@ -66,7 +72,9 @@ def _job(request_id: int, document: dict[str, Any]) -> QueuedJob:
         if not isinstance(encrypted, str) or not encrypted:
             raise MissingTokenError("encrypted_access_token must be a base64 string")
         return QueuedJob(request_id, encrypted_access_token=encrypted)
-    return QueuedJob(request_id, access_token=parse_access_token(document.get("access_token")))
+    token = parse_access_token(document.get("access_token"))
+    hide(token)
+    return QueuedJob(request_id, access_token=token)
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -74,6 +82,7 @@ def _job(request_id: int, document: dict[str, Any]) -> QueuedJob:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Lambda entry point for the download queue."""
+    start_invocation(context.get_remaining_time_in_millis())
     return process_partial_response(
         event=event, record_handler=download_message, processor=processor, context=context
     )

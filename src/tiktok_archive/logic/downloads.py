@@ -233,11 +233,13 @@ class DownloadService:
                 + ("answered with a fresh link" if link else "not downloaded again")
             )
             return self._answer(record, request) if link else Answer(record)
-        retry_after = record.retry_after_seconds(datetime.now(UTC))
+        now = datetime.now(UTC)
         raise DownloadInProgressError(
             "this request_id is being downloaded by another invocation; ask again later, or "
             f"GET /downloads/{request.request_id}",
-            retry_after=str(retry_after),
+            retry_after=str(record.retry_after_seconds(now)),
+            # A queued duplicate comes back when the claim lapses, not every 30 s until the DLQ.
+            redeliver_after=record.retry_after_seconds(now, longest=None),
         )
 
     def _answer(self, record: DownloadRecord, request: DownloadRequest) -> Answer:

@@ -69,11 +69,12 @@ class DownloadRecord:
     error: RecordedError | None = None
     lease_expires_at: datetime | None = None
 
-    def retry_after_seconds(self, now: datetime, longest: int = 30) -> int:
+    def retry_after_seconds(self, now: datetime, longest: int | None = 30) -> int:
         """When to look again at a download that is running: its claim's end, at most ``longest``."""
         if self.lease_expires_at is None:
             return 1
-        return max(1, min(longest, math.ceil((self.lease_expires_at - now).total_seconds())))
+        seconds = math.ceil((self.lease_expires_at - now).total_seconds())
+        return max(1, seconds if longest is None else min(longest, seconds))
 
     def to_body(self) -> dict[str, Any]:
         """The JSON document of the API (``request_id`` as a decimal string; times in UTC)."""

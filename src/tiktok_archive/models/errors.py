@@ -22,6 +22,8 @@ class TransferError(Exception):
         log_id: TikTok's ``log_id`` for its support, when TikTok answered.
         upstream_status: the HTTP status TikTok answered with, when it answered.
         retry_after: TikTok's ``Retry-After`` value, passed on to the caller.
+        redeliver_after: seconds after which a queued job that failed this way is worth trying again
+            (``Retry-After`` when it is a number of seconds; None: the queue's own visibility timeout).
     """
 
     code: ClassVar[str] = "transfer_failed"
@@ -35,12 +37,16 @@ class TransferError(Exception):
         log_id: str | None = None,
         upstream_status: int | None = None,
         retry_after: str | None = None,
+        redeliver_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.log_id = log_id
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        if redeliver_after is None and retry_after is not None and retry_after.isdigit():
+            redeliver_after = int(retry_after)
+        self.redeliver_after = redeliver_after
 
     @property
     def error_code(self) -> str:
