@@ -9,12 +9,27 @@ SAM := $(SAM_VENV)/bin/sam
 # `sam build` needs the function's Python (3.13) on PATH; with pyenv this makes it visible.
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY ?= 0
+# The function's runtime, as template.yaml's Globals say: python3.13 on arm64 (Lambda's glibc there is 2.34).
+# `sam build` runs pip on this machine; these settings make that pip fetch the Lambda platform's wheels in its
+# one hash-checked download of src/requirements.txt, so SAM's second, per-package download for another
+# platform (which carries no hashes) finds nothing left to do.
+LAMBDA_PIP_ENV := PIP_ONLY_BINARY=:all: PIP_IMPLEMENTATION=cp PIP_PYTHON_VERSION=3.13 PIP_ABI=cp313 \
+	PIP_PLATFORM="manylinux_2_34_aarch64 manylinux_2_28_aarch64 manylinux_2_17_aarch64 manylinux2014_aarch64 linux_aarch64"
+# src/requirements.in -> src/requirements.txt: the whole closure, pinned and hashed, valid on every platform
+# and Python >= 3.11 (markers where they differ). Existing pins are kept unless requirements.in asks otherwise;
+# `make lock LOCK_ARGS=--upgrade` (or `--upgrade-package NAME`) moves them.
+LOCK := $(BIN)/uv pip compile --quiet --no-config --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock"
 
-.PHONY: demo test faults bench lint format validate build deploy clean
+.PHONY: demo test faults bench lint format validate build deploy clean lock lock-check
 
-$(BIN)/.installed: requirements-dev.txt src/requirements.txt constraints.txt
+# The function's runtime first, exactly the lock (hash-checked), so the suite tests what `sam build` packages;
+# then the dev tools, pinned by constraints.txt and held to the lock's pins (a disagreement fails here).
+$(BIN)/.installed: src/requirements.txt requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r src/requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt \
+		-c <(sed -e '/--hash=/d' -e 's/ *\\$$//' src/requirements.txt)
 	touch $@
 
 $(SAM_VENV)/.installed: requirements-sam.txt
@@ -51,8 +66,37 @@ validate: $(BIN)/.installed $(SAM_VENV)/.installed  ## cfn-lint and sam validate
 	$(BIN)/cfn-lint template.yaml
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-eu-west-1} $(SAM) validate --lint
 
-build: $(SAM_VENV)/.installed  ## sam build (python3.13, arm64).
-	$(SAM) build
+# The lock is rewritten only when it changes (a rewrite reinstalls the dev virtualenv).
+lock: $(BIN)/.installed  ## Regenerate src/requirements.txt (the function's hashed lock) from src/requirements.in.
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	cp src/requirements.txt "$$tmp/lock.txt" && \
+	$(LOCK) $(LOCK_ARGS) src/requirements.in -o "$$tmp/lock.txt" && \
+	if cmp -s "$$tmp/lock.txt" src/requirements.txt; then \
+		echo "src/requirements.txt: unchanged"; \
+	else \
+		diff -u src/requirements.txt "$$tmp/lock.txt" | grep '^[-+][^-+ ]' || true; \
+		cp "$$tmp/lock.txt" src/requirements.txt && echo "src/requirements.txt: updated"; \
+	fi
+
+# Regenerates the lock from the committed one and fails, showing the difference, unless `make lock` would leave
+# it as it is. Distributions uploaded since for a locked version are not a difference: pip never picks a file
+# whose hash the lock lacks, so only the lock's own hashes are compared.
+lock-check: $(BIN)/.installed  ## Fail when src/requirements.txt is stale (src/requirements.in changed without `make lock`).
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	cp src/requirements.txt "$$tmp/fresh.txt" && \
+	$(LOCK) src/requirements.in -o "$$tmp/fresh.txt" && \
+	sed 's/ *\\$$//' src/requirements.txt > "$$tmp/locked" && \
+	awk 'NR == FNR { locked[$$0] = 1; next } { sub(/ *\\$$/, "") } /^ *--hash=/ && !($$0 in locked) { next } { print }' \
+		"$$tmp/locked" "$$tmp/fresh.txt" > "$$tmp/fresh" && \
+	if diff -u --label src/requirements.txt --label "make lock" "$$tmp/locked" "$$tmp/fresh"; then \
+		echo "src/requirements.txt is up to date with src/requirements.in"; \
+	else \
+		echo "src/requirements.txt is stale: run 'make lock' and commit it (and constraints.txt if pins moved)"; \
+		exit 1; \
+	fi
+
+build: $(SAM_VENV)/.installed  ## sam build (python3.13, arm64): the function gets exactly src/requirements.txt.
+	$(LAMBDA_PIP_ENV) $(SAM) build
 
 deploy: build  ## sam deploy --guided, into your own account.
 	$(SAM) deploy --guided
