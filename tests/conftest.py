@@ -3,6 +3,7 @@ event builders, and a guard that fails any test whose output holds a token or a 
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import logging
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import boto3
 import pytest
@@ -20,6 +22,7 @@ import pytest
 from tests.harness.demo import DEMO_TOKEN
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, Emulator, LocalStack, Resources, provision
+from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, refresh_token
 from tiktok_archive import runtime
 from tiktok_archive.handlers import api, sqs
 from tiktok_archive.observability import REDACTED, logger
@@ -36,8 +39,15 @@ class SecretRegistry:
     tokens: set[str] = field(default_factory=set)
     signatures: set[str] = field(default_factory=set)
 
-    def token(self) -> str:
-        value = f"act.{secrets.token_hex(20)}"
+    def token(self, shape: str | None = None) -> str:
+        """A fresh TikTok-shaped access token (``act.…!1234.e1``, ``.va``, ``.e2`` or ``act.3.…``)."""
+        value = access_token(shape)
+        self.tokens.add(value)
+        return value
+
+    def refresh_token(self) -> str:
+        """A fresh TikTok-shaped refresh token (``rft.…``)."""
+        value = refresh_token()
         self.tokens.add(value)
         return value
 
@@ -49,8 +59,8 @@ class SecretRegistry:
 
 
 SECRETS = SecretRegistry()
-# The sample events' token is a secret like any other.
-SECRETS.tokens.add(DEMO_TOKEN)
+# The sample events' token, and TikTok's own example token, are secrets like any other.
+SECRETS.tokens.update({DEMO_TOKEN, CHECK_STATUS_EXAMPLE})
 
 
 class LogCapture(logging.Handler):
@@ -71,11 +81,20 @@ class LogCapture(logging.Handler):
         return [record for record in self.records() if record.get("message") == message]
 
 
+def spellings(token: str) -> list[str]:
+    """How a token may show in output: its secret part (with or without ``act.``), URL-encoded, base64."""
+    secret = token.partition(".")[2]
+    return [secret, quote(secret, safe=""), base64.b64encode(token.encode()).decode().rstrip("=")]
+
+
 def find_secrets(text: str) -> list[str]:
-    """What in ``text`` should never be there: a token, a signature, or the redaction marker (which
-    means code tried to log a secret and only the scrubber caught it)."""
-    # A token counts as leaked if its secret part shows, with or without its "act." prefix.
-    found = [f"token #{n}" for n, t in enumerate(sorted(SECRETS.tokens)) if t.partition(".")[2] in text]
+    """What in ``text`` should never be there: a token (in any spelling), a signature, or the redaction
+    marker (which means code tried to log a secret and only the scrubber caught it)."""
+    found = [
+        f"token #{n}"
+        for n, t in enumerate(sorted(SECRETS.tokens))
+        if any(spelling in text for spelling in spellings(t))
+    ]
     found += [f"signature {s[:8]}…" for s in SECRETS.signatures if s in text]
     found += [marker for marker in ("X-Amz-Signature=", "X-Amz-Security-Token=", REDACTED) if marker in text]
     return found

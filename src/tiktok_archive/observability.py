@@ -73,16 +73,17 @@ class _KnownSecrets:
     """The secrets this container has handled, each with every spelling it may take in a log line.
 
     Bounded: the oldest are forgotten first (a container serves one invocation at a time, and a token
-    outlives its invocation only in the records, encrypted).
+    outlives its invocation only in the records, encrypted). Matching is plain substring search, longest
+    spelling first, so a spelling that contains another is replaced whole.
     """
 
-    LIMIT = 256
+    LIMIT = 64
     SHORTEST = 8  # shorter values would redact ordinary words
 
     def __init__(self) -> None:
         self._secrets: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._lock = threading.Lock()
-        self._pattern: re.Pattern[str] | None = None
+        self._spellings: tuple[str, ...] = ()
 
     def add(self, secret: str) -> None:
         if len(secret) < self.SHORTEST:
@@ -94,20 +95,14 @@ class _KnownSecrets:
             self._secrets[secret] = _spellings(secret)
             while len(self._secrets) > self.LIMIT:
                 self._secrets.popitem(last=False)
-            self._pattern = None
+            every = {s for variants in self._secrets.values() for s in variants}
+            self._spellings = tuple(sorted(every, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
-        pattern = self._compiled()
-        return text if pattern is None else pattern.sub(REDACTED, text)
-
-    def _compiled(self) -> re.Pattern[str] | None:
-        with self._lock:
-            if self._pattern is None and self._secrets:
-                spellings = {s for variants in self._secrets.values() for s in variants}
-                # Longest first, so a spelling that contains another is replaced whole.
-                alternatives = sorted(spellings, key=len, reverse=True)
-                self._pattern = re.compile("|".join(re.escape(s) for s in alternatives))
-            return self._pattern
+        for spelling in self._spellings:
+            if spelling in text:
+                text = text.replace(spelling, REDACTED)
+        return text
 
 
 def _spellings(secret: str) -> tuple[str, ...]:

@@ -37,7 +37,8 @@ GIB = 1024 * MIB
 PART_MIB = 8
 CONCURRENCY = 4
 BUCKET = "bench-archives"
-TOKEN = "act.bench0000000000000000000000000000000000"  # the emulator's user; not a real secret
+# The emulator's user, TikTok-shaped; not a real secret.
+TOKEN = "act.BENCH0000000000000000000000000000000000000000000000000000000000000000!1234.e1"
 APPROACHES = (
     "whole_body",
     "boto3_default",

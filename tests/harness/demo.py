@@ -27,7 +27,7 @@ from tests.harness.local_stack import REGION, LocalStack, provision
 from tiktok_archive.handlers import api, sqs
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-DEMO_TOKEN = "act.demo9f8e7d6c5b4a3210DEMOtoken"
+DEMO_TOKEN = "act.DEMO7hQ2xK9pLm4Rt8Vw3Yz6Bc1Nf5Gj0Sd-Ua_Ei2Ok7Ph4Tl9Xm3Qr8Wv6Zy1Cb5Dg0Fn-Jp!4667.e1"
 DEMO_BUCKET = "tiktok-archive-demo"
 API_REQUEST_ID = 7234567890123456789
 SQS_REQUEST_ID = 7234567890123456790

@@ -40,6 +40,7 @@ import boto3
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, LocalStack, provision
 from tests.harness.s3_fault_proxy import S3FaultProxy
+from tests.harness.tokens import access_token
 from tiktok_archive import runtime
 from tiktok_archive.handlers import api, sqs
 from tiktok_archive.observability import logger
@@ -267,7 +268,7 @@ def run_once(stack: LocalStack, scenario: Scenario, trigger: str, s3: Any) -> Ou
     bucket = f"faults-{uuid.uuid4().hex[:16]}"
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     resources = provision(stack.moto_url, bucket.removeprefix("faults-"))
-    token = f"act.{secrets.token_hex(20)}"
+    token = access_token()
     request_id = secrets.randbelow(2**63 - 2**60) + 2**60
     ready = stack.emulator.register(request_id, token, size=scenario.size, **scenario.emulator)
     environment = {

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import (
     MIB,
+    SECRETS,
     Configure,
     LogCapture,
     api_event,
@@ -26,6 +27,7 @@ from tests.conftest import (
 )
 from tests.harness.local_stack import Emulator, LocalStack
 from tests.harness.s3_fault_proxy import S3FaultProxy
+from tests.harness.tokens import CHECK_STATUS_EXAMPLE
 
 
 def fetch(url: str) -> tuple[bytes, dict[str, str]]:
@@ -168,7 +170,7 @@ def test_bad_body_is_400_and_tiktok_is_never_called(
     assert_nothing_left(s3, bucket)
 
 
-@pytest.mark.parametrize("authorization", [None, "Basic dXNlcjpwYXNz", "Bearer", "act.no-scheme-given"])
+@pytest.mark.parametrize("authorization", [None, "Basic dXNlcjpwYXNz", "Bearer", CHECK_STATUS_EXAMPLE])
 def test_missing_bearer_token_is_401_and_tiktok_is_never_called(
     configure: Configure, emulator: Emulator, token: str, authorization: str | None
 ) -> None:
@@ -200,7 +202,7 @@ def test_unknown_token_is_401_access_token_invalid(
     configure: Configure, emulator: Emulator, token: str
 ) -> None:
     request_id = new_request_id()
-    emulator.register(request_id, "act.someone-else-entirely")
+    emulator.register(request_id, SECRETS.token())
 
     answer = call_api(api_event(request_id, token))
 

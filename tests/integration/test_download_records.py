@@ -32,6 +32,7 @@ from tests.conftest import (
     stored_keys,
 )
 from tests.harness.local_stack import REPO_ROOT, Emulator, LocalStack, Resources
+from tests.harness.tokens import CHECK_STATUS_EXAMPLE
 from tiktok_archive.adapters.download_records import DownloadRecords
 
 
@@ -290,8 +291,8 @@ def test_get_of_a_request_without_a_record_is_404_after_asking_tiktok(
     ("request_id", "token", "status", "code"),
     [
         ("123", None, 401, "missing_token"),
-        ("12.5", "act.whatever", 400, "invalid_request"),
-        ("99999999999999999999", "act.whatever", 400, "invalid_request"),
+        ("12.5", CHECK_STATUS_EXAMPLE, 400, "invalid_request"),
+        ("99999999999999999999", CHECK_STATUS_EXAMPLE, 400, "invalid_request"),
     ],
 )
 def test_get_without_a_token_or_with_a_bad_id_touches_nothing(

@@ -24,13 +24,8 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tiktok_archive.logic.downloads import QueuedJob
-from tiktok_archive.models.download import (
-    parse_access_token,
-    parse_json_object,
-    parse_request_id,
-)
-from tiktok_archive.models.errors import MissingTokenError, TransferError
+from tiktok_archive.models.download import parse_json_object, parse_queued_job, parse_request_id
+from tiktok_archive.models.errors import TransferError
 from tiktok_archive.observability import hide, logger, metrics, tracer
 from tiktok_archive.runtime import download_service, message_visibility, start_invocation
 
@@ -48,7 +43,8 @@ def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
     try:
         document = parse_json_object(record.body)
         request_id = parse_request_id(document.get("request_id"))
-        job = _job(request_id, document)
+        job = parse_queued_job(request_id, document)
+        hide(job.access_token)
         download_service().download_job(job, lambda_context.get_remaining_time_in_millis())
     except TransferError as error:
         fields = {
@@ -64,17 +60,6 @@ def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
             logger.warning("message will be delivered again", extra=fields)
             raise
         logger.error("message acknowledged without retry: permanent failure", extra=fields)
-
-
-def _job(request_id: int, document: dict[str, Any]) -> QueuedJob:
-    encrypted = document.get("encrypted_access_token")
-    if encrypted is not None:
-        if not isinstance(encrypted, str) or not encrypted:
-            raise MissingTokenError("encrypted_access_token must be a base64 string")
-        return QueuedJob(request_id, encrypted_access_token=encrypted)
-    token = parse_access_token(document.get("access_token"))
-    hide(token)
-    return QueuedJob(request_id, access_token=token)
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -21,7 +21,7 @@ from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, H
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic.transfer import ArchiveTransfer
-from tiktok_archive.models.download import DownloadRequest, format_utc
+from tiktok_archive.models.download import DownloadRequest, QueuedJob, format_utc
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
 from tiktok_archive.models.errors import (
     ArchiveNotReadyError,
@@ -50,18 +50,6 @@ QUEUED_LEASE_SECONDS = 900
 _NOT_OWNED = "invalid_params"
 # How long a caller waits before asking again about an archive TikTok is still preparing.
 NOT_READY_RETRY_AFTER_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class QueuedJob:
-    """A queue message: the request id and the token, in clear (a backend's) or encrypted (ours).
-
-    ``repr`` shows neither form of the token.
-    """
-
-    request_id: int
-    access_token: str | None = dataclasses.field(default=None, repr=False)
-    encrypted_access_token: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

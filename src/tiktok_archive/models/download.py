@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,18 @@ class DownloadRequest:
 
     def __repr__(self) -> str:
         return f"DownloadRequest(request_id={self.request_id}, access_token=<redacted>)"
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """A download queue message: the request id and the token, in clear (a backend's) or sealed (ours).
+
+    ``repr`` shows neither form of the token.
+    """
+
+    request_id: int
+    access_token: str | None = field(default=None, repr=False)
+    encrypted_access_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,21 @@ def parse_access_token(value: object) -> str:
             "(no spaces, control or non-ASCII characters)"
         )
     return value
+
+
+def parse_queued_job(request_id: int, document: dict[str, Any]) -> QueuedJob:
+    """The job of a download queue message whose ``request_id`` is already parsed.
+
+    Raises:
+        MissingTokenError: neither a well-formed ``access_token`` nor a non-empty
+            ``encrypted_access_token``.
+    """
+    encrypted = document.get("encrypted_access_token")
+    if encrypted is not None:
+        if not isinstance(encrypted, str) or not encrypted or len(encrypted) > 8192:
+            raise MissingTokenError("encrypted_access_token must be a base64 string")
+        return QueuedJob(request_id, encrypted_access_token=encrypted)
+    return QueuedJob(request_id, access_token=parse_access_token(document.get("access_token")))
 
 
 def parse_authorization_header(value: str | None) -> str:
