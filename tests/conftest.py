@@ -20,10 +20,10 @@ import boto3
 import pytest
 
 from tests.harness.demo import DEMO_TOKEN
+from tests.harness.functions import RECORDER, UNUSED, LambdaFunctions
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, Emulator, LocalStack, Resources, provision
 from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, refresh_token
-from tiktok_archive import runtime
 from tiktok_archive.handlers import api, sqs
 from tiktok_archive.observability import REDACTED, logger
 
@@ -128,6 +128,7 @@ def new_request_id() -> int:
 # -- local AWS and TikTok ------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
+    RECORDER.install()  # before the service builds any client
     with LocalStack() as local:
         yield local
 
@@ -160,32 +161,56 @@ Configure = Callable[..., None]
 
 @pytest.fixture
 def resources(stack: LocalStack, bucket: str) -> Resources:
-    """The downloads table, the queue, the token key and an event capture, fresh in moto."""
-    return provision(stack.moto_url, bucket.removeprefix("archives-"))
+    """Everything template.yaml creates (tables, queues, key, secret), fresh in moto, with the test's
+    bucket as the archive bucket, and an event capture."""
+    return provision(stack.moto_url, bucket.removeprefix("archives-"), bucket=bucket)
+
+
+Configure = Callable[..., None]
+# Template parameters every test starts from: the emulator as TikTok, and 5 MiB parts (S3's minimum)
+# so that multipart paths run on small archives.
+TEST_PARAMETERS = {"PartSizeMiB": "5", "UploadConcurrency": "3"}
+_FUNCTIONS: list[LambdaFunctions] = []
+
+
+def functions() -> LambdaFunctions:
+    """The functions of the running test (set up by the ``configure`` fixture)."""
+    assert _FUNCTIONS, "this test needs the configure fixture"
+    return _FUNCTIONS[-1]
 
 
 @pytest.fixture
-def configure(
-    stack: LocalStack, bucket: str, resources: Resources, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Configure]:
-    """Point the function at moto and the emulator (5 MiB parts); call it to override variables."""
+def configure(stack: LocalStack, resources: Resources) -> Iterator[Configure]:
+    """Run each function with exactly its template.yaml environment over the test's local resources;
+    call it to change variables on purpose (``None`` removes one). At the end, every AWS call a
+    function made must be allowed by that function's template permissions."""
+    RECORDER.take()
+    lambdas = LambdaFunctions(
+        resources.template,
+        resources.local,
+        {**TEST_PARAMETERS, **stack.parameters()},
+        stack.environment(),
+    )
+    _FUNCTIONS.append(lambdas)
+    try:
+        yield lambdas.override
+    finally:
+        _FUNCTIONS.remove(lambdas)
+        lambdas.restore()
+        # Archives live in both servers' memory: drop them so a long session stays small.
+        stack.emulator.reset()
+        stack.reset_aws()
+    refused = lambdas.violations(RECORDER.take())
+    assert not refused, "AWS calls the template's policies do not allow:\n" + "\n".join(refused)
 
-    def apply(**overrides: str | None) -> None:
-        for name, value in overrides.items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
-        runtime.reset()
 
-    for name, value in {**stack.environment(), **resources.environment()}.items():
-        monkeypatch.setenv(name, value)
-    apply(BUCKET_NAME=bucket, PART_SIZE_MIB="5", UPLOAD_CONCURRENCY="3")
-    yield apply
-    runtime.reset()
-    # Archives live in both servers' memory: drop them so a long session stays small.
-    stack.emulator.reset()
-    stack.reset_aws()
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Report the template permissions that no test used (a hint, not a failure)."""
+    lines = UNUSED.lines()
+    if lines:
+        terminalreporter.section("template permissions no test used")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -248,7 +273,8 @@ class ApiAnswer:
 
 def call_api(event: dict[str, Any], remaining_ms: int = 28_000) -> ApiAnswer:
     """Invoke the API handler as Lambda would (``remaining_ms`` before its timeout), and decode its answer."""
-    answer = api.lambda_handler(event, FakeLambdaContext("ApiFunction", remaining_ms))
+    with functions().running("ApiFunction"):
+        answer = api.lambda_handler(event, FakeLambdaContext("ApiFunction", remaining_ms))
     body = json.loads(answer["body"])
     if "url" in body:
         SECRETS.saw_url(body["url"])
@@ -259,17 +285,21 @@ def call_api(event: dict[str, Any], remaining_ms: int = 28_000) -> ApiAnswer:
     return ApiAnswer(answer["statusCode"], body, headers)
 
 
-def sqs_record(body: str, message_id: str | None = None) -> dict[str, Any]:
+def sqs_record(body: str, message_id: str | None = None, queue: str = "DownloadQueue") -> dict[str, Any]:
+    """``events/sqs-download.json``'s record with another body, from the test's own ``queue``."""
     record = copy.deepcopy(load_event("sqs-download.json")["Records"][0])
     record["messageId"] = message_id or str(uuid.uuid4())
     record["body"] = body
+    if _FUNCTIONS:
+        record["eventSourceARN"] = functions().local.get_att(queue, "Arn")
     return record
 
 
 def call_worker(records: list[dict[str, Any]], remaining_ms: int = 900_000) -> dict[str, Any]:
     """Invoke the SQS worker with a batch of records, ``remaining_ms`` before its timeout."""
     context = FakeLambdaContext("WorkerFunction", remaining_ms)
-    result: dict[str, Any] = sqs.lambda_handler({"Records": records}, context)
+    with functions().running("WorkerFunction"):
+        result: dict[str, Any] = sqs.lambda_handler({"Records": records}, context)
     return result
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import boto3
 
+from tests.harness.functions import LambdaFunctions
 from tests.harness.local_stack import REGION, REPO_ROOT, LocalStack, Resources, provision
 
 MIB = 1024 * 1024
@@ -106,20 +107,22 @@ def measure(
     """Run ``approach`` on ``archive`` = (nominal size, real size); its object is deleted unless ``keep``."""
     nominal, size = archive
     key = f"archives/{request_id}.zip"
-    environment = {
-        **stack.environment(),
-        **resources.environment(),
-        "BUCKET_NAME": BUCKET,
-        "POWERTOOLS_LOG_LEVEL": "WARNING",
-        "POWERTOOLS_METRICS_DISABLED": "true",
-        "TIKTOK_READ_TIMEOUT_SECONDS": "60",
-    }
+    # The worker's environment from template.yaml: the 128 MB function derives its part size and
+    # concurrency from its memory, the others are set as the template's parameters.
+    parameters = {"LogLevel": "WARNING", **stack.parameters()}
     spec_approach = approach
     if approach == "handler_128":
         spec_approach = "handler"
-        environment["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = "128"
+        parameters["FunctionMemorySize"] = "128"
     else:
-        environment.update({"PART_SIZE_MIB": str(PART_MIB), "UPLOAD_CONCURRENCY": str(CONCURRENCY)})
+        parameters.update({"PartSizeMiB": str(PART_MIB), "UploadConcurrency": str(CONCURRENCY)})
+    environment = LambdaFunctions(
+        resources.template,
+        resources.local,
+        parameters,
+        stack.environment(),
+        {"POWERTOOLS_METRICS_DISABLED": "true", "TIKTOK_READ_TIMEOUT_SECONDS": "60"},
+    ).environment("WorkerFunction")
     spec = {
         "approach": spec_approach,
         "tiktok_url": stack.emulator.url,
@@ -462,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             aws_secret_access_key="testing",
         )
         s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        resources = provision(stack.moto_url, "bench")
+        resources = provision(stack.moto_url, "bench", bucket=BUCKET)
         for size in sizes:
             request_id = 7_000_000_000_000_000_000 + size
             ready = stack.emulator.register(request_id, TOKEN, size=size, transfer="chunked")

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import random
 import re
 import secrets
@@ -37,11 +36,11 @@ from typing import Any
 
 import boto3
 
+from tests.harness.functions import LambdaFunctions
 from tests.harness.lambda_context import FakeLambdaContext
-from tests.harness.local_stack import REGION, LocalStack, provision
+from tests.harness.local_stack import REGION, LocalStack, Resources, provision
 from tests.harness.s3_fault_proxy import S3FaultProxy
 from tests.harness.tokens import access_token
-from tiktok_archive import runtime
 from tiktok_archive.handlers import api, sqs
 from tiktok_archive.observability import logger
 
@@ -250,10 +249,11 @@ def _api_event(request_id: int, token: str) -> dict[str, Any]:
     return event
 
 
-def _sqs_event(request_id: int, token: str) -> dict[str, Any]:
+def _sqs_event(request_id: int, token: str, resources: Resources) -> dict[str, Any]:
     event: dict[str, Any] = json.loads((EVENTS / "sqs-download.json").read_text())
     [record] = event["Records"][:1]
     record["messageId"] = str(uuid.uuid4())
+    record["eventSourceARN"] = resources.local.get_att("DownloadQueue", "Arn")
     record["body"] = json.dumps({"request_id": str(request_id), "access_token": token})
     event["Records"] = [record]
     return event
@@ -267,56 +267,48 @@ def run_once(stack: LocalStack, scenario: Scenario, trigger: str, s3: Any) -> Ou
     """Invoke the handler once under ``scenario`` and judge the result."""
     bucket = f"faults-{uuid.uuid4().hex[:16]}"
     s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
-    resources = provision(stack.moto_url, bucket.removeprefix("faults-"))
+    resources = provision(stack.moto_url, bucket.removeprefix("faults-"), bucket=bucket)
     token = access_token()
     request_id = secrets.randbelow(2**63 - 2**60) + 2**60
     ready = stack.emulator.register(request_id, token, size=scenario.size, **scenario.emulator)
-    environment = {
-        "BUCKET_NAME": bucket,
-        "PART_SIZE_MIB": str(PART_MIB),
-        "UPLOAD_CONCURRENCY": "3",
-        **resources.environment(),
-    }
-    environment.update(scenario.environment)
+    # Each function with its template.yaml environment, and the scenario's changes on purpose.
+    lambdas = LambdaFunctions(
+        resources.template,
+        resources.local,
+        {"PartSizeMiB": str(PART_MIB), "UploadConcurrency": "3", **stack.parameters()},
+        stack.environment(),
+        scenario.environment,
+    )
     signatures: set[str] = set()
     with contextlib.ExitStack() as cleanup:
         if scenario.s3_failure is not None:
             proxy = cleanup.enter_context(S3FaultProxy(stack.moto_url, scenario.s3_failure))
-            environment["AWS_ENDPOINT_URL_S3"] = proxy.url
-        saved = {name: os.environ.get(name) for name in environment}
-        os.environ.update(environment)
-        runtime.reset()
-        try:
-            with _captured_output() as output:
-                if trigger == "api":
-                    answer = api.lambda_handler(
-                        _api_event(request_id, token), FakeLambdaContext("ApiFunction", scenario.remaining_ms)
-                    )
-                    body = json.loads(answer["body"])
-                    code = "ok" if answer["statusCode"] == 200 else body["error"]["code"]
-                    if "url" in body:
-                        signatures |= _signatures(body["url"])
-                        with urllib.request.urlopen(body["url"], timeout=60) as response:
-                            fetched = hashlib.sha256(response.read()).hexdigest()
-                        if fetched != ready["sha256"]:
-                            code = "url served other bytes"
-                else:
-                    sqs.lambda_handler(
-                        _sqs_event(request_id, token),
-                        FakeLambdaContext("WorkerFunction", scenario.remaining_ms),
-                    )
-                    code = "ok"
-            logged = output.getvalue()
-            for line in logged.splitlines():
-                if '"download failed' in line:
-                    code = json.loads(line).get("error_code", "unknown")
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-            runtime.reset()
+            lambdas.override(AWS_ENDPOINT_URL_S3=proxy.url)
+        cleanup.callback(lambdas.restore)
+        cleanup.enter_context(lambdas.running("ApiFunction" if trigger == "api" else "WorkerFunction"))
+        with _captured_output() as output:
+            if trigger == "api":
+                answer = api.lambda_handler(
+                    _api_event(request_id, token), FakeLambdaContext("ApiFunction", scenario.remaining_ms)
+                )
+                body = json.loads(answer["body"])
+                code = "ok" if answer["statusCode"] == 200 else body["error"]["code"]
+                if "url" in body:
+                    signatures |= _signatures(body["url"])
+                    with urllib.request.urlopen(body["url"], timeout=60) as response:
+                        fetched = hashlib.sha256(response.read()).hexdigest()
+                    if fetched != ready["sha256"]:
+                        code = "url served other bytes"
+            else:
+                sqs.lambda_handler(
+                    _sqs_event(request_id, token, resources),
+                    FakeLambdaContext("WorkerFunction", scenario.remaining_ms),
+                )
+                code = "ok"
+        logged = output.getvalue()
+        for line in logged.splitlines():
+            if '"download failed' in line:
+                code = json.loads(line).get("error_code", "unknown")
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     corrupt = 0
     for key in keys:
@@ -348,8 +340,6 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     started = time.monotonic()
     with LocalStack() as stack:
-        os.environ.update(stack.environment())
-        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO")
         s3 = boto3.client("s3", endpoint_url=stack.moto_url, region_name=REGION)
         for name, make in FAULTS.items():
             if args.only not in name:

@@ -20,6 +20,7 @@ from typing import Any
 
 import boto3
 
+from tests.harness.cfn_template import LocalResources, Template
 from tests.harness.emulator_control import Emulator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +108,8 @@ class LocalStack:
         self._processes.clear()
 
     def environment(self) -> dict[str, str]:
-        """AWS and TikTok endpoints for the function and for boto3, with dummy credentials."""
+        """What the local stack adds to a function's template environment: the AWS endpoints (moto) and
+        credentials Lambda would provide, and TikTok's origin (the emulator)."""
         return {
             "AWS_ENDPOINT_URL": self.moto_url,
             "AWS_ENDPOINT_URL_S3": self.moto_url,
@@ -116,8 +118,11 @@ class LocalStack:
             "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": REGION,
             "AWS_REGION": REGION,
-            "TIKTOK_API_BASE_URL": self.emulator.url,
         }
+
+    def parameters(self) -> dict[str, str]:
+        """Template parameters that point the stack at the local TikTok (the emulator)."""
+        return {"TikTokApiBaseUrl": self.emulator.url}
 
     def reset_aws(self) -> None:
         """Drop every resource moto holds."""
@@ -128,22 +133,33 @@ class LocalStack:
 
 @dataclass
 class Resources:
-    """What the stack's template creates besides the bucket, created in moto for one test or demo."""
+    """What template.yaml creates, made in moto for one test or one demo run.
+
+    ``local`` says what each logical id of the template is locally (its Ref value and attributes), so
+    that :class:`tests.harness.functions.LambdaFunctions` can resolve each function's environment and
+    policies from the template itself.
+    """
 
     moto_url: str
-    table: str
-    queue_url: str
-    key_id: str
-    events_queue_url: str
+    template: Template
+    local: LocalResources
+    events_queue_url: str = ""
 
-    def environment(self) -> dict[str, str]:
-        """The function's variables that point at these resources."""
-        return {
-            "DOWNLOADS_TABLE_NAME": self.table,
-            "DOWNLOAD_QUEUE_URL": self.queue_url,
-            "TOKEN_KMS_KEY_ID": self.key_id,
-            "EVENT_BUS_NAME": "default",
-        }
+    @property
+    def table(self) -> str:
+        return self.local.ref("DownloadsTable")
+
+    @property
+    def queue_url(self) -> str:
+        return self.local.ref("DownloadQueue")
+
+    @property
+    def key_id(self) -> str:
+        return self.local.ref("TokenKey")
+
+    @property
+    def bucket(self) -> str:
+        return self.local.ref("ArchiveBucket")
 
     def client(self, service: str) -> Any:
         return boto3.client(
@@ -155,7 +171,7 @@ class Resources:
         )
 
     def events(self) -> list[dict[str, Any]]:
-        """Every completion event published so far (a rule on the default bus copies them to a queue)."""
+        """Every event published so far (a rule on the default bus copies them to a queue)."""
         sqs = self.client("sqs")
         found: list[dict[str, Any]] = []
         while True:
@@ -167,40 +183,96 @@ class Resources:
                 found.append(json.loads(message["Body"]))
                 sqs.delete_message(QueueUrl=self.events_queue_url, ReceiptHandle=message["ReceiptHandle"])
 
-    def queued_messages(self) -> list[dict[str, Any]]:
-        """The download queue's messages (left in the queue, visible again after 0 s)."""
+    def queued_messages(self, queue: str = "DownloadQueue") -> list[dict[str, Any]]:
+        """A queue's messages (left in the queue, visible again after 0 s)."""
         sqs = self.client("sqs")
-        answer = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+        answer = sqs.receive_message(
+            QueueUrl=self.local.ref(queue), MaxNumberOfMessages=10, VisibilityTimeout=0
+        )
         return answer.get("Messages", [])  # type: ignore[no-any-return]
 
-    def item(self, request_id: int) -> dict[str, Any] | None:
+    def item(self, request_id: int | str, table: str = "DownloadsTable") -> dict[str, Any] | None:
         """The raw DynamoDB item of ``request_id``."""
         answer = self.client("dynamodb").get_item(
-            TableName=self.table, Key={"request_id": {"S": str(request_id)}}, ConsistentRead=True
+            TableName=self.local.ref(table), Key={"request_id": {"S": str(request_id)}}, ConsistentRead=True
         )
         item: dict[str, Any] | None = answer.get("Item")
         return item
 
 
-def provision(moto_url: str, name: str) -> Resources:
-    """Create the downloads table, the download queue, the token key and an event capture in moto."""
-    resources = Resources(moto_url, f"downloads-{name}", "", "", "")
-    dynamodb, sqs = resources.client("dynamodb"), resources.client("sqs")
-    dynamodb.create_table(
-        TableName=resources.table,
-        KeySchema=[{"AttributeName": "request_id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "request_id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    resources.queue_url = sqs.create_queue(QueueName=f"downloads-{name}")["QueueUrl"]
-    resources.key_id = resources.client("kms").create_key(Description="tokens")["KeyMetadata"]["KeyId"]
-    resources.events_queue_url = sqs.create_queue(QueueName=f"events-{name}")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=resources.events_queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    events = resources.client("events")
-    events.put_rule(
-        Name=f"capture-{name}", EventPattern=json.dumps({"source": ["tiktok-archive"]}), State="ENABLED"
-    )
-    events.put_targets(Rule=f"capture-{name}", Targets=[{"Id": "capture", "Arn": arn}])
+def provision(
+    moto_url: str, suffix: str, *, bucket: str | None = None, template: Template | None = None
+) -> Resources:
+    """Create in moto every resource of template.yaml that the functions use, named ``…-{suffix}``.
+
+    Tables get the template's key schema and indexes, queues its attributes, the secret a test value
+    (:data:`APP_SECRET`). The archive bucket is ``bucket`` when given (already created). Resources the
+    functions do not touch (roles, the API, log groups …) get a placeholder name. Also creates an event
+    capture: a rule on the default bus that copies the stack's events to a queue.
+    """
+    template = template or Template.load()
+    parameters = template.parameters()
+    local = LocalResources()
+    client = Resources(moto_url, template, local).client
+    for logical_id, resource in template.document["Resources"].items():
+        kind = resource["Type"]
+        properties = resource.get("Properties") or {}
+        name = f"{logical_id.lower()}-{suffix}"[:63]
+        if kind == "AWS::S3::Bucket":
+            if bucket is None:
+                client("s3").create_bucket(
+                    Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION}
+                )
+            local = local.with_bucket(logical_id, bucket or name)
+        elif kind == "AWS::DynamoDB::Table":
+            _create_table(client("dynamodb"), name, template.resolve(properties, local, parameters))
+            local = local.with_table(logical_id, name)
+        elif kind == "AWS::SQS::Queue":
+            url = client("sqs").create_queue(QueueName=name)["QueueUrl"]
+            local = local.with_queue(logical_id, url)
+        elif kind == "AWS::KMS::Key":
+            key = client("kms").create_key(Description=logical_id)["KeyMetadata"]
+            local = local.with_key(logical_id, key["Arn"])
+        elif kind == "AWS::SecretsManager::Secret":
+            arn = client("secretsmanager").create_secret(Name=name, SecretString=json.dumps(APP_SECRET))[
+                "ARN"
+            ]
+            local = local.with_resource(logical_id, arn, Id=arn)
+        elif kind == "AWS::Logs::LogGroup":
+            local = local.with_log_group(logical_id, name)
+        else:
+            arn = f"arn:aws:{kind.split('::')[1].lower()}:{REGION}:{local.account_id}:{name}"
+            local = local.with_resource(logical_id, name, Arn=arn)
+    resources = Resources(moto_url, template, local)
+    resources.events_queue_url = _event_capture(resources, suffix)
     return resources
+
+
+# The app's credentials in the local secret (the emulator's defaults: see tiktok_emulator).
+APP_SECRET = {"client_key": "awtestclientkey0001", "client_secret": "test-client-secret-0001"}
+
+
+def _create_table(dynamodb: Any, name: str, properties: dict[str, Any]) -> None:
+    spec: dict[str, Any] = {
+        "TableName": name,
+        "KeySchema": properties["KeySchema"],
+        "AttributeDefinitions": properties["AttributeDefinitions"],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    if properties.get("GlobalSecondaryIndexes"):
+        spec["GlobalSecondaryIndexes"] = [
+            {key: index[key] for key in ("IndexName", "KeySchema", "Projection")}
+            for index in properties["GlobalSecondaryIndexes"]
+        ]
+    dynamodb.create_table(**spec)
+
+
+def _event_capture(resources: Resources, suffix: str) -> str:
+    sqs, events = resources.client("sqs"), resources.client("events")
+    url: str = sqs.create_queue(QueueName=f"events-{suffix}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(
+        Name=f"capture-{suffix}", EventPattern=json.dumps({"source": ["tiktok-archive"]}), State="ENABLED"
+    )
+    events.put_targets(Rule=f"capture-{suffix}", Targets=[{"Id": "capture", "Arn": arn}])
+    return url

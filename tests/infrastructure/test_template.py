@@ -120,8 +120,12 @@ def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
         ("sqs:SendMessage", json.dumps({"Fn::GetAtt": ["DownloadQueue", "Arn"]})),
         ("kms:Encrypt", json.dumps({"Fn::GetAtt": ["TokenKey", "Arn"]})),
     }
-    [decrypt] = worker_policies[2]["Statement"]
+    decrypt, redeliver = worker_policies[2]["Statement"]
     assert (decrypt["Action"], decrypt["Resource"]) == ("kms:Decrypt", {"Fn::GetAtt": ["TokenKey", "Arn"]})
+    assert (redeliver["Action"], redeliver["Resource"]) == (
+        "sqs:ChangeMessageVisibility",
+        {"Fn::GetAtt": ["DownloadQueue", "Arn"]},
+    )
     for statement in (decrypt, *[s for s in api_policies[2]["Statement"] if s["Action"] == "kms:Encrypt"]):
         purpose = statement["Condition"]["StringEquals"]["kms:EncryptionContext:purpose"]
         assert purpose == "tiktok-archive access token"
@@ -200,10 +204,11 @@ def test_each_function_has_time_to_notice_a_stall_and_still_stop_before_its_time
 ) -> None:
     # The work budget is the timeout less the deadline margin; a stall (one read timeout) must fit in it
     # with room to resume, so that Lambda never kills a function in the middle of an upload.
-    margin = template["Parameters"]["DeadlineMarginSeconds"]["Default"]
     for name in ("ApiFunction", "WorkerFunction"):
         properties = resources[name]["Properties"]
         variables = properties.get("Environment", {}).get("Variables", {})
+        parameter = variables.get("DEADLINE_MARGIN_SECONDS", {"Ref": "DeadlineMarginSeconds"})["Ref"]
+        margin = template["Parameters"][parameter]["Default"]
         read_timeout = int(variables.get("TIKTOK_READ_TIMEOUT_SECONDS", 30))
         assert properties["Timeout"] - margin >= 1.5 * read_timeout, name
 

@@ -101,7 +101,7 @@ def test_request_id_int64_max_reaches_tiktok_exactly(
 def test_url_lifetime_and_key_prefix_follow_the_settings(
     configure: Configure, emulator: Emulator, token: str
 ) -> None:
-    configure(PRESIGNED_URL_TTL_SECONDS="120", OBJECT_KEY_PREFIX="exports/tiktok/")
+    configure(parameters={"PresignedUrlTtlSeconds": "120", "ObjectKeyPrefix": "exports/tiktok/"})
     request_id = new_request_id()
     emulator.register(request_id, token, size=64 * 1024)
 
@@ -283,9 +283,9 @@ def test_unreachable_tiktok_is_502_upstream_unavailable(
 
 
 def test_missing_bucket_is_a_storage_error_not_a_bare_500(
-    configure: Configure, emulator: Emulator, token: str
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str
 ) -> None:
-    configure(BUCKET_NAME="no-such-bucket-for-archives")
+    s3.delete_bucket(Bucket=bucket)  # deleted behind the stack's back
     request_id = new_request_id()
     emulator.register(request_id, token, size=64 * 1024)
 

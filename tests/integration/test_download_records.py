@@ -26,6 +26,7 @@ from tests.conftest import (
     assert_nothing_left,
     call_api,
     call_worker,
+    functions,
     get_event,
     new_request_id,
     sqs_record,
@@ -50,7 +51,11 @@ def worker_in_another_container(record: dict[str, Any]) -> subprocess.Popen[str]
     return subprocess.Popen(
         [sys.executable, "-m", "tests.harness.invoke", "sqs", json.dumps({"Records": [record]})],
         cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}"},
+        env={
+            **os.environ,
+            **functions().environment("WorkerFunction"),
+            "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -61,7 +66,8 @@ def wait_for_status(resources: Resources, request_id: int, status: str, seconds:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         item = resources.item(request_id)
-        if item and item["status"]["S"] == status:
+        # moto applies an update in steps: a reader may see the item before its status.
+        if item and item.get("status", {}).get("S") == status:
             return
         time.sleep(0.05)
     raise AssertionError(f"the record never became {status}")
@@ -176,9 +182,11 @@ def test_a_crashed_attempts_claim_expires_and_a_later_delivery_succeeds(
 def test_permanent_failure_is_recorded_as_failed_and_not_retried(
     configure: Configure, emulator: Emulator, resources: Resources, s3: Any, bucket: str, token: str
 ) -> None:
-    # Given a token TikTok refuses the portability scope to
+    # Given a request whose owner TikTok confirms, but whose download TikTok refuses for good
     request_id = new_request_id()
-    emulator.register(request_id, token, scopes=["user.info.basic"])
+    emulator.register(
+        request_id, token, fault={"kind": "error", "status": 401, "code": "scope_not_authorized"}
+    )
     record = sqs_record(message(request_id, token))
 
     # When the worker gets the message
@@ -379,8 +387,8 @@ def test_async_post_without_a_queue_configured_is_a_json_500_naming_the_variable
 def test_a_job_that_cannot_be_queued_is_503_and_recorded_failed(
     configure: Configure, emulator: Emulator, resources: Resources, token: str
 ) -> None:
-    # Given a queue that does not exist (deleted, or a wrong URL in the configuration)
-    configure(DOWNLOAD_QUEUE_URL=resources.queue_url + "-gone")
+    # Given a queue that no longer exists (deleted behind the stack's back)
+    resources.client("sqs").delete_queue(QueueUrl=resources.queue_url)
     request_id = new_request_id()
     emulator.register(request_id, token)
 
@@ -424,7 +432,7 @@ def test_no_token_in_any_table_item_event_or_queue_message(
     ok, queued, refused, flaky = (new_request_id() for _ in range(4))
     emulator.register(ok, token)
     emulator.register(queued, token)
-    emulator.register(refused, token, scopes=["user.info.basic"])
+    emulator.register(refused, token, fault={"kind": "error", "status": 401, "code": "scope_not_authorized"})
     emulator.register(flaky, token, fault={"kind": "error", "status": 500, "code": "internal_error"})
     call_api(api_event(ok, token))
     call_api(api_event(queued, token, prefer="respond-async"))
@@ -447,3 +455,18 @@ def test_stack_without_the_table_is_a_configuration_error(
 
     assert (answer.status, answer.body["error"]["code"]) == (500, "configuration_error")
     assert "DOWNLOADS_TABLE_NAME" in answer.body["error"]["message"]
+
+
+def test_a_token_refused_at_check_status_is_acknowledged_and_writes_nothing(
+    configure: Configure, emulator: Emulator, resources: Resources, token: str
+) -> None:
+    # Given a token TikTok refuses the portability scope to
+    request_id = new_request_id()
+    emulator.register(request_id, token, scopes=["user.info.basic"])
+
+    result = call_worker([sqs_record(message(request_id, token))])
+
+    # Then the message is acknowledged (permanent), and nothing was recorded or published for it
+    assert result == {"batchItemFailures": []}
+    assert resources.item(request_id) is None
+    assert resources.events() == []

@@ -14,6 +14,7 @@ import pytest
 
 from tests.benchmarks.run import run_child
 from tests.conftest import MIB, new_request_id
+from tests.harness.functions import LambdaFunctions
 from tests.harness.local_stack import Emulator, LocalStack, Resources
 
 PART_MIB = 8
@@ -35,15 +36,19 @@ def measure(
         "key": f"archives/{request_id}.zip",
         "part_mib": PART_MIB,
         "concurrency": CONCURRENCY,
-        "environment": {
-            **stack.environment(),
-            **resources.environment(),
-            "BUCKET_NAME": bucket,
-            "PART_SIZE_MIB": str(PART_MIB),
-            "UPLOAD_CONCURRENCY": str(CONCURRENCY),
-            "POWERTOOLS_LOG_LEVEL": "WARNING",
-            "POWERTOOLS_METRICS_DISABLED": "true",
-        },
+        # The worker's environment from template.yaml, quiet.
+        "environment": LambdaFunctions(
+            resources.template,
+            resources.local,
+            {
+                "PartSizeMiB": str(PART_MIB),
+                "UploadConcurrency": str(CONCURRENCY),
+                "LogLevel": "WARNING",
+                **stack.parameters(),
+            },
+            stack.environment(),
+            {"POWERTOOLS_METRICS_DISABLED": "true"},
+        ).environment("WorkerFunction"),
     }
     result = run_child(spec)
     assert result["stored_bytes"] == ready["size_bytes"]

@@ -29,8 +29,9 @@ UNSENT_STATUSES = frozenset({429})
 # Backoff between tries: full jitter, uniform in [0, min(BACKOFF_MAX, BACKOFF_BASE * 2^(n-1))].
 BACKOFF_BASE_SECONDS = 0.25
 BACKOFF_MAX_SECONDS = 8.0
-# A Retry-After longer than this is not waited for in an invocation: it is passed on to the caller.
-RETRY_AFTER_MAX_SECONDS = 60.0
+# A Retry-After longer than this is not waited for in an invocation, which would pay for idle time: it
+# is passed on to the caller (the API answers 429 with it; a queued job comes back after it).
+RETRY_AFTER_MAX_SECONDS = 10.0
 
 
 class AttemptBudget:
