@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
+from tests.harness.tokens import access_token, refresh_token
 from tiktok_archive.adapters.crc32 import crc32_base64
-from tiktok_archive.observability import REDACTED, RedactingFormatter, redact_secrets
+from tiktok_archive.models.download import DownloadRequest, QueuedJob
+from tiktok_archive.models.portability import AppCredentials, TokenGrant
+from tiktok_archive.observability import (
+    REDACTED,
+    WIRE_LOGGERS,
+    RedactingFormatter,
+    install_scrubber,
+    redact_secrets,
+)
 
 
 def test_bearer_tokens_and_bare_tokens_are_redacted() -> None:
@@ -40,3 +50,55 @@ def test_formatter_scrubs_the_serialised_record() -> None:
 def test_crc32_is_encoded_like_s3_reports_it() -> None:
     # zlib.crc32(b"hello world") == 0x0D4A1185; S3 gives base64 of the 4 big-endian bytes.
     assert crc32_base64(0x0D4A1185) == "DUoRhQ=="
+
+
+def test_a_handler_on_the_root_logger_never_prints_a_token_from_any_logger() -> None:
+    # Given a plain handler on the root logger (as Lambda's runtime has), scrubbed like every handler
+    token = access_token()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s %(detail)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    install_scrubber()
+    library = logging.getLogger("some.library")
+    try:
+        # When a library logs the token in its message, its arguments, an extra field and an exception
+        try:
+            raise ValueError(f"refused {token}")
+        except ValueError:
+            library.error("call with %s failed", token, exc_info=True, extra={"detail": {"token": token}})
+    finally:
+        root.removeHandler(handler)
+
+    # Then the line, the extra field and the traceback hold no part of it
+    printed = stream.getvalue()
+    assert "call with act." in printed
+    assert token.partition(".")[2] not in printed
+    assert "refused act." in printed  # the traceback is there, scrubbed
+
+
+def test_wire_loggers_stay_at_warning_whatever_the_service_level() -> None:
+    install_scrubber()
+    for name in WIRE_LOGGERS:
+        assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
+    assert not logging.getLogger("botocore.endpoint").isEnabledFor(logging.DEBUG)
+
+
+def test_objects_holding_tokens_never_show_them() -> None:
+    token, refresh = access_token(), refresh_token()
+    shown = " ".join(
+        repr(value)
+        for value in (
+            QueuedJob(42, access_token=token),
+            QueuedJob(42, encrypted_access_token="c2VhbGVk" * 8),
+            DownloadRequest(42, token),
+            TokenGrant(token, 7200, refresh, 15552000, "open-id", "portability.all.single"),
+            AppCredentials("client-key", "client-secret-value"),
+        )
+    )
+    assert token not in shown
+    assert refresh not in shown
+    assert "c2VhbGVk" not in shown
+    assert "client-secret-value" not in shown
+    assert "42" in shown
