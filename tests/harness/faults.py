@@ -58,7 +58,7 @@ class Scenario:
     emulator: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     s3_failure: S3Failure | None = None
-    remaining_ms: int = 28_000
+    remaining_ms: int | None = None  # the function's template timeout when None
     expect: str = "ok"  # "ok", or the error code the caller must get
 
 
@@ -285,11 +285,13 @@ def run_once(stack: LocalStack, scenario: Scenario, trigger: str, s3: Any) -> Ou
             proxy = cleanup.enter_context(S3FaultProxy(stack.moto_url, scenario.s3_failure))
             lambdas.override(AWS_ENDPOINT_URL_S3=proxy.url)
         cleanup.callback(lambdas.restore)
-        cleanup.enter_context(lambdas.running("ApiFunction" if trigger == "api" else "WorkerFunction"))
+        function = "ApiFunction" if trigger == "api" else "WorkerFunction"
+        cleanup.enter_context(lambdas.running(function))
+        remaining_ms = scenario.remaining_ms or resources.template.function_timeout(function) * 1000
         with _captured_output() as output:
             if trigger == "api":
                 answer = api.lambda_handler(
-                    _api_event(request_id, token), FakeLambdaContext("ApiFunction", scenario.remaining_ms)
+                    _api_event(request_id, token), FakeLambdaContext("ApiFunction", remaining_ms)
                 )
                 body = json.loads(answer["body"])
                 code = "ok" if answer["statusCode"] == 200 else body["error"]["code"]
@@ -302,7 +304,7 @@ def run_once(stack: LocalStack, scenario: Scenario, trigger: str, s3: Any) -> Ou
             else:
                 sqs.lambda_handler(
                     _sqs_event(request_id, token, resources),
-                    FakeLambdaContext("WorkerFunction", scenario.remaining_ms),
+                    FakeLambdaContext("WorkerFunction", remaining_ms),
                 )
                 code = "ok"
         logged = output.getvalue()
@@ -340,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     started = time.monotonic()
     with LocalStack() as stack:
-        s3 = boto3.client("s3", endpoint_url=stack.moto_url, region_name=REGION)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=stack.moto_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         for name, make in FAULTS.items():
             if args.only not in name:
                 continue
