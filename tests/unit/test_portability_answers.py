@@ -1,0 +1,75 @@
+"""How TikTok's Check Status answers are read: only an answer about the very request asked confirms it."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from urllib3 import HTTPResponse
+
+from tests.harness.tokens import CHECK_STATUS_EXAMPLE
+from tiktok_archive.adapters.tiktok.budget import AttemptBudget
+from tiktok_archive.adapters.tiktok.portability import PortabilityEndpoints
+from tiktok_archive.models.deadline import Deadline
+from tiktok_archive.models.download import DownloadRequest
+from tiktok_archive.models.errors import TikTokApiError
+
+ASKED = 7234567890123456789
+
+
+class CannedTransport:
+    """Answers every POST with one canned TikTok document."""
+
+    def __init__(self, status: int, document: dict[str, Any]) -> None:
+        self._status, self._body = status, json.dumps(document).encode()
+
+    def post(self, path: str, budget: AttemptBudget, **_: Any) -> HTTPResponse:
+        budget.take()
+        return HTTPResponse(
+            body=io.BytesIO(self._body), status=self._status, preload_content=False, headers={}
+        )
+
+
+def check(status: int, document: dict[str, Any]) -> Any:
+    endpoints = PortabilityEndpoints(CannedTransport(status, document))  # type: ignore[arg-type]
+    return endpoints.check(DownloadRequest(ASKED, CHECK_STATUS_EXAMPLE), AttemptBudget(1, Deadline.after(30)))
+
+
+def ok(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data": data,
+        "error": {"code": "ok", "message": "", "log_id": "20240125230933D4C4606E87F0A61BE502"},
+    }
+
+
+@pytest.mark.parametrize("request_id", [ASKED, str(ASKED)])
+def test_an_answer_about_the_request_asked_confirms_it(request_id: object) -> None:
+    status = check(200, ok({"request_id": request_id, "status": "downloading", "apply_time": 1700000000}))
+    assert (status.request_id, status.status, status.apply_time) == (ASKED, "downloading", 1700000000)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"request_id": ASKED + 1, "status": "downloading"},  # another request
+        {"status": "downloading"},  # no request named
+        {"request_id": float(ASKED), "status": "downloading"},  # rounded through a double
+        {"request_id": ASKED},  # no status
+        {},
+    ],
+)
+def test_an_ok_answer_that_does_not_name_the_request_confirms_nothing(data: dict[str, Any]) -> None:
+    assert check(200, ok(data)) is None
+
+
+def test_an_error_answer_keeps_tiktoks_code_and_log_id_even_with_200() -> None:
+    document = {"data": {}, "error": {"code": "access_token_invalid", "message": "m", "log_id": "L1"}}
+    with pytest.raises(TikTokApiError) as raised:
+        check(200, document)
+    assert (raised.value.error_code, raised.value.status, raised.value.log_id) == (
+        "access_token_invalid",
+        401,
+        "L1",
+    )
