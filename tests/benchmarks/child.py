@@ -163,6 +163,7 @@ def _prepare(approach: str, spec: dict[str, Any]) -> Any:
         return run_managed
 
     from tiktok_archive import runtime
+    from tiktok_archive.adapters.tiktok import AttemptBudget
     from tiktok_archive.models.deadline import Deadline
     from tiktok_archive.models.download import DownloadRequest
 
@@ -172,7 +173,7 @@ def _prepare(approach: str, spec: dict[str, Any]) -> Any:
         def run_download_only() -> None:
             request = DownloadRequest(spec["request_id"], spec["token"])
             buffer = bytearray(spec["part_mib"] * MIB)
-            with client.open_archive(request, Deadline.after(900), resumes=0) as stream:
+            with client.open_archive(request, AttemptBudget(1, Deadline.after(900))) as stream:
                 while stream.readinto(buffer):
                     pass
 
