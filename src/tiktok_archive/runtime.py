@@ -11,16 +11,23 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
 from tiktok_archive.adapters import aws_clients
+from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.aws_clients import SMALL_CALLS, s3_limits
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords
+from tiktok_archive.adapters.grants import Grants
+from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
 from tiktok_archive.adapters.queue_visibility import MessageVisibility
 from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic.downloads import DownloadService
+from tiktok_archive.logic.requests import RequestLifecycle, Schedule
+from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.settings import Settings
@@ -121,24 +128,108 @@ def download_jobs() -> DownloadJobs:
 
 
 @functools.cache
+def download_records() -> DownloadRecords:
+    """The downloads table."""
+    config = settings()
+    return DownloadRecords(
+        aws_clients.client("dynamodb", SMALL_CALLS),
+        config.downloads_table_name,
+        timedelta(days=config.record_retention_days),
+    )
+
+
+@functools.cache
+def download_events() -> DownloadEvents:
+    """The event bus."""
+    return DownloadEvents(aws_clients.client("events", SMALL_CALLS), settings().event_bus_name)
+
+
+@functools.cache
+def app_credentials() -> AppCredentialsSource:
+    """The TikTok app's credentials (built on first use: only refreshes and webhooks need them).
+
+    Raises:
+        ConfigurationError: ``TIKTOK_APP_SECRET_ARN`` is not set.
+    """
+    config = settings()
+    if not config.app_secret_arn:
+        raise ConfigurationError("TIKTOK_APP_SECRET_ARN is required to refresh tokens and verify webhooks")
+    provider = SecretsProvider(boto3_client=aws_clients.client("secretsmanager", SMALL_CALLS))
+    return AppCredentialsSource(provider, config.app_secret_arn)
+
+
+@functools.cache
+def token_service() -> TokenService:
+    """Users' grants (built on first use).
+
+    Raises:
+        ConfigurationError: ``GRANTS_TABLE_NAME`` or ``TOKEN_KMS_KEY_ID`` is not set.
+    """
+    config = settings()
+    if not config.grants_table_name:
+        raise ConfigurationError("GRANTS_TABLE_NAME is required for requests added with POST /requests")
+    grants = Grants(
+        aws_clients.client("dynamodb", SMALL_CALLS),
+        config.grants_table_name,
+        timedelta(days=config.record_retention_days),
+    )
+    return TokenService(grants, token_vault(), tiktok_client(), app_credentials)
+
+
+@functools.cache
+def lifecycle_queue() -> LifecycleQueue:
+    """The queue of status checks and webhook work.
+
+    Raises:
+        ConfigurationError: ``LIFECYCLE_QUEUE_URL`` is not set.
+    """
+    config = settings()
+    if not config.lifecycle_queue_url:
+        raise ConfigurationError(
+            "LIFECYCLE_QUEUE_URL is required to follow requests added with POST /requests"
+        )
+    return LifecycleQueue(aws_clients.client("sqs", SMALL_CALLS), config.lifecycle_queue_url)
+
+
+@functools.cache
 def download_service() -> DownloadService:
     """The container's download service (records, ownership, events around the transfer).
 
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
-    config = settings()
     return DownloadService(
         transfer_service(),
-        DownloadRecords(
-            aws_clients.client("dynamodb", SMALL_CALLS),
-            config.downloads_table_name,
-            timedelta(days=config.record_retention_days),
-        ),
+        download_records(),
         tiktok_client(),
-        DownloadEvents(aws_clients.client("events", SMALL_CALLS), config.event_bus_name),
+        download_events(),
         download_jobs,
         token_vault,
+        token_service,
+    )
+
+
+@functools.cache
+def request_lifecycle() -> RequestLifecycle:
+    """The container's request lifecycle service (add, follow, cancel).
+
+    Raises:
+        ConfigurationError: the environment is invalid (the message names the variable).
+    """
+    config = settings()
+    return RequestLifecycle(
+        tiktok_client(),
+        download_records(),
+        token_service(),
+        download_events(),
+        lifecycle_queue(),
+        download_jobs,
+        transfer_service(),
+        Schedule(
+            config.status_poll_initial_seconds,
+            max(config.status_poll_initial_seconds, config.status_poll_max_seconds),
+            timedelta(hours=config.status_poll_give_up_hours),
+        ),
     )
 
 
@@ -156,6 +247,12 @@ def start_invocation(remaining_ms: int) -> None:
 def reset() -> None:
     """Forget everything built so the next call reads the environment again (tests only)."""
     for built in (
+        request_lifecycle,
+        lifecycle_queue,
+        token_service,
+        app_credentials,
+        download_events,
+        download_records,
         download_service,
         download_jobs,
         token_vault,

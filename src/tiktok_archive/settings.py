@@ -82,6 +82,20 @@ class Settings:
             ``adaptive``).
         s3_max_attempts: botocore's attempts per S3 call, first one included (``S3_MAX_ATTEMPTS``, 1–10,
             default 5).
+        grants_table_name: the DynamoDB table of users' sealed tokens (``GRANTS_TABLE_NAME``; needed by
+            ``POST /requests`` and whatever acts for a user without a caller).
+        lifecycle_queue_url: the queue of status checks and webhook work (``LIFECYCLE_QUEUE_URL``).
+        app_secret_arn: the Secrets Manager secret ``{"client_key", "client_secret"}`` of the TikTok app
+            (``TIKTOK_APP_SECRET_ARN``; needed to refresh tokens and to verify webhooks).
+        status_poll_initial_seconds: the first status check of an added request comes this long after
+            it (``STATUS_POLL_INITIAL_SECONDS``, 1–900, default 60); each next one twice as long after…
+        status_poll_max_seconds: …up to this (``STATUS_POLL_MAX_SECONDS``, 1–900, default 900: SQS's
+            longest delay).
+        status_poll_give_up_hours: a request still being prepared after this long is given up
+            (``STATUS_POLL_GIVE_UP_HOURS``, 1–8760, default 168).
+        status_poll_pace_ms: the least time between two TikTok calls of one lifecycle invocation
+            (``STATUS_POLL_PACE_MS``, 0–10000, default 150): with the template's concurrency cap, what
+            keeps many users' checks under TikTok's rate limit.
     """
 
     bucket_name: str
@@ -102,6 +116,13 @@ class Settings:
     memory_mib: int | None = None
     s3_retry_mode: Literal["standard", "adaptive"] = "standard"
     s3_max_attempts: int = 5
+    grants_table_name: str = ""
+    lifecycle_queue_url: str = ""
+    app_secret_arn: str = ""
+    status_poll_initial_seconds: int = 60
+    status_poll_max_seconds: int = 900
+    status_poll_give_up_hours: int = 168
+    status_poll_pace_ms: int = 150
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -161,6 +182,13 @@ class Settings:
                 _choice(env, "S3_RETRY_MODE", "standard", ("standard", "adaptive")),
             ),
             s3_max_attempts=_int(env, "S3_MAX_ATTEMPTS", 5, 1, 10),
+            grants_table_name=env.get("GRANTS_TABLE_NAME", "").strip(),
+            lifecycle_queue_url=env.get("LIFECYCLE_QUEUE_URL", "").strip(),
+            app_secret_arn=env.get("TIKTOK_APP_SECRET_ARN", "").strip(),
+            status_poll_initial_seconds=_int(env, "STATUS_POLL_INITIAL_SECONDS", 60, 1, 900),
+            status_poll_max_seconds=_int(env, "STATUS_POLL_MAX_SECONDS", 900, 1, 900),
+            status_poll_give_up_hours=_int(env, "STATUS_POLL_GIVE_UP_HOURS", 168, 1, 8760),
+            status_poll_pace_ms=_int(env, "STATUS_POLL_PACE_MS", 150, 0, 10_000),
             memory_mib=memory,
         )
 

@@ -39,6 +39,9 @@ def template() -> Template:
     return Template.load()
 
 
+SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:tiktokappsecret-abc-AbCdEf"
+
+
 @pytest.fixture(scope="module")
 def local() -> LocalResources:
     return (
@@ -50,6 +53,11 @@ def local() -> LocalResources:
         .with_key("TokenKey", KEY_ID)
         .with_log_group("ApiFunctionLogGroup", "/aws/lambda/api")
         .with_log_group("WorkerFunctionLogGroup", "/aws/lambda/worker")
+        .with_log_group("LifecycleFunctionLogGroup", "/aws/lambda/lifecycle")
+        .with_table("GrantsTable", "grants-abc")
+        .with_queue("LifecycleQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-abc")
+        .with_queue("LifecycleDeadLetterQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-dlq-abc")
+        .with_resource("TikTokAppSecret", SECRET_ARN, Id=SECRET_ARN)
     )
 
 
@@ -101,7 +109,7 @@ def test_numeric_allowed_values_accept_the_listed_number(template: Template) -> 
 
 def test_every_function_environment_resolves_to_strings(template: Template, local: LocalResources) -> None:
     functions = template.functions()
-    assert functions == ["ApiFunction", "WorkerFunction"]
+    assert functions == ["ApiFunction", "WorkerFunction", "LifecycleFunction"]
     for overrides in ({}, {"PartSizeMiB": "16", "UploadConcurrency": "2"}):
         parameters = template.parameters(overrides)
         for function in functions:
@@ -142,7 +150,7 @@ def test_function_variables_override_globals(template: Template, local: LocalRes
         assert set(environment) >= LAMBDA_SET
 
 
-def test_the_queue_url_is_the_api_functions_alone(template: Template, local: LocalResources) -> None:
+def test_the_queue_url_is_not_the_workers(template: Template, local: LocalResources) -> None:
     # Today's truth; the general property is test_function_variables_override_globals.
     assert template.function_environment("ApiFunction", local)["DOWNLOAD_QUEUE_URL"] == QUEUE_URL
     assert "DOWNLOAD_QUEUE_URL" not in template.function_environment("WorkerFunction", local)
@@ -301,7 +309,7 @@ def test_api_may_encrypt_tokens_only_for_their_purpose(
     assert "AccountAdministers" in allowed.reason
 
 
-def test_decrypt_is_the_workers_alone(
+def test_decrypt_is_for_the_functions_acting_for_users_not_the_api(
     template: Template, local: LocalResources, policies: dict[str, list[dict[str, Any]]]
 ) -> None:
     key_policy = template.key_policy("TokenKey", local)
@@ -316,6 +324,7 @@ def test_decrypt_is_the_workers_alone(
     )
     requirement = only(required_permissions(decrypt))
     assert evaluate(requirement, policies["WorkerFunction"], key_policy).allowed
+    assert evaluate(requirement, policies["LifecycleFunction"], key_policy).allowed
     assert not evaluate(requirement, policies["ApiFunction"], key_policy).allowed
     with pytest.raises(ValueError, match="KeyArn"):
         required_permissions(call("WorkerFunction", "kms", "Decrypt", CiphertextBlob=b"x"))
@@ -363,7 +372,7 @@ def test_objects_under_the_prefix_only_and_tls_only(
 ) -> None:
     bucket_policy = template.bucket_policy_statements("ArchiveBucket", local)
     assert [s["Sid"] for s in bucket_policy] == ["DenyInsecureTransport"]
-    for function in template.functions():
+    for function in ("ApiFunction", "WorkerFunction"):  # the functions that store archives
         statements = policies[function]
         for operation in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):
             inside = only(
@@ -398,12 +407,14 @@ def test_objects_under_the_prefix_only_and_tls_only(
         get = only(required_permissions(presigned))
         assert (get.action, get.context["s3:authType"]) == ("s3:GetObject", "REST-QUERY-STRING")
         assert evaluate(get, statements, bucket_policy).allowed
-        delete = only(
-            required_permissions(
-                call(function, "s3", "DeleteObject", Bucket="archive-bucket-abc", Key="archives/1.zip")
+        # A cancelled request's archive is deleted — under the prefix only.
+        for key, allowed in (("archives/1.zip", True), ("other/1.zip", False)):
+            delete = only(
+                required_permissions(
+                    call(function, "s3", "DeleteObject", Bucket="archive-bucket-abc", Key=key)
+                )
             )
-        )
-        assert not evaluate(delete, statements, bucket_policy).allowed
+            assert evaluate(delete, statements, bucket_policy).allowed is allowed
 
 
 def test_records_and_events(policies: dict[str, list[dict[str, Any]]]) -> None:

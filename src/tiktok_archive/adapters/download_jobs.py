@@ -60,6 +60,18 @@ class DownloadJobs:
             raise aws_failure(QueueError, "SQS SendMessage", error) from None
         return answer["MessageId"]
 
+    def send_for_grant(self, request_id: int) -> None:
+        """Queue the download of a request whose token the user's stored grant provides.
+
+        Raises:
+            QueueError: SQS failed; nothing was queued.
+        """
+        body = {"request_id": str(request_id), "source": "grant"}
+        try:
+            self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(body))
+        except (ClientError, BotoCoreError) as error:
+            raise aws_failure(QueueError, "SQS SendMessage", error) from None
+
 
 def open_job_token(vault: TokenVault, request_id: int, sealed: str) -> str:
     """The access token of a queued job.

@@ -1,14 +1,18 @@
-"""Download records in DynamoDB (boto3), claimed with conditional writes.
+"""Download records in DynamoDB (boto3), every change a conditional write.
 
 One item per ``request_id`` (partition key, a decimal string). The claim is a lease: a conditional
-update succeeds only when nobody holds the download (no item, ``queued``, ``failed``, or
+update succeeds only when nobody holds the download (no item, ``waiting``, ``queued``, ``failed``, or
 ``in_progress`` with a lapsed lease), records who holds it and until when, and counts the attempt. The
-holder alone may then complete or fail it. A completed download is never claimed again. ``expires_at``
-is the table's TTL attribute: the record goes when its archive does.
+holder alone may then report progress, complete or fail it — and learns from a refused write that the
+download was cancelled meanwhile. The status schedule of a waiting request advances only from the check
+it expects (``poll_seq``), so a duplicated or late check changes nothing. ``expires_at`` is the table's
+TTL attribute: the record goes when its archive does. The sparse index ``by-user`` (on ``user_openid``)
+finds a user's records.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +23,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.models.download import format_utc, parse_utc
-from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, RecordedError
+from tiktok_archive.models.download_record import (
+    DownloadRecord,
+    DownloadStatus,
+    Preparation,
+    Progress,
+    RecordedError,
+)
 from tiktok_archive.models.errors import RecordStoreError, TransferError
 from tiktok_archive.observability import logger
 
@@ -27,9 +37,14 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 Item = Mapping[str, Any]
+BY_USER_INDEX = "by-user"
 _NAMES = {"#status": "status", "#key": "key", "#bucket": "bucket"}
 _ERROR_FIELDS = "error_code, error_message, error_log_id, error_transient"
 _LEASE_FIELDS = "lease_expires_at, lease_owner"
+_PROGRESS_FIELDS = "progress_bytes, progress_parts, progress_mib_s, progress_at"
+_SCHEDULE_FIELDS = "next_check_at, poll_interval"
+# Statuses after which nothing changes but by the owner's or TikTok's word.
+_ENDED = (DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED)
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class Claimed:
 
 @dataclass(frozen=True)
 class Held:
-    """The download cannot be claimed: it is completed, or another invocation holds it."""
+    """The write did not happen: the record is not in the state it needed (its state is ``record``)."""
 
     record: DownloadRecord
 
@@ -61,6 +76,7 @@ class DownloadRecords:
         self._table = table
         self._retention = retention
 
+    # -- reading -----------------------------------------------------------------------------------
     def get(self, request_id: int) -> DownloadRecord | None:
         """The record of ``request_id``, or None.
 
@@ -74,8 +90,216 @@ class DownloadRecords:
         item = answer.get("Item")
         return _record(item) if item else None
 
+    def of_user(self, user_openid: str) -> list[DownloadRecord]:
+        """Every record of ``user_openid`` (the ``by-user`` index; eventually consistent).
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        records: list[DownloadRecord] = []
+        start: dict[str, Any] | None = None
+        while True:
+            query: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": BY_USER_INDEX,
+                "KeyConditionExpression": "user_openid = :user",
+                "ExpressionAttributeValues": {":user": {"S": user_openid}},
+            }
+            if start:
+                query["ExclusiveStartKey"] = start
+            try:
+                answer = self._client.query(**query)
+            except (ClientError, BotoCoreError) as error:
+                raise _store_error("Query", error) from None
+            records += [_record(item) for item in answer.get("Items", [])]
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                return records
+
+    # -- a request added with POST /requests ----------------------------------------------------------
+    def create_waiting(
+        self,
+        request_id: int,
+        *,
+        grant_id: str,
+        user_openid: str | None,
+        preparation: Preparation,
+        poll_interval: int,
+    ) -> DownloadRecord | Held:
+        """Record a request TikTok just accepted: ``waiting``, its first check at ``next_check_at``.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        now = _now()
+        values: dict[str, Any] = {
+            ":waiting": {"S": DownloadStatus.WAITING.value},
+            ":now": {"S": format_utc(now)},
+            ":zero": {"N": "0"},
+            ":origin": {"S": "request"},
+            ":grant": {"S": grant_id},
+            ":format": {"S": preparation.data_format},
+            ":categories": {"L": [{"S": c} for c in preparation.categories]},
+            ":next": {"S": format_utc(_required(preparation.next_check_at))},
+            ":give_up": {"S": format_utc(_required(preparation.give_up_at))},
+            ":interval": {"N": str(poll_interval)},
+            ":expires": {"N": str(int((_required(preparation.give_up_at) + self._retention).timestamp()))},
+        }
+        user = ""
+        if user_openid:
+            values[":user"] = {"S": user_openid}
+            user = ", user_openid = :user"
+        expression = (
+            "SET #status = :waiting, created_at = :now, updated_at = :now, attempts = :zero, "
+            "origin = :origin, grant_id = :grant, data_format = :format, categories = :categories, "
+            "next_check_at = :next, give_up_at = :give_up, poll_interval = :interval, poll_seq = :zero, "
+            f"checks = :zero, expires_at = :expires{user}"
+        )
+        updated = self._conditional_update(request_id, expression, "attribute_not_exists(request_id)", values)
+        return updated if isinstance(updated, Held) else _record(updated)
+
+    def advance_schedule(
+        self,
+        request_id: int,
+        seq: int,
+        *,
+        tiktok_status: str | None,
+        apply_time: datetime | None,
+        collect_time: datetime | None,
+        next_check_at: datetime,
+        poll_interval: int,
+    ) -> DownloadRecord | Held:
+        """Record a status check (number ``seq``) that found the request still being prepared.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        values = self._check_values(seq, tiktok_status, apply_time, collect_time)
+        values[":next_check"] = {"S": format_utc(next_check_at)}
+        values[":interval"] = {"N": str(poll_interval)}
+        expression = (
+            f"{self._check_expression(values)}, next_check_at = :next_check, poll_interval = :interval"
+        )
+        return self._on_schedule(request_id, expression, values)
+
+    def mark_ready(
+        self,
+        request_id: int,
+        seq: int,
+        *,
+        apply_time: datetime | None,
+        collect_time: datetime | None,
+        lease: timedelta,
+    ) -> DownloadRecord | Held:
+        """A status check (number ``seq``) found the archive ready: ``waiting`` → ``queued``.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        values = self._check_values(seq, "downloading", apply_time, collect_time)
+        values[":queued"] = {"S": DownloadStatus.QUEUED.value}
+        values[":lease"] = {"N": str(int((_now() + lease).timestamp()) + 1)}
+        expression = (
+            f"{self._check_expression(values)}, #status = :queued, lease_expires_at = :lease "
+            f"REMOVE {_SCHEDULE_FIELDS}"
+        )
+        return self._on_schedule(request_id, expression, values)
+
+    def queue_now(self, request_id: int, lease: timedelta) -> DownloadRecord | Held:
+        """TikTok announced the archive ready (a webhook): ``waiting`` → ``queued``, whatever the check.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        now = _now()
+        values = {
+            ":waiting": {"S": DownloadStatus.WAITING.value},
+            ":queued": {"S": DownloadStatus.QUEUED.value},
+            ":now": {"S": format_utc(now)},
+            ":lease": {"N": str(int((now + lease).timestamp()) + 1)},
+            ":one": {"N": "1"},
+        }
+        expression = (
+            "SET #status = :queued, updated_at = :now, lease_expires_at = :lease, "
+            f"poll_seq = poll_seq + :one REMOVE {_SCHEDULE_FIELDS}"
+        )
+        updated = self._conditional_update(request_id, expression, "#status = :waiting", values)
+        return updated if isinstance(updated, Held) else _record(updated)
+
+    def end(
+        self,
+        request_id: int,
+        status: DownloadStatus,
+        *,
+        error: TransferError | None = None,
+        seq: int | None = None,
+        tiktok_status: str | None = None,
+    ) -> DownloadRecord | Held:
+        """End the download: ``expired``, ``cancelled``, ``revoked``, or ``failed`` for a waiting request.
+
+        ``error`` says why it failed. The archive's location is forgotten, the claim and the schedule
+        dropped.
+
+        ``seq``: only if the schedule expects that check (a status check ending it); otherwise from any
+        status not already ended (a failure only from ``waiting``).
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        now = _now()
+        values: dict[str, Any] = {
+            ":status": {"S": status.value},
+            ":now": {"S": format_utc(now)},
+            ":expires": {"N": str(int((now + self._retention).timestamp()))},
+        }
+        sets = ["#status = :status", "updated_at = :now", "expires_at = :expires"]
+        removes = [_LEASE_FIELDS, _SCHEDULE_FIELDS, _PROGRESS_FIELDS]
+        if error is not None:
+            values.update(_error_values(error))
+            sets.append("error_code = :code, error_message = :message, error_transient = :transient")
+            if error.log_id is not None:
+                sets.append("error_log_id = :log_id")
+        else:
+            removes.append(_ERROR_FIELDS)
+        if tiktok_status is not None:
+            values[":tiktok_status"] = {"S": tiktok_status}
+            sets.append("tiktok_status = :tiktok_status")
+        if status is not DownloadStatus.FAILED:
+            removes.append("#key, #bucket, size_bytes, checksum, manifest")
+        if seq is not None:
+            values.update({":waiting": {"S": DownloadStatus.WAITING.value}, ":seq": {"N": str(seq)}})
+            condition = "#status = :waiting AND poll_seq = :seq"
+        elif status is DownloadStatus.FAILED:
+            values[":waiting"] = {"S": DownloadStatus.WAITING.value}
+            condition = "#status = :waiting"
+        else:
+            values.update({f":ended{i}": {"S": s.value} for i, s in enumerate(_ENDED)})
+            condition = "attribute_exists(request_id) AND NOT #status IN (:ended0, :ended1, :ended2)"
+        expression = f"SET {', '.join(sets)} REMOVE {', '.join(removes)}"
+        updated = self._conditional_update(request_id, expression, condition, values)
+        return updated if isinstance(updated, Held) else _record(updated)
+
+    def set_user(self, request_id: int, user_openid: str) -> None:
+        """Record the request's user, learned from a token refresh (never raises: purge is best effort)."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(request_id),
+                UpdateExpression="SET user_openid = :user",
+                ConditionExpression="attribute_exists(request_id) AND attribute_not_exists(user_openid)",
+                ExpressionAttributeValues={":user": {"S": user_openid}},
+            )
+        except (ClientError, BotoCoreError) as error:
+            code = error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None
+            if code != "ConditionalCheckFailedException":
+                logger.warning(
+                    "the request's user was not recorded",
+                    extra=_store_error("UpdateItem", error).log_fields(),
+                )
+
+    # -- a download ------------------------------------------------------------------------------
     def claim(self, request_id: int, bucket: str, key: str, lease: timedelta) -> Claimed | Held:
-        """Take the download of ``request_id`` for ``lease``, unless it is completed or held.
+        """Take the download of ``request_id`` for ``lease``, unless it is final or held.
 
         Raises:
             RecordStoreError: DynamoDB failed.
@@ -84,6 +308,7 @@ class DownloadRecords:
         owner = uuid.uuid4().hex
         values = {
             ":in_progress": {"S": DownloadStatus.IN_PROGRESS.value},
+            ":waiting": {"S": DownloadStatus.WAITING.value},
             ":queued": {"S": DownloadStatus.QUEUED.value},
             ":failed": {"S": DownloadStatus.FAILED.value},
             ":now": {"S": format_utc(now)},
@@ -100,10 +325,11 @@ class DownloadRecords:
             "SET #status = :in_progress, lease_expires_at = :lease, lease_owner = :owner, "
             "updated_at = :now, created_at = if_not_exists(created_at, :now), "
             "attempts = if_not_exists(attempts, :zero) + :one, #bucket = :bucket, #key = :key, "
-            f"expires_at = :expires REMOVE {_ERROR_FIELDS}"
+            "poll_seq = if_not_exists(poll_seq, :zero) + :one, "
+            f"expires_at = :expires REMOVE {_ERROR_FIELDS}, {_PROGRESS_FIELDS}, {_SCHEDULE_FIELDS}"
         )
         condition = (
-            "attribute_not_exists(request_id) OR #status IN (:queued, :failed) "
+            "attribute_not_exists(request_id) OR #status IN (:waiting, :queued, :failed) "
             "OR (#status = :in_progress AND lease_expires_at < :now_epoch)"
         )
         updated = self._conditional_update(request_id, expression, condition, values)
@@ -112,7 +338,7 @@ class DownloadRecords:
         return Claimed(_record(updated), owner)
 
     def enqueue(self, request_id: int, lease: timedelta) -> DownloadRecord | Held:
-        """Mark ``request_id`` queued for the worker, unless it is completed or held.
+        """Mark ``request_id`` queued for the worker, unless it is final or held.
 
         A queued record is claimable by any invocation; its lease only says how long a repeated async
         request waits before queueing the download again (the claim makes a duplicate message harmless).
@@ -124,27 +350,62 @@ class DownloadRecords:
         values = {
             ":queued": {"S": DownloadStatus.QUEUED.value},
             ":in_progress": {"S": DownloadStatus.IN_PROGRESS.value},
+            ":waiting": {"S": DownloadStatus.WAITING.value},
             ":failed": {"S": DownloadStatus.FAILED.value},
             ":now": {"S": format_utc(now)},
             ":now_epoch": {"N": str(int(now.timestamp()))},
             ":lease": {"N": str(int((now + lease).timestamp()) + 1)},
             ":zero": {"N": "0"},
+            ":one": {"N": "1"},
             ":expires": {"N": str(int((now + self._retention).timestamp()))},
         }
         expression = (
             "SET #status = :queued, lease_expires_at = :lease, updated_at = :now, "
             "created_at = if_not_exists(created_at, :now), attempts = if_not_exists(attempts, :zero), "
-            f"expires_at = :expires REMOVE lease_owner, {_ERROR_FIELDS}"
+            "poll_seq = if_not_exists(poll_seq, :zero) + :one, "
+            f"expires_at = :expires REMOVE lease_owner, {_ERROR_FIELDS}, {_SCHEDULE_FIELDS}"
         )
         condition = (
-            "attribute_not_exists(request_id) OR #status = :failed "
+            "attribute_not_exists(request_id) OR #status IN (:waiting, :failed) "
             "OR (#status IN (:queued, :in_progress) AND lease_expires_at < :now_epoch)"
         )
         updated = self._conditional_update(request_id, expression, condition, values)
         return updated if isinstance(updated, Held) else _record(updated)
 
-    def complete(self, claim: Claimed, size_bytes: int, checksum: str) -> DownloadRecord:
+    def report_progress(self, claim: Claimed, progress: Progress) -> Held | None:
+        """Record a running download's progress.
+
+        Returns:
+            ``Held`` when the claim is no longer ours (the download was cancelled or revoked meanwhile,
+            or taken over), else None.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        values = {
+            ":owner": {"S": claim.owner},
+            ":in_progress": {"S": DownloadStatus.IN_PROGRESS.value},
+            ":bytes": {"N": str(progress.bytes_received)},
+            ":parts": {"N": str(progress.parts_uploaded)},
+            ":rate": {"N": str(progress.mib_per_second)},
+            ":at": {"S": format_utc(progress.at)},
+        }
+        expression = (
+            "SET progress_bytes = :bytes, progress_parts = :parts, progress_mib_s = :rate, "
+            "progress_at = :at, updated_at = :at"
+        )
+        condition = "lease_owner = :owner AND #status = :in_progress"
+        updated = self._conditional_update(claim.record.request_id, expression, condition, values)
+        return updated if isinstance(updated, Held) else None
+
+    def complete(
+        self, claim: Claimed, size_bytes: int, checksum: str, manifest: dict[str, Any] | None = None
+    ) -> DownloadRecord:
         """Record the stored archive; the record then lives as long as the archive.
+
+        Returns:
+            the completed record — or the record as it is when the claim was lost meanwhile (another
+            status: the caller must not hand the archive out then).
 
         Raises:
             RecordStoreError: DynamoDB failed.
@@ -158,9 +419,14 @@ class DownloadRecords:
             ":owner": {"S": claim.owner},
             ":expires": {"N": str(int((now + self._retention).timestamp()))},
         }
+        manifest_field = ""
+        if manifest is not None:
+            values[":manifest"] = {"S": json.dumps(manifest, separators=(",", ":"))}
+            manifest_field = ", manifest = :manifest"
         expression = (
             "SET #status = :completed, size_bytes = :size, checksum = :checksum, completed_at = :now, "
-            f"updated_at = :now, expires_at = :expires REMOVE {_LEASE_FIELDS}, {_ERROR_FIELDS}"
+            f"updated_at = :now, expires_at = :expires{manifest_field} "
+            f"REMOVE {_LEASE_FIELDS}, {_ERROR_FIELDS}, {_PROGRESS_FIELDS}"
         )
         return self._finish(claim, expression, values)
 
@@ -174,19 +440,15 @@ class DownloadRecords:
         values = {
             ":failed": {"S": DownloadStatus.FAILED.value},
             ":now": {"S": format_utc(now)},
-            ":code": {"S": error.error_code},
-            ":message": {"S": error.message[:1000]},
-            ":transient": {"BOOL": error.is_transient},
             ":owner": {"S": claim.owner},
             ":expires": {"N": str(int((now + self._retention).timestamp()))},
+            **_error_values(error),
         }
         log_id = "" if error.log_id is None else ", error_log_id = :log_id"
-        if error.log_id is not None:
-            values[":log_id"] = {"S": error.log_id}
         expression = (
             "SET #status = :failed, error_code = :code, error_message = :message, "
             f"error_transient = :transient{log_id}, updated_at = :now, expires_at = :expires "
-            f"REMOVE {_LEASE_FIELDS}"
+            f"REMOVE {_LEASE_FIELDS}, {_PROGRESS_FIELDS}"
         )
         return self._finish(claim, expression, values)
 
@@ -197,9 +459,7 @@ class DownloadRecords:
             ":failed": {"S": DownloadStatus.FAILED.value},
             ":queued": {"S": DownloadStatus.QUEUED.value},
             ":now": {"S": format_utc(now)},
-            ":code": {"S": error.error_code},
-            ":message": {"S": error.message[:1000]},
-            ":transient": {"BOOL": error.is_transient},
+            **_error_values(error),
         }
         expression = (
             "SET #status = :failed, error_code = :code, error_message = :message, "
@@ -210,14 +470,50 @@ class DownloadRecords:
         except RecordStoreError as store_error:
             logger.error("queued download not marked failed", extra=store_error.log_fields())
 
+    # -- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _check_values(
+        seq: int, tiktok_status: str | None, apply_time: datetime | None, collect_time: datetime | None
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            ":waiting": {"S": DownloadStatus.WAITING.value},
+            ":seq": {"N": str(seq)},
+            ":one": {"N": "1"},
+            ":now": {"S": format_utc(_now())},
+        }
+        if tiktok_status is not None:
+            values[":tiktok_status"] = {"S": tiktok_status[:40]}
+        if apply_time is not None:
+            values[":apply"] = {"S": format_utc(apply_time)}
+        if collect_time is not None:
+            values[":collect"] = {"S": format_utc(collect_time)}
+        return values
+
+    @staticmethod
+    def _check_expression(values: Mapping[str, Any]) -> str:
+        sets = ["SET poll_seq = :seq + :one", "checks = checks + :one", "updated_at = :now"]
+        for value, field in (
+            (":tiktok_status", "tiktok_status"),
+            (":apply", "apply_time"),
+            (":collect", "collect_time"),
+        ):
+            if value in values:
+                sets.append(f"{field} = {value}")
+        return ", ".join(sets)
+
+    def _on_schedule(self, request_id: int, expression: str, values: dict[str, Any]) -> DownloadRecord | Held:
+        condition = "#status = :waiting AND poll_seq = :seq"
+        updated = self._conditional_update(request_id, expression, condition, values)
+        return updated if isinstance(updated, Held) else _record(updated)
+
     def _finish(self, claim: Claimed, expression: str, values: dict[str, Any]) -> DownloadRecord:
         request_id = claim.record.request_id
         updated = self._conditional_update(request_id, expression, "lease_owner = :owner", values)
         if isinstance(updated, Held):
-            # The claim lapsed and another invocation took the download over; its outcome will be
-            # recorded by that invocation. Ours is only logged.
+            # The claim lapsed and another invocation took the download over, or the owner cancelled
+            # it meanwhile: that state stands; ours is only logged.
             logger.warning(
-                "download record was taken over before this invocation finished",
+                "download record changed before this invocation finished",
                 extra={"status": updated.record.status.value},
             )
             return updated.record
@@ -227,25 +523,27 @@ class DownloadRecords:
         self, request_id: int, expression: str, condition: str, values: dict[str, Any]
     ) -> Item | Held:
         names = {name: field for name, field in _NAMES.items() if name in expression + condition}
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": _key(request_id),
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ReturnValues": "ALL_NEW",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if names:
+            request["ExpressionAttributeNames"] = names
         try:
-            answer = self._client.update_item(
-                TableName=self._table,
-                Key=_key(request_id),
-                UpdateExpression=expression,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
+            answer = self._client.update_item(**request)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise _store_error("UpdateItem", error) from None
             # With ReturnValuesOnConditionCheckFailure, the item as it was comes with the error.
             item: Item | None = error.response.get("Item")  # type: ignore[assignment]
             record = _record(item) if item else self.get(request_id)
-            if record is None:  # deleted in between (TTL): nothing to hold on to
-                raise RecordStoreError("the download record changed while it was updated") from None
+            if record is None:  # no such record (or deleted in between, TTL): nothing to hold on to
+                raise RecordStoreError("the download record does not exist") from None
             return Held(record)
         except BotoCoreError as error:
             raise _store_error("UpdateItem", error) from None
@@ -258,6 +556,23 @@ def _key(request_id: int) -> dict[str, Any]:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def _required(moment: datetime | None) -> datetime:
+    if moment is None:
+        raise ValueError("a waiting request needs its schedule")
+    return moment
+
+
+def _error_values(error: TransferError) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        ":code": {"S": error.error_code},
+        ":message": {"S": error.message[:1000]},
+        ":transient": {"BOOL": error.is_transient},
+    }
+    if error.log_id is not None:
+        values[":log_id"] = {"S": error.log_id}
+    return values
 
 
 def _parse_time(item: Item, name: str) -> datetime | None:
@@ -286,10 +601,34 @@ def _record(item: Item) -> DownloadRecord:
             _string(item, "error_log_id"),
             bool(item.get("error_transient", {}).get("BOOL", False)),
         )
+    preparation = None
+    data_format = _string(item, "data_format")
+    if data_format is not None:
+        preparation = Preparation(
+            data_format=data_format,
+            categories=tuple(c.get("S", "") for c in item.get("categories", {}).get("L", [])),
+            tiktok_status=_string(item, "tiktok_status"),
+            apply_time=_parse_time(item, "apply_time"),
+            collect_time=_parse_time(item, "collect_time"),
+            next_check_at=_parse_time(item, "next_check_at"),
+            checks=_number(item, "checks") or 0,
+            give_up_at=_parse_time(item, "give_up_at"),
+        )
+    progress = None
+    progress_at = _parse_time(item, "progress_at")
+    if progress_at is not None:
+        progress = Progress(
+            bytes_received=_number(item, "progress_bytes") or 0,
+            parts_uploaded=_number(item, "progress_parts") or 0,
+            mib_per_second=float(item.get("progress_mib_s", {}).get("N", "0")),
+            at=progress_at,
+        )
+    manifest_text = _string(item, "manifest")
     created = _parse_time(item, "created_at") or _now()
     return DownloadRecord(
         request_id=int(item["request_id"]["S"]),
-        status=DownloadStatus(item["status"]["S"]),
+        # moto applies an update in steps; a reader may see an item before its status (treated queued).
+        status=DownloadStatus(_string(item, "status") or DownloadStatus.QUEUED.value),
         created_at=created,
         updated_at=_parse_time(item, "updated_at") or created,
         attempts=_number(item, "attempts") or 0,
@@ -300,6 +639,13 @@ def _record(item: Item) -> DownloadRecord:
         completed_at=_parse_time(item, "completed_at"),
         error=error,
         lease_expires_at=datetime.fromtimestamp(lease, UTC) if lease is not None else None,
+        user_openid=_string(item, "user_openid"),
+        grant_id=_string(item, "grant_id"),
+        preparation=preparation,
+        poll_seq=_number(item, "poll_seq") or 0,
+        poll_interval=_number(item, "poll_interval"),
+        progress=progress,
+        manifest=json.loads(manifest_text) if manifest_text else None,
     )
 
 

@@ -64,6 +64,10 @@ class ArchiveSource(Protocol):
         ...
 
 
+# Told the number of parts handed over and the bytes they hold, after each part.
+PartListener = Callable[[int, int], None]
+
+
 class _PartBuffers:
     """Part buffers that uploaders hand back once S3 has the part, for the next part to reuse."""
 
@@ -294,8 +298,18 @@ class S3ArchiveStore:
         self._longest_try = longest_try
 
     @tracer.capture_method(capture_response=False)
-    def write(self, key: str, source: ArchiveSource, filename: str, deadline: Deadline) -> StoredArchive:
+    def write(
+        self,
+        key: str,
+        source: ArchiveSource,
+        filename: str,
+        deadline: Deadline,
+        on_part: PartListener | None = None,
+    ) -> StoredArchive:
         """Stream ``source`` into ``key``, reading and uploading at the same time.
+
+        ``on_part(parts, size)`` is told after each part is handed to an uploader; an error it raises
+        (the download was cancelled meanwhile) stops the transfer like any other: the upload is aborted.
 
         An archive that fits in one part is stored with one PutObject; a larger one with a multipart
         upload. The object only exists once ``source`` has reported its end without an error.
@@ -356,6 +370,8 @@ class S3ArchiveStore:
                 # The uploader owns the part now: holding it through the next read would keep one
                 # more part alive than the memory bound allows for.
                 del data
+                if on_part is not None:
+                    on_part(part_number, size)
                 data = self._next_part(source, buffers, part_number)
                 part_crc = zlib.crc32(data)
             completing = True
@@ -392,6 +408,14 @@ class S3ArchiveStore:
                 f"the archive does not fit in S3's {MAX_PARTS} parts at this part size; raise PART_SIZE_MIB"
             )
         return bytearray()
+
+    def delete(self, key: str) -> None:
+        """Delete the object ``key`` (nothing happens when there is none).
+
+        Raises:
+            StorageError: S3 refused or failed.
+        """
+        self._call("DeleteObject", self._client.delete_object, Bucket=self.bucket, Key=key)
 
     def presign(self, key: str, filename: str, ttl_seconds: int) -> tuple[str, datetime]:
         """A GET link to ``key`` that downloads as ``filename``, and the moment it expires (UTC).

@@ -1,8 +1,10 @@
-"""API Gateway (REST, Lambda proxy) entry point: ``POST /downloads`` and ``GET /downloads/{request_id}``.
+"""API Gateway (REST, Lambda proxy) entry point.
 
-Thin on purpose: it reads the bearer token, the ``request_id`` and the ``Prefer`` header, calls the
-download service and turns the answer — or the one error that explains a failure — into JSON. The
-event is never logged: its ``Authorization`` header holds the user's TikTok token.
+``POST /requests`` (add a data request and follow it), ``POST /downloads`` (download a ready one, or
+queue it), ``GET /downloads/{request_id}`` (its record) and ``DELETE /downloads/{request_id}`` (cancel
+it). Thin on purpose: it reads the bearer token, the ``request_id``, the body and the ``Prefer`` header,
+calls a service and turns the answer — or the one error that explains a failure — into JSON. The event
+is never logged: its ``Authorization`` header holds the user's TikTok token.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from tiktok_archive.models.download import (
 )
 from tiktok_archive.models.download_record import DownloadStatus
 from tiktok_archive.models.errors import TransferError, UnexpectedError
+from tiktok_archive.models.portability import parse_new_request
 from tiktok_archive.observability import hide, logger, metrics, tracer
-from tiktok_archive.runtime import download_service, start_invocation
+from tiktok_archive.runtime import download_service, request_lifecycle, start_invocation
 
 app = APIGatewayRestResolver()
 # Answers carry a presigned URL or a user's error: no cache may keep them.
@@ -58,6 +61,26 @@ def get_download(request_id: str) -> Response[str]:
     return _json(HTTPStatus.OK, download_service().describe(request, remaining_ms).to_body())
 
 
+@app.post("/requests")
+def create_request() -> Response[str]:
+    """Add a data request at TikTok for the token's user; the service follows it to the archive."""
+    event = app.current_event
+    token = _bearer_token()
+    new = parse_new_request(parse_json_object(event.decoded_body or "{}"))
+    hide(new.refresh_token)
+    record = request_lifecycle().add(token, new, app.lambda_context.get_remaining_time_in_millis())
+    location = f"{event.request_context.path.rsplit('/', 1)[0]}/downloads/{record.request_id}"
+    return _json(HTTPStatus.ACCEPTED, record.to_body(), {"Location": location})
+
+
+@app.delete("/downloads/<request_id>")
+def cancel_download(request_id: str) -> Response[str]:
+    """Cancel the owner's request: at TikTok while pending, and here for good (no link ever again)."""
+    request = DownloadRequest(parse_request_id(request_id), _bearer_token())
+    remaining_ms = app.lambda_context.get_remaining_time_in_millis()
+    return _json(HTTPStatus.OK, request_lifecycle().cancel(request, remaining_ms).to_body())
+
+
 @app.exception_handler(TransferError)  # type: ignore[untyped-decorator]
 def answer_transfer_error(error: TransferError) -> Response[str]:
     """The single mapping from the error taxonomy to HTTP answers."""
@@ -79,7 +102,7 @@ def answer_unexpected_error(error: Exception) -> Response[str]:
 @app.not_found
 def answer_not_found(_: Exception) -> Response[str]:
     """Unknown path or method, in the same error shape as every other answer."""
-    message = "no such route; see POST /downloads and GET /downloads/{request_id}"
+    message = "no such route; see POST /requests, POST /downloads and GET or DELETE /downloads/{request_id}"
     body = {"error": {"code": "not_found", "message": message, "log_id": None}}
     return _json(HTTPStatus.NOT_FOUND, body)
 

@@ -8,9 +8,9 @@ the request. It knows nothing of API Gateway or SQS events.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,21 +20,21 @@ from tiktok_archive.adapters.download_jobs import DownloadJobs, open_job_token
 from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
+from tiktok_archive.logic.ownership import confirm_owner, logged_as, require_ready
+from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.download import DownloadRequest, QueuedJob, format_utc
-from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
+from tiktok_archive.models.download_record import ENDED, DownloadRecord, DownloadStatus, Progress
 from tiktok_archive.models.errors import (
-    ArchiveNotReadyError,
     DownloadInProgressError,
     DownloadNotFoundError,
+    ReauthorizationRequiredError,
     RecordStoreError,
     RequestCancelledError,
     RequestExpiredError,
-    TikTokApiError,
     TransferError,
     UnexpectedError,
 )
-from tiktok_archive.models.portability import RequestStatus, TikTokStatus
 from tiktok_archive.observability import logger
 
 # A claim outlives its invocation's deadline by this much, then lapses by itself: a crashed or killed
@@ -45,11 +45,8 @@ LEASE_GRACE_SECONDS = 5
 QUEUED_LEASE_SECONDS = 900
 
 
-# A TikTok answer that says "this token's user does not own this request": the same 404 as an
-# unknown request_id, so that the answer reveals nothing about other users' downloads.
-_NOT_OWNED = "invalid_params"
-# How long a caller waits before asking again about an archive TikTok is still preparing.
-NOT_READY_RETRY_AFTER_SECONDS = 60
+# A running download records its progress at most this often.
+PROGRESS_EVERY_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +75,7 @@ class DownloadService:
         events: publishes outcomes.
         jobs: the queue of async downloads, built on first use (only async requests need it).
         vault: opens the tokens of queued jobs, built on first use (only the worker needs it).
+        tokens: users' stored grants, built on first use (jobs of requests added with ``POST /requests``).
 
     Authorization comes first: no record is written, no job queued and no event published for a
     caller until TikTok's Check Status, asked with the caller's token, confirms that its user owns the
@@ -92,7 +90,9 @@ class DownloadService:
         events: DownloadEvents,
         jobs: Callable[[], DownloadJobs],
         vault: Callable[[], TokenVault],
+        tokens: Callable[[], TokenService],
     ) -> None:
+        self._tokens = tokens
         self._transfer = transfer
         self._records = records
         self._tiktok = tiktok
@@ -116,23 +116,24 @@ class DownloadService:
             DownloadInProgressError: another invocation holds the download (409, with Retry-After).
             TransferError: the download failed; the record says so and an event was published.
         """
-        with _logged_as(request.request_id):
+        with logged_as(request.request_id):
             return self._download(request, remaining_ms, link=link)
 
     def _download(self, request: DownloadRequest, remaining_ms: int, *, link: bool) -> Answer:
         if not link:
             stored = self._records.get(request.request_id)
-            if stored is not None and stored.status is DownloadStatus.COMPLETED:
-                logger.info("download already completed; not downloaded again")
+            if stored is not None and (stored.status is DownloadStatus.COMPLETED or stored.status in ENDED):
+                logger.info("nothing to download", extra={"status": stored.status.value})
                 return Answer(stored)
-        _require_ready(self._confirm_owner(request, remaining_ms))
+        require_ready(confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms)))
         bucket, key = self._transfer.location(request.request_id)
         lease = timedelta(seconds=remaining_ms / 1000 + LEASE_GRACE_SECONDS)
         claim = self._records.claim(request.request_id, bucket, key, lease)
         if isinstance(claim, Held):
             return self._held(claim.record, request, link=link)
+        reporter = _ProgressReporter(self._records, claim)
         try:
-            result = self._transfer.run(request, remaining_ms)
+            result = self._transfer.run(request, remaining_ms, reporter.part_done)
         except TransferError as error:
             self._finish_failed(claim, error)
             raise
@@ -142,6 +143,10 @@ class DownloadService:
         archive = result.archive
         try:
             record = self._records.complete(claim, archive.size_bytes, archive.checksum_crc32)
+            if record.status in ENDED:
+                # Cancelled or revoked while the last bytes arrived: the archive must not stay.
+                self._transfer.discard(request.request_id)
+                raise _ended(record.status)
         except RecordStoreError as error:
             # The archive is stored and the caller gets it; only a later repeat will download again.
             logger.error("download stored but not recorded", extra=error.log_fields())
@@ -163,10 +168,34 @@ class DownloadService:
             TokenVaultError: KMS could not open the token (transient).
             TransferError: as :meth:`download`.
         """
+        if job.from_grant:
+            return self._download_with_grant(job.request_id, remaining_ms)
         token = job.access_token
         if token is None:
             token = open_job_token(self._vault(), job.request_id, job.encrypted_access_token or "")
         return self.download(DownloadRequest(job.request_id, token), remaining_ms, link=False)
+
+    def _download_with_grant(self, request_id: int, remaining_ms: int) -> Answer:
+        """A request added with ``POST /requests``: its user's stored grant provides the token."""
+        with logged_as(request_id):
+            record = self._records.get(request_id)
+            if record is None or record.grant_id is None:
+                raise DownloadNotFoundError("no request added with POST /requests has this request_id")
+            if record.status is DownloadStatus.COMPLETED or record.status in ENDED:
+                logger.info("nothing to download", extra={"status": record.status.value})
+                return Answer(record)
+        deadline = self._transfer.deadline(remaining_ms)
+        try:
+            return self._tokens().with_access_token(
+                record.grant_id,
+                deadline,
+                lambda token: self.download(DownloadRequest(request_id, token), remaining_ms, link=False),
+            )
+        except ReauthorizationRequiredError as error:
+            ended = self._records.end(request_id, DownloadStatus.FAILED, error=error)
+            if not isinstance(ended, Held):
+                self._events.publish(ended)
+            raise
 
     def queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
         """Queue ``request`` for the worker (``Prefer: respond-async``) once TikTok confirms the owner.
@@ -181,11 +210,11 @@ class DownloadService:
             QueueError: KMS or SQS failed; the record says ``failed``.
             ConfigurationError: the queue or the key is not configured.
         """
-        with _logged_as(request.request_id):
+        with logged_as(request.request_id):
             return self._queue(request, remaining_ms)
 
     def _queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
-        _require_ready(self._confirm_owner(request, remaining_ms))
+        require_ready(confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms)))
         jobs = self._jobs()
         queued = self._records.enqueue(request.request_id, timedelta(seconds=QUEUED_LEASE_SECONDS))
         if isinstance(queued, Held):
@@ -206,8 +235,8 @@ class DownloadService:
                 answer).
             TikTokApiError: TikTok refused the token (``access_token_invalid``, a scope error …).
         """
-        with _logged_as(request.request_id):
-            self._confirm_owner(request, remaining_ms)
+        with logged_as(request.request_id):
+            confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms))
             record = self._records.get(request.request_id)
             if record is None:
                 raise DownloadNotFoundError("no download of this request_id is known for this token")
@@ -215,6 +244,10 @@ class DownloadService:
 
     def _held(self, record: DownloadRecord, request: DownloadRequest, *, link: bool) -> Answer:
         """The answer for a download that could not be claimed (its owner is already confirmed)."""
+        if record.status in ENDED:
+            if not link:
+                return Answer(record)
+            raise _ended(record.status)
         if record.status is DownloadStatus.COMPLETED:
             logger.info(
                 "download already completed; "
@@ -236,59 +269,55 @@ class DownloadService:
         url, expires_at = self._transfer.link(request.request_id)
         return Answer(record, url, expires_at)
 
-    def _confirm_owner(self, request: DownloadRequest, remaining_ms: int) -> RequestStatus:
-        """TikTok's status of the request, once TikTok confirms — with this token — that its user owns it.
-
-        Raises:
-            DownloadNotFoundError: TikTok answered ``invalid_params`` for the request, or answered
-                without naming this very request (the same 404 as an unknown request: no oracle).
-            TikTokApiError: any other refusal keeps TikTok's code, status and ``log_id``
-                (``access_token_invalid``, ``scope_not_authorized``, ``scope_permission_missed``, a
-                rate limit …).
-        """
-        try:
-            status = self._tiktok.check_request(request, self._transfer.deadline(remaining_ms))
-        except TikTokApiError as error:
-            if error.error_code != _NOT_OWNED:
-                raise
-            status = None
-        if status is None:
-            logger.info("TikTok did not confirm the owner")
-            raise DownloadNotFoundError("no download of this request_id is known for this token")
-        return status
-
     def _finish_failed(self, claim: Claimed, error: TransferError) -> None:
         try:
             record = self._records.fail(claim, error)
         except RecordStoreError as store_error:
             logger.error("download failure not recorded", extra=store_error.log_fields())
             return
-        self._events.publish(record)
+        if record.status is DownloadStatus.FAILED:  # not cancelled or taken over meanwhile
+            self._events.publish(record)
 
 
-def _require_ready(status: RequestStatus) -> None:
-    """Raise unless TikTok says the archive can be downloaded now (``downloading``).
+class _ProgressReporter:
+    """Records a running download's progress at most every :data:`PROGRESS_EVERY_SECONDS`.
 
-    Raises:
-        ArchiveNotReadyError: ``pending`` (transient, with Retry-After).
-        RequestExpiredError / RequestCancelledError: ``expired`` / ``cancelled`` (permanent).
+    It stops the download (an error raised into the transfer, which aborts the upload) when the record
+    says it was cancelled, revoked or taken over meanwhile.
     """
-    if status.status == TikTokStatus.PENDING:
-        raise ArchiveNotReadyError(
-            "TikTok is still preparing this archive; ask again later",
-            retry_after=str(NOT_READY_RETRY_AFTER_SECONDS),
+
+    def __init__(self, records: DownloadRecords, claim: Claimed) -> None:
+        self._records = records
+        self._claim = claim
+        self._started = time.monotonic()
+        self._last = self._started
+
+    def part_done(self, parts: int, size: int) -> None:
+        now = time.monotonic()
+        if now - self._last < PROGRESS_EVERY_SECONDS:
+            return
+        self._last = now
+        progress = Progress(
+            bytes_received=size,
+            parts_uploaded=parts,
+            mib_per_second=round(size / 1048576 / max(now - self._started, 1e-6), 1),
+            at=datetime.now(UTC).replace(microsecond=0),
         )
-    if status.status == TikTokStatus.EXPIRED:
-        raise RequestExpiredError("TikTok's four-day download window for this request is over")
-    if status.status == TikTokStatus.CANCELLED:
-        raise RequestCancelledError("this request was cancelled at TikTok")
+        held = self._records.report_progress(self._claim, progress)
+        if held is None:
+            return
+        if held.record.status in ENDED:
+            logger.info(
+                "download stopped: the request ended meanwhile", extra={"status": held.record.status.value}
+            )
+            raise _ended(held.record.status)
+        raise DownloadInProgressError("another invocation took this download over")
 
 
-@contextlib.contextmanager
-def _logged_as(request_id: int) -> Iterator[None]:
-    """Every log record while handling ``request_id`` carries it."""
-    logger.append_keys(request_id=str(request_id))
-    try:
-        yield
-    finally:
-        logger.remove_keys(["request_id"])
+def _ended(status: DownloadStatus) -> TransferError:
+    """The error for a download asked of a request that ended (cancelled, revoked, expired)."""
+    if status is DownloadStatus.EXPIRED:
+        return RequestExpiredError("TikTok's four-day download window for this request is over")
+    if status is DownloadStatus.REVOKED:
+        return RequestCancelledError("the user disconnected the app; this request's data was removed")
+    return RequestCancelledError("this request was cancelled")

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
+from tiktok_archive.adapters.s3_archive_store import PartListener, S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
@@ -46,13 +46,16 @@ class ArchiveTransfer:
         self._url_ttl_seconds = url_ttl_seconds
         self._deadline_margin_seconds = deadline_margin_seconds
 
-    def run(self, request: DownloadRequest, remaining_ms: int) -> DownloadResult:
+    def run(
+        self, request: DownloadRequest, remaining_ms: int, on_part: PartListener | None = None
+    ) -> DownloadResult:
         """Download ``request``'s archive into ``{prefix}{request_id}.zip`` and presign it.
 
         ``remaining_ms`` is the invocation's time left (Lambda's ``get_remaining_time_in_millis()``);
         the work stops ``deadline_margin_seconds`` before it. Memory stays bounded by the store's part
         size and concurrency, whatever the archive's size. Every outcome is logged (the caller puts
-        ``request_id`` on the records) and counted by code.
+        ``request_id`` on the records) and counted by code. ``on_part`` is told the progress after each
+        part (see :meth:`S3ArchiveStore.write`).
 
         Raises:
             TransferError: the one error that explains the failure; nothing partial is left in S3.
@@ -66,7 +69,7 @@ class ArchiveTransfer:
                 "download started",
                 extra={"key": key, "time_budget_seconds": round(max(0.0, deadline.remaining()), 3)},
             )
-            archive = self._download(request, key, filename, deadline)
+            archive = self._download(request, key, filename, deadline, on_part)
             url, expires_at = self._store.presign(key, filename, self._url_ttl_seconds)
             duration = time.monotonic() - started
             logger.info(
@@ -99,6 +102,14 @@ class ArchiveTransfer:
         """Bucket and key of ``request_id``'s archive."""
         return self._store.bucket, f"{self._key_prefix}{request_id}.zip"
 
+    def discard(self, request_id: int) -> None:
+        """Delete ``request_id``'s stored archive, if any (cancelled, revoked).
+
+        Raises:
+            StorageError: S3 failed.
+        """
+        self._store.delete(self.location(request_id)[1])
+
     def link(self, request_id: int) -> tuple[str, datetime]:
         """A fresh presigned link to ``request_id``'s stored archive, and when it expires.
 
@@ -109,7 +120,12 @@ class ArchiveTransfer:
         return self._store.presign(key, f"{request_id}.zip", self._url_ttl_seconds)
 
     def _download(
-        self, request: DownloadRequest, key: str, filename: str, deadline: Deadline
+        self,
+        request: DownloadRequest,
+        key: str,
+        filename: str,
+        deadline: Deadline,
+        on_part: PartListener | None,
     ) -> StoredArchive:
         """Stream the archive into ``key``, starting over when a broken stream could not be resumed.
 
@@ -121,7 +137,7 @@ class ArchiveTransfer:
         while True:
             try:
                 with self._tiktok.open_archive(request, budget) as stream:
-                    return self._store.write(key, stream, filename, deadline)
+                    return self._store.write(key, stream, filename, deadline, on_part)
             except UpstreamStreamBrokenError as error:
                 if budget.left <= 0 or deadline.expired():
                     raise

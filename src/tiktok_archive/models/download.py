@@ -45,6 +45,7 @@ class QueuedJob:
     request_id: int
     access_token: str | None = field(default=None, repr=False)
     encrypted_access_token: str | None = field(default=None, repr=False)
+    from_grant: bool = False  # queued by the lifecycle: the user's stored grant provides the token
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,15 @@ def parse_access_token(value: object) -> str:
 def parse_queued_job(request_id: int, document: dict[str, Any]) -> QueuedJob:
     """The job of a download queue message whose ``request_id`` is already parsed.
 
+    ``{"source": "grant"}`` is a job the lifecycle queued for a request added with ``POST /requests``:
+    its token comes from the user's stored grant.
+
     Raises:
         MissingTokenError: neither a well-formed ``access_token`` nor a non-empty
             ``encrypted_access_token``.
     """
+    if document.get("source") == "grant":
+        return QueuedJob(request_id, from_grant=True)
     encrypted = document.get("encrypted_access_token")
     if encrypted is not None:
         if not isinstance(encrypted, str) or not encrypted or len(encrypted) > 8192:

@@ -1,18 +1,28 @@
-"""The record of one download, as stored in DynamoDB and shown to its owner.
+"""The record of one portability request's download, as stored in DynamoDB and shown to its owner.
 
-It never holds the access token nor anything derived from it: who may see a record is asked of TikTok
-each time (see ``DownloadService``).
+It never holds a token nor anything derived from one: the user's tokens live sealed in their grant
+(see ``adapters/grants.py``), and who may see a record is asked of TikTok each time.
 
-Lifecycle: ``queued`` (async POST) → ``in_progress`` (an invocation holds the claim until its deadline
-plus a grace period) → ``completed`` or ``failed``. A ``failed`` record, a ``queued`` one and an
-``in_progress`` one whose claim expired (the invocation crashed or was killed) can be claimed again;
-a ``completed`` one is never downloaded again.
+Lifecycle (see the README's diagram):
+
+- ``waiting``: added with ``POST /requests``; TikTok is preparing the archive; the service checks its
+  status on a schedule (``next_check_at``).
+- ``queued``: the archive is ready (or an async ``POST /downloads``): a download job waits for the worker.
+- ``in_progress``: an invocation holds the claim until its deadline plus a grace period, and reports
+  its progress every few seconds.
+- ``completed``: the archive is stored; every later request gets a fresh link.
+- ``failed``: the last attempt failed (``error`` says why, and whether it is worth another).
+- ``expired``, ``cancelled``, ``revoked``: TikTok's window closed; the owner cancelled; the user
+  disconnected the app. Nothing is stored any more, and no link is ever handed out again.
+
+``waiting``, ``queued``, ``failed`` and an ``in_progress`` whose claim lapsed can be claimed; the last
+four are final.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -23,10 +33,26 @@ from tiktok_archive.models.download import format_utc
 class DownloadStatus(StrEnum):
     """Where a download is in its lifecycle."""
 
+    WAITING = "waiting"
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
     FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    REVOKED = "revoked"
+
+    @property
+    def final(self) -> bool:
+        """Whether nothing more can happen to the download (no claim, no poll, no link but completed's)."""
+        return self in _FINAL
+
+
+_FINAL = frozenset(
+    {DownloadStatus.COMPLETED, DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED}
+)
+# What may no longer be handed out as a link, nor stored: the owner or TikTok ended the request.
+ENDED = frozenset({DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED})
 
 
 @dataclass(frozen=True)
@@ -48,12 +74,73 @@ class RecordedError:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """A running download's progress, as last reported (at most every few seconds)."""
+
+    bytes_received: int
+    parts_uploaded: int
+    mib_per_second: float
+    at: datetime
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "bytes_received": self.bytes_received,
+            "parts_uploaded": self.parts_uploaded,
+            "mib_per_second": self.mib_per_second,
+            "updated_at": format_utc(self.at),
+        }
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What is known of TikTok's preparation of a request added with ``POST /requests``.
+
+    Attributes:
+        data_format: ``json`` or ``text``.
+        categories: TikTok's ``category_selection_list``.
+        tiktok_status: TikTok's last answered status (``pending``, ``downloading`` …).
+        apply_time: when TikTok says the request was added.
+        collect_time: when TikTok says the data was collected.
+        next_check_at: when the service asks TikTok again (while ``waiting``).
+        checks: how many times TikTok was asked.
+        give_up_at: when the service stops waiting.
+    """
+
+    data_format: str
+    categories: tuple[str, ...]
+    tiktok_status: str | None = None
+    apply_time: datetime | None = None
+    collect_time: datetime | None = None
+    next_check_at: datetime | None = None
+    checks: int = 0
+    give_up_at: datetime | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "data_format": self.data_format,
+            "categories": list(self.categories),
+            "status": self.tiktok_status,
+            "apply_time": _timestamp(self.apply_time),
+            "collect_time": _timestamp(self.collect_time),
+            "checks": self.checks,
+        }
+
+
+@dataclass(frozen=True)
 class DownloadRecord:
     """One ``request_id``'s download.
 
     Attributes:
         lease_expires_at: while ``queued`` or ``in_progress``, when the claim lapses and another
             invocation may take the download over.
+        user_openid: the TikTok user's ``open_id`` when known (given to ``POST /requests``, or learned
+            from a token refresh): what ``authorization.removed`` purges by.
+        grant_id: the user's grant (sealed tokens) the service uses for this request, if any.
+        preparation: TikTok's preparation, for a request added with ``POST /requests``.
+        poll_seq: the number of the status check the schedule expects next (older checks are stale).
+        poll_interval: seconds between two status checks now.
+        progress: while ``in_progress``, the last reported progress.
+        manifest: once ``completed``, what the archive holds (see ``zip_manifest``).
     """
 
     request_id: int
@@ -68,6 +155,13 @@ class DownloadRecord:
     completed_at: datetime | None = None
     error: RecordedError | None = None
     lease_expires_at: datetime | None = None
+    user_openid: str | None = None
+    grant_id: str | None = None
+    preparation: Preparation | None = None
+    poll_seq: int = 0
+    poll_interval: int | None = None
+    progress: Progress | None = None
+    manifest: dict[str, Any] | None = field(default=None, compare=False)
 
     def retry_after_seconds(self, now: datetime, longest: int | None = 30) -> int:
         """When to look again at a download that is running: its claim's end, at most ``longest``."""
@@ -92,6 +186,14 @@ class DownloadRecord:
             "completed_at": _timestamp(self.completed_at),
             "error": self.error.to_body() if self.error else None,
         }
+        if self.preparation is not None:
+            body["tiktok"] = self.preparation.to_body()
+            if self.status is DownloadStatus.WAITING:
+                body["next_check_at"] = _timestamp(self.preparation.next_check_at)
+        if self.status is DownloadStatus.IN_PROGRESS and self.progress is not None:
+            body["progress"] = self.progress.to_body()
+        if self.manifest is not None:
+            body["manifest"] = self.manifest
         return body
 
 

@@ -325,3 +325,69 @@ class TokenVaultError(TransferError):
 
     code = "token_vault_error"
     http_status = 503
+
+
+class TokenRefreshInProgressError(TransferError):
+    """Another invocation is refreshing this user's tokens right now; the work comes back in a moment."""
+
+    code = "token_refresh_in_progress"
+    http_status = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after="5")
+
+
+class PreparationTimedOutError(TransferError):
+    """TikTok did not prepare the archive in ``STATUS_POLL_GIVE_UP_HOURS``; the service stopped waiting."""
+
+    code = "preparation_timed_out"
+    http_status = 504
+    transient = False
+
+
+class HandedBackError(TransferError):
+    """A queued message not worked on because TikTok rate-limited the invocation; it comes back later."""
+
+    code = "handed_back"
+    http_status = 429
+
+
+class WebhookSignatureError(TransferError):
+    """A webhook delivery's ``TikTok-Signature`` is missing, malformed, stale or wrong; nothing was done.
+
+    The message says which, and never holds the header or any secret.
+    """
+
+    code = "invalid_signature"
+    http_status = 401
+    transient = False
+
+
+class WebhookSignatureMismatchError(WebhookSignatureError):
+    """A well-formed, fresh ``TikTok-Signature`` whose HMAC does not match the body.
+
+    The one signature failure a rotated client secret can explain: a caller may read the secret again
+    and verify once more before refusing the delivery.
+    """
+
+
+class UnknownClientKeyError(WebhookSignatureError):
+    """A correctly signed webhook delivery addressed to another app's ``client_key``; nothing was done."""
+
+    code = "unknown_client_key"
+
+
+class WebhookPayloadError(TransferError):
+    """A webhook delivery's body (or its ``content``) is not TikTok's documented JSON; nothing was done."""
+
+    code = "invalid_webhook"
+    http_status = 400
+    transient = False
+
+
+class WebhookTooLargeError(TransferError):
+    """A webhook delivery's body is larger than the service accepts; it was refused before any other work."""
+
+    code = "webhook_too_large"
+    http_status = 413
+    transient = False

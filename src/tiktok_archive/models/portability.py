@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+from tiktok_archive.models.download import is_token_shaped
+from tiktok_archive.models.errors import InvalidRequestError
 
 DATA_FORMATS = ("json", "text")
 CATEGORIES = ("all_data", "video", "profile", "activity", "direct_message")
@@ -69,3 +73,62 @@ class AppCredentials:
 
     client_key: str
     client_secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """What ``POST /requests`` asks for: TikTok's Add Data Request, and what lets the service act later.
+
+    ``repr`` hides the refresh token.
+    """
+
+    data_format: str = "json"
+    categories: tuple[str, ...] = ("all_data",)
+    refresh_token: str | None = field(default=None, repr=False)
+    open_id: str | None = None
+
+
+_NEW_REQUEST_FIELDS = frozenset({"data_format", "categories", "refresh_token", "open_id"})
+MAX_OPEN_ID_LENGTH = 256
+
+
+def parse_new_request(document: dict[str, Any]) -> NewRequest:
+    """Validate a ``POST /requests`` body (every field optional).
+
+    ``data_format``: ``json`` (default) or ``text``. ``categories``: a non-empty list of TikTok's
+    categories without repeats, default ``["all_data"]``; ``all_data`` overrides the rest, as TikTok
+    documents. ``refresh_token``: a token as TikTok issues them (1–2,048 visible ASCII characters).
+    ``open_id``: the user's ``open_id`` (visible ASCII, at most 256 characters).
+
+    Raises:
+        InvalidRequestError: an unknown field, or a field out of its range (the message names it).
+    """
+    unknown = sorted(set(document) - _NEW_REQUEST_FIELDS)
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)[:200]}")
+    data_format = document.get("data_format", "json")
+    if data_format not in DATA_FORMATS:
+        raise InvalidRequestError(f"data_format must be one of {', '.join(DATA_FORMATS)}")
+    categories = document.get("categories", ["all_data"])
+    if (
+        not isinstance(categories, list)
+        or not categories
+        or any(not isinstance(c, str) or c not in CATEGORIES for c in categories)
+        or len(set(categories)) != len(categories)
+    ):
+        raise InvalidRequestError(
+            f"categories must be a non-empty list of distinct values among {', '.join(CATEGORIES)}"
+        )
+    if "all_data" in categories:
+        categories = ["all_data"]
+    refresh_token = document.get("refresh_token")
+    if refresh_token is not None and (
+        not isinstance(refresh_token, str) or not is_token_shaped(refresh_token)
+    ):
+        raise InvalidRequestError("refresh_token must be 1 to 2,048 visible ASCII characters")
+    open_id = document.get("open_id")
+    if open_id is not None and (
+        not isinstance(open_id, str) or not is_token_shaped(open_id) or len(open_id) > MAX_OPEN_ID_LENGTH
+    ):
+        raise InvalidRequestError(f"open_id must be 1 to {MAX_OPEN_ID_LENGTH} visible ASCII characters")
+    return NewRequest(data_format, tuple(categories), refresh_token, open_id)

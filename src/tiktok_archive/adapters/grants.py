@@ -1,0 +1,295 @@
+"""A user's tokens, sealed, in DynamoDB (boto3): one item per grant, refreshed by one invocation at a time.
+
+A grant is what lets the service act for a user without anyone calling: the access token (2 hours) and
+the refresh token (180 days, rotating), each sealed with KMS under an encryption context naming the grant
+(:class:`TokenVault`), so a ciphertext copied into another grant does not open. Its id is
+``user:<open_id>`` when the user's ``open_id`` is known — every request of that user then shares it, and
+so shares one refresh lineage — else ``request:<request_id>``.
+
+Refresh tokens rotate: two refreshes racing with the same refresh token lose the user. So a refresh first
+takes the grant's lease with a conditional write (``refresh_owner``, ``refresh_lease_until``, and the
+``version`` it read), and the new tokens are written back conditionally on that lease or that version —
+before anyone uses the new access token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tiktok_archive.adapters.aws_clients import aws_failure
+from tiktok_archive.models.errors import RecordStoreError, TransferError
+from tiktok_archive.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+Item = Mapping[str, Any]
+
+
+def grant_id_for(user_openid: str | None, request_id: int) -> str:
+    """The grant a request's tokens belong to: its user's, or its own when the user is unknown."""
+    return f"user:{user_openid}" if user_openid else f"request:{request_id}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A grant as stored: sealed tokens (base64 KMS ciphertexts), their expiry, and the refresh lease.
+
+    ``repr`` shows no ciphertext.
+    """
+
+    grant_id: str
+    version: int
+    sealed_access_token: str | None = field(repr=False)
+    access_expires_at: datetime | None
+    sealed_refresh_token: str | None = field(repr=False)
+    refresh_expires_at: datetime | None
+    user_openid: str | None
+    refresh_owner: str | None = None
+    refresh_lease_until: datetime | None = None
+
+    def being_refreshed(self, now: datetime) -> bool:
+        """Whether another invocation holds the refresh lease right now."""
+        return self.refresh_lease_until is not None and self.refresh_lease_until > now
+
+
+@dataclass(frozen=True)
+class SealedTokens:
+    """New tokens to store, already sealed for this grant."""
+
+    sealed_access_token: str = field(repr=False)
+    access_expires_at: datetime
+    sealed_refresh_token: str | None = field(repr=False)
+    refresh_expires_at: datetime | None
+    user_openid: str | None
+
+
+class Grants:
+    """The grants table.
+
+    Args:
+        client: a boto3 DynamoDB client.
+        table: the table's name (``GRANTS_TABLE_NAME``).
+        retention: how long a grant without a refresh token outlives its access token (for the record).
+    """
+
+    def __init__(self, client: DynamoDBClient, table: str, retention: timedelta) -> None:
+        self._client = client
+        self._table = table
+        self._retention = retention
+
+    def get(self, grant_id: str) -> Grant | None:
+        """The grant, or None.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        try:
+            answer = self._client.get_item(TableName=self._table, Key=_key(grant_id), ConsistentRead=True)
+        except (ClientError, BotoCoreError) as error:
+            raise _store_error("GetItem", error) from None
+        item = answer.get("Item")
+        return _grant(item) if item else None
+
+    def store(self, grant_id: str, tokens: SealedTokens) -> None:
+        """Store a caller's tokens for the grant (a new consent), replacing the stored ones.
+
+        Unless a refresh holds the lease right now: then the refreshed tokens are newer and are kept.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        now = _now()
+        values = _token_values(tokens, now, self._retention)
+        values[":now"] = {"N": str(int(now.timestamp()))}
+        values[":zero"] = {"N": "0"}
+        values[":one"] = {"N": "1"}
+        sets = [
+            "sealed_access_token = :access",
+            "access_expires_at = :access_expires",
+            "version = if_not_exists(version, :zero) + :one",
+            "expires_at = :expires",
+        ]
+        removes: list[str] = []
+        if tokens.sealed_refresh_token is not None:
+            sets += ["sealed_refresh_token = :refresh", "refresh_expires_at = :refresh_expires"]
+        if tokens.user_openid is not None:
+            sets.append("user_openid = :user")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        condition = "attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now"
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(grant_id),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                logger.info("a refresh of this grant is running; its tokens are kept")
+                return
+            raise _store_error("UpdateItem", error) from None
+        except BotoCoreError as error:
+            raise _store_error("UpdateItem", error) from None
+
+    def take_refresh_lease(self, grant: Grant, lease: timedelta) -> str | None:
+        """Take the grant's refresh lease if nobody holds it and the grant is still at ``grant.version``.
+
+        Returns:
+            the lease's owner token, or None when another invocation refreshes (or refreshed) it.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        now = _now()
+        owner = uuid.uuid4().hex
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(grant.grant_id),
+                UpdateExpression="SET refresh_owner = :owner, refresh_lease_until = :until",
+                ConditionExpression=(
+                    "version = :version AND "
+                    "(attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now)"
+                ),
+                ExpressionAttributeValues={
+                    ":owner": {"S": owner},
+                    ":until": {"N": str(int((now + lease).timestamp()) + 1)},
+                    ":version": {"N": str(grant.version)},
+                    ":now": {"N": str(int(now.timestamp()))},
+                },
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return None
+            raise _store_error("UpdateItem", error) from None
+        except BotoCoreError as error:
+            raise _store_error("UpdateItem", error) from None
+        return owner
+
+    def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> bool:
+        """Write a refresh's rotated tokens and release the lease.
+
+        Only while the lease is ours, or the grant is still at the version the refresh started from
+        (nobody refreshed it since).
+
+        Returns:
+            False when the grant moved on meanwhile (the tokens were not written).
+
+        Raises:
+            RecordStoreError: DynamoDB failed (the rotated refresh token may then be lost: logged).
+        """
+        now = _now()
+        values = _token_values(tokens, now, self._retention)
+        values.update({":owner": {"S": owner}, ":version": {"N": str(grant.version)}, ":one": {"N": "1"}})
+        sets = [
+            "sealed_access_token = :access",
+            "access_expires_at = :access_expires",
+            "version = version + :one",
+            "expires_at = :expires",
+        ]
+        if tokens.sealed_refresh_token is not None:
+            sets += ["sealed_refresh_token = :refresh", "refresh_expires_at = :refresh_expires"]
+        if tokens.user_openid is not None:
+            sets.append("user_openid = :user")
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(grant.grant_id),
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE refresh_owner, refresh_lease_until",
+                ConditionExpression="refresh_owner = :owner OR version = :version",
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise _store_error("UpdateItem", error) from None
+        except BotoCoreError as error:
+            raise _store_error("UpdateItem", error) from None
+        return True
+
+    def release_refresh_lease(self, grant_id: str, owner: str) -> None:
+        """Give the lease back after a refresh that changed nothing (never raises: it lapses anyway)."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(grant_id),
+                UpdateExpression="REMOVE refresh_owner, refresh_lease_until",
+                ConditionExpression="refresh_owner = :owner",
+                ExpressionAttributeValues={":owner": {"S": owner}},
+            )
+        except (ClientError, BotoCoreError):
+            logger.info("refresh lease left to lapse")
+
+    def erase(self, grant_id: str) -> None:
+        """Delete the grant and its tokens (the user revoked the app, or TikTok refused its refresh).
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        try:
+            self._client.delete_item(TableName=self._table, Key=_key(grant_id))
+        except (ClientError, BotoCoreError) as error:
+            raise _store_error("DeleteItem", error) from None
+
+
+def _key(grant_id: str) -> dict[str, Any]:
+    return {"grant_id": {"S": grant_id}}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _epoch(moment: datetime) -> dict[str, str]:
+    return {"N": str(int(moment.timestamp()))}
+
+
+def _token_values(tokens: SealedTokens, now: datetime, retention: timedelta) -> dict[str, Any]:
+    lives_until = max(tokens.refresh_expires_at or tokens.access_expires_at, now) + retention
+    values: dict[str, Any] = {
+        ":access": {"S": tokens.sealed_access_token},
+        ":access_expires": _epoch(tokens.access_expires_at),
+        ":expires": _epoch(lives_until),
+    }
+    if tokens.sealed_refresh_token is not None and tokens.refresh_expires_at is not None:
+        values[":refresh"] = {"S": tokens.sealed_refresh_token}
+        values[":refresh_expires"] = _epoch(tokens.refresh_expires_at)
+    if tokens.user_openid is not None:
+        values[":user"] = {"S": tokens.user_openid}
+    return values
+
+
+def _moment(item: Item, name: str) -> datetime | None:
+    value = item.get(name, {}).get("N")
+    return datetime.fromtimestamp(int(value), UTC) if value is not None else None
+
+
+def _string(item: Item, name: str) -> str | None:
+    value = item.get(name, {}).get("S")
+    return str(value) if value is not None else None
+
+
+def _grant(item: Item) -> Grant:
+    return Grant(
+        grant_id=str(item["grant_id"]["S"]),
+        version=int(item.get("version", {}).get("N", "0")),
+        sealed_access_token=_string(item, "sealed_access_token"),
+        access_expires_at=_moment(item, "access_expires_at"),
+        sealed_refresh_token=_string(item, "sealed_refresh_token"),
+        refresh_expires_at=_moment(item, "refresh_expires_at"),
+        user_openid=_string(item, "user_openid"),
+        refresh_owner=_string(item, "refresh_owner"),
+        refresh_lease_until=_moment(item, "refresh_lease_until"),
+    )
+
+
+def _store_error(operation: str, error: BaseException) -> TransferError:
+    return aws_failure(RecordStoreError, f"DynamoDB {operation}", error)
