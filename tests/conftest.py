@@ -19,12 +19,12 @@ from urllib.parse import quote
 import boto3
 import pytest
 
-from tests.harness.demo import DEMO_TOKEN
+from tests.harness.demo import DEMO_REFRESH_TOKEN, DEMO_TOKEN
 from tests.harness.functions import RECORDER, UNUSED, LambdaFunctions
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, Emulator, LocalStack, Resources, provision
 from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, refresh_token
-from tiktok_archive.handlers import api, sqs
+from tiktok_archive.handlers import api, lifecycle, sqs
 from tiktok_archive.observability import REDACTED, logger
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -60,7 +60,7 @@ class SecretRegistry:
 
 SECRETS = SecretRegistry()
 # The sample events' token, and TikTok's own example token, are secrets like any other.
-SECRETS.tokens.update({DEMO_TOKEN, CHECK_STATUS_EXAMPLE})
+SECRETS.tokens.update({DEMO_TOKEN, DEMO_REFRESH_TOKEN, CHECK_STATUS_EXAMPLE})
 
 
 class LogCapture(logging.Handler):
@@ -169,7 +169,14 @@ def resources(stack: LocalStack, bucket: str) -> Resources:
 Configure = Callable[..., None]
 # Template parameters every test starts from: the emulator as TikTok, and 5 MiB parts (S3's minimum)
 # so that multipart paths run on small archives.
-TEST_PARAMETERS = {"PartSizeMiB": "5", "UploadConcurrency": "3"}
+TEST_PARAMETERS = {
+    "PartSizeMiB": "5",
+    "UploadConcurrency": "3",
+    # Status checks come fast in tests (a real deployment: 60 s, doubling to 900 s) and unpaced.
+    "StatusPollInitialSeconds": "1",
+    "StatusPollMaxSeconds": "2",
+    "StatusPollPaceMs": "0",
+}
 _FUNCTIONS: list[LambdaFunctions] = []
 
 
@@ -249,6 +256,26 @@ def api_event(
     return event
 
 
+def request_event(body: dict[str, Any] | str | None, token: str | None) -> dict[str, Any]:
+    """``events/api-create-request.json`` (``POST /requests``) with another body and token."""
+    event = copy.deepcopy(load_event("api-create-request.json"))
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    event["body"] = body if isinstance(body, str) or body is None else json.dumps(body)
+    headers = {k: v for k, v in event["headers"].items() if k != "Authorization"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    event["headers"] = headers
+    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+    return event
+
+
+def delete_event(request_id: object, token: str | None) -> dict[str, Any]:
+    """``events/api-cancel-download.json`` (``DELETE /downloads/{id}``) for another id and token."""
+    event = get_event(request_id, token)
+    event["httpMethod"] = event["requestContext"]["httpMethod"] = "DELETE"
+    return event
+
+
 def get_event(request_id: object, token: str | None) -> dict[str, Any]:
     """``events/api-get-download.json`` for another ``request_id`` and token."""
     event = copy.deepcopy(load_event("api-get-download.json"))
@@ -301,6 +328,43 @@ def call_worker(records: list[dict[str, Any]], remaining_ms: int = 900_000) -> d
     with functions().running("WorkerFunction"):
         result: dict[str, Any] = sqs.lambda_handler({"Records": records}, context)
     return result
+
+
+def call_lifecycle(records: list[dict[str, Any]], remaining_ms: int = 60_000) -> dict[str, Any]:
+    """Invoke the lifecycle function with a batch of records, ``remaining_ms`` before its timeout."""
+    context = FakeLambdaContext("LifecycleFunction", remaining_ms)
+    with functions().running("LifecycleFunction"):
+        result: dict[str, Any] = lifecycle.lambda_handler({"Records": records}, context)
+    return result
+
+
+def acknowledge(
+    resources: Resources, queue: str, records: list[dict[str, Any]], result: dict[str, Any]
+) -> None:
+    """Delete the messages the function did not report failed, as Lambda's SQS event source does."""
+    failed = {failure["itemIdentifier"] for failure in result["batchItemFailures"]}
+    sqs = resources.client("sqs")
+    for record in records:
+        if record["messageId"] not in failed:
+            sqs.delete_message(QueueUrl=resources.local.ref(queue), ReceiptHandle=record["receiptHandle"])
+
+
+def receive(resources: Resources, queue: str, wait_seconds: int = 3) -> list[dict[str, Any]]:
+    """The messages of ``queue`` visible within ``wait_seconds``, as SQS records of that queue (with real
+    receipt handles), received and so hidden for the queue's visibility timeout."""
+    sqs = resources.client("sqs")
+    answer = sqs.receive_message(
+        QueueUrl=resources.local.ref(queue),
+        MaxNumberOfMessages=10,
+        WaitTimeSeconds=wait_seconds,
+        AttributeNames=["All"],
+    )
+    records = []
+    for message in answer.get("Messages", []):
+        record = sqs_record(message["Body"], message["MessageId"], queue)
+        record["receiptHandle"] = message["ReceiptHandle"]
+        records.append(record)
+    return records
 
 
 # -- S3 assertions -------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from tests.harness.local_stack import LocalStack, provision
 from tiktok_archive.handlers import api, sqs
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
+DEMO_REFRESH_TOKEN = "rft.DEMOr9Kq2Lx7Vn4Tb8Wm3Zc6Hd1Pf5Gs0Ja-Ue_Yi2Oo7Rh4Sl9Nk3Xe8Qv6Bt1Cy5Dw0Fm-Jg!4667.e1"
+DEMO_OPEN_ID = "-000DEMO0a1b2c3d4e5f60718293a4b5c6d"
 DEMO_TOKEN = "act.DEMO7hQ2xK9pLm4Rt8Vw3Yz6Bc1Nf5Gj0Sd-Ua_Ei2Ok7Ph4Tl9Xm3Qr8Wv6Zy1Cb5Dg0Fn-Jp!4667.e1"
 API_REQUEST_ID = 7234567890123456789
 SQS_REQUEST_ID = 7234567890123456790

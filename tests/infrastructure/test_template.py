@@ -239,7 +239,7 @@ def test_outputs_name_the_api_the_queue_and_the_bucket(template: dict[str, Any])
 def test_sample_events_are_lambda_shaped(path: Path) -> None:
     event = json.loads(path.read_text())
     if path.name.startswith("api-"):
-        assert event["httpMethod"] in ("POST", "GET")
+        assert event["httpMethod"] in ("POST", "GET", "DELETE")
         assert event["requestContext"]["requestId"]
     else:
         assert all(r["eventSource"] == "aws:sqs" and r["messageId"] for r in event["Records"])

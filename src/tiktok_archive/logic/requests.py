@@ -24,7 +24,7 @@ from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords, Held
 from tiktok_archive.adapters.grants import grant_id_for
-from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
+from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, confirm_owner, logged_as
 from tiktok_archive.logic.tokens import TokenService
@@ -245,7 +245,7 @@ class RequestLifecycle:
 
     def _next(self, record: DownloadRecord, status: RequestStatus | None, interval: int) -> None:
         """Send the next check, then record this one (a lost write repeats a check, never loses one)."""
-        interval = min(interval, self._schedule.longest)
+        interval = min(interval, MAX_DELAY_SECONDS)  # a Retry-After may exceed the schedule's longest
         self._queue.schedule_check(record.request_id, record.poll_seq + 1, interval)
         self._records.advance_schedule(
             record.request_id,

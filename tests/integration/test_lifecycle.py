@@ -1,0 +1,531 @@
+"""From consent to archive through the real handlers: POST /requests, the status schedule on the
+lifecycle queue, token refresh, the download from the user's grant, GET, DELETE and the events.
+
+TikTok is the emulator (its clock moved, never slept on); AWS is moto server. Status checks are real
+delayed SQS messages (1 s, doubling to 2 s, in tests); each test receives them and hands them to the
+lifecycle function as Lambda would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    SECRETS,
+    Configure,
+    acknowledge,
+    api_event,
+    assert_nothing_left,
+    call_api,
+    call_lifecycle,
+    call_worker,
+    delete_event,
+    functions,
+    get_event,
+    new_request_id,
+    open_uploads,
+    receive,
+    request_event,
+    sqs_record,
+    stored_keys,
+)
+from tests.harness.emulator_control import Emulator
+from tests.harness.local_stack import REPO_ROOT, Resources
+from tests.harness.tokens import open_id as new_open_id
+
+MIB = 1024 * 1024
+COUNT = int(os.environ.get("LIFECYCLE_COUNT", "1000"))
+
+
+def consent(emulator: Emulator, **user: Any) -> dict[str, Any]:
+    """A user who granted the app a portability scope: their open_id and fresh tokens."""
+    granted = emulator.add_user(new_open_id(), **user)
+    SECRETS.tokens.update({granted["access_token"], granted["refresh_token"]})
+    return granted
+
+
+def add_request(user: dict[str, Any], **body: Any) -> Any:
+    body = {"refresh_token": user["refresh_token"], "open_id": user["open_id"], **body}
+    return call_api(request_event(body, user["access_token"]))
+
+
+def check_until(resources: Resources, predicate: Any, rounds: int = 6) -> list[dict[str, Any]]:
+    """Receive the lifecycle queue's checks and run them until ``predicate()`` holds; the results."""
+    results = []
+    for _ in range(rounds):
+        records = receive(resources, "LifecycleQueue")
+        if records:
+            results.append(call_lifecycle(records))
+            acknowledge(resources, "LifecycleQueue", records, results[-1])
+        if predicate():
+            return results
+    raise AssertionError("the schedule never got there")
+
+
+def item(resources: Resources, request_id: int) -> dict[str, Any]:
+    found = resources.item(request_id)
+    assert found is not None
+    return found
+
+
+def status_of(resources: Resources, request_id: int) -> str:
+    return str(item(resources, request_id).get("status", {}).get("S"))
+
+
+def grant_item(resources: Resources, user: dict[str, Any]) -> dict[str, Any]:
+    answer = resources.client("dynamodb").get_item(
+        TableName=resources.local.ref("GrantsTable"), Key={"grant_id": {"S": f"user:{user['open_id']}"}}
+    )
+    found: dict[str, Any] = answer.get("Item", {})
+    return found
+
+
+def stored_refresh_token(resources: Resources, user: dict[str, Any]) -> str:
+    """The refresh token the service holds for ``user`` (opened with the stack's key, as a function would)."""
+    grant = grant_item(resources, user)
+    plaintext = resources.client("kms").decrypt(
+        CiphertextBlob=base64.b64decode(grant["sealed_refresh_token"]["S"]),
+        EncryptionContext={"purpose": "tiktok-archive refresh token", "grant_id": grant["grant_id"]["S"]},
+    )["Plaintext"]
+    return str(plaintext.decode())
+
+
+# -- POST /requests ------------------------------------------------------------------------------------
+def test_a_request_is_added_at_tiktok_and_answered_202_waiting(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    user = consent(emulator, prepare_seconds=600)
+
+    answer = add_request(user, categories=["video", "activity"])
+
+    # Then TikTok has the request, and the caller the record of it, waiting, with where to look
+    assert answer.status == 202, answer.body
+    request_id = int(answer.body["request_id"])
+    assert answer.body["request_id"] in emulator.user(user["open_id"])["requests"]
+    assert answer.headers["Location"] == f"/v1/downloads/{request_id}"
+    assert answer.body["status"] == "waiting"
+    assert answer.body["tiktok"]["data_format"] == "json"
+    assert answer.body["tiktok"]["categories"] == ["video", "activity"]
+    assert answer.body["next_check_at"]
+    # And the first check is on the lifecycle queue, one event says the request was added
+    [check] = receive(resources, "LifecycleQueue")
+    assert json.loads(check["body"]) == {"kind": "check", "request_id": str(request_id), "seq": 0}
+    [event] = resources.events()
+    assert (event["detail-type"], event["detail"]["request_id"]) == ("Request Added", str(request_id))
+    # And the user's tokens are kept sealed only: no token in the grant, the record, the event
+    written = json.dumps([grant_item(resources, user), item(resources, request_id), event])
+    for token in (user["access_token"], user["refresh_token"]):
+        assert token.partition(".")[2] not in written
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data_format": "xml"},
+        {"categories": []},
+        {"categories": ["video", "video"]},
+        {"categories": ["photos"]},
+        {"categories": "all_data"},
+        {"refresh_token": "rft.has a space"},
+        {"open_id": 12},
+        {"surprise": True},
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_a_bad_body_is_400_before_tiktok_is_called(
+    configure: Configure, emulator: Emulator, resources: Resources, body: Any
+) -> None:
+    user = consent(emulator)
+    before = emulator.stats()["calls"].get("add", 0)
+
+    answer = call_api(request_event(body, user["access_token"]))
+
+    assert (answer.status, answer.body["error"]["code"]) == (400, "invalid_request")
+    assert emulator.stats()["calls"].get("add", 0) == before
+    assert resources.client("dynamodb").scan(TableName=resources.table)["Items"] == []
+
+
+def test_tiktoks_refusals_pass_through_and_keep_nothing(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a user whose single-use scope already made its one request, and one without the scope
+    single = consent(emulator, scopes=["portability.all.single"])
+    assert add_request(single).status == 202
+    resources.events()
+    no_scope = consent(emulator, scopes=["user.info.basic"])
+
+    again, refused = add_request(single), add_request(no_scope)
+
+    assert (again.status, again.body["error"]["code"]) == (400, "scope_permission_missed")
+    assert (refused.status, refused.body["error"]["code"]) == (401, "scope_not_authorized")
+    assert len(again.body["error"]["log_id"]) == 34
+    assert len(resources.client("dynamodb").scan(TableName=resources.table)["Items"]) == 1
+    assert resources.events() == []
+
+
+# -- waiting, then the archive -----------------------------------------------------------------------
+def test_from_consent_to_archive_without_anyone_polling(
+    configure: Configure, emulator: Emulator, resources: Resources, bucket: str
+) -> None:
+    # Given a request TikTok takes an hour to prepare
+    user = consent(emulator, prepare_seconds=3600, archive_size=6 * MIB)
+    request_id = int(add_request(user).body["request_id"])
+    resources.events()
+
+    # When the schedule checks it twice while TikTok prepares it
+    check_until(resources, lambda: int(item(resources, request_id)["checks"]["N"]) >= 2)
+
+    # Then the record is waiting, TikTok's times are known, and the interval doubled (1 s, then 2 s)
+    waiting = call_api(get_event(request_id, user["access_token"])).body
+    assert waiting["status"] == "waiting"
+    assert waiting["tiktok"]["status"] == "pending"
+    assert waiting["tiktok"]["apply_time"]
+    assert item(resources, request_id)["poll_interval"]["N"] == "2"
+
+    # When TikTok has prepared it and the next check finds it ready
+    emulator.advance_clock(3600)
+    check_until(resources, lambda: status_of(resources, request_id) == "queued")
+
+    # Then the download is queued (once), "Archive Ready" published, and no further check is scheduled
+    jobs = receive(resources, "DownloadQueue")
+    assert [json.loads(j["body"]) for j in jobs] == [{"request_id": str(request_id), "source": "grant"}]
+    assert [e["detail-type"] for e in resources.events()] == ["Archive Ready"]
+    assert receive(resources, "LifecycleQueue", wait_seconds=3) == []
+
+    # When the worker runs the job with the user's stored tokens
+    assert call_worker(jobs) == {"batchItemFailures": []}
+
+    # Then the archive is stored, announced, and GET hands out a link to exactly TikTok's bytes
+    done = call_api(get_event(request_id, user["access_token"])).body
+    assert done["status"] == "completed"
+    with urllib.request.urlopen(done["url"], timeout=30) as response:
+        assert len(response.read()) == done["size_bytes"]
+    [completed] = resources.events()
+    assert completed["detail-type"] == "Download Completed"
+    assert completed["detail"]["open_id"] == user["open_id"]
+    assert "url" not in json.dumps(completed)
+    assert stored_keys(resources.client("s3"), bucket) == [f"archives/{request_id}.zip"]
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "detail_type"),
+    [("expired", "expired", "Request Expired"), ("cancelled", "cancelled", "Request Cancelled")],
+)
+def test_a_check_that_finds_the_request_ended_at_tiktok_ends_it_and_stops(
+    configure: Configure, emulator: Emulator, resources: Resources, state: str, status: str, detail_type: str
+) -> None:
+    user = consent(emulator, prepare_seconds=3600)
+    request_id = int(add_request(user).body["request_id"])
+    resources.events()
+    emulator.set_request_state(request_id, state)
+
+    check_until(resources, lambda: status_of(resources, request_id) == status)
+
+    assert [e["detail-type"] for e in resources.events()] == [detail_type]
+    assert receive(resources, "LifecycleQueue", wait_seconds=3) == []  # the polling stopped
+    record = call_api(get_event(request_id, user["access_token"])).body
+    assert record["status"] == status
+    assert "url" not in record
+
+
+def test_a_rate_limited_check_slows_the_schedule_and_hands_the_batch_back(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given three waiting requests, and TikTok admitting one Check Status a minute
+    user = consent(emulator, prepare_seconds=3600)
+    ids = [int(add_request(user).body["request_id"]) for _ in range(3)]
+    records = receive(resources, "LifecycleQueue")
+    assert len(records) == 3
+    emulator.set_rate_limit(1, endpoint="check")
+
+    result = call_lifecycle(records)
+
+    # Then the first check goes through, the second is refused 429 and its request's schedule slows
+    # to TikTok's Retry-After, and the third comes back without a call
+    first, second, third = (int(json.loads(r["body"])["request_id"]) for r in records)
+    assert sorted([first, second, third]) == sorted(ids)
+    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == [records[2]["messageId"]]
+    assert item(resources, first)["poll_interval"]["N"] == "2"
+    assert int(item(resources, second)["poll_interval"]["N"]) >= 30
+    assert item(resources, third)["checks"]["N"] == "0"
+    stats = emulator.stats()
+    assert (stats["calls"]["check"], stats["rate_limited"]["check"]) == (2, 1)  # three messages, two calls
+
+
+# -- tokens that outlive a wait ------------------------------------------------------------------------
+def test_an_expired_access_token_is_refreshed_and_the_rotated_refresh_token_kept(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a request, and three hours later: TikTok's 2-hour access token has expired
+    user = consent(emulator, prepare_seconds=6 * 3600)
+    request_id = int(add_request(user).body["request_id"])
+    emulator.advance_clock(3 * 3600)
+
+    # When the schedule checks the request
+    check_until(resources, lambda: int(item(resources, request_id)["checks"]["N"]) >= 1)
+
+    # Then the token was refreshed once, the check went through, and the service holds the rotated token
+    now = emulator.user(user["open_id"])
+    assert (now["refreshes"], now["refused_refreshes"]) == (1, 0)
+    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
+    assert stored_refresh_token(resources, user) == now["refresh_token"]
+    assert item(resources, request_id)["status"]["S"] == "waiting"
+
+
+def test_racing_refreshes_of_one_user_keep_a_working_refresh_token(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given one user with two waiting requests (one grant), whose access token expired
+    user = consent(emulator, prepare_seconds=6 * 3600)
+    ids = [int(add_request(user).body["request_id"]) for _ in range(2)]
+    emulator.advance_clock(3 * 3600)
+    records = receive(resources, "LifecycleQueue")
+    assert len(records) == 2
+
+    # When both checks run at the same moment in two containers
+    others = [lifecycle_in_another_container(record) for record in records]
+    outputs = [other.communicate(timeout=120) for other in others]
+
+    # Then TikTok refreshed once — nobody replayed a rotated token — and both checks went through
+    assert all(other.returncode == 0 for other in others), outputs
+    now = emulator.user(user["open_id"])
+    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
+    assert (now["refreshes"], now["refused_refreshes"]) == (1, 0)
+    assert stored_refresh_token(resources, user) == now["refresh_token"]
+    assert sorted(int(item(resources, i)["checks"]["N"]) for i in ids) == [1, 1]
+
+
+def test_a_refused_refresh_ends_the_request_reauthorization_required(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a user who disconnected the app at TikTok (their tokens stop working) before the next check
+    user = consent(emulator, prepare_seconds=3600)
+    request_id = int(add_request(user).body["request_id"])
+    resources.events()
+    emulator.disconnect_user(user["open_id"])
+
+    check_until(resources, lambda: status_of(resources, request_id) == "failed")
+
+    record = item(resources, request_id)
+    assert (record["error_code"]["S"], record["error_transient"]["BOOL"]) == (
+        "reauthorization_required",
+        False,
+    )
+    [event] = resources.events()
+    assert (event["detail-type"], event["detail"]["error"]["code"]) == (
+        "Download Failed",
+        "reauthorization_required",
+    )
+    assert grant_item(resources, user) == {}  # the dead tokens are gone
+    assert receive(resources, "LifecycleQueue", wait_seconds=3) == []
+
+
+def test_a_request_waiting_past_the_give_up_time_fails(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    user = consent(emulator, prepare_seconds=30 * 24 * 3600)
+    request_id = int(add_request(user).body["request_id"])
+    resources.client("dynamodb").update_item(  # as if the week had passed
+        TableName=resources.table,
+        Key={"request_id": {"S": str(request_id)}},
+        UpdateExpression="SET give_up_at = :past",
+        ExpressionAttributeValues={":past": {"S": "2026-01-01T00:00:00Z"}},
+    )
+    calls = emulator.stats()["calls"].get("check", 0)
+
+    check_until(resources, lambda: status_of(resources, request_id) == "failed")
+
+    assert item(resources, request_id)["error_code"]["S"] == "preparation_timed_out"
+    assert emulator.stats()["calls"].get("check", 0) == calls  # TikTok was not asked any more
+
+
+# -- DELETE --------------------------------------------------------------------------------------------
+def test_delete_of_a_waiting_request_cancels_it_at_tiktok_and_stops_the_polling(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    user = consent(emulator, prepare_seconds=3600)
+    request_id = int(add_request(user).body["request_id"])
+    resources.events()
+
+    first = call_api(delete_event(request_id, user["access_token"]))
+    second = call_api(delete_event(request_id, user["access_token"]))
+
+    assert (first.status, first.body["status"]) == (200, "cancelled")
+    assert (second.status, second.body) == (200, first.body)  # idempotent
+    assert emulator.state(request_id)["status"] == "cancelled"
+    assert emulator.state(request_id)["cancels"] == 1
+    assert [e["detail-type"] for e in resources.events()] == ["Request Cancelled"]
+    # The pending check is stale now: it asks TikTok nothing and schedules nothing
+    calls = emulator.stats()["calls"].get("check", 0)
+    check_records = receive(resources, "LifecycleQueue")
+    assert call_lifecycle(check_records) == {"batchItemFailures": []}
+    assert emulator.stats()["calls"].get("check", 0) == calls
+    assert receive(resources, "LifecycleQueue", wait_seconds=3) == []
+
+
+def test_delete_of_a_stored_archive_deletes_it_and_no_link_is_ever_handed_out(
+    configure: Configure, emulator: Emulator, resources: Resources, s3: Any, bucket: str, token: str
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=6 * MIB)
+    assert call_api(api_event(request_id, token)).status == 200
+
+    cancelled = call_api(delete_event(request_id, token))
+
+    assert (cancelled.status, cancelled.body["status"]) == (200, "cancelled")
+    assert_nothing_left(s3, bucket)
+    got = call_api(get_event(request_id, token))
+    assert (got.body["status"], "url" in got.body) == ("cancelled", False)
+    again = call_api(api_event(request_id, token))
+    assert (again.status, again.body["error"]["code"]) == (410, "request_cancelled")
+    assert emulator.downloads(request_id) == 1
+
+
+def test_delete_by_a_stranger_changes_nothing(
+    configure: Configure, emulator: Emulator, resources: Resources, token: str
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token)
+    assert call_api(api_event(request_id, token)).status == 200
+    stranger = SECRETS.token()
+    emulator.register(new_request_id(), stranger)
+    before = resources.item(request_id)
+
+    answer = call_api(delete_event(request_id, stranger))
+
+    assert (answer.status, answer.body["error"]["code"]) == (404, "not_found")
+    assert resources.item(request_id) == before
+
+
+def worker_in_another_container(record: dict[str, Any]) -> subprocess.Popen[str]:
+    return _invoke("sqs", "WorkerFunction", record)
+
+
+def lifecycle_in_another_container(record: dict[str, Any]) -> subprocess.Popen[str]:
+    return _invoke("lifecycle", "LifecycleFunction", record)
+
+
+def _invoke(trigger: str, function: str, record: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.harness.invoke", trigger, json.dumps({"Records": [record]})],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            **functions().environment(function),
+            "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_delete_during_a_running_download_stops_it_and_leaves_nothing(
+    configure: Configure, emulator: Emulator, resources: Resources, s3: Any, bucket: str, token: str
+) -> None:
+    # Given a download running in another container, slowly (24 MiB at 2 MiB/s)
+    request_id = new_request_id()
+    emulator.register(request_id, token, size=24 * MIB, bytes_per_second=2 * MIB)
+    body = json.dumps({"request_id": str(request_id), "access_token": token})
+    other = worker_in_another_container(sqs_record(body))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "progress_bytes" not in (resources.item(request_id) or {}):
+        time.sleep(0.2)
+
+    # When GET shows its progress, and then the owner deletes it
+    running = call_api(get_event(request_id, token)).body
+    assert running["status"] == "in_progress"
+    assert running["progress"]["bytes_received"] > 0
+    assert running["progress"]["parts_uploaded"] >= 1
+    cancelled = call_api(delete_event(request_id, token))
+    out, err = other.communicate(timeout=60)
+
+    # Then the running download stopped at its next progress report and left nothing behind
+    assert cancelled.body["status"] == "cancelled"
+    assert other.returncode == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1]) == {"batchItemFailures": []}
+    assert stored_keys(s3, bucket) == []
+    assert open_uploads(s3, bucket) == []
+    assert status_of(resources, request_id) == "cancelled"
+
+
+def test_an_access_token_near_its_expiry_is_refreshed_before_use(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a stored access token with 10 minutes left (less than the 20 a download may need)
+    user = consent(emulator, prepare_seconds=3600)
+    request_id = int(add_request(user).body["request_id"])
+    resources.client("dynamodb").update_item(
+        TableName=resources.local.ref("GrantsTable"),
+        Key={"grant_id": {"S": f"user:{user['open_id']}"}},
+        UpdateExpression="SET access_expires_at = :soon",
+        ExpressionAttributeValues={":soon": {"N": str(int(time.time()) + 600)}},
+    )
+
+    check_until(resources, lambda: int(item(resources, request_id)["checks"]["N"]) >= 1)
+
+    # Then it was refreshed before the check, though TikTok would still have taken it
+    now = emulator.user(user["open_id"])
+    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
+    assert now["refreshes"] == 1
+    assert int(grant_item(resources, user)["access_expires_at"]["N"]) > time.time() + 3600
+
+
+def in_queue(resources: Resources, queue: str) -> int:
+    """Messages in ``queue``: visible, received and not yet deleted, or still delayed."""
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    attributes = resources.client("sqs").get_queue_attributes(
+        QueueUrl=resources.local.ref(queue), AttributeNames=names
+    )["Attributes"]
+    return sum(int(attributes[name]) for name in names)
+
+
+@pytest.mark.slow
+def test_a_thousand_waiting_requests_cost_one_check_each_per_interval(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given 1,000 requests TikTok is preparing (one user with an ongoing scope), added through the API
+    user = consent(emulator, prepare_seconds=24 * 3600, scopes=["portability.all.ongoing"])
+    started = time.monotonic()
+    ids = {int(add_request(user).body["request_id"]) for _ in range(COUNT)}
+    added_in = time.monotonic() - started
+    before = emulator.stats()["calls"].get("check", 0)
+
+    # When the schedule runs a check of each (ten messages to an invocation, as the template says)
+    started = time.monotonic()
+    ran, most_in_queue = 0, 0
+    while ran < COUNT:
+        records = receive(resources, "LifecycleQueue", wait_seconds=5)
+        assert records, f"only {ran} checks arrived"
+        result = call_lifecycle(records)
+        assert result == {"batchItemFailures": []}
+        acknowledge(resources, "LifecycleQueue", records, result)
+        ran += len(records)
+        most_in_queue = max(most_in_queue, in_queue(resources, "LifecycleQueue"))
+    took = time.monotonic() - started
+
+    # Then each message cost exactly one TikTok call, each request was checked exactly once, and each
+    # request's chain never held more than its one next check: no loop, no multiplication
+    calls = emulator.stats()["calls"]["check"] - before
+    checks = {int(item(resources, i)["checks"]["N"]) for i in ids}
+    print(f"\n{COUNT} requests added in {added_in:.1f} s; {ran} checks in {took:.1f} s; {calls} TikTok calls")
+    assert calls == ran == COUNT
+    assert checks == {1}
+    assert most_in_queue <= COUNT
+    # And the next round is one check each again, not due before the interval (2 s in tests)
+    next_checks = [json.loads(r["body"]) for r in receive(resources, "LifecycleQueue", wait_seconds=0)]
+    assert all(check["seq"] == 1 for check in next_checks)
