@@ -24,7 +24,7 @@ from tests.harness.functions import RECORDER, UNUSED, LambdaFunctions
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, Emulator, LocalStack, Resources, provision
 from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, refresh_token
-from tiktok_archive.handlers import api, lifecycle, sqs
+from tiktok_archive.handlers import api, lifecycle, sqs, webhook
 from tiktok_archive.observability import REDACTED, logger
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -328,6 +328,34 @@ def call_worker(records: list[dict[str, Any]], remaining_ms: int = 900_000) -> d
     with functions().running("WorkerFunction"):
         result: dict[str, Any] = sqs.lambda_handler({"Records": records}, context)
     return result
+
+
+def webhook_event(
+    raw: bytes,
+    signature: str | None,
+    *,
+    base64_encoded: bool = False,
+    headers: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """``events/api-webhook-download-ready.json`` with another raw body and ``TikTok-Signature``."""
+    event = copy.deepcopy(load_event("api-webhook-download-ready.json"))
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    event["body"] = base64.b64encode(raw).decode() if base64_encoded else raw.decode()
+    event["isBase64Encoded"] = base64_encoded
+    multi = {k: v for k, v in event["multiValueHeaders"].items() if k != "TikTok-Signature"}
+    if signature is not None:
+        multi["TikTok-Signature"] = [signature]
+    multi.update(headers or {})
+    event["multiValueHeaders"] = multi
+    event["headers"] = {k: v[-1] for k, v in multi.items() if v}
+    return event
+
+
+def call_webhook(event: dict[str, Any]) -> ApiAnswer:
+    """Invoke the webhook function as API Gateway would."""
+    with functions().running("WebhookFunction"):
+        answer = webhook.lambda_handler(event, FakeLambdaContext("WebhookFunction", 10_000))
+    return ApiAnswer(answer["statusCode"], json.loads(answer["body"]), answer.get("headers") or {})
 
 
 def call_lifecycle(records: list[dict[str, Any]], remaining_ms: int = 60_000) -> dict[str, Any]:

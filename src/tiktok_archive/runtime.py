@@ -25,10 +25,12 @@ from tiktok_archive.adapters.queue_visibility import MessageVisibility
 from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
 from tiktok_archive.adapters.token_vault import TokenVault
+from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
 from tiktok_archive.logic.downloads import DownloadService
 from tiktok_archive.logic.requests import RequestLifecycle, Schedule
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.logic.webhooks import WebhookReceiver
 from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.settings import Settings
 
@@ -192,6 +194,27 @@ def lifecycle_queue() -> LifecycleQueue:
 
 
 @functools.cache
+def webhook_receiver() -> WebhookReceiver:
+    """TikTok's webhook deliveries, verified, recorded and queued."""
+    return WebhookReceiver(app_credentials, webhook_deliveries, lifecycle_queue)
+
+
+@functools.cache
+def webhook_deliveries() -> WebhookDeliveries:
+    """The deliveries table.
+
+    Raises:
+        ConfigurationError: ``WEBHOOK_DELIVERIES_TABLE_NAME`` is not set.
+    """
+    config = settings()
+    if not config.webhook_deliveries_table_name:
+        raise ConfigurationError("WEBHOOK_DELIVERIES_TABLE_NAME is required to take TikTok's webhooks")
+    return WebhookDeliveries(
+        aws_clients.client("dynamodb", SMALL_CALLS), config.webhook_deliveries_table_name
+    )
+
+
+@functools.cache
 def download_service() -> DownloadService:
     """The container's download service (records, ownership, events around the transfer).
 
@@ -247,6 +270,8 @@ def start_invocation(remaining_ms: int) -> None:
 def reset() -> None:
     """Forget everything built so the next call reads the environment again (tests only)."""
     for built in (
+        webhook_receiver,
+        webhook_deliveries,
         request_lifecycle,
         lifecycle_queue,
         token_service,

@@ -84,6 +84,8 @@ class Settings:
             default 5).
         grants_table_name: the DynamoDB table of users' sealed tokens (``GRANTS_TABLE_NAME``; needed by
             ``POST /requests`` and whatever acts for a user without a caller).
+        webhook_deliveries_table_name: the DynamoDB table of TikTok's webhook deliveries
+            (``WEBHOOK_DELIVERIES_TABLE_NAME``; needed by the webhook function).
         lifecycle_queue_url: the queue of status checks and webhook work (``LIFECYCLE_QUEUE_URL``).
         app_secret_arn: the Secrets Manager secret ``{"client_key", "client_secret"}`` of the TikTok app
             (``TIKTOK_APP_SECRET_ARN``; needed to refresh tokens and to verify webhooks).
@@ -117,6 +119,7 @@ class Settings:
     s3_retry_mode: Literal["standard", "adaptive"] = "standard"
     s3_max_attempts: int = 5
     grants_table_name: str = ""
+    webhook_deliveries_table_name: str = ""
     lifecycle_queue_url: str = ""
     app_secret_arn: str = ""
     status_poll_initial_seconds: int = 60
@@ -183,6 +186,7 @@ class Settings:
             ),
             s3_max_attempts=_int(env, "S3_MAX_ATTEMPTS", 5, 1, 10),
             grants_table_name=env.get("GRANTS_TABLE_NAME", "").strip(),
+            webhook_deliveries_table_name=env.get("WEBHOOK_DELIVERIES_TABLE_NAME", "").strip(),
             lifecycle_queue_url=env.get("LIFECYCLE_QUEUE_URL", "").strip(),
             app_secret_arn=env.get("TIKTOK_APP_SECRET_ARN", "").strip(),
             status_poll_initial_seconds=_int(env, "STATUS_POLL_INITIAL_SECONDS", 60, 1, 900),

@@ -55,6 +55,8 @@ def local() -> LocalResources:
         .with_log_group("WorkerFunctionLogGroup", "/aws/lambda/worker")
         .with_log_group("LifecycleFunctionLogGroup", "/aws/lambda/lifecycle")
         .with_table("GrantsTable", "grants-abc")
+        .with_table("WebhookDeliveriesTable", "deliveries-abc")
+        .with_log_group("WebhookFunctionLogGroup", "/aws/lambda/webhook")
         .with_queue("LifecycleQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-abc")
         .with_queue("LifecycleDeadLetterQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-dlq-abc")
         .with_resource("TikTokAppSecret", SECRET_ARN, Id=SECRET_ARN)
@@ -109,7 +111,7 @@ def test_numeric_allowed_values_accept_the_listed_number(template: Template) -> 
 
 def test_every_function_environment_resolves_to_strings(template: Template, local: LocalResources) -> None:
     functions = template.functions()
-    assert functions == ["ApiFunction", "WorkerFunction", "LifecycleFunction"]
+    assert functions == ["ApiFunction", "WorkerFunction", "LifecycleFunction", "WebhookFunction"]
     for overrides in ({}, {"PartSizeMiB": "16", "UploadConcurrency": "2"}):
         parameters = template.parameters(overrides)
         for function in functions:

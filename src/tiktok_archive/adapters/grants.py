@@ -228,16 +228,22 @@ class Grants:
         except (ClientError, BotoCoreError):
             logger.info("refresh lease left to lapse")
 
-    def erase(self, grant_id: str) -> None:
+    def erase(self, grant_id: str) -> int:
         """Delete the grant and its tokens (the user revoked the app, or TikTok refused its refresh).
+
+        Returns:
+            1 when there was a grant, 0 otherwise.
 
         Raises:
             RecordStoreError: DynamoDB failed.
         """
         try:
-            self._client.delete_item(TableName=self._table, Key=_key(grant_id))
+            answer = self._client.delete_item(
+                TableName=self._table, Key=_key(grant_id), ReturnValues="ALL_OLD"
+            )
         except (ClientError, BotoCoreError) as error:
             raise _store_error("DeleteItem", error) from None
+        return 1 if answer.get("Attributes") else 0
 
 
 def _key(grant_id: str) -> dict[str, Any]:

@@ -9,14 +9,14 @@ is never logged: its ``Authorization`` header holds the user's TikTok token.
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tiktok_archive.handlers.http_answers import answer_errors, json_answer
 from tiktok_archive.models.download import (
     DownloadRequest,
     parse_authorization_header,
@@ -25,14 +25,12 @@ from tiktok_archive.models.download import (
     prefers_async,
 )
 from tiktok_archive.models.download_record import DownloadStatus
-from tiktok_archive.models.errors import TransferError, UnexpectedError
 from tiktok_archive.models.portability import parse_new_request
 from tiktok_archive.observability import hide, logger, metrics, tracer
 from tiktok_archive.runtime import download_service, request_lifecycle, start_invocation
 
 app = APIGatewayRestResolver()
-# Answers carry a presigned URL or a user's error: no cache may keep them.
-_NO_STORE = {"Cache-Control": "no-store"}
+answer_errors(app, "POST /requests, POST /downloads and GET or DELETE /downloads/{request_id}")
 
 
 @app.post("/downloads")
@@ -44,13 +42,13 @@ def create_download() -> Response[str]:
     request = DownloadRequest(parse_request_id(body.get("request_id")), token)
     remaining_ms = app.lambda_context.get_remaining_time_in_millis()
     if not prefers_async(event.headers.get("Prefer")):
-        return _json(HTTPStatus.OK, download_service().download(request, remaining_ms).to_body())
+        return json_answer(HTTPStatus.OK, download_service().download(request, remaining_ms).to_body())
     answer = download_service().queue(request, remaining_ms)
     if answer.record.status is DownloadStatus.COMPLETED:
-        return _json(HTTPStatus.OK, answer.to_body())  # nothing left to wait for (RFC 7240 allows it)
+        return json_answer(HTTPStatus.OK, answer.to_body())  # nothing left to wait for (RFC 7240 allows it)
     location = f"{event.request_context.path.rstrip('/')}/{request.request_id}"
     headers = {"Location": location, "Preference-Applied": "respond-async"}
-    return _json(HTTPStatus.ACCEPTED, answer.to_body(), headers)
+    return json_answer(HTTPStatus.ACCEPTED, answer.to_body(), headers)
 
 
 @app.get("/downloads/<request_id>")
@@ -58,7 +56,7 @@ def get_download(request_id: str) -> Response[str]:
     """The download's record for its owner, with a fresh link once the archive is stored."""
     request = DownloadRequest(parse_request_id(request_id), _bearer_token())
     remaining_ms = app.lambda_context.get_remaining_time_in_millis()
-    return _json(HTTPStatus.OK, download_service().describe(request, remaining_ms).to_body())
+    return json_answer(HTTPStatus.OK, download_service().describe(request, remaining_ms).to_body())
 
 
 @app.post("/requests")
@@ -70,7 +68,7 @@ def create_request() -> Response[str]:
     hide(new.refresh_token)
     record = request_lifecycle().add(token, new, app.lambda_context.get_remaining_time_in_millis())
     location = f"{event.request_context.path.rsplit('/', 1)[0]}/downloads/{record.request_id}"
-    return _json(HTTPStatus.ACCEPTED, record.to_body(), {"Location": location})
+    return json_answer(HTTPStatus.ACCEPTED, record.to_body(), {"Location": location})
 
 
 @app.delete("/downloads/<request_id>")
@@ -78,33 +76,7 @@ def cancel_download(request_id: str) -> Response[str]:
     """Cancel the owner's request: at TikTok while pending, and here for good (no link ever again)."""
     request = DownloadRequest(parse_request_id(request_id), _bearer_token())
     remaining_ms = app.lambda_context.get_remaining_time_in_millis()
-    return _json(HTTPStatus.OK, request_lifecycle().cancel(request, remaining_ms).to_body())
-
-
-@app.exception_handler(TransferError)  # type: ignore[untyped-decorator]
-def answer_transfer_error(error: TransferError) -> Response[str]:
-    """The single mapping from the error taxonomy to HTTP answers."""
-    # One short record per error answer; the failure itself was logged where it happened, or is a
-    # rejected input that touched nothing.
-    logger.info("answered with an error", extra={"error_code": error.error_code, "http_status": error.status})
-    headers = {"Retry-After": error.retry_after} if error.retry_after else {}
-    return _json(error.status, error.to_body(), headers)
-
-
-@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
-def answer_unexpected_error(error: Exception) -> Response[str]:
-    """A bug: logged with its traceback, answered with a JSON 500 that reveals nothing of it."""
-    answer = UnexpectedError("internal error")
-    logger.exception("unexpected error", extra={"error_code": answer.error_code})
-    return _json(answer.status, answer.to_body())
-
-
-@app.not_found
-def answer_not_found(_: Exception) -> Response[str]:
-    """Unknown path or method, in the same error shape as every other answer."""
-    message = "no such route; see POST /requests, POST /downloads and GET or DELETE /downloads/{request_id}"
-    body = {"error": {"code": "not_found", "message": message, "log_id": None}}
-    return _json(HTTPStatus.NOT_FOUND, body)
+    return json_answer(HTTPStatus.OK, request_lifecycle().cancel(request, remaining_ms).to_body())
 
 
 def _bearer_token() -> str:
@@ -112,15 +84,6 @@ def _bearer_token() -> str:
     token = parse_authorization_header(app.current_event.headers.get("Authorization"))
     hide(token)
     return token
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
-    return Response(
-        status_code=status,
-        content_type=content_types.APPLICATION_JSON,
-        body=json.dumps(body),
-        headers={**_NO_STORE, **(headers or {})},
-    )
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)

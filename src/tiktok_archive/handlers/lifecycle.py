@@ -24,7 +24,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tiktok_archive.models.download import parse_json_object
 from tiktok_archive.models.errors import HandedBackError, TransferError
-from tiktok_archive.models.lifecycle import parse_status_check
+from tiktok_archive.models.lifecycle import (
+    ArchiveReadyWork,
+    AuthorizationRemovedWork,
+    parse_lifecycle_message,
+)
 from tiktok_archive.observability import logger, metrics, tracer
 from tiktok_archive.runtime import message_visibility, request_lifecycle, settings, start_invocation
 
@@ -60,10 +64,17 @@ def lifecycle_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
         message_visibility().postpone(record.queue_url, record.receipt_handle, int(pause) + 1)
         raise HandedBackError("TikTok rate-limited this invocation; the message comes back later")
     try:
-        check = parse_status_check(parse_json_object(record.body))
+        message = parse_lifecycle_message(parse_json_object(record.body))
+        lifecycle = request_lifecycle()
+        if isinstance(message, ArchiveReadyWork):
+            lifecycle.archive_ready(message.request_id)
+            return
+        if isinstance(message, AuthorizationRemovedWork):
+            lifecycle.revoke_user(message.user_openid, message.reason)
+            return
         _invocation.pace()
-        outcome = request_lifecycle().check(
-            check.request_id, check.seq, lambda_context.get_remaining_time_in_millis()
+        outcome = lifecycle.check(
+            message.request_id, message.seq, lambda_context.get_remaining_time_in_millis()
         )
     except TransferError as error:
         fields = {**error.log_fields(), "message_id": record.message_id}

@@ -270,6 +270,75 @@ class RequestLifecycle:
             if user is not None:
                 self._records.set_user(record.request_id, user)
 
+    # -- TikTok's webhooks ---------------------------------------------------------------------------
+    def archive_ready(self, request_id: int) -> str:
+        """TikTok announced the archive ready: a waiting request's download is queued now.
+
+        Returns:
+            ``"queued"``; ``"unknown"`` for a request the service never saw (acknowledged, logged);
+            ``"nothing"`` for one already queued, downloading, done or ended.
+
+        Raises:
+            TransferError: only transient failures of AWS.
+        """
+        with logged_as(request_id):
+            record = self._records.get(request_id)
+            if record is None:
+                logger.info("TikTok announced an archive ready for a request this service does not know")
+                return "unknown"
+            if record.status is not DownloadStatus.WAITING or record.grant_id is None:
+                return "nothing"
+            self._jobs().send_for_grant(request_id)
+            queued = self._records.queue_now(request_id, READY_LEASE)
+            if isinstance(queued, Held):
+                return "nothing"
+            logger.info("archive ready (webhook); download queued, status checks stopped")
+            self._events.publish(queued)
+            return "queued"
+
+    def revoke_user(self, user_openid: str, reason: int | None) -> int:
+        """The user disconnected the app: purge everything of theirs.
+
+        Every record of the user (the ``by-user`` index): its archive deleted, its schedule stopped, a
+        running download stopped at its next progress report, the record left ``revoked`` (a tombstone
+        that expires with the retention period); every grant of theirs erased; one ``Authorization
+        Removed`` event with the count. Running it again changes nothing and publishes nothing.
+
+        Returns:
+            how many records this call revoked.
+
+        Raises:
+            TransferError: only transient failures of AWS (the message comes back and finishes the job).
+        """
+        records = self._records.of_user(user_openid)
+        grants = {f"user:{user_openid}"} | {r.grant_id for r in records if r.grant_id}
+        revoked = []
+        for record in records:
+            if record.status is DownloadStatus.REVOKED:
+                continue
+            with logged_as(record.request_id):
+                self._transfer.discard(record.request_id)
+                ended = self._records.end(record.request_id, DownloadStatus.REVOKED)
+                if not isinstance(ended, Held) or ended.record.status is DownloadStatus.REVOKED:
+                    revoked.append(record.request_id)
+        erased = 0
+        for grant_id in sorted(grants):
+            erased += self._tokens.erase(grant_id)
+        if revoked or erased:
+            logger.info(
+                "user's data purged", extra={"revoked_requests": len(revoked), "erased_grants": erased}
+            )
+            self._events.publish_user_event(
+                "Authorization Removed",
+                {
+                    "open_id": user_openid,
+                    "reason": reason,
+                    "requests_revoked": len(revoked),
+                    "request_ids": [str(i) for i in revoked],
+                },
+            )
+        return len(revoked)
+
     # -- DELETE /downloads/{id} ---------------------------------------------------------------------
     def cancel(self, request: DownloadRequest, remaining_ms: int) -> DownloadRecord:
         """Cancel the owner's request: at TikTok while it is still pending, and here for good.

@@ -133,13 +133,13 @@ class TokenService:
             logger.info("TikTok refused the stored access token; refreshing it")
         return use(self.access_token(grant_id, deadline, refresh=True))
 
-    def erase(self, grant_id: str) -> None:
-        """Delete the grant's tokens.
+    def erase(self, grant_id: str) -> int:
+        """Delete the grant's tokens; 1 when there were any, 0 otherwise.
 
         Raises:
             RecordStoreError: DynamoDB failed.
         """
-        self._grants.erase(grant_id)
+        return self._grants.erase(grant_id)
 
     # -- refresh ---------------------------------------------------------------------------------
     def _refreshed(self, grant: Grant, deadline: Deadline) -> str:

@@ -31,3 +31,41 @@ def parse_status_check(document: dict[str, Any]) -> StatusCheck:
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
         raise InvalidRequestError("seq must be a whole number")
     return StatusCheck(parse_request_id(document.get("request_id")), seq)
+
+
+@dataclass(frozen=True)
+class ArchiveReadyWork:
+    """TikTok announced (webhook) that ``request_id``'s archive is ready."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class AuthorizationRemovedWork:
+    """TikTok announced (webhook) that the user disconnected the app."""
+
+    user_openid: str
+    reason: int | None
+
+
+LifecycleMessage = StatusCheck | ArchiveReadyWork | AuthorizationRemovedWork
+
+
+def parse_lifecycle_message(document: dict[str, Any]) -> LifecycleMessage:
+    """A status check or the work of a webhook delivery.
+
+    Raises:
+        InvalidRequestError: neither, or a field out of its range.
+    """
+    if document.get("kind") != "webhook":
+        return parse_status_check(document)
+    event = document.get("event")
+    if event == "portability.download.ready":
+        return ArchiveReadyWork(parse_request_id(document.get("request_id")))
+    user = document.get("user_openid")
+    reason = document.get("reason")
+    if event == "authorization.removed" and isinstance(user, str) and user:
+        return AuthorizationRemovedWork(
+            user, reason if isinstance(reason, int) and not isinstance(reason, bool) else None
+        )
+    raise InvalidRequestError("not a lifecycle message")

@@ -1,0 +1,91 @@
+"""TikTok's webhook deliveries, as they arrived (DynamoDB): what makes a duplicate do nothing.
+
+TikTok delivers at least once and retries for up to 72 hours; a delivery is recorded by its id (the
+SHA-256 of its body) with a conditional write the moment it is verified, and marked ``queued`` once its
+work is on the lifecycle queue. A second delivery finds it and does nothing — unless the first one
+never got its work queued (its invocation failed in between): then it is queued again. Items expire
+(TTL) four days after they arrived, past TikTok's retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tiktok_archive.adapters.aws_clients import aws_failure
+from tiktok_archive.models.download import format_utc
+from tiktok_archive.models.errors import RecordStoreError
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+KEEP_FOR = timedelta(days=4)
+# A delivery recorded this long ago whose work is still not queued: its invocation died in between.
+STUCK_AFTER = timedelta(seconds=60)
+
+
+class WebhookDeliveries:
+    """The deliveries table.
+
+    Args:
+        client: a boto3 DynamoDB client.
+        table: the table's name (``WEBHOOK_DELIVERIES_TABLE_NAME``).
+    """
+
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
+        self._client = client
+        self._table = table
+
+    def arrived(self, delivery_id: str, event: str) -> bool:
+        """Record the delivery; False when it arrived before and its work was queued (a duplicate).
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        now = datetime.now(UTC).replace(microsecond=0)
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    "delivery_id": {"S": delivery_id},
+                    "event": {"S": event[:128]},
+                    "state": {"S": "received"},
+                    "received_at": {"S": format_utc(now)},
+                    "received_epoch": {"N": str(int(now.timestamp()))},
+                    "expires_at": {"N": str(int((now + KEEP_FOR).timestamp()))},
+                },
+                ConditionExpression=(
+                    "attribute_not_exists(delivery_id) OR (#state = :received AND received_epoch < :stuck)"
+                ),
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={
+                    ":received": {"S": "received"},
+                    ":stuck": {"N": str(int((now - STUCK_AFTER).timestamp()))},
+                },
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise aws_failure(RecordStoreError, "DynamoDB PutItem", error) from None
+        except BotoCoreError as error:
+            raise aws_failure(RecordStoreError, "DynamoDB PutItem", error) from None
+        return True
+
+    def queued(self, delivery_id: str) -> None:
+        """Mark the delivery's work queued (never raises: a later duplicate would queue it again)."""
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"delivery_id": {"S": delivery_id}},
+                UpdateExpression="SET #state = :queued",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":queued": {"S": "queued"}},
+            )
+
+    def forget(self, delivery_id: str) -> None:
+        """Drop the delivery whose work could not be queued, so that TikTok's retry does it (never raises)."""
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self._client.delete_item(TableName=self._table, Key={"delivery_id": {"S": delivery_id}})

@@ -1,0 +1,286 @@
+"""TikTok's webhooks through the real handlers: only a valid signature over the exact bytes does anything,
+a duplicate does nothing, ``portability.download.ready`` queues a waiting request's download at once, and
+``authorization.removed`` purges everything of the user.
+
+Deliveries are signed as TikTok signs them (``tests/harness/tiktok_emulator.sign``, written from the
+reference), with the app secret the stack's secret holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    MIB,
+    SECRETS,
+    Configure,
+    acknowledge,
+    api_event,
+    call_api,
+    call_lifecycle,
+    call_webhook,
+    call_worker,
+    get_event,
+    new_request_id,
+    open_uploads,
+    receive,
+    request_event,
+    stored_keys,
+    webhook_event,
+)
+from tests.harness.emulator_control import Emulator
+from tests.harness.local_stack import APP_SECRET, Resources
+from tests.harness.tiktok_emulator import sign, webhook_body
+from tests.harness.tokens import open_id as new_open_id
+
+SECRET = APP_SECRET["client_secret"]
+KEY = APP_SECRET["client_key"]
+
+
+def delivery(event: str, content: dict[str, Any], user: str | None = None, *, client_key: str = KEY) -> bytes:
+    return webhook_body(
+        event, user or new_open_id(), content, client_key=client_key, create_time=int(time.time())
+    )
+
+
+def signed(raw: bytes, *, secret: str = SECRET, at: float | None = None) -> str:
+    return sign(secret, int(at if at is not None else time.time()), raw)
+
+
+def nothing_done(resources: Resources) -> bool:
+    deliveries = resources.client("dynamodb").scan(TableName=resources.local.ref("WebhookDeliveriesTable"))
+    return deliveries["Items"] == [] and receive(resources, "LifecycleQueue", wait_seconds=0) == []
+
+
+def consent(emulator: Emulator, **user: Any) -> dict[str, Any]:
+    granted = emulator.add_user(new_open_id(), **user)
+    SECRETS.tokens.update({granted["access_token"], granted["refresh_token"]})
+    return granted
+
+
+def add_request(user: dict[str, Any]) -> int:
+    body = {"refresh_token": user["refresh_token"], "open_id": user["open_id"]}
+    answer = call_api(request_event(body, user["access_token"]))
+    assert answer.status == 202, answer.body
+    return int(answer.body["request_id"])
+
+
+def run_lifecycle(resources: Resources) -> list[dict[str, Any]]:
+    """Receive and run the lifecycle queue's messages that are due now (work first, checks as well)."""
+    records = receive(resources, "LifecycleQueue", wait_seconds=2)
+    if records:
+        acknowledge(resources, "LifecycleQueue", records, call_lifecycle(records))
+    return records
+
+
+# -- signatures ----------------------------------------------------------------------------------------
+def test_a_valid_delivery_is_acknowledged_fast_and_its_work_queued(
+    configure: Configure, resources: Resources
+) -> None:
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()})
+
+    started = time.monotonic()
+    answer = call_webhook(webhook_event(raw, signed(raw)))
+    took = time.monotonic() - started
+
+    assert (answer.status, answer.body) == (200, {"status": "queued"})
+    assert took < 1.0  # one secret read, one write, one message
+    [work] = receive(resources, "LifecycleQueue")
+    assert json.loads(work["body"])["event"] == "portability.download.ready"
+
+
+def test_a_base64_encoded_body_is_verified_on_its_bytes(configure: Configure, resources: Resources) -> None:
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()})
+
+    answer = call_webhook(webhook_event(raw, signed(raw), base64_encoded=True))
+
+    assert (answer.status, answer.body["status"]) == (200, "queued")
+
+
+def _one_byte_changed(raw: bytes) -> bytes:
+    return raw.replace(b'"create_time": ', b'"create_time":  ', 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("a body changed by one byte", lambda raw: webhook_event(_one_byte_changed(raw), signed(raw))),
+        ("a trailing newline", lambda raw: webhook_event(raw + b"\n", signed(raw))),
+        ("a wrong key", lambda raw: webhook_event(raw, signed(raw, secret="not-the-app-secret"))),
+        ("a stale t", lambda raw: webhook_event(raw, signed(raw, at=time.time() - 301))),
+        ("a t from the future", lambda raw: webhook_event(raw, signed(raw, at=time.time() + 301))),
+        ("no header", lambda raw: webhook_event(raw, None)),
+        ("an empty header", lambda raw: webhook_event(raw, "")),
+        ("extra fields", lambda raw: webhook_event(raw, signed(raw) + ",v=1")),
+        ("two s values", lambda raw: webhook_event(raw, signed(raw) + ",s=" + "0" * 64)),
+        (
+            "two headers",
+            lambda raw: webhook_event(
+                raw, signed(raw), headers={"tiktok-signature": [signed(raw), signed(raw)]}
+            ),
+        ),
+    ],
+)
+def test_a_delivery_without_a_valid_signature_is_401_and_does_nothing(
+    configure: Configure, resources: Resources, name: str, make: Any
+) -> None:
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()})
+
+    answer = call_webhook(make(raw))
+
+    assert (answer.status, answer.body["error"]["code"]) == (401, "invalid_signature"), name
+    assert nothing_done(resources)
+
+
+def test_another_apps_client_key_is_refused(configure: Configure, resources: Resources) -> None:
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()}, client_key="someone-else")
+
+    answer = call_webhook(webhook_event(raw, signed(raw)))
+
+    assert (answer.status, answer.body["error"]["code"]) == (401, "unknown_client_key")
+    assert nothing_done(resources)
+
+
+def test_a_body_over_64_kib_is_refused_before_any_work(configure: Configure, resources: Resources) -> None:
+    raw = delivery("portability.download.ready", {"request_id": new_request_id(), "pad": "x" * 70_000})
+
+    answer = call_webhook(webhook_event(raw, signed(raw)))
+
+    assert answer.status == 413
+    assert nothing_done(resources)
+
+
+def test_duplicates_do_the_work_once(configure: Configure, resources: Resources) -> None:
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()})
+
+    answers = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(3)]
+
+    assert [a.body["status"] for a in answers] == ["queued", "duplicate", "duplicate"]
+    assert len(receive(resources, "LifecycleQueue")) == 1
+
+
+# -- portability.download.ready -------------------------------------------------------------------------
+def test_download_ready_queues_a_waiting_request_at_once_and_stops_its_checks(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a request TikTok is preparing, with its first status check pending
+    user = consent(emulator, prepare_seconds=3600, archive_size=2 * MIB)
+    request_id = add_request(user)
+    resources.events()
+
+    # When TikTok announces it ready (and it is), and the lifecycle does the work
+    emulator.advance_clock(3600)
+    raw = delivery("portability.download.ready", {"request_id": request_id}, user["open_id"])
+    assert call_webhook(webhook_event(raw, signed(raw))).body["status"] == "queued"
+    checks_before = emulator.stats()["calls"].get("check", 0)
+    run_lifecycle(resources)
+    run_lifecycle(resources)
+
+    # Then the download is queued without a status check, and the pending check does nothing
+    item = resources.item(request_id)
+    assert item is not None
+    assert item["status"]["S"] == "queued"
+    assert emulator.stats()["calls"].get("check", 0) == checks_before
+    assert [e["detail-type"] for e in resources.events()] == ["Archive Ready"]
+    [job] = receive(resources, "DownloadQueue")
+    assert call_worker([job]) == {"batchItemFailures": []}
+    assert call_api(get_event(request_id, user["access_token"])).body["status"] == "completed"
+
+
+def test_download_ready_for_an_unknown_request_is_acknowledged_and_logged(
+    configure: Configure, resources: Resources, logs: Any
+) -> None:
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()})
+
+    assert call_webhook(webhook_event(raw, signed(raw))).status == 200
+    run_lifecycle(resources)
+
+    assert logs.find("TikTok announced an archive ready for a request this service does not know")
+    assert resources.client("dynamodb").scan(TableName=resources.table)["Items"] == []
+    assert receive(resources, "DownloadQueue", wait_seconds=0) == []
+
+
+def test_download_ready_for_a_stored_archive_does_nothing(
+    configure: Configure, emulator: Emulator, resources: Resources, token: str
+) -> None:
+    request_id = new_request_id()
+    emulator.register(request_id, token)
+    assert call_api(api_event(request_id, token)).status == 200
+    before = resources.item(request_id)
+    resources.events()
+
+    raw = delivery("portability.download.ready", {"request_id": request_id})
+    assert call_webhook(webhook_event(raw, signed(raw))).status == 200
+    run_lifecycle(resources)
+
+    assert resources.item(request_id) == before
+    assert resources.events() == []
+    assert receive(resources, "DownloadQueue", wait_seconds=0) == []
+
+
+# -- authorization.removed -------------------------------------------------------------------------------
+def test_authorization_removed_purges_everything_of_the_user(
+    configure: Configure, emulator: Emulator, resources: Resources, s3: Any, bucket: str
+) -> None:
+    # Given a user with one archive stored and one request still waiting, and another user
+    user = consent(emulator, prepare_seconds=3600, archive_size=2 * MIB, scopes=["portability.all.ongoing"])
+    stored = add_request(user)
+    emulator.set_request_state(stored, "downloading")
+    raw = delivery("portability.download.ready", {"request_id": stored}, user["open_id"])
+    call_webhook(webhook_event(raw, signed(raw)))
+    run_lifecycle(resources)
+    [job] = receive(resources, "DownloadQueue")
+    assert call_worker([job]) == {"batchItemFailures": []}
+    waiting = add_request(user)
+    other = consent(emulator, prepare_seconds=3600)
+    kept = add_request(other)
+    assert stored_keys(s3, bucket) == [f"archives/{stored}.zip"]
+    resources.events()
+
+    # When TikTok says the user disconnected the app (twice: deliveries are at least once)
+    emulator.disconnect_user(user["open_id"])
+    raw = delivery("authorization.removed", {"reason": 1}, user["open_id"])
+    answers = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(2)]
+    for _ in range(3):
+        run_lifecycle(resources)
+
+    # Then the user's archive, schedule and tokens are gone, both records are tombstones, one event
+    assert [a.body["status"] for a in answers] == ["queued", "duplicate"]
+    assert stored_keys(s3, bucket) == []
+    assert open_uploads(s3, bucket) == []
+    for request_id in (stored, waiting):
+        record = resources.item(request_id)
+        assert record is not None
+        assert record["status"]["S"] == "revoked"
+        assert "key" not in record
+    grants = resources.client("dynamodb").scan(TableName=resources.local.ref("GrantsTable"))["Items"]
+    assert [g["grant_id"]["S"] for g in grants] == [f"user:{other['open_id']}"]
+    events = resources.events()
+    [removed] = [e for e in events if e["detail-type"] == "Authorization Removed"]
+    assert removed["detail"]["requests_revoked"] == 2
+    assert removed["detail"]["open_id"] == user["open_id"]
+    # And nothing else of that user: no link, and the other user's request untouched
+    got = call_api(get_event(stored, user["access_token"]))
+    assert "url" not in json.dumps(got.body)
+    other_record = resources.item(kept)
+    assert other_record is not None
+    assert other_record["status"]["S"] == "waiting"
+    scanned = json.dumps(resources.client("dynamodb").scan(TableName=resources.table)["Items"])
+    for token in (user["access_token"], user["refresh_token"]):
+        assert token.partition(".")[2] not in scanned
+
+
+def test_a_base64_delivery_signature_is_over_the_decoded_bytes(
+    configure: Configure, resources: Resources
+) -> None:
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()})
+    encoded = base64.b64encode(raw)
+
+    answer = call_webhook(webhook_event(raw, signed(encoded), base64_encoded=True))
+
+    assert answer.status == 401
