@@ -22,7 +22,7 @@ import pytest
 from tests.harness.demo import DEMO_REFRESH_TOKEN, DEMO_TOKEN
 from tests.harness.functions import RECORDER, UNUSED, LambdaFunctions
 from tests.harness.lambda_context import FakeLambdaContext
-from tests.harness.local_stack import REGION, Emulator, LocalStack, Resources, provision
+from tests.harness.local_stack import APP_SECRET, REGION, Emulator, LocalStack, Resources, provision
 from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, refresh_token
 from tiktok_archive.handlers import api, lifecycle, sqs, webhook
 from tiktok_archive.observability import REDACTED, logger
@@ -38,6 +38,7 @@ class SecretRegistry:
 
     tokens: set[str] = field(default_factory=set)
     signatures: set[str] = field(default_factory=set)
+    plain: set[str] = field(default_factory=set)  # secrets without a prefix: the app's client secret
 
     def token(self, shape: str | None = None) -> str:
         """A fresh TikTok-shaped access token (``act.…!1234.e1``, ``.va``, ``.e2`` or ``act.3.…``)."""
@@ -61,6 +62,7 @@ class SecretRegistry:
 SECRETS = SecretRegistry()
 # The sample events' token, and TikTok's own example token, are secrets like any other.
 SECRETS.tokens.update({DEMO_TOKEN, DEMO_REFRESH_TOKEN, CHECK_STATUS_EXAMPLE})
+SECRETS.plain.add(APP_SECRET["client_secret"])
 
 
 class LogCapture(logging.Handler):
@@ -96,6 +98,7 @@ def find_secrets(text: str) -> list[str]:
         if any(spelling in text for spelling in spellings(t))
     ]
     found += [f"signature {s[:8]}…" for s in SECRETS.signatures if s in text]
+    found += [f"secret {s[:4]}…" for s in SECRETS.plain if s in text]
     found += [marker for marker in ("X-Amz-Signature=", "X-Amz-Security-Token=", REDACTED) if marker in text]
     return found
 
