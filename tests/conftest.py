@@ -24,7 +24,7 @@ from tests.harness.functions import RECORDER, UNUSED, LambdaFunctions
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import APP_SECRET, REGION, Emulator, LocalStack, Resources, provision
 from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, refresh_token
-from tiktok_archive.handlers import api, lifecycle, sqs, webhook
+from tiktok_archive.handlers import api, lifecycle, sqs, sweeper, webhook
 from tiktok_archive.observability import REDACTED, logger
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -359,6 +359,14 @@ def call_webhook(event: dict[str, Any]) -> ApiAnswer:
     with functions().running("WebhookFunction"):
         answer = webhook.lambda_handler(event, FakeLambdaContext("WebhookFunction", 10_000))
     return ApiAnswer(answer["statusCode"], json.loads(answer["body"]), answer.get("headers") or {})
+
+
+def call_sweeper() -> dict[str, Any]:
+    """Invoke the sweeper as its schedule would."""
+    event = {"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {}}
+    with functions().running("SweeperFunction"):
+        result: dict[str, Any] = sweeper.lambda_handler(event, FakeLambdaContext("SweeperFunction", 60_000))
+    return result
 
 
 def call_lifecycle(records: list[dict[str, Any]], remaining_ms: int = 60_000) -> dict[str, Any]:

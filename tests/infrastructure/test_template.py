@@ -71,6 +71,7 @@ def test_functions_on_one_code_base_python_3_13_arm64(
         "tiktok_archive.handlers.sqs.lambda_handler",
         "tiktok_archive.handlers.lifecycle.lambda_handler",
         "tiktok_archive.handlers.webhook.lambda_handler",
+        "tiktok_archive.handlers.sweeper.lambda_handler",
     }
     for handler in handlers:
         path = ROOT / "src" / (handler.rsplit(".", 1)[0].replace(".", "/") + ".py")

@@ -27,6 +27,7 @@ from tests.conftest import (
     assert_nothing_left,
     call_api,
     call_lifecycle,
+    call_sweeper,
     call_worker,
     delete_event,
     functions,
@@ -529,3 +530,31 @@ def test_a_thousand_waiting_requests_cost_one_check_each_per_interval(
     # And the next round is one check each again, not due before the interval (2 s in tests)
     next_checks = [json.loads(r["body"]) for r in receive(resources, "LifecycleQueue", wait_seconds=0)]
     assert all(check["seq"] == 1 for check in next_checks)
+
+
+def test_the_sweeper_redrives_a_request_whose_chain_of_checks_was_lost(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a waiting request whose scheduled check was lost (gone from the queue), now 20 minutes late
+    user = consent(emulator, prepare_seconds=3600)
+    request_id = int(add_request(user).body["request_id"])
+    lost = receive(resources, "LifecycleQueue")
+    acknowledge(resources, "LifecycleQueue", lost, {"batchItemFailures": []})
+    resources.client("dynamodb").update_item(
+        TableName=resources.table,
+        Key={"request_id": {"S": str(request_id)}},
+        UpdateExpression="SET next_check_at = :late",
+        ExpressionAttributeValues={":late": {"S": "2026-01-01T00:00:00Z"}},
+    )
+    other = int(add_request(user).body["request_id"])  # on time: not re-driven
+
+    # When the sweeper runs
+    assert call_sweeper() == {"redriven": 1}
+
+    # Then the lost check is back with the expected seq, and it runs
+    records = receive(resources, "LifecycleQueue")
+    checks = [json.loads(r["body"]) for r in records]
+    assert {"kind": "check", "request_id": str(request_id), "seq": 0} in checks
+    assert all(c["request_id"] in (str(request_id), str(other)) for c in checks)
+    assert call_lifecycle(records) == {"batchItemFailures": []}
+    assert int(item(resources, request_id)["checks"]["N"]) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -57,6 +58,7 @@ def local() -> LocalResources:
         .with_table("GrantsTable", "grants-abc")
         .with_table("WebhookDeliveriesTable", "deliveries-abc")
         .with_log_group("WebhookFunctionLogGroup", "/aws/lambda/webhook")
+        .with_log_group("SweeperFunctionLogGroup", "/aws/lambda/sweeper")
         .with_queue("LifecycleQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-abc")
         .with_queue("LifecycleDeadLetterQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-dlq-abc")
         .with_resource("TikTokAppSecret", SECRET_ARN, Id=SECRET_ARN)
@@ -111,7 +113,13 @@ def test_numeric_allowed_values_accept_the_listed_number(template: Template) -> 
 
 def test_every_function_environment_resolves_to_strings(template: Template, local: LocalResources) -> None:
     functions = template.functions()
-    assert functions == ["ApiFunction", "WorkerFunction", "LifecycleFunction", "WebhookFunction"]
+    assert functions == [
+        "ApiFunction",
+        "WorkerFunction",
+        "LifecycleFunction",
+        "WebhookFunction",
+        "SweeperFunction",
+    ]
     for overrides in ({}, {"PartSizeMiB": "16", "UploadConcurrency": "2"}):
         parameters = template.parameters(overrides)
         for function in functions:
@@ -190,7 +198,13 @@ def test_missing_local_resource_is_an_error_naming_it(template: Template) -> Non
 
 def test_expanded_template_has_one_role_per_function(template: Template) -> None:
     resources = template.expanded()["Resources"]
-    roles = {k for k, v in resources.items() if v["Type"] == "AWS::IAM::Role"}
+    # Roles Lambda assumes (SAM also makes one for EventBridge Scheduler to invoke the sweeper).
+    roles = {
+        k
+        for k, v in resources.items()
+        if v["Type"] == "AWS::IAM::Role"
+        and "lambda.amazonaws.com" in json.dumps(v["Properties"]["AssumeRolePolicyDocument"])
+    }
     used = []
     for function in template.functions():
         assert resources[function]["Type"] == "AWS::Lambda::Function"

@@ -42,7 +42,10 @@ _NAMES = {"#status": "status", "#key": "key", "#bucket": "bucket"}
 _ERROR_FIELDS = "error_code, error_message, error_log_id, error_transient"
 _LEASE_FIELDS = "lease_expires_at, lease_owner"
 _PROGRESS_FIELDS = "progress_bytes, progress_parts, progress_mib_s, progress_at"
-_SCHEDULE_FIELDS = "next_check_at, poll_interval"
+_SCHEDULE_FIELDS = "next_check_at, poll_interval, schedule_bucket"
+BY_SCHEDULE_INDEX = "by-schedule"
+# The one value of ``schedule_bucket``: only a waiting record has it, so the index holds only them.
+WAITING_BUCKET = "waiting"
 # Statuses after which nothing changes but by the owner's or TikTok's word.
 _ENDED = (DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED)
 
@@ -116,6 +119,29 @@ class DownloadRecords:
             if not start:
                 return records
 
+    def overdue(self, before: datetime, limit: int = 500) -> list[DownloadRecord]:
+        """Waiting records whose next check was due before ``before`` (the ``by-schedule`` index).
+
+        Their chain of checks was lost: a message that could not be sent, one left in the dead-letter queue.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        try:
+            answer = self._client.query(
+                TableName=self._table,
+                IndexName=BY_SCHEDULE_INDEX,
+                KeyConditionExpression="schedule_bucket = :bucket AND next_check_at < :before",
+                ExpressionAttributeValues={
+                    ":bucket": {"S": WAITING_BUCKET},
+                    ":before": {"S": format_utc(before)},
+                },
+                Limit=limit,
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise _store_error("Query", error) from None
+        return [_record(item) for item in answer.get("Items", [])]
+
     # -- a request added with POST /requests ----------------------------------------------------------
     def create_waiting(
         self,
@@ -143,6 +169,7 @@ class DownloadRecords:
             ":next": {"S": format_utc(_required(preparation.next_check_at))},
             ":give_up": {"S": format_utc(_required(preparation.give_up_at))},
             ":interval": {"N": str(poll_interval)},
+            ":bucket": {"S": WAITING_BUCKET},
             ":expires": {"N": str(int((_required(preparation.give_up_at) + self._retention).timestamp()))},
         }
         user = ""
@@ -153,6 +180,7 @@ class DownloadRecords:
             "SET #status = :waiting, created_at = :now, updated_at = :now, attempts = :zero, "
             "origin = :origin, grant_id = :grant, data_format = :format, categories = :categories, "
             "next_check_at = :next, give_up_at = :give_up, poll_interval = :interval, poll_seq = :zero, "
+            "schedule_bucket = :bucket, "
             f"checks = :zero, expires_at = :expires{user}"
         )
         updated = self._conditional_update(request_id, expression, "attribute_not_exists(request_id)", values)

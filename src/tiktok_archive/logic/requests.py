@@ -270,6 +270,22 @@ class RequestLifecycle:
             if user is not None:
                 self._records.set_user(record.request_id, user)
 
+    def redrive(self, overdue_for: timedelta) -> int:
+        """Check again, now, every waiting request whose next check is ``overdue_for`` late.
+
+        Its chain of delayed messages was lost. Returns how many. A re-driven check carries the expected
+        ``seq``: if the chain was only slow, one of the two checks finds the other done and is stale.
+
+        Raises:
+            TransferError: only transient failures of AWS.
+        """
+        late = self._records.overdue(_now() - overdue_for)
+        for record in late:
+            with logged_as(record.request_id):
+                self._queue.schedule_check(record.request_id, record.poll_seq, 0)
+                logger.warning("status check re-driven: the schedule had lost it")
+        return len(late)
+
     # -- TikTok's webhooks ---------------------------------------------------------------------------
     def archive_ready(self, request_id: int) -> str:
         """TikTok announced the archive ready: a waiting request's download is queued now.
