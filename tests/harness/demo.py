@@ -1,11 +1,18 @@
-"""``make demo``: the whole job on this machine, with no AWS account.
+"""``make demo``: the whole service on this machine, with no AWS account.
 
-Starts moto server and the TikTok emulator on free loopback ports, creates the bucket, runs the API
-handler on ``events/api-download.json``, fetches the presigned URL it answers with and checks the
-archive, asks again (no second download, a fresh link), queues a download with ``Prefer:
-respond-async`` and lets the worker run it, reads its record with ``GET /downloads/{request_id}``,
-shows the completion events, runs the SQS worker on ``events/sqs-mixed-batch.json`` and stops what it
-started.
+Starts moto server and the TikTok emulator on free loopback ports, creates what template.yaml declares,
+and runs every function with exactly its template environment, as Lambda would:
+
+1. the paths for a ``request_id`` TikTok already prepared: ``POST /downloads`` and its repeat,
+   ``Prefer: respond-async``, the worker's mixed batch, two error answers;
+2. a user's consent to their archive: ``POST /requests`` (``events/api-create-request.json``) → waiting;
+   the schedule checks TikTok while it prepares (time compressed: checks 1 s apart, TikTok's clock moved),
+   the user's 2-hour access token expires on the way and is refreshed, the archive is found ready,
+   downloaded by the worker from the user's grant, its link fetched and verified;
+3. TikTok's signed ``portability.download.ready`` webhook for a second request queues it at once, and
+   the archive's manifest shows what it holds;
+4. a third request cancelled with ``DELETE``;
+5. every event the service published.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import sys
+import time
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -22,8 +31,10 @@ from typing import Any
 
 from tests.harness.functions import LambdaFunctions
 from tests.harness.lambda_context import FakeLambdaContext
-from tests.harness.local_stack import LocalStack, provision
-from tiktok_archive.handlers import api, sqs
+from tests.harness.local_stack import APP_SECRET, LocalStack, Resources, provision
+from tests.harness.tiktok_emulator import sign, webhook_body
+from tiktok_archive.handlers import api, lifecycle, sqs, webhook
+from tiktok_archive.observability import logger
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 DEMO_REFRESH_TOKEN = "rft.DEMOr9Kq2Lx7Vn4Tb8Wm3Zc6Hd1Pf5Gs0Ja-Ue_Yi2Oo7Rh4Sl9Nk3Xe8Qv6Bt1Cy5Dw0Fm-Jg!4667.e1"
@@ -34,6 +45,11 @@ SQS_REQUEST_ID = 7234567890123456790
 SQS_RATE_LIMITED_REQUEST_ID = 7234567890123456791
 ASYNC_REQUEST_ID = 7234567890123456792
 ARCHIVE_BYTES = 20 * 1024 * 1024
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+class DemoFailedError(Exception):
+    """A check of the demo did not hold."""
 
 
 def _event(name: str) -> dict[str, Any]:
@@ -41,123 +57,290 @@ def _event(name: str) -> dict[str, Any]:
     return document
 
 
-def _invokers(
-    lambdas: LambdaFunctions,
-) -> tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[[dict[str, Any]], dict[str, Any]]]:
-    """Call the API function and the worker as Lambda would: each in its own environment."""
-
-    def api_call(event: dict[str, Any]) -> dict[str, Any]:
-        with lambdas.running("ApiFunction"):
-            answer: dict[str, Any] = api.lambda_handler(event, FakeLambdaContext("ApiFunction"))
-        return answer
-
-    def worker_call(event: dict[str, Any]) -> dict[str, Any]:
-        queue_arn = lambdas.local.get_att("DownloadQueue", "Arn")  # the sample events name a deployed one
-        event = {**event, "Records": [{**r, "eventSourceARN": queue_arn} for r in event["Records"]]}
-        with lambdas.running("WorkerFunction"):
-            answer: dict[str, Any] = sqs.lambda_handler(event, FakeLambdaContext("WorkerFunction", 900_000))
-        return answer
-
-    return api_call, worker_call
-
-
 def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def main() -> int:
-    """Run the demo; 0 when every check held."""
-    with LocalStack() as stack:
-        resources = provision(stack.moto_url, "demo")
-        s3 = resources.client("s3")
-        # Each function runs with exactly its template.yaml environment (parameters as a deployment
-        # would set them), pointed at moto and the emulator.
-        lambdas = LambdaFunctions(
-            resources.template,
-            resources.local,
-            {"PartSizeMiB": "5", "LogLevel": "WARNING", **stack.parameters()},
-            stack.environment(),
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise DemoFailedError(what)
+
+
+class Demo:
+    """The local stack, and each function invoked in its own template environment."""
+
+    def __init__(self, stack: LocalStack, resources: Resources, lambdas: LambdaFunctions) -> None:
+        self.stack = stack
+        self.emulator = stack.emulator
+        self.resources = resources
+        self.lambdas = lambdas
+
+    def _run(self, function: str, handler: Handler, event: dict[str, Any], remaining_ms: int) -> Any:
+        with self.lambdas.running(function):
+            return handler(event, FakeLambdaContext(function, remaining_ms))
+
+    def api(self, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        answer = self._run("ApiFunction", api.lambda_handler, event, 28_000)
+        headers = {k: v[-1] for k, v in (answer.get("multiValueHeaders") or {}).items()}
+        return answer["statusCode"], json.loads(answer["body"]), {**headers, **(answer.get("headers") or {})}
+
+    def webhook(self, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        answer = self._run("WebhookFunction", webhook.lambda_handler, event, 10_000)
+        return answer["statusCode"], json.loads(answer["body"])
+
+    def worker(self, event: dict[str, Any]) -> Any:
+        queue_arn = self.lambdas.local.get_att("DownloadQueue", "Arn")  # the samples name a deployed one
+        event = {**event, "Records": [{**r, "eventSourceARN": queue_arn} for r in event["Records"]]}
+        return self._run("WorkerFunction", sqs.lambda_handler, event, 900_000)
+
+    def drain(self, queue: str, function: str, handler: Handler, wait_seconds: int = 3) -> int:
+        """Deliver ``queue``'s due messages to ``function`` as Lambda's SQS event source would."""
+        sqs_client = self.resources.client("sqs")
+        url = self.resources.local.ref(queue)
+        messages = sqs_client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
+        ).get("Messages", [])
+        if not messages:
+            return 0
+        template = _event("sqs-download.json")["Records"][0]
+        records = [
+            {
+                **template,
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "eventSourceARN": self.resources.local.get_att(queue, "Arn"),
+            }
+            for m in messages
+        ]
+        result = self._run(
+            function, handler, {"Records": records}, 900_000 if function == "WorkerFunction" else 60_000
         )
-        api_call, worker_call = _invokers(lambdas)
-        _say(f"moto server at {stack.moto_url}, TikTok emulator at {stack.emulator.url}")
-        print("(the function's JSON log records and EMF metrics print as they happen, as in CloudWatch)")
-        ready = stack.emulator.register(API_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES, transfer="chunked")
-        print(f"TikTok has archive {API_REQUEST_ID} ready: {ready['size_bytes']} bytes, chunked")
+        failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
+        for record in records:
+            if record["messageId"] not in failed:
+                sqs_client.delete_message(QueueUrl=url, ReceiptHandle=record["receiptHandle"])
+        return len(records)
 
-        _say("API Gateway: POST /downloads (events/api-download.json)")
-        answer = api_call(_event("api-download.json"))
-        body = json.loads(answer["body"])
-        print(f"HTTP {answer['statusCode']}")
-        print(json.dumps(body, indent=2))
-        if answer["statusCode"] != 200:
-            return 1
+    def checks(self) -> int:
+        return self.drain("LifecycleQueue", "LifecycleFunction", lifecycle.lambda_handler)
 
-        _say("Fetching the presigned URL")
-        with urllib.request.urlopen(body["url"], timeout=60) as response:
-            data = response.read()
-            disposition = response.headers.get("Content-Disposition")
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        corrupt = archive.testzip()
-        same = hashlib.sha256(data).hexdigest() == ready["sha256"]
-        print(f"{len(data)} bytes, Content-Disposition: {disposition}")
+    def downloads(self) -> int:
+        return self.drain("DownloadQueue", "WorkerFunction", sqs.lambda_handler)
+
+    def get(self, request_id: int, token: str = DEMO_TOKEN) -> dict[str, Any]:
+        event = _event("api-get-download.json")
+        event["path"] = f"/downloads/{request_id}"
+        event["pathParameters"] = {"request_id": str(request_id)}
+        event["headers"]["Authorization"] = f"Bearer {token}"
+        event["multiValueHeaders"]["Authorization"] = [f"Bearer {token}"]
+        return self.api(event)[1]
+
+    # -- the acts ----------------------------------------------------------------------------------
+    def consent_to_archive(self) -> None:
+        _say("A user consents; the backend adds a data request (events/api-create-request.json)")
+        status, body, headers = self.api(_event("api-create-request.json"))
+        request_id = int(body["request_id"])
+        print(f"HTTP {status}, Location: {headers.get('Location')}")
+        print(f"status {body['status']}, TikTok: {json.dumps(body['tiktok'])}, next {body['next_check_at']}")
+        _expect(status == 202 and body["status"] == "waiting", "the request is waiting")
+
+        _say("Nobody polls: the lifecycle queue checks TikTok on a schedule (1 s, then 2 s apart here)")
+        for _ in range(2):
+            self.checks()
+            record = self.get(request_id)
+            tiktok = record["tiktok"]
+            print(f"check #{tiktok['checks']}: {tiktok['status']}; next at {record['next_check_at']}")
+        _expect(record["status"] == "waiting", "still waiting while TikTok prepares")
+
+        _say(
+            "Three hours pass at TikTok: the archive is prepared, and the user's 2-hour access token expired"
+        )
+        self.emulator.advance_clock(3 * 3600)
+        while self._status(request_id) == "waiting":
+            self.checks()
+        user = self.emulator.user(DEMO_OPEN_ID)
         print(
-            f"zip test: {'ok' if corrupt is None else 'BAD ENTRY ' + corrupt}; identical to TikTok's: {same}"
+            f"the service refreshed the token on the way: {user['refreshes']} refresh, "
+            f"{user['refused_refreshes']} refused (the rotated refresh token was stored before use)"
         )
-        names = archive.namelist()
-        print(f"{len(names)} entries: " + ", ".join(names[:4]) + (", …" if len(names) > 4 else ""))
-        if corrupt is not None or not same:
-            return 1
+        _expect(user["refreshes"] == 1, "one refresh")
+        print("TikTok says downloading: the download is queued; the worker runs it with the user's grant")
+        self.downloads()
+        record = self.get(request_id, self._current_token())
+        print(f"GET /downloads/{request_id}: status {record['status']}, {record['size_bytes']} bytes")
+        _expect(record["status"] == "completed", "the archive is stored")
+        self._fetch(record["url"], record["size_bytes"])
 
-        _say("The same POST again: the record says completed, so no second download, a fresh link")
-        answer = api_call(_event("api-download.json"))
-        again = json.loads(answer["body"])
-        downloads = stack.emulator.downloads(API_REQUEST_ID)
-        print(f"HTTP {answer['statusCode']}, status {again['status']}, TikTok downloads so far: {downloads}")
-        if answer["statusCode"] != 200 or downloads != 1 or "url" not in again:
-            return 1
+    def webhook_and_manifest(self) -> None:
+        _say("TikTok's webhook: a signed portability.download.ready queues a waiting request at once")
+        token = self._current_token()
+        _, body, _ = self.api(self._request_event(token))
+        request_id = int(body["request_id"])
+        self.emulator.advance_clock(3 * 3600)
+        raw = webhook_body(
+            "portability.download.ready",
+            DEMO_OPEN_ID,
+            {"request_id": request_id},
+            client_key=APP_SECRET["client_key"],
+            create_time=int(time.time()),
+        )
+        event = _event("api-webhook-download-ready.json")
+        event["body"] = raw.decode()
+        event["headers"]["TikTok-Signature"] = sign(APP_SECRET["client_secret"], int(time.time()), raw)
+        event["multiValueHeaders"]["TikTok-Signature"] = [event["headers"]["TikTok-Signature"]]
+        started = time.monotonic()
+        answer = self.webhook(event)
+        print(f"POST /webhooks/tiktok: HTTP {answer[0]} {answer[1]} in {time.monotonic() - started:.3f} s")
+        again = self.webhook(event)
+        print(f"the same delivery again (TikTok delivers at least once): HTTP {again[0]} {again[1]}")
+        while self.checks():
+            pass
+        self.downloads()
+        record = self.get(request_id, self._current_token())
+        _expect(record["status"] == "completed", "the webhook's archive is stored")
+        manifest = record.get("manifest")
+        if manifest:
+            print(
+                f"the archive's manifest (from its central directory only): {json.dumps(manifest, indent=2)}"
+            )
 
-        _say("Async: POST /downloads with Prefer: respond-async (events/api-download-async.json)")
-        stack.emulator.register(ASYNC_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES // 4, transfer="chunked")
-        answer = api_call(_event("api-download-async.json"))
-        location = (answer.get("multiValueHeaders") or {}).get("Location", ["?"])[0]
-        print(f"HTTP {answer['statusCode']}, Location: {location}")
-        print(answer["body"])
-        [message] = resources.queued_messages()
-        print(f"queued message (the token is KMS-encrypted): {message['Body'][:90]}…")
-        job = {"Records": [{**_event("sqs-download.json")["Records"][0], "body": message["Body"]}]}
-        batch = worker_call(job)
-        print(f"worker: {json.dumps(batch)}")
-        answer = api_call(_event("api-get-download.json"))
-        record = json.loads(answer["body"])
+    def cancel(self) -> None:
+        _say("Another request cancelled: DELETE /downloads/{request_id} (events/api-cancel-download.json)")
+        token = self._current_token()
+        _, body, _ = self.api(self._request_event(token))
+        request_id = int(body["request_id"])
+        event = _event("api-cancel-download.json")
+        event["path"] = f"/downloads/{request_id}"
+        event["pathParameters"] = {"request_id": str(request_id)}
+        event["headers"]["Authorization"] = event["multiValueHeaders"]["Authorization"][0] = f"Bearer {token}"
+        status, body, _ = self.api(event)
         print(
-            f"GET /downloads/{ASYNC_REQUEST_ID}: HTTP {answer['statusCode']}, status {record.get('status')}"
+            f"HTTP {status}, status {body['status']}; at TikTok: {self.emulator.state(request_id)['status']}"
         )
-        if record.get("status") != "completed" or "url" not in record:
-            return 1
+        _expect(body["status"] == "cancelled", "cancelled")
+        self.checks()  # the pending check finds it cancelled and stops
 
-        _say("Completion events on EventBridge (a rule copies them to a queue here)")
-        for event in resources.events():
-            print(f"{event['detail-type']}: {json.dumps(event['detail'])}")
+    def downloads_of_ready_archives(self) -> None:
+        ready = self.emulator.register(API_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES, transfer="chunked")
+        _say("For a request_id already ready: POST /downloads (events/api-download.json)")
+        status, body, _ = self.api(_event("api-download.json"))
+        print(f"HTTP {status}, status {body.get('status')}, {body.get('size_bytes')} bytes")
+        _expect(status == 200, "downloaded")
+        data = self._fetch(body["url"], ready["size_bytes"])
+        _expect(hashlib.sha256(data).hexdigest() == ready["sha256"], "identical to TikTok's bytes")
+
+        _say("The same POST again: no second download, a fresh link")
+        status, again, _ = self.api(_event("api-download.json"))
+        print(
+            f"HTTP {status}, {again['status']}, TikTok's downloads: {self.emulator.downloads(API_REQUEST_ID)}"
+        )
+
+        _say(
+            "Async: Prefer: respond-async (events/api-download-async.json); the worker in its own environment"
+        )
+        self.emulator.register(ASYNC_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES // 4, transfer="chunked")
+        status, body, headers = self.api(_event("api-download-async.json"))
+        print(f"HTTP {status}, Location: {headers.get('Location')}, status {body['status']}")
+        self.downloads()
+        record = self.get(ASYNC_REQUEST_ID)
+        print(f"GET /downloads/{ASYNC_REQUEST_ID}: status {record['status']}")
+        _expect(record["status"] == "completed", "the queued download completed")
 
         _say("Errors: missing token, invalid request_id")
         for name in ("api-missing-token.json", "api-invalid-request-id.json"):
-            answer = api_call(_event(name))
-            print(f"{name}: HTTP {answer['statusCode']} {answer['body']}")
+            status, body, _ = self.api(_event(name))
+            print(f"{name}: HTTP {status} {json.dumps(body)}")
 
         _say("SQS worker: a mixed batch (events/sqs-mixed-batch.json)")
-        stack.emulator.register(SQS_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES // 2, transfer="length")
-        stack.emulator.register(
+        self.emulator.register(SQS_REQUEST_ID, DEMO_TOKEN, size=ARCHIVE_BYTES // 2, transfer="length")
+        self.emulator.register(
             SQS_RATE_LIMITED_REQUEST_ID,
             DEMO_TOKEN,
             size=1024,
             fault={"kind": "error", "status": 429, "code": "rate_limit_exceeded", "retry_after": "30"},
         )
         print("message 1: ready archive; 2: malformed id; 3: unknown id; 4: TikTok rate-limits")
-        batch = worker_call(_event("sqs-mixed-batch.json"))
-        print(f"batch response: {json.dumps(batch)}")
-        print("(message 4 will be delivered again; 2 and 3 are permanent and were logged and acknowledged)")
-        stored = s3.head_object(Bucket=resources.bucket, Key=f"archives/{SQS_REQUEST_ID}.zip")
-        print(f"stored by the worker: archives/{SQS_REQUEST_ID}.zip, {stored['ContentLength']} bytes")
+        print(f"batch response: {json.dumps(self.worker(_event('sqs-mixed-batch.json')))}")
+        print("(4 comes back after TikTok's Retry-After; 2 and 3 are permanent, logged and acknowledged)")
+
+    def events(self) -> None:
+        _say("Events on EventBridge (a rule copies them to a queue here): no token, no link in any")
+        for event in self.resources.events():
+            detail = event["detail"]
+            print(f"{event['detail-type']}: request {detail.get('request_id')} {detail.get('status', '')}")
+
+    def _status(self, request_id: int) -> str:
+        """The record's status as an operator sees it in the table (the backend follows the events)."""
+        item = self.resources.item(request_id) or {}
+        return str(item.get("status", {}).get("S"))
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _current_token(self) -> str:
+        """An access token TikTok accepts for the user now, as the backend gets one when the user signs in
+        again (the backend handed its refresh token over to the service with the first request)."""
+        return str(self.emulator.user(DEMO_OPEN_ID)["access_token"])
+
+    def _request_event(self, token: str) -> dict[str, Any]:
+        event = _event("api-create-request.json")
+        event["body"] = json.dumps({"open_id": DEMO_OPEN_ID})
+        event["headers"]["Authorization"] = event["multiValueHeaders"]["Authorization"][0] = f"Bearer {token}"
+        return event
+
+    @staticmethod
+    def _fetch(url: str, size: int) -> bytes:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data: bytes = response.read()
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        bad = archive.testzip()
+        print(
+            f"link fetched: {len(data)} bytes, zip test {'ok' if bad is None else 'BAD ' + bad}, "
+            f"{len(archive.namelist())} entries"
+        )
+        _expect(len(data) == size and bad is None, "the link serves the whole archive")
+        return data
+
+
+def main() -> int:
+    """Run the demo; 0 when every check held."""
+    with LocalStack() as stack:
+        resources = provision(stack.moto_url, "demo")
+        # Each function runs with exactly its template.yaml environment (parameters as a deployment
+        # would set them, but checks 1 s apart), pointed at moto and the emulator.
+        lambdas = LambdaFunctions(
+            resources.template,
+            resources.local,
+            {
+                "PartSizeMiB": "5",
+                "LogLevel": "WARNING",
+                "StatusPollInitialSeconds": "1",
+                "StatusPollMaxSeconds": "2",
+                **stack.parameters(),
+            },
+            stack.environment(),
+        )
+        logger.setLevel(logging.WARNING)  # the demo narrates; warnings and errors still print
+        _say(f"moto server at {stack.moto_url}, TikTok emulator at {stack.emulator.url}")
+        stack.emulator.add_user(
+            DEMO_OPEN_ID,
+            access_token=DEMO_TOKEN,
+            refresh_token=DEMO_REFRESH_TOKEN,
+            scopes=["portability.all.ongoing"],
+            prepare_seconds=3600,
+            archive_size=ARCHIVE_BYTES // 4,
+        )
+        demo = Demo(stack, resources, lambdas)
+        try:
+            demo.downloads_of_ready_archives()
+            demo.consent_to_archive()
+            demo.webhook_and_manifest()
+            demo.cancel()
+            demo.events()
+        except DemoFailedError as failure:
+            print(f"\nDEMO FAILED: {failure}", flush=True)
+            return 1
+        finally:
+            lambdas.restore()
     _say("demo finished; moto server and the emulator are stopped")
     return 0
 
