@@ -180,31 +180,39 @@ class LambdaFunctions:
 
     # -- permissions ---------------------------------------------------------------------------
     def violations(self, calls: list[AwsCall]) -> list[str]:
-        """Each call of ``calls`` that the calling function's policies do not allow, and why."""
+        """Each call of ``calls`` that the calling function's policies do not allow, and why.
+
+        Identical requirements (the same action on the same resource in the same context, from the same
+        function) are judged once.
+        """
         found: list[str] = []
-        used: dict[str, list[Requirement]] = {name: [] for name in {call.function for call in calls}}
+        used: dict[str, dict[str, Requirement]] = {name: {} for name in {call.function for call in calls}}
+        policies: dict[str, list[dict[str, Any]]] = {}
+        judged: set[tuple[str, str]] = set()
         for call in calls:
-            for requirement in required_permissions(call, key_arn=self._key_arn):
-                used[call.function].append(requirement)
-                decision = evaluate(
-                    requirement,
-                    self.template.function_policies(call.function, self.local, self.parameters),
-                    self._resource_policy(requirement),
+            if call.function not in policies:
+                policies[call.function] = self.template.function_policies(
+                    call.function, self.local, self.parameters
                 )
+            for requirement in required_permissions(call, key_arn=self._key_arn):
+                identity = repr(
+                    (requirement.action, requirement.resource_arn, sorted(requirement.context.items()))
+                )
+                if (call.function, identity) in judged:
+                    continue
+                judged.add((call.function, identity))
+                used[call.function][identity] = requirement
+                decision = evaluate(requirement, policies[call.function], self._resource_policy(requirement))
                 if not decision.allowed:
                     found.append(
                         f"{call.function} may not {requirement.action} on {requirement.resource_arn} "
                         f"({call.service} {call.operation}): {decision.reason}"
                     )
         for function, requirements in used.items():
-            statements = self.template.function_policies(function, self.local, self.parameters)
-            UNUSED.add(
-                function,
-                {
-                    self._general(line)
-                    for line in unused_permissions({function: statements}, {function: requirements})
-                },
+            unused = unused_permissions(
+                {function: policies[function]}, {function: list(requirements.values())}
             )
+            UNUSED.add(function, {self._general(line) for line in unused})
         return found
 
     def _key_arn(self, key_id: str) -> str:

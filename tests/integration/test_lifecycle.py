@@ -44,6 +44,7 @@ from tests.harness.local_stack import REPO_ROOT, Resources
 from tests.harness.tokens import open_id as new_open_id
 
 MIB = 1024 * 1024
+# Waiting requests of the scale test (LIFECYCLE_COUNT=100 for a quick run while developing).
 COUNT = int(os.environ.get("LIFECYCLE_COUNT", "1000"))
 
 
@@ -496,6 +497,7 @@ def in_queue(resources: Resources, queue: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # moto's SQS slows down with a thousand messages in a queue (~130 ms a check)
 def test_a_thousand_waiting_requests_cost_one_check_each_per_interval(
     configure: Configure, emulator: Emulator, resources: Resources
 ) -> None:

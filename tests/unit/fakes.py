@@ -1,0 +1,681 @@
+"""In-memory fakes of the collaborators of ``logic/``: the adapters' contracts without AWS or TikTok.
+
+Each fake subclasses the adapter it stands for, so that ``mypy --strict`` holds it to the same method
+names and signatures, and overrides only what the services call (anything else reaches the real
+method, which fails loudly for want of a client). Conditional writes keep the adapters' conditions:
+a write that the real adapter would refuse answers ``Held`` (or ``None``/``False``) the same way, and
+a condition on a missing item raises ``RecordStoreError`` as ``DownloadRecords`` does.
+
+Every fake notes its calls, by name, in a shared :class:`Journal`, so that a test can assert the order
+in which a service touched them (``queue.schedule_check`` before ``records.advance_schedule`` …).
+Time is a :class:`Clock` that moves only when a test (or a sleeping service) moves it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import pytest
+
+from tiktok_archive.adapters.app_credentials import AppCredentialsSource
+from tiktok_archive.adapters.download_events import DETAIL_TYPES, DownloadEvents, event_detail
+from tiktok_archive.adapters.download_jobs import DownloadJobs
+from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
+from tiktok_archive.adapters.grants import Grant, Grants, SealedTokens
+from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
+from tiktok_archive.adapters.s3_archive_store import PartListener
+from tiktok_archive.adapters.tiktok import TikTokClient
+from tiktok_archive.adapters.token_vault import TokenVault
+from tiktok_archive.logic import downloads, requests, tokens
+from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.models import deadline as deadline_module
+from tiktok_archive.models.deadline import Deadline
+from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
+from tiktok_archive.models.download_record import (
+    DownloadRecord,
+    DownloadStatus,
+    Preparation,
+    Progress,
+    RecordedError,
+)
+from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, TransferError
+from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
+
+T = TypeVar("T")
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+_ENDED = (DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED)
+
+
+# -- time and bookkeeping ----------------------------------------------------------------------
+class Clock:
+    """Wall-clock and monotonic time that move together, only when told to (or when someone sleeps).
+
+    ``while_sleeping`` holds what happens elsewhere during each of the next sleeps, one per sleep.
+    """
+
+    def __init__(self, start: datetime = START) -> None:
+        self.moment = start
+        self.mono = 10_000.0
+        self.slept: list[float] = []
+        self.while_sleeping: list[Callable[[], None]] = []
+
+    def now(self) -> datetime:
+        return self.moment.replace(microsecond=0)
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.moment += timedelta(seconds=seconds)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(seconds)
+        if self.while_sleeping:
+            self.while_sleeping.pop(0)()
+
+
+def freeze_time(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    """Make ``logic/`` and :class:`Deadline` read (and sleep on) ``clock`` instead of the real time."""
+    monkeypatch.setattr(tokens, "_now", clock.now)
+    monkeypatch.setattr(tokens, "time", clock)
+    monkeypatch.setattr(requests, "_now", clock.now)
+    monkeypatch.setattr(downloads, "time", clock)
+    monkeypatch.setattr(deadline_module, "time", clock)
+
+
+class Journal:
+    """The names of the fakes' calls, in the order they happened (``"records.mark_ready"`` …)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def note(self, call: str) -> None:
+        self.calls.append(call)
+
+    def first(self, call: str) -> int:
+        """Where ``call`` first happened (fails the test when it never did)."""
+        assert call in self.calls, f"{call} never happened: {self.calls}"
+        return self.calls.index(call)
+
+
+class Faults:
+    """Errors to raise, once each, from the named methods of a fake (as a failing AWS call would)."""
+
+    def __init__(self) -> None:
+        self._armed: dict[str, TransferError] = {}
+
+    def arm(self, method: str, error: TransferError) -> None:
+        self._armed[method] = error
+
+    def check(self, method: str) -> None:
+        error = self._armed.pop(method, None)
+        if error is not None:
+            raise error
+
+
+class Script(Generic[T]):
+    """Scripted answers of one TikTok endpoint, one per call, and the calls it received.
+
+    An answer that is an exception is raised; ``meanwhile`` runs during that call, before it answers
+    (what another invocation does while this one waits for TikTok). A call beyond the script fails the
+    test: a service calling TikTok more often than expected is the bug.
+    """
+
+    def __init__(self, name: str, journal: Journal) -> None:
+        self._name = name
+        self._journal = journal
+        self._steps: list[tuple[T | BaseException, Callable[[], None] | None]] = []
+        self.calls: list[tuple[Any, ...]] = []
+
+    def then(self, answer: T | BaseException, *, meanwhile: Callable[[], None] | None = None) -> Script[T]:
+        self._steps.append((answer, meanwhile))
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.calls)
+
+    def answer(self, *call: Any) -> T:
+        self._journal.note(self._name)
+        self.calls.append(call)
+        if not self._steps:
+            raise AssertionError(f"{self._name} called more often than scripted: {len(self.calls)} calls")
+        answer, meanwhile = self._steps.pop(0)
+        if meanwhile is not None:
+            meanwhile()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+# -- TikTok and the app's credentials ----------------------------------------------------------
+class FakeTikTok(TikTokClient):
+    """TikTok's portability and OAuth endpoints, answering from scripts."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.max_attempts = 1
+        self.checks: Script[RequestStatus | None] = Script("tiktok.check_request", journal)
+        self.adds: Script[int] = Script("tiktok.add_request", journal)
+        self.cancels: Script[None] = Script("tiktok.cancel_request", journal)
+        self.refreshes: Script[TokenGrant] = Script("tiktok.refresh_tokens", journal)
+
+    def check_request(self, request: DownloadRequest, deadline: Deadline) -> RequestStatus | None:
+        return self.checks.answer(request.request_id, request.access_token)
+
+    def add_request(
+        self, access_token: str, data_format: str, categories: list[str], deadline: Deadline
+    ) -> int:
+        return self.adds.answer(access_token, data_format, tuple(categories))
+
+    def cancel_request(self, request: DownloadRequest, deadline: Deadline) -> None:
+        self.cancels.answer(request.request_id, request.access_token)
+
+    def refresh_tokens(self, app: AppCredentials, refresh_token: str, deadline: Deadline) -> TokenGrant:
+        return self.refreshes.answer(app.client_secret, refresh_token)
+
+
+class FakeAppCredentials(AppCredentialsSource):
+    """The app's secret: the cached value, and what each fresh read finds (a rotated secret)."""
+
+    def __init__(self, *secrets: str) -> None:
+        self._secrets = list(secrets) or ["app-secret"]
+        self._current = 0
+        self.reads: list[bool] = []  # ``fresh`` of each read
+
+    def get(self, *, fresh: bool = False) -> AppCredentials:
+        self.reads.append(fresh)
+        if fresh:
+            self._current = min(self._current + 1, len(self._secrets) - 1)
+        return AppCredentials("app-client-key", self._secrets[self._current])
+
+
+# -- KMS ---------------------------------------------------------------------------------------
+class FakeVault(TokenVault):
+    """Seals reversibly, bound to purpose and binding: opened with another one, it raises like KMS."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.faults = Faults()
+
+    def seal(self, token: str, purpose: str, binding: dict[str, str]) -> str:
+        self._journal.note("vault.seal")
+        self.faults.check("seal")
+        document = {"context": {"purpose": purpose, **binding}, "token": token[::-1]}
+        return base64.b64encode(json.dumps(document, sort_keys=True).encode()).decode()
+
+    def open(self, sealed: str, purpose: str, binding: dict[str, str]) -> str:
+        self._journal.note("vault.open")
+        self.faults.check("open")
+        try:
+            document = json.loads(base64.b64decode(sealed, validate=True))
+        except (binascii.Error, ValueError):
+            raise MissingTokenError("the encrypted token is not base64") from None
+        if document["context"] != {"purpose": purpose, **binding}:
+            raise MissingTokenError("the encrypted token does not decrypt for this request")
+        return str(document["token"])[::-1]
+
+
+# -- DynamoDB: the grants table ----------------------------------------------------------------
+class FakeGrants(Grants):
+    """The grants table in a dict, with its lease and version conditions."""
+
+    def __init__(self, clock: Clock, journal: Journal) -> None:
+        self._clock = clock
+        self._journal = journal
+        self.items: dict[str, Grant] = {}
+        self.faults = Faults()
+
+    def get(self, grant_id: str) -> Grant | None:
+        self._journal.note("grants.get")
+        self.faults.check("get")
+        return self.items.get(grant_id)
+
+    def store(self, grant_id: str, tokens: SealedTokens) -> None:
+        self._journal.note("grants.store")
+        self.faults.check("store")
+        current = self.items.get(grant_id)
+        lease = current.refresh_lease_until if current else None
+        if lease is not None and not lease < self._clock.now():
+            return  # a refresh holds the lease: its tokens are newer
+        self.items[grant_id] = _with_tokens(
+            current or Grant(grant_id, 0, None, None, None, None, None), tokens, keep_lease=True
+        )
+
+    def take_refresh_lease(self, grant: Grant, lease: timedelta) -> str | None:
+        self._journal.note("grants.take_refresh_lease")
+        self.faults.check("take_refresh_lease")
+        now = self._clock.now()
+        current = self.items.get(grant.grant_id)
+        if current is None or current.version != grant.version:
+            return None
+        if current.refresh_lease_until is not None and not current.refresh_lease_until < now:
+            return None
+        owner = uuid.uuid4().hex
+        self.items[grant.grant_id] = dataclasses.replace(
+            current, refresh_owner=owner, refresh_lease_until=now + lease + timedelta(seconds=1)
+        )
+        return owner
+
+    def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> bool:
+        self._journal.note("grants.store_refreshed")
+        self.faults.check("store_refreshed")
+        current = self.items.get(grant.grant_id)
+        if current is None or (current.refresh_owner != owner and current.version != grant.version):
+            return False
+        self.items[grant.grant_id] = _with_tokens(current, tokens, keep_lease=False)
+        return True
+
+    def release_refresh_lease(self, grant_id: str, owner: str) -> None:
+        self._journal.note("grants.release_refresh_lease")
+        current = self.items.get(grant_id)
+        if current is not None and current.refresh_owner == owner:
+            self.items[grant_id] = dataclasses.replace(current, refresh_owner=None, refresh_lease_until=None)
+
+    def erase(self, grant_id: str) -> int:
+        self._journal.note("grants.erase")
+        self.faults.check("erase")
+        return 1 if self.items.pop(grant_id, None) is not None else 0
+
+
+def _with_tokens(current: Grant, tokens: SealedTokens, *, keep_lease: bool) -> Grant:
+    """``current`` with ``tokens`` written over it as the adapter's update expressions do."""
+    return dataclasses.replace(
+        current,
+        version=current.version + 1,
+        sealed_access_token=tokens.sealed_access_token,
+        access_expires_at=tokens.access_expires_at,
+        sealed_refresh_token=tokens.sealed_refresh_token or current.sealed_refresh_token,
+        refresh_expires_at=tokens.refresh_expires_at
+        if tokens.sealed_refresh_token
+        else current.refresh_expires_at,
+        user_openid=tokens.user_openid or current.user_openid,
+        refresh_owner=current.refresh_owner if keep_lease else None,
+        refresh_lease_until=current.refresh_lease_until if keep_lease else None,
+    )
+
+
+# -- DynamoDB: the downloads table -------------------------------------------------------------
+class FakeDownloadRecords(DownloadRecords):
+    """The downloads table in a dict, every change under the adapter's condition.
+
+    ``owners`` holds each claim's ``lease_owner`` (which a :class:`DownloadRecord` does not show).
+    """
+
+    def __init__(self, clock: Clock, journal: Journal) -> None:
+        self._clock = clock
+        self._journal = journal
+        self.items: dict[int, DownloadRecord] = {}
+        self.owners: dict[int, str] = {}
+        self.progress_reports: list[Progress] = []
+        self.faults = Faults()
+
+    def _call(self, method: str) -> None:
+        self._journal.note(f"records.{method}")
+        self.faults.check(method)
+
+    def _existing(self, request_id: int) -> DownloadRecord:
+        # A condition on an item that does not exist fails with nothing to hold on to.
+        record = self.items.get(request_id)
+        if record is None:
+            raise RecordStoreError("the download record does not exist")
+        return record
+
+    def _put(self, record: DownloadRecord) -> DownloadRecord:
+        self.items[record.request_id] = record
+        return record
+
+    def get(self, request_id: int) -> DownloadRecord | None:
+        self._call("get")
+        return self.items.get(request_id)
+
+    def create_waiting(
+        self,
+        request_id: int,
+        *,
+        grant_id: str,
+        user_openid: str | None,
+        preparation: Preparation,
+        poll_interval: int,
+    ) -> DownloadRecord | Held:
+        self._call("create_waiting")
+        if preparation.next_check_at is None or preparation.give_up_at is None:
+            raise ValueError("a waiting request needs its schedule")
+        if request_id in self.items:
+            return Held(self.items[request_id])
+        now = self._clock.now()
+        return self._put(
+            DownloadRecord(
+                request_id=request_id,
+                status=DownloadStatus.WAITING,
+                created_at=now,
+                updated_at=now,
+                attempts=0,
+                user_openid=user_openid or None,
+                grant_id=grant_id,
+                preparation=Preparation(
+                    data_format=preparation.data_format,
+                    categories=tuple(preparation.categories),
+                    next_check_at=preparation.next_check_at,
+                    give_up_at=preparation.give_up_at,
+                ),
+                poll_seq=0,
+                poll_interval=poll_interval,
+            )
+        )
+
+    def advance_schedule(
+        self,
+        request_id: int,
+        seq: int,
+        *,
+        tiktok_status: str | None,
+        apply_time: datetime | None,
+        collect_time: datetime | None,
+        next_check_at: datetime,
+        poll_interval: int,
+    ) -> DownloadRecord | Held:
+        self._call("advance_schedule")
+        record = self._existing(request_id)
+        if record.status is not DownloadStatus.WAITING or record.poll_seq != seq:
+            return Held(record)
+        checked = self._checked(record, seq, tiktok_status, apply_time, collect_time, next_check_at)
+        return self._put(dataclasses.replace(checked, poll_interval=poll_interval))
+
+    def mark_ready(
+        self,
+        request_id: int,
+        seq: int,
+        *,
+        apply_time: datetime | None,
+        collect_time: datetime | None,
+        lease: timedelta,
+    ) -> DownloadRecord | Held:
+        self._call("mark_ready")
+        record = self._existing(request_id)
+        if record.status is not DownloadStatus.WAITING or record.poll_seq != seq:
+            return Held(record)
+        checked = self._checked(record, seq, "downloading", apply_time, collect_time, None)
+        return self._put(
+            dataclasses.replace(
+                checked,
+                status=DownloadStatus.QUEUED,
+                lease_expires_at=self._clock.now() + lease + timedelta(seconds=1),
+                poll_interval=None,
+            )
+        )
+
+    def _checked(
+        self,
+        record: DownloadRecord,
+        seq: int,
+        tiktok_status: str | None,
+        apply_time: datetime | None,
+        collect_time: datetime | None,
+        next_check_at: datetime | None,
+    ) -> DownloadRecord:
+        prep = record.preparation
+        if prep is not None:
+            prep = dataclasses.replace(
+                prep,
+                checks=prep.checks + 1,
+                tiktok_status=tiktok_status[:40] if tiktok_status is not None else prep.tiktok_status,
+                apply_time=apply_time or prep.apply_time,
+                collect_time=collect_time or prep.collect_time,
+                next_check_at=next_check_at,
+            )
+        return dataclasses.replace(record, poll_seq=seq + 1, updated_at=self._clock.now(), preparation=prep)
+
+    def end(
+        self,
+        request_id: int,
+        status: DownloadStatus,
+        *,
+        error: TransferError | None = None,
+        seq: int | None = None,
+        tiktok_status: str | None = None,
+    ) -> DownloadRecord | Held:
+        self._call("end")
+        record = self._existing(request_id)
+        if seq is not None:
+            allowed = record.status is DownloadStatus.WAITING and record.poll_seq == seq
+        elif status is DownloadStatus.FAILED:
+            allowed = record.status is DownloadStatus.WAITING
+        else:
+            allowed = record.status not in _ENDED
+        if not allowed:
+            return Held(record)
+        prep = record.preparation
+        if prep is not None:
+            prep = dataclasses.replace(
+                prep,
+                next_check_at=None,
+                tiktok_status=tiktok_status if tiktok_status is not None else prep.tiktok_status,
+            )
+        ended = dataclasses.replace(
+            record,
+            status=status,
+            updated_at=self._clock.now(),
+            error=_recorded(error) if error is not None else None,
+            lease_expires_at=None,
+            preparation=prep,
+            poll_interval=None,
+            progress=None,
+        )
+        if status is not DownloadStatus.FAILED:
+            ended = dataclasses.replace(
+                ended, bucket=None, key=None, size_bytes=None, checksum=None, manifest=None
+            )
+        self.owners.pop(request_id, None)
+        return self._put(ended)
+
+    def set_user(self, request_id: int, user_openid: str) -> None:
+        self._journal.note("records.set_user")
+        record = self.items.get(request_id)
+        if record is not None and record.user_openid is None:
+            self._put(dataclasses.replace(record, user_openid=user_openid))
+
+    def claim(self, request_id: int, bucket: str, key: str, lease: timedelta) -> Claimed | Held:
+        self._call("claim")
+        now = self._clock.now()
+        record = self.items.get(request_id)
+        if record is not None:
+            lapsed = record.lease_expires_at is not None and record.lease_expires_at < now
+            claimable = (
+                DownloadStatus.WAITING,
+                DownloadStatus.QUEUED,
+                DownloadStatus.FAILED,
+            )
+            if record.status not in claimable and not (
+                record.status is DownloadStatus.IN_PROGRESS and lapsed
+            ):
+                return Held(record)
+        base = record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0)
+        prep = dataclasses.replace(base.preparation, next_check_at=None) if base.preparation else None
+        owner = uuid.uuid4().hex
+        self.owners[request_id] = owner
+        claimed = self._put(
+            dataclasses.replace(
+                base,
+                status=DownloadStatus.IN_PROGRESS,
+                lease_expires_at=now + lease + timedelta(seconds=1),
+                updated_at=now,
+                attempts=base.attempts + 1,
+                bucket=bucket,
+                key=key,
+                poll_seq=base.poll_seq + 1,
+                error=None,
+                progress=None,
+                preparation=prep,
+                poll_interval=None,
+            )
+        )
+        return Claimed(claimed, owner)
+
+    def report_progress(self, claim: Claimed, progress: Progress) -> Held | None:
+        self._call("report_progress")
+        request_id = claim.record.request_id
+        record = self._existing(request_id)
+        if self.owners.get(request_id) != claim.owner or record.status is not DownloadStatus.IN_PROGRESS:
+            return Held(record)
+        self.progress_reports.append(progress)
+        self._put(dataclasses.replace(record, progress=progress, updated_at=progress.at))
+        return None
+
+    def complete(
+        self, claim: Claimed, size_bytes: int, checksum: str, manifest: dict[str, Any] | None = None
+    ) -> DownloadRecord:
+        self._call("complete")
+        request_id = claim.record.request_id
+        record = self._existing(request_id)
+        if self.owners.get(request_id) != claim.owner:
+            return record  # the claim was lost meanwhile: that state stands
+        now = self._clock.now()
+        self.owners.pop(request_id)
+        return self._put(
+            dataclasses.replace(
+                record,
+                status=DownloadStatus.COMPLETED,
+                size_bytes=size_bytes,
+                checksum=checksum,
+                completed_at=now,
+                updated_at=now,
+                manifest=manifest,
+                lease_expires_at=None,
+                error=None,
+                progress=None,
+            )
+        )
+
+    def fail(self, claim: Claimed, error: TransferError) -> DownloadRecord:
+        self._call("fail")
+        request_id = claim.record.request_id
+        record = self._existing(request_id)
+        if self.owners.get(request_id) != claim.owner:
+            return record
+        self.owners.pop(request_id)
+        return self._put(
+            dataclasses.replace(
+                record,
+                status=DownloadStatus.FAILED,
+                error=_recorded(error),
+                updated_at=self._clock.now(),
+                lease_expires_at=None,
+                progress=None,
+            )
+        )
+
+
+def _recorded(error: TransferError) -> RecordedError:
+    return RecordedError(error.error_code, error.message[:1000], error.log_id, error.is_transient)
+
+
+# -- SQS, EventBridge --------------------------------------------------------------------------
+class FakeLifecycleQueue(LifecycleQueue):
+    """Records the status checks sent: ``(request_id, seq, delay_seconds)`` as asked (not clamped)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.checks: list[tuple[int, int, int]] = []
+        self.faults = Faults()
+
+    def schedule_check(self, request_id: int, seq: int, delay_seconds: int) -> None:
+        self._journal.note("queue.schedule_check")
+        self.faults.check("schedule_check")
+        self.checks.append((request_id, seq, delay_seconds))
+
+
+class FakeDownloadJobs(DownloadJobs):
+    """Records the download jobs sent (with a token, or for the user's grant)."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.sent: list[tuple[int, str]] = []
+        self.for_grant: list[int] = []
+        self.faults = Faults()
+
+    def send(self, request_id: int, access_token: str) -> str:
+        self._journal.note("jobs.send")
+        self.faults.check("send")
+        self.sent.append((request_id, access_token))
+        return f"message-{len(self.sent)}"
+
+    def send_for_grant(self, request_id: int) -> None:
+        self._journal.note("jobs.send_for_grant")
+        self.faults.check("send_for_grant")
+        self.for_grant.append(request_id)
+
+
+class FakeEvents(DownloadEvents):
+    """Records what would be put on the bus: ``(detail_type, detail)``, as the adapter builds them."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, record: DownloadRecord) -> None:
+        self._journal.note("events.publish")
+        detail_type = DETAIL_TYPES.get(record.status)
+        if detail_type is not None:
+            self.sent.append((detail_type, event_detail(record)))
+
+    def publish_user_event(self, detail_type: str, detail: dict[str, Any]) -> None:
+        self._journal.note("events.publish_user_event")
+        self.sent.append((detail_type, detail))
+
+    @property
+    def detail_types(self) -> list[str]:
+        return [detail_type for detail_type, _ in self.sent]
+
+
+# -- the transfer (TikTok → S3) ----------------------------------------------------------------
+class FakeTransfer(ArchiveTransfer):
+    """Stores an archive of ``size`` bytes at once; ``during`` acts inside the transfer.
+
+    ``during(request, on_part)`` may report progress, change the record meanwhile, or raise (a failed
+    transfer). The deadline is the real arithmetic (on whatever clock :class:`Deadline` reads).
+    """
+
+    BUCKET = "archive-bucket"
+
+    def __init__(self, journal: Journal, size: int = 5 * 1024 * 1024) -> None:
+        self._journal = journal
+        self._size = size
+        self.during: Callable[[DownloadRequest, PartListener | None], None] | None = None
+        self.runs: list[DownloadRequest] = []
+        self.discarded: list[int] = []
+
+    def deadline(self, remaining_ms: int) -> Deadline:
+        return Deadline.for_invocation(remaining_ms, 1.0)
+
+    def location(self, request_id: int) -> tuple[str, str]:
+        return self.BUCKET, f"archives/{request_id}.zip"
+
+    def run(
+        self, request: DownloadRequest, remaining_ms: int, on_part: PartListener | None = None
+    ) -> DownloadResult:
+        self._journal.note("transfer.run")
+        self.runs.append(request)
+        if self.during is not None:
+            self.during(request, on_part)
+        bucket, key = self.location(request.request_id)
+        url, expires_at = self.link(request.request_id)
+        return DownloadResult(
+            request.request_id, StoredArchive(bucket, key, self._size, "AAAAAA=="), url, expires_at
+        )
+
+    def discard(self, request_id: int) -> None:
+        self._journal.note("transfer.discard")
+        self.discarded.append(request_id)
+
+    def link(self, request_id: int) -> tuple[str, datetime]:
+        _, key = self.location(request_id)
+        return f"https://{self.BUCKET}.example/{key}", START + timedelta(hours=1)
