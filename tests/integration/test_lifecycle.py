@@ -560,3 +560,24 @@ def test_the_sweeper_redrives_a_request_whose_chain_of_checks_was_lost(
     assert all(c["request_id"] in (str(request_id), str(other)) for c in checks)
     assert call_lifecycle(records) == {"batchItemFailures": []}
     assert int(item(resources, request_id)["checks"]["N"]) == 1
+
+
+def test_a_queued_download_whose_token_expired_meanwhile_refreshes_it_in_the_worker(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a request found ready, whose job waits while the user's access token expires
+    user = consent(emulator, prepare_seconds=60, archive_size=MIB)
+    request_id = int(add_request(user).body["request_id"])
+    emulator.advance_clock(120)
+    check_until(resources, lambda: status_of(resources, request_id) == "queued")
+    emulator.advance_clock(3 * 3600)
+
+    # When the worker runs the job
+    assert call_worker(receive(resources, "DownloadQueue")) == {"batchItemFailures": []}
+
+    # Then it refreshed the token itself, kept the rotated one, and stored the archive
+    now = emulator.user(user["open_id"])
+    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
+    assert now["refreshes"] == 1
+    assert stored_refresh_token(resources, user) == now["refresh_token"]
+    assert status_of(resources, request_id) == "completed"

@@ -284,3 +284,19 @@ def test_a_base64_delivery_signature_is_over_the_decoded_bytes(
     answer = call_webhook(webhook_event(raw, signed(encoded), base64_encoded=True))
 
     assert answer.status == 401
+
+
+def test_a_delivery_whose_work_cannot_be_queued_is_503_and_its_retry_does_the_work(
+    configure: Configure, resources: Resources
+) -> None:
+    # Given the lifecycle queue unavailable (deleted behind the stack's back)
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()})
+    sqs = resources.client("sqs")
+    sqs.delete_queue(QueueUrl=resources.local.ref("LifecycleQueue"))
+
+    failed = call_webhook(webhook_event(raw, signed(raw)))
+
+    # Then TikTok is told to retry, and the delivery is not remembered as done
+    assert (failed.status, failed.body["error"]["code"]) == (503, "queue_error")
+    deliveries = resources.client("dynamodb").scan(TableName=resources.local.ref("WebhookDeliveriesTable"))
+    assert deliveries["Items"] == []
