@@ -202,7 +202,12 @@ class LambdaFunctions:
                     continue
                 judged.add((call.function, identity))
                 used[call.function][identity] = requirement
-                decision = evaluate(requirement, policies[call.function], self._resource_policy(requirement))
+                decision = evaluate(
+                    requirement,
+                    policies[call.function],
+                    self._resource_policy(requirement),
+                    principal_arn=self.local.get_att(f"{call.function}Role", "Arn"),
+                )
                 if not decision.allowed:
                     found.append(
                         f"{call.function} may not {requirement.action} on {requirement.resource_arn} "
@@ -224,7 +229,7 @@ class LambdaFunctions:
     def _resource_policy(self, requirement: Requirement) -> list[dict[str, Any]]:
         for logical_id, record in self.local.resources.items():
             arn = record.get("Arn", "")
-            kind = self.template.document["Resources"][logical_id]["Type"]
+            kind = self.template.document["Resources"].get(logical_id, {}).get("Type")
             if kind == "AWS::KMS::Key" and requirement.resource_arn == arn:
                 return self.template.key_policy(logical_id, self.local, self.parameters)
             if kind == "AWS::S3::Bucket" and requirement.resource_arn.startswith(arn):

@@ -240,6 +240,13 @@ def provision(
             local = local.with_resource(logical_id, arn, Id=arn)
         elif kind == "AWS::Logs::LogGroup":
             local = local.with_log_group(logical_id, name)
+        elif kind == "AWS::Serverless::Function":
+            # The execution role SAM makes for it, which the key policy names.
+            role = f"arn:aws:iam::{local.account_id}:role/{logical_id}Role-{suffix}"
+            local = local.with_resource(
+                logical_id, name, Arn=f"arn:aws:lambda:{REGION}:{local.account_id}:function:{name}"
+            )
+            local = local.with_resource(f"{logical_id}Role", f"{logical_id}Role-{suffix}", Arn=role)
         else:
             arn = f"arn:aws:{kind.split('::')[1].lower()}:{REGION}:{local.account_id}:{name}"
             local = local.with_resource(logical_id, name, Arn=arn)

@@ -88,9 +88,13 @@ def test_bucket_is_encrypted_private_tls_only_and_cleans_up(resources: dict[str,
     assert rules["AbortIncompleteMultipartUploads"]["AbortIncompleteMultipartUpload"] == {
         "DaysAfterInitiation": 1
     }
-    [statement] = resources["ArchiveBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    assert statement["Effect"] == "Deny"
-    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    tls, stale = resources["ArchiveBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert tls["Effect"] == stale["Effect"] == "Deny"
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # A presigned link older than the longest TTL is refused (s3:signatureAge is in milliseconds).
+    assert stale["Condition"] == {
+        "NumericGreaterThan": {"s3:signatureAge": {"Fn::Sub": "${PresignedUrlTtlSeconds}000"}}
+    }
 
 
 def test_queue_has_a_dead_letter_queue_and_six_times_the_worker_timeout(resources: dict[str, Any]) -> None:

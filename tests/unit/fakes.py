@@ -448,7 +448,7 @@ class FakeDownloadRecords(DownloadRecords):
         if seq is not None:
             allowed = record.status is DownloadStatus.WAITING and record.poll_seq == seq
         elif status is DownloadStatus.FAILED:
-            allowed = record.status is DownloadStatus.WAITING
+            allowed = record.status in (DownloadStatus.WAITING, DownloadStatus.QUEUED)
         else:
             allowed = record.status not in _ENDED
         if not allowed:

@@ -62,7 +62,15 @@ def local() -> LocalResources:
         .with_queue("LifecycleQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-abc")
         .with_queue("LifecycleDeadLetterQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-dlq-abc")
         .with_resource("TikTokAppSecret", SECRET_ARN, Id=SECRET_ARN)
+        .with_resource("ApiFunctionRole", "api-role", Arn=role_arn("ApiFunction"))
+        .with_resource("WorkerFunctionRole", "worker-role", Arn=role_arn("WorkerFunction"))
+        .with_resource("LifecycleFunctionRole", "lifecycle-role", Arn=role_arn("LifecycleFunction"))
     )
+
+
+def role_arn(function: str) -> str:
+    """The execution role SAM makes for ``function`` (the key policy names them)."""
+    return f"arn:aws:iam::{ACCOUNT}:role/{function}Role-abc"
 
 
 def call(function: str, service: str, operation: str, **params: Any) -> AwsCall:
@@ -83,7 +91,8 @@ def test_parameters_default_and_override(template: Template) -> None:
     assert values["FunctionMemorySize"] == "512"
     assert values["PartSizeMiB"] == ""
     assert template.parameters({"PartSizeMiB": "16"})["PartSizeMiB"] == "16"
-    assert template.conditions() == {"HasPartSize": False, "HasUploadConcurrency": False}
+    conditions = template.conditions()
+    assert (conditions["HasPartSize"], conditions["HasUploadConcurrency"]) == (False, False)
     assert template.conditions(template.parameters({"PartSizeMiB": "16"}))["HasPartSize"] is True
 
 
@@ -310,7 +319,9 @@ def test_api_may_encrypt_tokens_only_for_their_purpose(
         )
         assert requirement.action == "kms:Encrypt"
         assert requirement.resource_arn == KEY_ARN
-        decision = evaluate(requirement, policies["ApiFunction"], key_policy)
+        decision = evaluate(
+            requirement, policies["ApiFunction"], key_policy, principal_arn=role_arn("ApiFunction")
+        )
         assert decision.allowed is allowed, decision.reason
     allowed = evaluate(
         only(
@@ -320,9 +331,10 @@ def test_api_may_encrypt_tokens_only_for_their_purpose(
         ),
         policies["ApiFunction"],
         key_policy,
+        principal_arn=role_arn("ApiFunction"),
     )
-    assert "EncryptTokens" in allowed.reason
-    assert "AccountAdministers" in allowed.reason
+    # The key policy names the role that may seal tokens.
+    assert "SealTokens" in allowed.reason
 
 
 def test_decrypt_is_for_the_functions_acting_for_users_not_the_api(
@@ -339,9 +351,9 @@ def test_decrypt_is_for_the_functions_acting_for_users_not_the_api(
         {"KeyArn": KEY_ARN},
     )
     requirement = only(required_permissions(decrypt))
-    assert evaluate(requirement, policies["WorkerFunction"], key_policy).allowed
-    assert evaluate(requirement, policies["LifecycleFunction"], key_policy).allowed
-    assert not evaluate(requirement, policies["ApiFunction"], key_policy).allowed
+    for function, allowed in (("WorkerFunction", True), ("LifecycleFunction", True), ("ApiFunction", False)):
+        decision = evaluate(requirement, policies[function], key_policy, principal_arn=role_arn(function))
+        assert decision.allowed is allowed, (function, decision.reason)
     with pytest.raises(ValueError, match="KeyArn"):
         required_permissions(call("WorkerFunction", "kms", "Decrypt", CiphertextBlob=b"x"))
 
@@ -387,7 +399,7 @@ def test_objects_under_the_prefix_only_and_tls_only(
     template: Template, local: LocalResources, policies: dict[str, list[dict[str, Any]]]
 ) -> None:
     bucket_policy = template.bucket_policy_statements("ArchiveBucket", local)
-    assert [s["Sid"] for s in bucket_policy] == ["DenyInsecureTransport"]
+    assert [s["Sid"] for s in bucket_policy] == ["DenyInsecureTransport", "DenyStaleSignatures"]
     for function in ("ApiFunction", "WorkerFunction"):  # the functions that store archives
         statements = policies[function]
         for operation in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):

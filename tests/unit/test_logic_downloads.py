@@ -31,6 +31,7 @@ from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
 from tiktok_archive.models.errors import (
     DownloadInProgressError,
     ReauthorizationRequiredError,
+    RecordStoreError,
     RequestCancelledError,
     UpstreamStreamBrokenError,
     UpstreamUnavailableError,
@@ -230,15 +231,6 @@ def test_a_failure_on_a_request_cancelled_meanwhile_publishes_no_download_failed
 
 
 # -- a job of a request added with POST /requests --------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DownloadService._download_with_grant ends the record FAILED with DownloadRecords.end(), "
-        "whose FAILED condition is `status = waiting`; a grant job's record is `queued` (mark_ready / "
-        "queue_now), so the write is Held: the record stays queued and no Download Failed event is "
-        "published, though the README promises both for reauthorization_required"
-    ),
-)
 def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world: World) -> None:
     # Given a request added with POST /requests, found ready by its status check (queued for the
     # worker), whose user's access token expired and whose refresh TikTok refuses
@@ -280,3 +272,20 @@ def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world:
     assert world.record.error is not None
     assert world.record.error.code == "reauthorization_required"
     assert world.events.detail_types == ["Download Failed"]
+
+
+def test_a_progress_report_dynamodb_refuses_is_logged_and_the_download_goes_on(world: World) -> None:
+    # Given a running download whose progress write fails once (DynamoDB briefly unavailable)
+    throttled = RecordStoreError("DynamoDB UpdateItem failed: ThrottlingException")
+    world.records.faults.arm("report_progress", throttled)
+    reporter = _ProgressReporter(world.records, world.claim())
+    world.clock.advance(PROGRESS_EVERY_SECONDS + 1)
+
+    # When the store reports a part, then another later
+    reporter.part_done(1, 5 * 1024 * 1024)
+    world.clock.advance(PROGRESS_EVERY_SECONDS + 1)
+    reporter.part_done(2, 10 * 1024 * 1024)
+
+    # Then nothing was raised into the transfer, and the second report was recorded
+    assert world.record.progress is not None
+    assert world.record.progress.parts_uploaded == 2

@@ -262,6 +262,26 @@ def test_a_repeated_ready_check_queues_and_publishes_nothing_more(world: World) 
     assert world.tiktok.checks.count == 1
 
 
+def test_a_ready_check_racing_another_that_queued_it_publishes_nothing_more(world: World) -> None:
+    # Given a ready request whose duplicate check (in another invocation) marks it ready while this
+    # one asks TikTok
+    world.given_waiting(seq=3)
+
+    def the_duplicate_marks_it_ready() -> None:
+        world.records.mark_ready(REQUEST_ID, 3, apply_time=None, collect_time=None, lease=READY_LEASE)
+
+    world.tiktok.checks.then(status("downloading"), meanwhile=the_duplicate_marks_it_ready)
+
+    # When this check finishes
+    action = world.check(seq=3)
+
+    # Then its write is refused and it publishes no second Archive Ready (its job is a harmless
+    # duplicate: the worker's claim lets one download run)
+    assert action == "ready"
+    assert world.record.status is DownloadStatus.QUEUED
+    assert world.events.sent == []
+
+
 # -- TikTok ended it ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("tiktok_status", "final", "detail_type"),
@@ -577,3 +597,23 @@ def test_cancelling_a_request_the_service_never_kept_is_not_found(world: World) 
 
     assert world.tiktok.cancels.count == 0
     assert world.events.sent == []
+
+
+def test_a_cancel_racing_another_end_answers_that_end_and_publishes_nothing(world: World) -> None:
+    # Given a pending request whose user disconnects the app while its owner's cancel is at TikTok
+    world.given_waiting(seq=3)
+    world.tiktok.checks.then(status("pending"))
+
+    def meanwhile_revoked() -> None:
+        world.records.end(REQUEST_ID, DownloadStatus.REVOKED)
+
+    world.tiktok.cancels.then(None, meanwhile=meanwhile_revoked)
+
+    # When the cancel finishes
+    record = world.lifecycle.cancel(CALLER, REMAINING_MS)
+
+    # Then the answer is the record as the other end left it, and no second event is published
+    assert record.status is DownloadStatus.REVOKED
+    assert world.record == record
+    assert world.events.sent == []
+    assert world.transfer.discarded == [REQUEST_ID]

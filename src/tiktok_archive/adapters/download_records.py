@@ -269,7 +269,7 @@ class DownloadRecords:
         dropped.
 
         ``seq``: only if the schedule expects that check (a status check ending it); otherwise from any
-        status not already ended (a failure only from ``waiting``).
+        status not already ended (a failure only from ``waiting`` or ``queued``).
 
         Raises:
             RecordStoreError: DynamoDB failed.
@@ -298,8 +298,11 @@ class DownloadRecords:
             values.update({":waiting": {"S": DownloadStatus.WAITING.value}, ":seq": {"N": str(seq)}})
             condition = "#status = :waiting AND poll_seq = :seq"
         elif status is DownloadStatus.FAILED:
+            # A request added with POST /requests fails while it waits or its job is queued (a refused
+            # refresh); a running download fails through its claim instead.
             values[":waiting"] = {"S": DownloadStatus.WAITING.value}
-            condition = "#status = :waiting"
+            values[":queued"] = {"S": DownloadStatus.QUEUED.value}
+            condition = "#status IN (:waiting, :queued)"
         else:
             values.update({f":ended{i}": {"S": s.value} for i, s in enumerate(_ENDED)})
             condition = "attribute_exists(request_id) AND NOT #status IN (:ended0, :ended1, :ended2)"

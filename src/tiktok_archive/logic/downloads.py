@@ -303,7 +303,12 @@ class _ProgressReporter:
             mib_per_second=round(size / 1048576 / max(now - self._started, 1e-6), 1),
             at=datetime.now(UTC).replace(microsecond=0),
         )
-        held = self._records.report_progress(self._claim, progress)
+        try:
+            held = self._records.report_progress(self._claim, progress)
+        except RecordStoreError as error:
+            # Progress is for show: a DynamoDB hiccup must not stop a long download.
+            logger.warning("download progress not recorded", extra=error.log_fields())
+            return
         if held is None:
             return
         if held.record.status in ENDED:

@@ -148,7 +148,8 @@ class ArchiveTransfer:
 
 
 def _count_outcome(code: str) -> None:
-    """One ``Downloads`` count per outcome, by code (``ok`` or the error code)."""
+    """One ``Downloads`` count per outcome, by code (``ok`` or the error code); failures also count in
+    ``DownloadFailures``."""
     with single_metric(
         name="Downloads",
         unit=MetricUnit.Count,
@@ -158,3 +159,6 @@ def _count_outcome(code: str) -> None:
     ) as metric:
         metric.add_dimension(name="service", value=SERVICE)
         metric.add_dimension(name="outcome", value=code)
+    if code != "ok":
+        # One metric without the outcome dimension, for an alarm on every kind of failure at once.
+        metrics.add_metric(name="DownloadFailures", unit=MetricUnit.Count, value=1)
