@@ -148,8 +148,10 @@ class ArchiveTransfer:
 
 
 def _count_outcome(code: str) -> None:
-    """One ``Downloads`` count per outcome, by code (``ok`` or the error code); failures also count in
-    ``DownloadFailures``."""
+    """One ``Downloads`` count per outcome, by code (``ok`` or the error code).
+
+    Failures also count in ``DownloadFailures``.
+    """
     with single_metric(
         name="Downloads",
         unit=MetricUnit.Count,
