@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SAM_VENV := .venv-sam
 SAM := $(SAM_VENV)/bin/sam
+CHECKOV_VENV := .venv-checkov
 # `sam build` needs the function's Python (3.13) on PATH; with pyenv this makes it visible.
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY ?= 0
@@ -30,6 +31,11 @@ $(BIN)/.installed: src/requirements.txt requirements-dev.txt constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r src/requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt \
 		-c <(sed -e '/--hash=/d' -e 's/ *\\$$//' src/requirements.txt)
+	touch $@
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
 	touch $@
 
 $(SAM_VENV)/.installed: requirements-sam.txt
@@ -62,9 +68,10 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
-validate: $(BIN)/.installed $(SAM_VENV)/.installed  ## cfn-lint and sam validate --lint.
+validate: $(BIN)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed  ## cfn-lint, sam validate --lint, checkov.
 	$(BIN)/cfn-lint template.yaml
 	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-eu-west-1} $(SAM) validate --lint
+	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml -f template.yaml
 
 # The lock is rewritten only when it changes (a rewrite reinstalls the dev virtualenv).
 lock: $(BIN)/.installed  ## Regenerate src/requirements.txt (the function's hashed lock) from src/requirements.in.
@@ -102,4 +109,4 @@ deploy: build  ## sam deploy --guided, into your own account.
 	$(SAM) deploy --guided
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
