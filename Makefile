@@ -22,7 +22,7 @@ LAMBDA_PIP_ENV := PIP_ONLY_BINARY=:all: PIP_IMPLEMENTATION=cp PIP_PYTHON_VERSION
 LOCK := $(BIN)/uv pip compile --quiet --no-config --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock"
 
-.PHONY: demo test faults bench lint format validate build deploy clean lock lock-check
+.PHONY: demo serve test faults bench lint format validate build deploy clean lock lock-check
 
 # The function's runtime first, exactly the lock (hash-checked), so the suite tests what `sam build` packages;
 # then the dev tools, pinned by constraints.txt and held to the lock's pins (a disagreement fails here).
@@ -45,6 +45,9 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 
 demo: $(BIN)/.installed  ## Run the whole job against moto server and the TikTok emulator.
 	PYTHONPATH=src $(BIN)/python -m tests.harness.demo
+
+serve: $(BIN)/.installed  ## The API on http://127.0.0.1:$$PORT for curl, with moto server and the TikTok emulator behind it.
+	PYTHONPATH=src $(BIN)/python -m tests.harness.serve
 
 test: $(BIN)/.installed  ## The whole suite (what CI runs).
 	$(BIN)/pytest
