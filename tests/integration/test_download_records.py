@@ -422,7 +422,9 @@ def test_completion_event_describes_the_archive_without_url_or_token(
         "checksum_algorithm": "CRC32",
         "attempts": 1,
         "error": None,
+        "manifest": answer.body["manifest"],
     }
+    assert event["detail"]["manifest"]["entries"] == ready["entry_count"]
 
 
 def test_no_token_in_any_table_item_event_or_queue_message(

@@ -19,6 +19,7 @@ count (``MpuObjectSize``), so S3 itself refuses to complete an upload that diffe
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import zlib
 from collections.abc import Callable
@@ -416,6 +417,28 @@ class S3ArchiveStore:
             StorageError: S3 refused or failed.
         """
         self._call("DeleteObject", self._client.delete_object, Bucket=self.bucket, Key=key)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes of the object ``key`` from byte ``start`` (a ranged GET; fewer at its end).
+
+        Raises:
+            StorageError: S3 refused or failed, or the body broke.
+        """
+        if length <= 0:
+            return b""
+        answer = self._call(
+            "GetObject",
+            self._client.get_object,
+            Bucket=self.bucket,
+            Key=key,
+            Range=f"bytes={start}-{start + length - 1}",
+        )
+        with contextlib.closing(answer["Body"]) as body:
+            try:
+                data: bytes = body.read(length)
+            except (BotoCoreError, OSError) as error:
+                raise _storage_error("GetObject", error) from None
+        return data
 
     def presign(self, key: str, filename: str, ttl_seconds: int) -> tuple[str, datetime]:
         """A GET link to ``key`` that downloads as ``filename``, and the moment it expires (UTC).

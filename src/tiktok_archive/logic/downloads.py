@@ -142,7 +142,9 @@ class DownloadService:
             raise
         archive = result.archive
         try:
-            record = self._records.complete(claim, archive.size_bytes, archive.checksum_crc32)
+            record = self._records.complete(
+                claim, archive.size_bytes, archive.checksum_crc32, result.manifest
+            )
             if record.status in ENDED:
                 # Cancelled or revoked while the last bytes arrived: the archive must not stay.
                 self._transfer.discard(request.request_id)
@@ -156,6 +158,7 @@ class DownloadService:
                 size_bytes=archive.size_bytes,
                 checksum=archive.checksum_crc32,
                 completed_at=datetime.now(UTC).replace(microsecond=0),
+                manifest=result.manifest,
             )
         self._events.publish(record)
         return Answer(record, result.url, result.expires_at)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
@@ -16,6 +17,8 @@ from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
 from tiktok_archive.models.errors import TransferError, UnexpectedError, UpstreamStreamBrokenError
+from tiktok_archive.models.zip_manifest import MAX_DIRECTORY_BYTES, build_manifest
+from tiktok_archive.models.zip_tail import ZipTail
 from tiktok_archive.observability import SERVICE, logger, metrics
 
 
@@ -69,7 +72,8 @@ class ArchiveTransfer:
                 "download started",
                 extra={"key": key, "time_budget_seconds": round(max(0.0, deadline.remaining()), 3)},
             )
-            archive = self._download(request, key, filename, deadline, on_part)
+            archive, tail = self._download(request, key, filename, deadline, on_part)
+            manifest = self._manifest(key, tail)
             url, expires_at = self._store.presign(key, filename, self._url_ttl_seconds)
             duration = time.monotonic() - started
             logger.info(
@@ -92,7 +96,7 @@ class ArchiveTransfer:
         metrics.add_metric(name="ArchiveBytes", unit=MetricUnit.Bytes, value=archive.size_bytes)
         metrics.add_metric(name="TransferDuration", unit=MetricUnit.Seconds, value=round(duration, 3))
         _count_outcome("ok")
-        return DownloadResult(request.request_id, archive, url, expires_at)
+        return DownloadResult(request.request_id, archive, url, expires_at, manifest)
 
     def deadline(self, remaining_ms: int) -> Deadline:
         """When work must stop in an invocation with ``remaining_ms`` left (the margin taken off)."""
@@ -126,7 +130,7 @@ class ArchiveTransfer:
         filename: str,
         deadline: Deadline,
         on_part: PartListener | None,
-    ) -> StoredArchive:
+    ) -> tuple[StoredArchive, ZipTail]:
         """Stream the archive into ``key``, starting over when a broken stream could not be resumed.
 
         Every request of the download — the first, its retries, the ranged requests that resume it,
@@ -137,7 +141,8 @@ class ArchiveTransfer:
         while True:
             try:
                 with self._tiktok.open_archive(request, budget) as stream:
-                    return self._store.write(key, stream, filename, deadline, on_part)
+                    archive = self._store.write(key, stream, filename, deadline, on_part)
+                return archive, stream.tail
             except UpstreamStreamBrokenError as error:
                 if budget.left <= 0 or deadline.expired():
                     raise
@@ -145,6 +150,42 @@ class ArchiveTransfer:
                     "download starts over after a broken stream",
                     extra={**error.log_fields(), "attempt": budget.used + 1},
                 )
+
+    def _manifest(self, key: str, tail: ZipTail) -> dict[str, Any] | None:
+        """The stored archive's manifest, from its central directory.
+
+        From the last bytes the stream kept when the directory is among them, else by one ranged GET
+        of at most 4 MiB. A manifest that cannot be read leaves the download as it is (logged; the
+        record has no manifest): the archive is whole, only its description is missing.
+        """
+        location = tail.directory
+        if location is None:
+            return None
+        directory = tail.held_directory(MAX_DIRECTORY_BYTES)
+        source = "tail"
+        try:
+            if directory is None:
+                source = "s3"
+                length = min(location.size, MAX_DIRECTORY_BYTES)
+                directory = self._store.read_range(key, location.offset, length)
+            manifest = build_manifest(location, directory)
+        except TransferError as error:
+            logger.warning("archive stored without its manifest", extra=error.log_fields())
+            return None
+        except Exception:  # noqa: BLE001 - a bug here must not undo a whole, stored archive
+            logger.exception("archive stored without its manifest: it could not be read")
+            return None
+        logger.info(
+            "archive manifest read",
+            extra={
+                "entries": manifest["entries"],
+                "directory_bytes": location.size,
+                "directory_from": source,
+                "truncated": manifest["truncated"],
+                "suspicious_names": manifest["suspicious_names"],
+            },
+        )
+        return manifest
 
 
 def _count_outcome(code: str) -> None:

@@ -60,12 +60,13 @@ class StoredArchive:
 
 @dataclass(frozen=True)
 class DownloadResult:
-    """What a transfer returns: the stored archive and a fresh link to it."""
+    """What a transfer returns: the stored archive, a fresh link to it and its manifest (``zip_manifest``)."""
 
     request_id: int
     archive: StoredArchive
     url: str
     expires_at: datetime
+    manifest: dict[str, Any] | None = None
 
 
 def format_utc(moment: datetime) -> str:

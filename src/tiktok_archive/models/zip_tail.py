@@ -14,6 +14,7 @@ import struct
 from collections import deque
 
 from tiktok_archive.models.errors import ArchiveInvalidError
+from tiktok_archive.models.zip_manifest import DirectoryLocation
 
 EOCD_SIGNATURE = b"PK\x05\x06"
 ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
@@ -43,6 +44,8 @@ class ZipTail:
         self._pieces: deque[bytes] = deque()
         self._held = 0
         self.size = 0
+        self.directory: DirectoryLocation | None = None
+        self._end: bytes = b""  # after verify(): every byte still held, the last ones of the archive
 
     def feed(self, piece: bytes | bytearray | memoryview) -> None:
         """Account for the next bytes of the stream (a ``bytes`` piece is kept, not copied)."""
@@ -54,13 +57,14 @@ class ZipTail:
             self._held -= len(self._pieces.popleft())
 
     def verify(self) -> None:
-        """Check the end records against the number of bytes fed.
+        """Check the end records against the number of bytes fed; sets :attr:`directory`.
 
         Raises:
             ArchiveInvalidError: no end record, a multi-disk archive, or a central directory whose offset
                 and size do not end where the end records begin.
         """
-        tail = b"".join(self._pieces)[-TAIL_BYTES:]
+        self._end = b"".join(self._pieces)
+        tail = self._end[-TAIL_BYTES:]
         base = self.size - len(tail)  # absolute offset of tail[0]
         at = _find_eocd(tail)
         if at is None:
@@ -86,6 +90,16 @@ class ZipTail:
         start = cd_offset - base
         if entries and start >= 0 and tail[start : start + 4] != CENTRAL_HEADER_SIGNATURE:
             raise ArchiveInvalidError("the archive's central directory is not where its end record says")
+        self.directory = DirectoryLocation(entries=entries, offset=cd_offset, size=cd_size)
+
+    def held_directory(self, limit: int) -> bytes | None:
+        """The first ``limit`` bytes of the verified central directory, if they are still held."""
+        if self.directory is None:
+            return None
+        start = self.directory.offset - (self.size - len(self._end))
+        if start < 0:
+            return None
+        return self._end[start : start + min(limit, self.directory.size)]
 
 
 def _find_eocd(tail: bytes) -> int | None:
