@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -170,6 +171,23 @@ def test_bad_body_is_400_and_tiktok_is_never_called(
     assert_nothing_left(s3, bucket)
 
 
+@pytest.mark.parametrize("path", ["/downloads", "/requests"])
+def test_a_body_that_is_not_utf8_is_400_and_tiktok_is_never_called(
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str, path: str
+) -> None:
+    # API Gateway hands a body it cannot pass as text base64-encoded (a binary media type).
+    event = api_event(token=token, body=base64.b64encode(b'{"request_id": "\xff\xfe"}').decode(), path=path)
+    event["isBase64Encoded"] = True
+    calls = sum(emulator.stats()["calls"].values())
+
+    answer = call_api(event)
+
+    assert (answer.status, answer.body["error"]["code"]) == (400, "invalid_request")
+    assert "UTF-8" in answer.body["error"]["message"]
+    assert sum(emulator.stats()["calls"].values()) == calls
+    assert_nothing_left(s3, bucket)
+
+
 @pytest.mark.parametrize("authorization", [None, "Basic dXNlcjpwYXNz", "Bearer", CHECK_STATUS_EXAMPLE])
 def test_missing_bearer_token_is_401_and_tiktok_is_never_called(
     configure: Configure, emulator: Emulator, token: str, authorization: str | None
@@ -244,6 +262,9 @@ def test_token_without_portability_scope_is_401_scope_not_authorized(
         ({"kind": "html", "status": 200}, 502, "upstream_bad_response", None),
         ({"kind": "not_zip"}, 502, "upstream_bad_response", None),
         ({"kind": "empty"}, 502, "upstream_bad_response", None),
+        # An error document whose code is not a word is not passed on as TikTok's code.
+        ({"kind": "error", "status": 400, "code": ""}, 502, "upstream_bad_response", None),
+        ({"kind": "error", "status": 403, "code": "<b>denied</b>\n"}, 502, "upstream_bad_response", None),
     ],
 )
 def test_tiktok_failures_map_to_actionable_answers(

@@ -390,6 +390,11 @@ def test_delete_of_a_stored_archive_deletes_it_and_no_link_is_ever_handed_out(
     assert (got.body["status"], "url" in got.body) == ("cancelled", False)
     again = call_api(api_event(request_id, token))
     assert (again.status, again.body["error"]["code"]) == (410, "request_cancelled")
+    # Asked to queue it, the answer is the same: nothing is queued for an ended request
+    queued = call_api(api_event(request_id, token, prefer="respond-async"))
+    assert (queued.status, queued.body["error"]["code"]) == (410, "request_cancelled")
+    assert "Location" not in queued.headers
+    assert resources.queued_messages() == []
     assert emulator.downloads(request_id) == 1
 
 

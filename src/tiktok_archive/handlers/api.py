@@ -9,6 +9,7 @@ is never logged: its ``Authorization`` header holds the user's TikTok token.
 
 from __future__ import annotations
 
+import binascii
 from http import HTTPStatus
 from typing import Any
 
@@ -25,6 +26,7 @@ from tiktok_archive.models.download import (
     prefers_async,
 )
 from tiktok_archive.models.download_record import DownloadStatus
+from tiktok_archive.models.errors import InvalidRequestError
 from tiktok_archive.models.portability import parse_new_request
 from tiktok_archive.observability import hide, logger, metrics, tracer
 from tiktok_archive.runtime import download_service, request_lifecycle, start_invocation
@@ -38,7 +40,7 @@ def create_download() -> Response[str]:
     """Download ``request_id``'s archive once and answer with a link (``Prefer: respond-async``: queue it)."""
     event = app.current_event
     token = _bearer_token()
-    body = parse_json_object(event.decoded_body)
+    body = parse_json_object(_body())
     request = DownloadRequest(parse_request_id(body.get("request_id")), token)
     remaining_ms = app.lambda_context.get_remaining_time_in_millis()
     if not prefers_async(event.headers.get("Prefer")):
@@ -64,10 +66,10 @@ def create_request() -> Response[str]:
     """Add a data request at TikTok for the token's user; the service follows it to the archive."""
     event = app.current_event
     token = _bearer_token()
-    new = parse_new_request(parse_json_object(event.decoded_body or "{}"))
+    new = parse_new_request(parse_json_object(_body() or "{}"))
     hide(new.refresh_token)
     record = request_lifecycle().add(token, new, app.lambda_context.get_remaining_time_in_millis())
-    location = f"{event.request_context.path.rsplit('/', 1)[0]}/downloads/{record.request_id}"
+    location = f"{event.request_context.path.rstrip('/').rsplit('/', 1)[0]}/downloads/{record.request_id}"
     return json_answer(HTTPStatus.ACCEPTED, record.to_body(), {"Location": location})
 
 
@@ -77,6 +79,14 @@ def cancel_download(request_id: str) -> Response[str]:
     request = DownloadRequest(parse_request_id(request_id), _bearer_token())
     remaining_ms = app.lambda_context.get_remaining_time_in_millis()
     return json_answer(HTTPStatus.OK, request_lifecycle().cancel(request, remaining_ms).to_body())
+
+
+def _body() -> str | None:
+    """The request's body as text; a (base64-encoded) body that is not UTF-8 is a bad request."""
+    try:
+        return app.current_event.decoded_body
+    except (UnicodeDecodeError, binascii.Error):
+        raise InvalidRequestError("the body must be a JSON object in UTF-8") from None
 
 
 def _bearer_token() -> str:

@@ -210,6 +210,8 @@ class DownloadService:
         Raises:
             DownloadNotFoundError: TikTok does not confirm that the token's user owns the request.
             TikTokApiError: TikTok refused the token (``access_token_invalid``, a scope error …).
+            RequestExpiredError / RequestCancelledError: the request ended here (cancelled, revoked,
+                expired) although TikTok still offers the archive.
             QueueError: KMS or SQS failed; the record says ``failed``.
             ConfigurationError: the queue or the key is not configured.
         """
@@ -221,6 +223,8 @@ class DownloadService:
         jobs = self._jobs()
         queued = self._records.enqueue(request.request_id, timedelta(seconds=QUEUED_LEASE_SECONDS))
         if isinstance(queued, Held):
+            if queued.record.status in ENDED:
+                raise _ended(queued.record.status)  # as the synchronous path answers: nothing to queue
             return self._answer(queued.record, request)
         try:
             message_id = jobs.send(request.request_id, request.access_token)

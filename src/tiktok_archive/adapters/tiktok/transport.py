@@ -31,6 +31,8 @@ MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_MESSAGE_CHARS = 500
 _RETRY_AFTER = re.compile(r"[0-9]{1,7}|[A-Za-z0-9 ,:\-]{1,40}")
 LOG_ID = re.compile(r"[A-Za-z0-9\-_.]{1,128}")
+# A TikTok error code worth passing on as one: a word (what TikTok documents); anything else is a bad answer.
+ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 
 
 def build_pool() -> urllib3.PoolManager:
@@ -154,10 +156,11 @@ def tiktok_failure(response: urllib3.BaseHTTPResponse, body: bytes) -> TransferE
     header_log_id = header(response, "X-Tt-Logid", LOG_ID)
     document = json_object(body)
     error = document.get("error") if document else None
-    if isinstance(error, dict) and isinstance(error.get("code"), str) and error["code"] != "ok":
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(error, dict) and isinstance(code, str) and ERROR_CODE.fullmatch(code) and code != "ok":
         log_id = error.get("log_id")
         return TikTokApiError(
-            error["code"][:100],
+            code,
             str(error.get("message") or "TikTok refused the request")[:MAX_MESSAGE_CHARS],
             log_id=log_id if isinstance(log_id, str) and LOG_ID.fullmatch(log_id) else header_log_id,
             upstream_status=status,
