@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 MAX_DIRECTORY_BYTES = 4 * 1024 * 1024
@@ -30,8 +30,15 @@ _CENTRAL = struct.Struct("<4s6H3L5H2L")  # the fixed 46 bytes of a central direc
 _SIGNATURE = b"PK\x01\x02"
 _UTF8_FLAG = 0x0800
 _ZIP64_EXTRA = 0x0001
+_ZIP64_EXTRA_HEADER = struct.Struct("<2H")  # tag, length
+_ZIP64_VALUE = struct.Struct("<Q")
+_ZIP64_MARK = 0xFFFFFFFF  # a 32-bit size saying "the real value is in the ZIP64 extra field"
 _ROOT = "."  # the folder of entries at the archive's top level
 _CUT = "cut"  # the bytes ended inside an entry
+# Characters that change how the text around them is shown rather than showing themselves: controls
+# (C0, DEL, C1), formatting (bidirectional overrides and isolates, zero-width), line and paragraph
+# separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -43,30 +50,40 @@ class DirectoryLocation:
     size: int
 
 
-@dataclass
-class _Folder:
-    entries: int = 0
-    bytes: int = 0
+@dataclass(frozen=True)
+class _Listing:
+    """What the entries read add up to (Python ints: a zip bomb's sizes are only numbers)."""
+
+    listed: int
+    uncompressed: int
+    compressed: int
+    max_ratio: float
+    suspicious: int
+    examples: list[str]
+    folders: dict[str, list[int]]  # by the top-level folder's raw name: [entries, uncompressed bytes]
+    stopped: str | None  # why the reading stopped before the end of the bytes, or None
 
 
-@dataclass
-class _Summary:
-    listed: int = 0
-    uncompressed: int = 0
-    compressed: int = 0
-    max_ratio: float = 0.0
-    suspicious: int = 0
-    examples: list[str] = field(default_factory=list)
-    folders: dict[str, _Folder] = field(default_factory=dict)
-
-
-def build_manifest(location: DirectoryLocation, directory: bytes) -> dict[str, Any]:
+def build_manifest(
+    location: DirectoryLocation,
+    directory: bytes,
+    *,
+    max_bytes: int = MAX_DIRECTORY_BYTES,
+    max_entries: int = MAX_ENTRIES,
+) -> dict[str, Any]:
     """The manifest of an archive from its central directory's first bytes.
+
+    Nothing in ``directory`` is trusted: a length that runs past its end, a wrong signature or more
+    entries than the end record counts stops the reading and marks the manifest ``truncated``; no size it
+    claims is used to allocate anything. Time and memory are linear in ``len(directory)`` (at most
+    ``max_bytes`` of it are read).
 
     Args:
         location: the directory's place and entry count, from the end records.
-        directory: the directory's bytes from its start: all of them, or the first
-            :data:`MAX_DIRECTORY_BYTES` when it is longer (the manifest then says ``truncated``).
+        directory: the directory's bytes from its start: all of them, or the first ``max_bytes`` when it
+            is longer (the manifest then says ``truncated``).
+        max_bytes: how much of the directory is read (:data:`MAX_DIRECTORY_BYTES`).
+        max_entries: how many entries are listed (:data:`MAX_ENTRIES`).
 
     Returns:
         ``entries`` (the end record's count), ``listed_entries``, ``uncompressed_bytes`` and
@@ -75,119 +92,153 @@ def build_manifest(location: DirectoryLocation, directory: bytes) -> dict[str, A
         the top level), ``folders_omitted``, ``suspicious_names`` with up to five ``suspicious_examples``,
         ``truncated`` and ``truncated_reason`` (``entries``, ``size`` or ``damaged``; ``null`` when whole).
     """
-    summary = _Summary()
-    held = directory[: min(location.size, MAX_DIRECTORY_BYTES)]
-    reason = _read(held, summary)
-    if reason == _CUT or (reason is None and summary.listed < location.entries):
+    held = directory[: max(0, min(location.size, max_bytes))]
+    listing = _read(held, max_entries)
+    reason = listing.stopped
+    if reason == _CUT or (reason is None and listing.listed < location.entries):
         reason = "size" if len(held) < location.size else "damaged"
-    elif reason is None and summary.listed > location.entries:
+    elif reason is None and listing.listed > location.entries:
         reason = "damaged"  # more entries than the end record counts
-    largest = sorted(summary.folders.items(), key=lambda item: (-item[1].bytes, item[0]))
+    largest = sorted(_shown_folders(listing).items(), key=lambda item: (-item[1][1], item[0]))
     return {
         "entries": location.entries,
-        "listed_entries": summary.listed,
-        "uncompressed_bytes": summary.uncompressed,
-        "compressed_bytes": summary.compressed,
-        "max_compression_ratio": round(summary.max_ratio, 1),
+        "listed_entries": listing.listed,
+        "uncompressed_bytes": listing.uncompressed,
+        "compressed_bytes": listing.compressed,
+        "max_compression_ratio": round(listing.max_ratio, 1),
         "folders": [
-            {"name": name, "entries": folder.entries, "bytes": folder.bytes}
-            for name, folder in largest[:MAX_FOLDERS]
+            {"name": name, "entries": entries, "bytes": size}
+            for name, (entries, size) in largest[:MAX_FOLDERS]
         ],
         "folders_omitted": max(0, len(largest) - MAX_FOLDERS),
-        "suspicious_names": summary.suspicious,
-        "suspicious_examples": summary.examples,
+        "suspicious_names": listing.suspicious,
+        "suspicious_examples": listing.examples,
         "truncated": reason is not None,
         "truncated_reason": reason,
     }
 
 
-def _read(directory: bytes, summary: _Summary) -> str | None:
-    """List the directory's entries into ``summary``; why it stopped early, or ``None``."""
-    at = 0
-    end = len(directory)
+def _read(directory: bytes, max_entries: int) -> _Listing:
+    """List the directory's entries, up to ``max_entries``, stopping at the first one that does not parse."""
+    # Locals rather than attributes in this loop: it runs up to 100,000 times per archive.
+    unpack, header = _CENTRAL.unpack_from, _CENTRAL.size
+    listed = uncompressed_total = compressed_total = suspicious = 0
+    max_ratio = 0.0
+    examples: list[str] = []
+    folders: dict[str, list[int]] = {}
+    stopped: str | None = None
+    at, end = 0, len(directory)
     while at < end:
-        if summary.listed >= MAX_ENTRIES:
-            return "entries"
-        if at + _CENTRAL.size > end:
-            return _CUT
-        fields = _CENTRAL.unpack_from(directory, at)
-        signature, flags, compressed, uncompressed = fields[0], fields[3], fields[8], fields[9]
-        name_length, extra_length, comment_length = fields[10:13]
-        if signature != _SIGNATURE:
-            return "damaged"
-        name_at = at + _CENTRAL.size
-        extra_at = name_at + name_length
-        following = extra_at + extra_length + comment_length
-        if following > end:
-            return _CUT
+        if listed >= max_entries:
+            stopped = "entries"
+            break
+        if at + header > end:
+            stopped = _CUT
+            break
+        fields = unpack(directory, at)
+        name_at = at + header
+        extra_at = name_at + fields[10]
+        following = extra_at + fields[11] + fields[12]  # after the name, the extra field and the comment
+        if fields[0] != _SIGNATURE or following > end:
+            stopped = "damaged" if fields[0] != _SIGNATURE else _CUT
+            break
+        flags, compressed, uncompressed = fields[3], fields[8], fields[9]
+        if _ZIP64_MARK in (compressed, uncompressed):
+            extra = directory[extra_at : extra_at + fields[11]]
+            uncompressed, compressed = _zip64_sizes(extra, uncompressed, compressed)
         raw_name = directory[name_at:extra_at]
-        uncompressed, compressed = _zip64_sizes(
-            directory[extra_at : extra_at + extra_length], uncompressed, compressed
-        )
-        _count(summary, _decode(raw_name, flags), uncompressed, compressed)
+        name = raw_name.decode("utf-8", errors="replace") if flags & _UTF8_FLAG else raw_name.decode("cp437")
+        listed += 1
+        uncompressed_total += uncompressed
+        compressed_total += compressed
+        # An entry that claims content but no compressed bytes counts as compressed to one byte.
+        if uncompressed and uncompressed / (compressed or 1) > max_ratio:
+            max_ratio = uncompressed / (compressed or 1)
+        if is_suspicious(name):
+            suspicious += 1
+            if len(examples) < MAX_EXAMPLES:
+                examples.append(display_name(name))
+        slash = name.find("/")
+        top = name[:slash] if slash >= 0 else _ROOT
+        folder = folders.get(top)
+        if folder is None:
+            folders[top] = [1, uncompressed]
+        else:
+            folder[0] += 1
+            folder[1] += uncompressed
         at = following
-    return None
+    return _Listing(
+        listed, uncompressed_total, compressed_total, max_ratio, suspicious, examples, folders, stopped
+    )
 
 
 def _zip64_sizes(extra: bytes, uncompressed: int, compressed: int) -> tuple[int, int]:
-    """The real sizes when the header says 0xFFFFFFFF and a ZIP64 extra field holds them (in order)."""
+    """The real sizes when the header says 0xFFFFFFFF and a ZIP64 extra field holds them.
+
+    The ZIP64 extra field holds, in this order, only the values whose 32-bit field is marked; a marked
+    value it does not hold stays as the header says.
+    """
     at = 0
-    while at + 4 <= len(extra):
-        tag, length = struct.unpack_from("<2H", extra, at)
+    while at + _ZIP64_EXTRA_HEADER.size <= len(extra):
+        tag, length = _ZIP64_EXTRA_HEADER.unpack_from(extra, at)
         body = extra[at + 4 : at + 4 + length]
         if tag == _ZIP64_EXTRA:
-            values = [struct.unpack_from("<Q", body, i)[0] for i in range(0, len(body) - 7, 8)]
-            if uncompressed == 0xFFFFFFFF and values:
+            values = [_ZIP64_VALUE.unpack_from(body, i)[0] for i in range(0, len(body) - 7, 8)]
+            if uncompressed == _ZIP64_MARK and values:
                 uncompressed = values.pop(0)
-            if compressed == 0xFFFFFFFF and values:
+            if compressed == _ZIP64_MARK and values:
                 compressed = values.pop(0)
             break
         at += 4 + length
     return uncompressed, compressed
 
 
-def _decode(raw: bytes, flags: int) -> str:
-    """A name as the zip spec says: UTF-8 when flagged, IBM code page 437 otherwise."""
-    return raw.decode("utf-8", errors="replace") if flags & _UTF8_FLAG else raw.decode("cp437")
-
-
-def _count(summary: _Summary, name: str, uncompressed: int, compressed: int) -> None:
-    summary.listed += 1
-    summary.uncompressed += uncompressed
-    summary.compressed += compressed
-    if uncompressed:
-        summary.max_ratio = max(summary.max_ratio, uncompressed / max(compressed, 1))
-    if is_suspicious(name):
-        summary.suspicious += 1
-        if len(summary.examples) < MAX_EXAMPLES:
-            summary.examples.append(display_name(name))
-    top = name.split("/", 1)[0] if "/" in name else _ROOT
-    folder = summary.folders.setdefault(display_name(top) if top else "/", _Folder())
-    folder.entries += 1
-    folder.bytes += uncompressed
+def _shown_folders(listing: _Listing) -> dict[str, list[int]]:
+    """The folders by the name shown for them; names that show alike (escaped, cut) are one folder."""
+    shown: dict[str, list[int]] = {}
+    for top, (entries, size) in listing.folders.items():
+        name = display_name(top) if top else "/"  # "/x": an absolute path, its top-level folder empty
+        folder = shown.setdefault(name, [0, 0])
+        folder[0] += entries
+        folder[1] += size
+    return shown
 
 
 def is_suspicious(name: str) -> bool:
     r"""Whether unpacking ``name`` naively could write outside the target folder or mislead a reader.
 
-    Absolute paths (``/x``, ``\x``, ``C:x``), ``..`` segments (with either separator), and any control
-    or bidirectional-formatting character.
+    Absolute paths (``/x``, ``\x``, ``C:x``), ``..`` segments (with either separator), and any control,
+    formatting (bidirectional, zero-width) or line-separator character.
     """
-    segments = name.replace("\\", "/").split("/")
     return (
         name.startswith(("/", "\\"))
-        or (len(name) > 1 and name[1] == ":")
-        or ".." in segments
-        or any(unicodedata.category(c) in ("Cc", "Cf") for c in name)
+        or name[1:2] == ":"
+        or (".." in name and ".." in name.replace("\\", "/").split("/"))
+        or _has_hidden(name)
     )
 
 
 def display_name(name: str) -> str:
-    """``name`` as safe text: control and formatting characters escaped, at most :data:`MAX_NAME_CHARS`."""
-    text = "".join(
-        c
-        if unicodedata.category(c) not in ("Cc", "Cf")
-        else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
-        for c in name
-    )
+    r"""``name`` as safe text: hidden characters escaped, at most :data:`MAX_NAME_CHARS` characters.
+
+    Hidden characters (controls: C0, DEL, C1; formatting: bidirectional overrides and isolates,
+    zero-width; the line and paragraph separators) are shown as ``\x1b`` or ``\u202e``. ``../``, leading
+    slashes and backslashes are kept as they are: here they are only text.
+    """
+    text = "".join(_escape(c) if _is_hidden(c) else c for c in name) if _has_hidden(name) else name
     return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 1] + "…"
+
+
+def _has_hidden(text: str) -> bool:
+    # str.isprintable() is False for every hidden character (and for a few harmless ones, such as
+    # no-break spaces), and runs in C: most names are decided without looking at each character.
+    return not text.isprintable() and any(_is_hidden(c) for c in text)
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _is_hidden(character: str) -> bool:
+    return unicodedata.category(character) in _HIDDEN_CATEGORIES
