@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import time
 import tracemalloc
 import unicodedata
 import zipfile
@@ -324,7 +323,7 @@ def test_a_zip64_archive_from_the_harness_is_summarized_from_its_first_4_mib() -
 
 
 # -- the bounds ----------------------------------------------------------------------------------------
-def test_a_hundred_thousand_entries_are_counted_exactly_and_fast(hundred_thousand_videos: bytes) -> None:
+def test_a_hundred_thousand_entries_are_counted_exactly(hundred_thousand_videos: bytes) -> None:
     # Given the central directory of 100,000 entries, all of it
     tail = _through_tail(hundred_thousand_videos)
     location = tail.directory
@@ -332,16 +331,10 @@ def test_a_hundred_thousand_entries_are_counted_exactly_and_fast(hundred_thousan
     directory = hundred_thousand_videos[location.offset : location.offset + location.size]
     assert len(directory) == 100_000 * VIDEO_HEADER_BYTES
     # When it is summarized with room for exactly that many entries
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        manifest = build_manifest(location, directory, max_bytes=len(directory), max_entries=100_000)
-        timings.append(time.perf_counter() - started)
-    # Then every entry is counted, nothing is truncated, and it takes a fraction of a second (about 0.2 s
-    # here; the bound leaves room for a slow runner)
+    manifest = build_manifest(location, directory, max_bytes=len(directory), max_entries=100_000)
+    # Then every entry is counted and nothing is truncated (time is not asserted here: about 0.2 s)
     assert manifest["listed_entries"] == manifest["entries"] == 100_000
     assert manifest["truncated"] is False
-    assert min(timings) < 1.0, timings
 
 
 def test_entries_beyond_the_entry_bound_are_not_listed() -> None:
