@@ -339,6 +339,29 @@ def test_a_token_tiktok_refuses_is_refreshed_and_the_work_done_once_more(world: 
     assert world.tiktok.refreshes.count == 1
 
 
+def test_a_token_refused_after_another_invocation_refreshed_the_grant_is_not_refreshed_again(
+    world: World,
+) -> None:
+    # Given a fresh-looking token that TikTok refuses, and another invocation that refreshed the grant
+    # while our call was on its way (the race of two checks of one user whose token expired early)
+    world.given_grant()
+    seen: list[str] = []
+
+    def use(token: str) -> str:
+        seen.append(token)
+        if token == "access-old":
+            world.another_invocation_stores("access-theirs", owner="nobody")
+            raise tiktok_error("access_token_invalid", 401)
+        return "done"
+
+    # When the work is done with a token
+    result = world.service.with_access_token(GRANT, deadline(), use)
+
+    # Then the other invocation's token is used: no second refresh rotates the user's tokens again
+    assert (result, seen) == ("done", ["access-old", "access-theirs"])
+    assert world.tiktok.refreshes.count == 0
+
+
 def test_a_refreshed_token_tiktok_refuses_too_is_not_tried_a_third_time(world: World) -> None:
     world.given_grant()
     world.tiktok.refreshes.then(rotated())

@@ -108,10 +108,7 @@ class TokenService:
             TokenRefreshInProgressError: another invocation's refresh did not finish in time (transient).
             AppCredentialsError / TikTokApiError / TransferError: the refresh failed otherwise.
         """
-        grant = self._grant(grant_id)
-        if not refresh and grant.sealed_access_token and _fresh(grant.access_expires_at):
-            return self._open(grant.sealed_access_token, ACCESS_TOKEN_PURPOSE, grant_id)
-        return self._refreshed(grant, deadline)
+        return self._token(self._grant(grant_id), deadline, refresh=refresh)[0]
 
     def with_access_token(self, grant_id: str, deadline: Deadline, use: Callable[[str], T]) -> T:
         """``use(token)`` with a fresh access token of the grant.
@@ -125,13 +122,20 @@ class TokenService:
         Raises:
             whatever :meth:`access_token` or ``use`` raises.
         """
+        token, version = self._token(self._grant(grant_id), deadline)
         try:
-            return use(self.access_token(grant_id, deadline))
+            return use(token)
         except TikTokApiError as error:
             if error.error_code != _INVALID_TOKEN:
                 raise
-            logger.info("TikTok refused the stored access token; refreshing it")
-        return use(self.access_token(grant_id, deadline, refresh=True))
+        latest = self._grant(grant_id)
+        if latest.version != version and latest.sealed_access_token:
+            # Another invocation refreshed the grant since our token was read: its token is the new one
+            # (refreshing again would only rotate the user's tokens once more).
+            logger.info("TikTok refused the stored access token; using the one refreshed meanwhile")
+            return use(self._opened(latest)[0])
+        logger.info("TikTok refused the stored access token; refreshing it")
+        return use(self._token(latest, deadline, refresh=True)[0])
 
     def erase(self, grant_id: str) -> int:
         """Delete the grant's tokens; 1 when there were any, 0 otherwise.
@@ -141,8 +145,14 @@ class TokenService:
         """
         return self._grants.erase(grant_id)
 
+    def _token(self, grant: Grant, deadline: Deadline, *, refresh: bool = False) -> tuple[str, int]:
+        """An access token of ``grant`` and the grant version it belongs to."""
+        if not refresh and grant.sealed_access_token and _fresh(grant.access_expires_at):
+            return self._opened(grant)
+        return self._refreshed(grant, deadline)
+
     # -- refresh ---------------------------------------------------------------------------------
-    def _refreshed(self, grant: Grant, deadline: Deadline) -> str:
+    def _refreshed(self, grant: Grant, deadline: Deadline) -> tuple[str, int]:
         if not grant.sealed_refresh_token:
             raise ReauthorizationRequiredError(
                 "the user's access token expired and no refresh token was given; the user must consent again"
@@ -156,7 +166,7 @@ class TokenService:
             # Refused — unless someone refreshed the grant meanwhile (our lease lapsed): then theirs stands.
             latest = self._grants.get(grant.grant_id)
             if latest is not None and latest.version != grant.version and latest.sealed_access_token:
-                return self._open(latest.sealed_access_token, ACCESS_TOKEN_PURPOSE, grant.grant_id)
+                return self._opened(latest)
             logger.warning("TikTok refused the refresh token; the grant is erased")
             self._grants.erase(grant.grant_id)
             raise
@@ -180,7 +190,7 @@ class TokenService:
             # token to one nobody stored: the user has to consent again sooner or later.
             logger.error("refreshed tokens were not stored: the grant moved on meanwhile")
         logger.info("access token refreshed", extra={"grant_version": grant.version + 1})
-        return fresh.access_token
+        return fresh.access_token, grant.version + 1
 
     def _call_tiktok(self, grant: Grant, deadline: Deadline) -> TokenGrant:
         refresh_token = self._open(grant.sealed_refresh_token or "", REFRESH_TOKEN_PURPOSE, grant.grant_id)
@@ -191,13 +201,13 @@ class TokenService:
             # A rotated app secret: read it again at once (TikTok refused nothing of the user's).
             return self._tiktok.refresh_tokens(source.get(fresh=True), refresh_token, deadline)
 
-    def _after_other_refresh(self, grant: Grant, deadline: Deadline) -> str:
+    def _after_other_refresh(self, grant: Grant, deadline: Deadline) -> tuple[str, int]:
         """Another invocation holds the lease: wait (briefly) for the tokens it stores."""
         waited = Deadline.after(min(WAIT_FOR_OTHER_REFRESH_SECONDS, max(0.0, deadline.remaining())))
         while True:
             latest = self._grant(grant.grant_id)
             if latest.version != grant.version and latest.sealed_access_token:
-                return self._open(latest.sealed_access_token, ACCESS_TOKEN_PURPOSE, grant.grant_id)
+                return self._opened(latest)
             if not latest.being_refreshed(_now()) and latest.version == grant.version:
                 # The other one gave up without storing anything: refresh ourselves.
                 return self._refreshed(latest, deadline)
@@ -210,6 +220,10 @@ class TokenService:
         if grant is None:
             raise ReauthorizationRequiredError("the service holds no tokens of this user; consent again")
         return grant
+
+    def _opened(self, grant: Grant) -> tuple[str, int]:
+        token = self._open(grant.sealed_access_token or "", ACCESS_TOKEN_PURPOSE, grant.grant_id)
+        return token, grant.version
 
     def _seal(self, token: str, purpose: str, grant_id: str) -> str:
         return self._vault.seal(token, purpose, {"grant_id": grant_id})
