@@ -19,6 +19,7 @@ from urllib.parse import quote
 import boto3
 import pytest
 
+from tests.harness.contract import Contract
 from tests.harness.demo import DEMO_REFRESH_TOKEN, DEMO_TOKEN
 from tests.harness.functions import RECORDER, UNUSED, LambdaFunctions
 from tests.harness.lambda_context import FakeLambdaContext
@@ -29,6 +30,8 @@ from tiktok_archive.observability import REDACTED, logger
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 MIB = 1024 * 1024
+# Problems the contract found in the running test's answers (see `_against_contract`).
+CONTRACT_PROBLEMS: list[str] = []
 
 
 # -- secrets guard -------------------------------------------------------------------------------
@@ -108,6 +111,7 @@ def logs(capsys: pytest.CaptureFixture[str]) -> Iterator[LogCapture]:
     """Capture every log line and printed metric of the test, and fail it if either holds a secret."""
     capture = LogCapture()
     logger.addHandler(capture)
+    CONTRACT_PROBLEMS.clear()
     try:
         yield capture
     finally:
@@ -115,6 +119,8 @@ def logs(capsys: pytest.CaptureFixture[str]) -> Iterator[LogCapture]:
     out, err = capsys.readouterr()
     leaked = find_secrets("\n".join([*capture.lines, out, err]))
     assert not leaked, f"secrets reached the output: {leaked}"
+    problems, CONTRACT_PROBLEMS[:] = list(CONTRACT_PROBLEMS), []
+    assert not problems, "answers that break docs/openapi.yaml:\n" + "\n".join(problems[:10])
 
 
 @pytest.fixture
@@ -301,10 +307,28 @@ class ApiAnswer:
     headers: dict[str, str]
 
 
+def _against_contract(event: dict[str, Any], answer: dict[str, Any]) -> None:
+    """Check a handler's answer against docs/openapi.yaml; problems fail the test (``logs`` fixture).
+
+    A path the document does not have (tests of unknown routes) is left out: API Gateway answers those
+    itself when deployed."""
+    contract = Contract.load()
+    path = str(event.get("path") or "")
+    if contract.match(str(event.get("httpMethod") or ""), path) is None:
+        return
+    headers: dict[str, list[str]] = {k: list(v) for k, v in (answer.get("multiValueHeaders") or {}).items()}
+    for name, value in (answer.get("headers") or {}).items():
+        headers.setdefault(name, [value])
+    found = contract.check(event["httpMethod"], path, answer["statusCode"], headers, answer.get("body") or "")
+    CONTRACT_PROBLEMS.extend(found)
+
+
 def call_api(event: dict[str, Any], remaining_ms: int = 28_000) -> ApiAnswer:
-    """Invoke the API handler as Lambda would (``remaining_ms`` before its timeout), and decode its answer."""
+    """Invoke the API handler as Lambda would (``remaining_ms`` before its timeout), and decode its answer
+    (checked against the contract)."""
     with functions().running("ApiFunction"):
         answer = api.lambda_handler(event, FakeLambdaContext("ApiFunction", remaining_ms))
+    _against_contract(event, answer)
     body = json.loads(answer["body"])
     if "url" in body:
         SECRETS.saw_url(body["url"])
@@ -358,6 +382,7 @@ def call_webhook(event: dict[str, Any]) -> ApiAnswer:
     """Invoke the webhook function as API Gateway would."""
     with functions().running("WebhookFunction"):
         answer = webhook.lambda_handler(event, FakeLambdaContext("WebhookFunction", 10_000))
+    _against_contract(event, answer)
     return ApiAnswer(answer["statusCode"], json.loads(answer["body"]), answer.get("headers") or {})
 
 

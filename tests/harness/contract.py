@@ -19,7 +19,8 @@ is wrong with one answer (an empty list when it conforms):
   be listed for this one: a known code answered with another status is a problem, while a code the
   document does not know (TikTok's unknown codes pass through) only has to match ``ErrorCode``'s pattern.
 
-``contract.validate_document()`` checks the document itself with openapi-spec-validator.
+``contract.validate_document()`` checks the document itself with openapi-spec-validator. ``Contract.load()``
+is cached per file while the file is unchanged.
 """
 
 from __future__ import annotations
@@ -118,12 +119,24 @@ class Contract:
     # -- loading -------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: Path | str = DOCUMENT_PATH) -> Contract:
-        """Read the document at ``path`` (YAML or JSON); docs/openapi.yaml by default."""
+        """Read the document at ``path`` (YAML or JSON); docs/openapi.yaml by default.
+
+        Cached: while the file is unchanged (the same modification time and size), every call with the
+        same ``path`` returns the same contract, its validators already built. The contract is shared:
+        treat its ``document`` as read-only (copy it to change it).
+        """
         source = Path(path)
+        status = source.stat()
+        stamp = (status.st_mtime_ns, status.st_size)
+        cached = _LOADED.get(source)
+        if cached is not None and cached[0] == stamp and type(cached[1]) is cls:
+            return cached[1]
         document = yaml.safe_load(source.read_text(encoding="utf-8"))
         if not isinstance(document, dict):
             raise ValueError(f"{source} does not hold an OpenAPI document (a mapping)")
-        return cls(document, source)
+        contract = cls(document, source)
+        _LOADED[source] = (stamp, contract)
+        return contract
 
     # -- the document --------------------------------------------------------------------------------
     def validate_document(self) -> list[str]:
@@ -359,6 +372,10 @@ class Contract:
             deepest = best_match(error.context)
             message = f"{message} ({deepest.json_path}: {deepest.message})"
         return f"{where}: {_short(message)}"
+
+
+# Contract.load's cache: by the path as given, with the file's (mtime_ns, size) when it was read.
+_LOADED: dict[Path, tuple[tuple[int, int], Contract]] = {}
 
 
 def _error_codes(response: Node) -> tuple[str, ...]:
