@@ -33,6 +33,9 @@ from tiktok_archive.models.errors import (
     ReauthorizationRequiredError,
     RecordStoreError,
     RequestCancelledError,
+    RequestExpiredError,
+    TikTokApiError,
+    TransferError,
     UpstreamStreamBrokenError,
     UpstreamUnavailableError,
 )
@@ -231,9 +234,8 @@ def test_a_failure_on_a_request_cancelled_meanwhile_publishes_no_download_failed
 
 
 # -- a job of a request added with POST /requests --------------------------------------------------
-def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world: World) -> None:
-    # Given a request added with POST /requests, found ready by its status check (queued for the
-    # worker), whose user's access token expired and whose refresh TikTok refuses
+def a_queued_grant_request(world: World, *, access_left: timedelta) -> None:
+    """A request added with POST /requests, found ready by its status check (queued for the worker)."""
     now = world.clock.now()
     world.records.create_waiting(
         REQUEST_ID,
@@ -253,15 +255,20 @@ def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world:
         grant_id=GRANT,
         version=1,
         sealed_access_token=world.vault.seal("access-stored", ACCESS_TOKEN_PURPOSE, binding),
-        access_expires_at=now - timedelta(minutes=1),
+        access_expires_at=now + access_left,
         sealed_refresh_token=world.vault.seal("refresh-stored", REFRESH_TOKEN_PURPOSE, binding),
         refresh_expires_at=now + timedelta(days=100),
         user_openid="openid-1",
     )
+    assert world.record.status is DownloadStatus.QUEUED
+
+
+def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world: World) -> None:
+    # Given a queued request whose user's access token expired and whose refresh TikTok refuses
+    a_queued_grant_request(world, access_left=-timedelta(minutes=1))
     world.tiktok.refreshes.then(
         ReauthorizationRequiredError("TikTok refused the token refresh: invalid_grant")
     )
-    assert world.record.status.value == "queued"
 
     # When the worker runs the job
     with pytest.raises(ReauthorizationRequiredError):
@@ -272,6 +279,83 @@ def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world:
     assert world.record.error is not None
     assert world.record.error.code == "reauthorization_required"
     assert world.events.detail_types == ["Download Failed"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "event"),
+    [
+        (RequestStatus(REQUEST_ID, "expired"), DownloadStatus.EXPIRED, "Request Expired"),
+        (RequestStatus(REQUEST_ID, "cancelled"), DownloadStatus.CANCELLED, "Request Cancelled"),
+        (None, DownloadStatus.FAILED, "Download Failed"),  # TikTok no longer confirms the request
+        (
+            TikTokApiError(
+                "scope_not_authorized", "TikTok refused: scope", log_id="202611", upstream_status=401
+            ),
+            DownloadStatus.FAILED,
+            "Download Failed",
+        ),
+    ],
+)
+def test_a_queued_job_refused_for_good_before_its_download_ends_its_record_with_an_event(
+    world: World, answer: RequestStatus | TikTokApiError | None, status: DownloadStatus, event: str
+) -> None:
+    # Given a queued request whose status TikTok now answers with an end (expired, cancelled, unknown,
+    # a scope withdrawn) — permanent: the message is acknowledged, nothing would check it again
+    a_queued_grant_request(world, access_left=timedelta(hours=1))
+    world.tiktok.checks.then(answer)
+
+    # When the worker runs the job
+    with pytest.raises(TransferError) as raised:
+        world.service.download_job(QueuedJob(REQUEST_ID, from_grant=True), REMAINING_MS)
+
+    # Then the record says how it ended and one event tells the backend; nothing was downloaded
+    assert not raised.value.is_transient
+    assert world.record.status is status
+    assert world.events.detail_types == [event]
+    assert world.transfer.runs == []
+
+
+def test_a_backends_job_with_a_refused_token_leaves_a_queued_record_alone(world: World) -> None:
+    # Given a request queued by its owner, and a backend's message carrying another user's token
+    a_queued_grant_request(world, access_left=timedelta(hours=1))
+    world.tiktok.checks.then(None)  # TikTok does not confirm that token's user owns the request
+    before = world.record
+
+    # When the worker runs that message
+    with pytest.raises(TransferError):
+        world.service.download_job(QueuedJob(REQUEST_ID, access_token="access-stranger"), REMAINING_MS)
+
+    # Then the owner's record is as it was: a message's token changes nothing it does not own
+    assert world.record == before
+    assert world.events.detail_types == []
+
+
+# -- TikTok's window is over, the archive is still kept ---------------------------------------------
+def test_a_repeat_after_tiktoks_window_closed_still_gets_the_stored_archive(world: World) -> None:
+    # Given an archive downloaded and stored, then TikTok's four days pass (ArchiveRetentionDays: 7)
+    world.tiktok.checks.then(ready()).then(RequestStatus(REQUEST_ID, "expired")).then(
+        RequestStatus(REQUEST_ID, "expired")
+    )
+    world.service.download(CALLER, REMAINING_MS)
+
+    # When the owner repeats the POST, synchronously and asynchronously
+    again = world.service.download(CALLER, REMAINING_MS)
+    queued = world.service.queue(CALLER, REMAINING_MS)
+
+    # Then both answer the stored record with a fresh link, as GET does; nothing downloaded again
+    for answer in (again, queued):
+        assert answer.record.status is DownloadStatus.COMPLETED
+        assert answer.url == f"https://archive-bucket.example/archives/{REQUEST_ID}.zip"
+    assert world.transfer.runs == [CALLER]
+    assert world.events.detail_types == ["Download Completed"]
+
+
+def test_a_repeat_after_tiktoks_window_closed_without_a_stored_archive_is_gone(world: World) -> None:
+    world.tiktok.checks.then(RequestStatus(REQUEST_ID, "expired"))
+
+    with pytest.raises(RequestExpiredError):
+        world.service.download(CALLER, REMAINING_MS)
+    assert world.records.items == {}
 
 
 def test_a_progress_report_dynamodb_refuses_is_logged_and_the_download_goes_on(world: World) -> None:

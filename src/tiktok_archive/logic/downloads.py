@@ -28,7 +28,6 @@ from tiktok_archive.models.download_record import ENDED, DownloadRecord, Downloa
 from tiktok_archive.models.errors import (
     DownloadInProgressError,
     DownloadNotFoundError,
-    ReauthorizationRequiredError,
     RecordStoreError,
     RequestCancelledError,
     RequestExpiredError,
@@ -125,7 +124,9 @@ class DownloadService:
             if stored is not None and (stored.status is DownloadStatus.COMPLETED or stored.status in ENDED):
                 logger.info("nothing to download", extra={"status": stored.status.value})
                 return Answer(stored)
-        require_ready(confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms)))
+        stored = self._ready_or_stored(request, remaining_ms)
+        if stored is not None:
+            return self._held(stored, request, link=link)
         bucket, key = self._transfer.location(request.request_id)
         lease = timedelta(seconds=remaining_ms / 1000 + LEASE_GRACE_SECONDS)
         claim = self._records.claim(request.request_id, bucket, key, lease)
@@ -171,12 +172,38 @@ class DownloadService:
             TokenVaultError: KMS could not open the token (transient).
             TransferError: as :meth:`download`.
         """
-        if job.from_grant:
-            return self._download_with_grant(job.request_id, remaining_ms)
-        token = job.access_token
-        if token is None:
-            token = open_job_token(self._vault(), job.request_id, job.encrypted_access_token or "")
-        return self.download(DownloadRequest(job.request_id, token), remaining_ms, link=False)
+        try:
+            if job.from_grant:
+                return self._download_with_grant(job.request_id, remaining_ms)
+            token = job.access_token
+            if token is None:
+                token = open_job_token(self._vault(), job.request_id, job.encrypted_access_token or "")
+            return self.download(DownloadRequest(job.request_id, token), remaining_ms, link=False)
+        except TransferError as error:
+            if not error.is_transient and (job.from_grant or job.encrypted_access_token):
+                self._end_queued(job.request_id, error)
+            raise
+
+    def _end_queued(self, request_id: int, error: TransferError) -> None:
+        """A job the service queued itself failed for good before its download began: say so.
+
+        Only for jobs whose token the service vouched for (the user's grant, or a token it sealed after
+        TikTok confirmed the owner): a backend's message may carry anyone's token. A download that began
+        recorded its own failure; a record no longer ``queued`` is left as it is.
+        """
+        with logged_as(request_id):
+            record = self._records.get(request_id)
+            if record is None or record.status is not DownloadStatus.QUEUED:
+                return
+            if isinstance(error, RequestExpiredError):
+                ended = self._records.end(request_id, DownloadStatus.EXPIRED)
+            elif isinstance(error, RequestCancelledError):
+                ended = self._records.end(request_id, DownloadStatus.CANCELLED)
+            else:
+                ended = self._records.end(request_id, DownloadStatus.FAILED, error=error)
+            if not isinstance(ended, Held):
+                logger.info("queued request ended", extra={"status": ended.status.value})
+                self._events.publish(ended)
 
     def _download_with_grant(self, request_id: int, remaining_ms: int) -> Answer:
         """A request added with ``POST /requests``: its user's stored grant provides the token."""
@@ -188,17 +215,11 @@ class DownloadService:
                 logger.info("nothing to download", extra={"status": record.status.value})
                 return Answer(record)
         deadline = self._transfer.deadline(remaining_ms)
-        try:
-            return self._tokens().with_access_token(
-                record.grant_id,
-                deadline,
-                lambda token: self.download(DownloadRequest(request_id, token), remaining_ms, link=False),
-            )
-        except ReauthorizationRequiredError as error:
-            ended = self._records.end(request_id, DownloadStatus.FAILED, error=error)
-            if not isinstance(ended, Held):
-                self._events.publish(ended)
-            raise
+        return self._tokens().with_access_token(
+            record.grant_id,
+            deadline,
+            lambda token: self.download(DownloadRequest(request_id, token), remaining_ms, link=False),
+        )
 
     def queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
         """Queue ``request`` for the worker (``Prefer: respond-async``) once TikTok confirms the owner.
@@ -219,7 +240,9 @@ class DownloadService:
             return self._queue(request, remaining_ms)
 
     def _queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
-        require_ready(confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms)))
+        stored = self._ready_or_stored(request, remaining_ms)
+        if stored is not None:
+            return self._answer(stored, request)
         jobs = self._jobs()
         queued = self._records.enqueue(request.request_id, timedelta(seconds=QUEUED_LEASE_SECONDS))
         if isinstance(queued, Held):
@@ -248,6 +271,25 @@ class DownloadService:
             if record is None:
                 raise DownloadNotFoundError("no download of this request_id is known for this token")
             return self._answer(record, request)
+
+    def _ready_or_stored(self, request: DownloadRequest, remaining_ms: int) -> DownloadRecord | None:
+        """Confirm the owner and that TikTok offers the archive (``None``), or the stored record.
+
+        The stored record when TikTok's four-day window is over but the archive is still kept here
+        (``ArchiveRetentionDays`` outlives it): a repeat gets its link, as ``GET`` does.
+
+        Raises:
+            as :func:`confirm_owner` and :func:`require_ready`.
+        """
+        status = confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms))
+        try:
+            require_ready(status)
+        except RequestExpiredError:
+            stored = self._records.get(request.request_id)
+            if stored is None or stored.status is not DownloadStatus.COMPLETED:
+                raise
+            return stored
+        return None
 
     def _held(self, record: DownloadRecord, request: DownloadRequest, *, link: bool) -> Answer:
         """The answer for a download that could not be claimed (its owner is already confirmed)."""
