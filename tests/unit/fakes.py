@@ -337,6 +337,10 @@ class FakeDownloadRecords(DownloadRecords):
         self._call("get")
         return self.items.get(request_id)
 
+    def of_user(self, user_openid: str) -> list[DownloadRecord]:
+        self._call("of_user")
+        return [record for record in self.items.values() if record.user_openid == user_openid]
+
     def create_waiting(
         self,
         request_id: int,
@@ -652,6 +656,7 @@ class FakeTransfer(ArchiveTransfer):
         self.during: Callable[[DownloadRequest, PartListener | None], None] | None = None
         self.runs: list[DownloadRequest] = []
         self.discarded: list[int] = []
+        self.faults = Faults()
 
     def deadline(self, remaining_ms: int) -> Deadline:
         return Deadline.for_invocation(remaining_ms, 1.0)
@@ -674,6 +679,7 @@ class FakeTransfer(ArchiveTransfer):
 
     def discard(self, request_id: int) -> None:
         self._journal.note("transfer.discard")
+        self.faults.check("discard")
         self.discarded.append(request_id)
 
     def link(self, request_id: int) -> tuple[str, datetime]:

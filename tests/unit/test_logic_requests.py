@@ -32,6 +32,7 @@ from tiktok_archive.models.errors import (
     DownloadNotFoundError,
     ReauthorizationRequiredError,
     RecordStoreError,
+    StorageError,
     TikTokApiError,
     TokenVaultError,
     TransferError,
@@ -617,3 +618,37 @@ def test_a_cancel_racing_another_end_answers_that_end_and_publishes_nothing(worl
     assert world.record == record
     assert world.events.sent == []
     assert world.transfer.discarded == [REQUEST_ID]
+
+
+# -- authorization.removed ------------------------------------------------------------------------
+def test_a_revoked_user_s_record_ends_before_its_archive_is_deleted(world: World) -> None:
+    # Given a user's completed download (a download finishing during the purge must find its claim gone)
+    world.given_record(DownloadStatus.COMPLETED)
+
+    # When TikTok says the user removed the app
+    revoked = world.lifecycle.revoke_user(OPENID, reason=1)
+
+    # Then the record ended before the archive was deleted, the grant is gone, one event with the count
+    assert revoked == 1
+    assert world.journal.first("records.end") < world.journal.first("transfer.discard")
+    assert world.record.status is DownloadStatus.REVOKED
+    assert world.transfer.discarded == [REQUEST_ID]
+    assert world.grants.items == {}
+    assert world.events.detail_types == ["Authorization Removed"]
+
+
+def test_a_redelivered_revocation_deletes_again_but_publishes_nothing(world: World) -> None:
+    # Given a purge whose archive delete failed after the record was revoked (the message comes back)
+    world.given_record(DownloadStatus.COMPLETED)
+    world.transfer.faults.arm("discard", StorageError("S3 DeleteObject failed: SlowDown"))
+    with pytest.raises(StorageError):
+        world.lifecycle.revoke_user(OPENID, reason=1)
+    assert world.record.status is DownloadStatus.REVOKED
+
+    # When the message is delivered again
+    revoked = world.lifecycle.revoke_user(OPENID, reason=1)
+
+    # Then the archive is deleted this time; nothing is counted or published twice
+    assert revoked == 0
+    assert world.transfer.discarded == [REQUEST_ID]
+    assert world.events.detail_types == ["Authorization Removed"]

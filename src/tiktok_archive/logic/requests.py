@@ -330,13 +330,15 @@ class RequestLifecycle:
         grants = {f"user:{user_openid}"} | {r.grant_id for r in records if r.grant_id}
         revoked = []
         for record in records:
-            if record.status is DownloadStatus.REVOKED:
-                continue
             with logged_as(record.request_id):
+                # The record ends first: a download finishing meanwhile finds its claim gone and deletes
+                # its own archive; then whatever is stored goes (again on a redelivery, in case an
+                # earlier delete failed — deleting nothing is harmless).
+                if record.status is not DownloadStatus.REVOKED:
+                    ended = self._records.end(record.request_id, DownloadStatus.REVOKED)
+                    if not isinstance(ended, Held) or ended.record.status is DownloadStatus.REVOKED:
+                        revoked.append(record.request_id)
                 self._transfer.discard(record.request_id)
-                ended = self._records.end(record.request_id, DownloadStatus.REVOKED)
-                if not isinstance(ended, Held) or ended.record.status is DownloadStatus.REVOKED:
-                    revoked.append(record.request_id)
         erased = 0
         for grant_id in sorted(grants):
             erased += self._tokens.erase(grant_id)
