@@ -173,15 +173,29 @@ def test_a_token_near_expiry_is_refreshed_and_stored_before_the_caller_sees_it(
     assert (grant.refresh_owner, grant.refresh_lease_until) == (None, None)
 
 
-def test_an_expiring_access_token_without_a_refresh_token_requires_reauthorization(world: World) -> None:
-    # Given a grant with an expired access token and no refresh token
+def test_an_access_token_without_a_refresh_token_is_used_past_its_assumed_lifetime(world: World) -> None:
+    # Given a grant past the assumed 2 hours and no refresh token (the token may live 24 h)
     world.given_grant(access_left=-timedelta(minutes=1), refresh=None)
 
-    # When a token is asked for
-    with pytest.raises(ReauthorizationRequiredError):
-        world.service.access_token(GRANT, deadline())
+    # When a token is asked for: the stored one, TikTok will say whether it still works
+    assert world.service.access_token(GRANT, deadline()) == "access-old"
+    assert world.tiktok.refreshes.count == 0
 
-    # Then TikTok was not asked and no lease was taken
+
+def test_an_access_token_tiktok_refuses_without_a_refresh_token_requires_reauthorization(
+    world: World,
+) -> None:
+    # Given a grant without a refresh token, whose access token TikTok refuses
+    world.given_grant(access_left=-timedelta(minutes=1), refresh=None)
+
+    def use(token: str) -> str:
+        raise tiktok_error("access_token_invalid", 401)
+
+    # When the work is done with a token
+    with pytest.raises(ReauthorizationRequiredError):
+        world.service.with_access_token(GRANT, deadline(), use)
+
+    # Then TikTok was not asked to refresh and no lease was taken
     assert world.tiktok.refreshes.count == 0
     assert "grants.take_refresh_lease" not in world.journal.calls
 

@@ -147,7 +147,11 @@ class TokenService:
 
     def _token(self, grant: Grant, deadline: Deadline, *, refresh: bool = False) -> tuple[str, int]:
         """An access token of ``grant`` and the grant version it belongs to."""
-        if not refresh and grant.sealed_access_token and _fresh(grant.access_expires_at):
+        if not refresh and grant.sealed_access_token and (
+            _fresh(grant.access_expires_at) or not grant.sealed_refresh_token
+        ):
+            # Without a refresh token nothing better exists: the token's real lifetime is unknown (2 h,
+            # or 24 h on older pages), so it is used until TikTok refuses it.
             return self._opened(grant)
         return self._refreshed(grant, deadline)
 
