@@ -9,6 +9,7 @@ log scrubber the moment it is read.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
@@ -19,6 +20,9 @@ from tiktok_archive.models.portability import AppCredentials
 from tiktok_archive.observability import hide
 
 CACHE_SECONDS = 300
+# A read past the cache (``fresh``) happens at most this often per container: wrong webhook signatures,
+# which anyone can send, must not each become a Secrets Manager call.
+FRESH_READ_EVERY_SECONDS = 60.0
 # What the template's generated secret holds until an operator puts the app's real credentials in.
 PLACEHOLDER_KEY = "REPLACE_WITH_CLIENT_KEY"
 
@@ -34,14 +38,21 @@ class AppCredentialsSource:
     def __init__(self, provider: SecretsProvider, secret_arn: str) -> None:
         self._provider = provider
         self._secret_arn = secret_arn
+        self._fresh_read_at: float | None = None
 
     def get(self, *, fresh: bool = False) -> AppCredentials:
-        """The app's credentials (cached; ``fresh`` reads the secret again).
+        """The app's credentials (cached; ``fresh`` reads the secret again, at most once a minute).
 
         Raises:
             AppCredentialsError: the secret cannot be read, is not the expected JSON, or still holds
                 the template's placeholder (an operator's fix; transient).
         """
+        if fresh:
+            now = time.monotonic()
+            if self._fresh_read_at is not None and now - self._fresh_read_at < FRESH_READ_EVERY_SECONDS:
+                fresh = False
+            else:
+                self._fresh_read_at = now
         try:
             value: Any = self._provider.get(
                 self._secret_arn, max_age=CACHE_SECONDS, transform="json", force_fetch=fresh
