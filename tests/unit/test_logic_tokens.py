@@ -19,17 +19,25 @@ from tests.unit.fakes import (
 )
 from tiktok_archive.adapters.grants import Grant, SealedTokens
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
-from tiktok_archive.logic.tokens import FRESH_FOR, WAIT_FOR_OTHER_REFRESH_SECONDS, TokenService
+from tiktok_archive.logic.tokens import (
+    FRESH_FOR,
+    REFRESH_LEASE,
+    STORE_ATTEMPTS,
+    STORE_WITHIN_SECONDS,
+    WAIT_FOR_OTHER_REFRESH_SECONDS,
+    TokenService,
+)
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import (
     AppCredentialsError,
     MissingTokenError,
     ReauthorizationRequiredError,
+    RecordStoreError,
     TikTokApiError,
     TokenRefreshInProgressError,
     UpstreamUnavailableError,
 )
-from tiktok_archive.models.portability import TokenGrant
+from tiktok_archive.models.portability import AppCredentials, TokenGrant
 
 GRANT = "user:openid-1"
 OPENID = "openid-1"
@@ -330,6 +338,60 @@ def test_a_grant_erased_by_the_other_invocation_requires_reauthorization(world: 
     with pytest.raises(ReauthorizationRequiredError):
         world.service.access_token(GRANT, deadline())
     assert world.tiktok.refreshes.count == 0
+
+
+def test_a_refresh_call_ends_well_within_its_lease(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an expiring grant, and an invocation with minutes left (a worker)
+    world.given_grant(access_left=timedelta(minutes=5))
+    world.tiktok.refreshes.then(rotated())
+    budgets: list[float] = []
+    answer = world.tiktok.refresh_tokens
+
+    def timed(app: AppCredentials, refresh_token: str, call_deadline: Deadline) -> TokenGrant:
+        budgets.append(call_deadline.remaining())
+        return answer(app, refresh_token, call_deadline)
+
+    monkeypatch.setattr(world.tiktok, "refresh_tokens", timed)
+
+    # When it refreshes
+    world.service.access_token(GRANT, deadline(600))
+
+    # Then TikTok's call had to end with time left in the lease to store the rotated tokens: no other
+    # invocation can take the lease and replay the same refresh token while this one still waits
+    assert budgets == [REFRESH_LEASE.total_seconds() - STORE_WITHIN_SECONDS]
+
+
+def test_rotated_tokens_not_stored_at_first_are_stored_on_the_second_try(world: World) -> None:
+    world.given_grant(access_left=timedelta(minutes=5))
+    world.tiktok.refreshes.then(rotated())
+    world.grants.faults.arm(
+        "store_refreshed", RecordStoreError("DynamoDB UpdateItem failed: InternalServerError")
+    )
+
+    assert world.service.access_token(GRANT, deadline()) == "access-new"
+    assert (
+        world.opened(world.grants.items[GRANT].sealed_refresh_token, REFRESH_TOKEN_PURPOSE) == "refresh-new"
+    )
+
+
+def test_rotated_tokens_that_cannot_be_stored_are_reported_as_lost(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.given_grant(access_left=timedelta(minutes=5))
+    world.tiktok.refreshes.then(rotated())
+    refused = RecordStoreError("DynamoDB UpdateItem failed: InternalServerError")
+
+    def failing(*args: object) -> bool:
+        world.journal.note("grants.store_refreshed")
+        raise refused
+
+    monkeypatch.setattr(world.grants, "store_refreshed", failing)
+
+    with pytest.raises(RecordStoreError):
+        world.service.access_token(GRANT, deadline())
+    assert world.journal.calls.count("grants.store_refreshed") == STORE_ATTEMPTS
+    assert "the user's refresh token is lost" in caplog.text
+    assert "refresh-new" not in caplog.text
 
 
 # -- with_access_token ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tiktok_archive.models.errors import (
     ReauthorizationRequiredError,
     TikTokApiError,
     TokenRefreshInProgressError,
+    TransferError,
 )
 from tiktok_archive.models.portability import TokenGrant
 from tiktok_archive.observability import logger
@@ -39,8 +40,13 @@ FRESH_FOR = timedelta(minutes=20)
 # A caller's access token's lifetime is unknown: TikTok's pages say 2 hours; count from when it was given.
 ASSUMED_ACCESS_LIFETIME = timedelta(hours=2)
 ASSUMED_REFRESH_LIFETIME = timedelta(days=180)
-# How long a refresh may hold the grant: TikTok's answer comes within one read timeout.
+# How long a refresh may hold the grant. TikTok's call must end within it, leaving time to seal and
+# store the rotated tokens: a refresh outliving its lease would let another replay the same token.
 REFRESH_LEASE = timedelta(seconds=60)
+STORE_WITHIN_SECONDS = 15.0
+# Sealing and storing the rotated tokens is tried this often: TikTok has already rotated them, and a
+# refresh token not stored is the user's lineage lost.
+STORE_ATTEMPTS = 2
 # How long an invocation waits for another's refresh before handing its work back.
 WAIT_FOR_OTHER_REFRESH_SECONDS = 6.0
 _INVALID_TOKEN = "access_token_invalid"  # noqa: S105 - TikTok's error code
@@ -147,8 +153,10 @@ class TokenService:
 
     def _token(self, grant: Grant, deadline: Deadline, *, refresh: bool = False) -> tuple[str, int]:
         """An access token of ``grant`` and the grant version it belongs to."""
-        if not refresh and grant.sealed_access_token and (
-            _fresh(grant.access_expires_at) or not grant.sealed_refresh_token
+        if (
+            not refresh
+            and grant.sealed_access_token
+            and (_fresh(grant.access_expires_at) or not grant.sealed_refresh_token)
         ):
             # Without a refresh token nothing better exists: the token's real lifetime is unknown (2 h,
             # or 24 h on older pages), so it is used until TikTok refuses it.
@@ -164,8 +172,11 @@ class TokenService:
         owner = self._grants.take_refresh_lease(grant, REFRESH_LEASE)
         if owner is None:
             return self._after_other_refresh(grant, deadline)
+        within_lease = Deadline.after(
+            min(deadline.remaining(), REFRESH_LEASE.total_seconds() - STORE_WITHIN_SECONDS)
+        )
         try:
-            fresh = self._call_tiktok(grant, deadline)
+            fresh = self._call_tiktok(grant, within_lease)
         except ReauthorizationRequiredError:
             # Refused — unless someone refreshed the grant meanwhile (our lease lapsed): then theirs stands.
             latest = self._grants.get(grant.grant_id)
@@ -177,24 +188,44 @@ class TokenService:
         except BaseException:
             self._grants.release_refresh_lease(grant.grant_id, owner)
             raise
-        now = _now()
-        stored = self._grants.store_refreshed(
-            grant,
-            owner,
-            SealedTokens(
-                sealed_access_token=self._seal(fresh.access_token, ACCESS_TOKEN_PURPOSE, grant.grant_id),
-                access_expires_at=now + timedelta(seconds=fresh.expires_in),
-                sealed_refresh_token=self._seal(fresh.refresh_token, REFRESH_TOKEN_PURPOSE, grant.grant_id),
-                refresh_expires_at=now + timedelta(seconds=fresh.refresh_expires_in),
-                user_openid=fresh.open_id,
-            ),
-        )
+        stored = self._store_rotated(grant, owner, fresh)
         if not stored:
             # Cannot happen while the lease or the version holds; if it does, TikTok has rotated the
             # token to one nobody stored: the user has to consent again sooner or later.
             logger.error("refreshed tokens were not stored: the grant moved on meanwhile")
         logger.info("access token refreshed", extra={"grant_version": grant.version + 1})
         return fresh.access_token, grant.version + 1
+
+    def _store_rotated(self, grant: Grant, owner: str, fresh: TokenGrant) -> bool:
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            now = _now()
+            try:
+                return self._grants.store_refreshed(
+                    grant,
+                    owner,
+                    SealedTokens(
+                        sealed_access_token=self._seal(
+                            fresh.access_token, ACCESS_TOKEN_PURPOSE, grant.grant_id
+                        ),
+                        access_expires_at=now + timedelta(seconds=fresh.expires_in),
+                        sealed_refresh_token=self._seal(
+                            fresh.refresh_token, REFRESH_TOKEN_PURPOSE, grant.grant_id
+                        ),
+                        refresh_expires_at=now + timedelta(seconds=fresh.refresh_expires_in),
+                        user_openid=fresh.open_id,
+                    ),
+                )
+            except TransferError as error:
+                if attempt == STORE_ATTEMPTS:
+                    # TikTok rotated the refresh token and the new one could not be kept: the next
+                    # refresh will be refused and the user asked to consent again.
+                    logger.error(
+                        "rotated tokens not stored: the user's refresh token is lost",
+                        extra=error.log_fields(),
+                    )
+                    raise
+                logger.warning("rotated tokens not stored; trying again", extra=error.log_fields())
+        raise AssertionError("unreachable")
 
     def _call_tiktok(self, grant: Grant, deadline: Deadline) -> TokenGrant:
         refresh_token = self._open(grant.sealed_refresh_token or "", REFRESH_TOKEN_PURPOSE, grant.grant_id)
