@@ -250,7 +250,9 @@ def test_api_access_logs_are_json_and_carry_no_header(resources: dict[str, Any])
     settings = resources["DownloadsApi"]["Properties"]["AccessLogSetting"]
     fields = json.loads(settings["Format"])
     # What the README's runbook reads in them
-    assert {"$context.requestId", "$context.status", "$context.integrationErrorMessage"} <= set(fields.values())
+    assert {"$context.requestId", "$context.status", "$context.integrationErrorMessage"} <= set(
+        fields.values()
+    )
     assert not any(
         "header" in str(value).lower() or "authorizer" in str(value).lower() for value in fields.values()
     )

@@ -284,6 +284,39 @@ def test_an_expired_access_token_is_refreshed_and_the_rotated_refresh_token_kept
     assert item(resources, request_id)["status"]["S"] == "waiting"
 
 
+def test_a_caller_naming_another_users_open_id_replaces_none_of_their_tokens(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a user with a waiting request (their grant holds their tokens), and a stranger: another
+    # TikTok user, with the API key and tokens of their own
+    user = consent(emulator, prepare_seconds=6 * 3600)
+    users_request = int(add_request(user).body["request_id"])
+    before = grant_item(resources, user)
+    stranger = consent(emulator, prepare_seconds=6 * 3600)
+
+    # When the stranger adds a request naming the user's open_id, with the stranger's refresh token
+    body = {"open_id": user["open_id"], "refresh_token": stranger["refresh_token"]}
+    answer = call_api(request_event(body, stranger["access_token"]))
+
+    # Then TikTok did not confirm the stranger as that user: the request is the stranger's, kept apart
+    # (linked to no user), and the user's grant is exactly as it was
+    assert answer.status == 202, answer.body
+    assert grant_item(resources, user) == before
+    strangers = item(resources, int(answer.body["request_id"]))
+    assert "user_openid" not in strangers
+    assert strangers["grant_id"]["S"] == f"request:{answer.body['request_id']}"
+    assert [e["detail"].get("open_id") for e in resources.events()] == [user["open_id"], None]
+    # And both requests go on with their own users' tokens, refreshed three hours later
+    emulator.advance_clock(3 * 3600)
+    check_until(resources, lambda: int(item(resources, users_request)["checks"]["N"]) >= 1)
+    for someone in (user, stranger):
+        now = emulator.user(someone["open_id"])
+        SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
+        assert now["refused_refreshes"] == 0
+    assert status_of(resources, users_request) == "waiting"
+    assert stored_refresh_token(resources, user) == emulator.user(user["open_id"])["refresh_token"]
+
+
 def test_racing_refreshes_of_one_user_keep_a_working_refresh_token(
     configure: Configure, emulator: Emulator, resources: Resources
 ) -> None:

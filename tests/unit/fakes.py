@@ -300,6 +300,7 @@ def _with_tokens(current: Grant, tokens: SealedTokens, *, keep_lease: bool) -> G
         user_openid=tokens.user_openid or current.user_openid,
         refresh_owner=current.refresh_owner if keep_lease else None,
         refresh_lease_until=current.refresh_lease_until if keep_lease else None,
+        last_request_id=tokens.request_id or current.last_request_id,
     )
 
 

@@ -463,6 +463,90 @@ def test_an_added_request_keeps_the_users_tokens_and_schedules_its_first_check(w
     assert world.events.detail_types == ["Request Added"]
 
 
+EARLIER_ID = 7_234_567_890_123_450_000
+
+
+def given_users_grant(world: World, last_request_id: int | None = EARLIER_ID) -> Grant:
+    """The user's grant from an earlier request, whose tokens a new caller must not replace unchecked."""
+    world.given_grant()
+    grant = dataclasses.replace(world.grants.items[GRANT], last_request_id=last_request_id)
+    world.grants.items[GRANT] = grant
+    return grant
+
+
+def test_a_users_first_request_starts_their_grant_and_remembers_the_request(world: World) -> None:
+    world.tiktok.adds.then(REQUEST_ID)
+
+    world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+
+    # Nothing to confirm against: the caller's open_id starts the grant; TikTok was not asked
+    assert world.tiktok.checks.count == 0
+    assert world.grants.items[GRANT].last_request_id == REQUEST_ID
+
+
+def test_a_later_request_joins_the_users_grant_once_tiktok_confirms_the_same_user(world: World) -> None:
+    # Given the user's grant, and TikTok confirming that the caller's token owns its latest request
+    given_users_grant(world)
+    world.tiktok.checks.then(RequestStatus(EARLIER_ID, "pending"))
+    world.tiktok.adds.then(REQUEST_ID)
+
+    # When the caller adds a request for that open_id
+    record = world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+
+    # Then TikTok was asked first, with the caller's token, then the caller's tokens joined the grant
+    assert world.tiktok.checks.calls == [(EARLIER_ID, "access-caller")]
+    assert world.journal.first("tiktok.check_request") < world.journal.first("tiktok.add_request")
+    assert (record.grant_id, record.user_openid) == (GRANT, OPENID)
+    grant = world.grants.items[GRANT]
+    assert world.vault.open(grant.sealed_refresh_token or "", REFRESH_TOKEN_PURPOSE, {"grant_id": GRANT}) == (
+        "refresh-caller"
+    )
+    assert grant.last_request_id == REQUEST_ID
+
+
+@pytest.mark.parametrize(
+    ("last_request_id", "tiktok_says"),
+    [
+        (EARLIER_ID, None),  # the token's user does not own the user's latest request
+        (EARLIER_ID, tiktok_error("invalid_params", 400)),
+        (None, None),  # nothing to confirm against
+    ],
+)
+def test_a_request_whose_open_id_tiktok_does_not_confirm_leaves_that_users_grant_alone(
+    world: World, last_request_id: int | None, tiktok_says: TikTokApiError | None
+) -> None:
+    # Given a user's grant, and a caller (with the API key and a token of its own) naming that open_id
+    before = given_users_grant(world, last_request_id)
+    if last_request_id is not None:
+        world.tiktok.checks.then(tiktok_says)
+    world.tiktok.adds.then(REQUEST_ID)
+
+    # When the caller adds a request
+    record = world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+
+    # Then the user's grant is as it was; the request goes on with the caller's own tokens, apart,
+    # linked to no user (its event names no open_id)
+    assert world.grants.items[GRANT] == before
+    assert record.user_openid is None
+    assert record.grant_id == f"request:{REQUEST_ID}"
+    kept = world.grants.items[record.grant_id]
+    binding = {"grant_id": record.grant_id}
+    assert world.vault.open(kept.sealed_access_token or "", ACCESS_TOKEN_PURPOSE, binding) == "access-caller"
+    assert world.events.sent[0][1].get("open_id") is None
+
+
+def test_a_caller_token_tiktok_refuses_while_confirming_adds_nothing(world: World) -> None:
+    before = given_users_grant(world)
+    world.tiktok.checks.then(tiktok_error("access_token_invalid", 401))
+
+    with pytest.raises(TikTokApiError, match="access_token_invalid"):
+        world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+
+    assert world.tiktok.adds.count == 0
+    assert world.grants.items == {GRANT: before}
+    assert world.records.items == {}
+
+
 def test_a_request_tiktok_refuses_keeps_nothing(world: World) -> None:
     world.tiktok.adds.then(tiktok_error("scope_permission_missed", 400))
 

@@ -361,6 +361,20 @@ def test_a_refresh_call_ends_well_within_its_lease(world: World, monkeypatch: py
     assert budgets == [REFRESH_LEASE.total_seconds() - STORE_WITHIN_SECONDS]
 
 
+def test_a_refresh_answering_another_user_than_the_grants_open_id_is_logged_as_an_error(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a user's grant started with a wrong open_id (the first caller's word), now expiring
+    world.given_grant(access_left=timedelta(minutes=5))
+    world.tiktok.refreshes.then(dataclasses.replace(rotated(), open_id="openid-2"))
+
+    # When it refreshes: the tokens are theirs and go on serving the grant's requests
+    assert world.service.access_token(GRANT, deadline()) == "access-new"
+
+    # Then an operator learns that the grant's open_id was not its tokens' user
+    assert "the grant's tokens are another TikTok user's than its open_id" in caplog.text
+
+
 def test_rotated_tokens_not_stored_at_first_are_stored_on_the_second_try(world: World) -> None:
     world.given_grant(access_left=timedelta(minutes=5))
     world.tiktok.refreshes.then(rotated())

@@ -53,6 +53,7 @@ class Grant:
     user_openid: str | None
     refresh_owner: str | None = None
     refresh_lease_until: datetime | None = None
+    last_request_id: int | None = None
 
     def being_refreshed(self, now: datetime) -> bool:
         """Whether another invocation holds the refresh lease right now."""
@@ -68,6 +69,9 @@ class SealedTokens:
     sealed_refresh_token: str | None = field(repr=False)
     refresh_expires_at: datetime | None
     user_openid: str | None
+    # A caller's tokens (not a refresh's): the request they were given with, which TikTok can be asked
+    # about to confirm that a later caller's token is the same user's.
+    request_id: int | None = None
 
 
 class Grants:
@@ -121,6 +125,9 @@ class Grants:
             sets += ["sealed_refresh_token = :refresh", "refresh_expires_at = :refresh_expires"]
         if tokens.user_openid is not None:
             sets.append("user_openid = :user")
+        if tokens.request_id is not None:
+            sets.append("last_request_id = :request_id")
+            values[":request_id"] = {"N": str(tokens.request_id)}
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         condition = "attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now"
         try:
@@ -294,6 +301,7 @@ def _grant(item: Item) -> Grant:
         user_openid=_string(item, "user_openid"),
         refresh_owner=_string(item, "refresh_owner"),
         refresh_lease_until=_moment(item, "refresh_lease_until"),
+        last_request_id=int(item["last_request_id"]["N"]) if "last_request_id" in item else None,
     )
 
 

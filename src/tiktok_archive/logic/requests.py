@@ -29,6 +29,7 @@ from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, confirm_owner, logged_as
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import ENDED, DownloadRecord, DownloadStatus, Preparation
 from tiktok_archive.models.errors import (
@@ -117,11 +118,12 @@ class RequestLifecycle:
                 the message names the ``request_id`` so that it can still be downloaded.
         """
         deadline = self._transfer.deadline(remaining_ms)
+        user = self._confirmed_user(access_token, new.open_id, deadline)
         request_id = self._tiktok.add_request(access_token, new.data_format, list(new.categories), deadline)
         with logged_as(request_id):
             logger.info("TikTok accepted the data request")
             try:
-                record = self._keep(request_id, access_token, new)
+                record = self._keep(request_id, access_token, new, user)
             except TransferError as error:
                 logger.error("added request not kept", extra=error.log_fields())
                 raise type(error)(
@@ -136,14 +138,44 @@ class RequestLifecycle:
             self._events.publish(record)
             return record
 
-    def _keep(self, request_id: int, access_token: str, new: NewRequest) -> DownloadRecord:
-        grant_id = grant_id_for(new.open_id, request_id)
-        self._tokens.store(grant_id, access_token, new.refresh_token, new.open_id)
+    def _confirmed_user(self, access_token: str, open_id: str | None, deadline: Deadline) -> str | None:
+        """``open_id`` if the caller's tokens may join that user's grant; ``None`` keeps them apart.
+
+        ``open_id`` is the caller's word. It starts a user's grant when there is none; it joins an
+        existing one only once TikTok, asked with the caller's token, confirms that the token's user owns
+        the grant's latest request — a wrong or forged ``open_id`` must not replace another user's tokens
+        (their refresh token rotates: replaced, it is lost). Not confirmed, the request keeps the
+        caller's tokens in a grant of its own, linked to no user.
+
+        Raises:
+            TikTokApiError: TikTok refused the caller's token (nothing was added).
+            RecordStoreError: DynamoDB failed.
+        """
+        if open_id is None:
+            return None
+        grant = self._tokens.find(grant_id_for(open_id, 0))
+        if grant is None:
+            return open_id
+        if grant.last_request_id is not None:
+            try:
+                confirm_owner(self._tiktok, DownloadRequest(grant.last_request_id, access_token), deadline)
+                return open_id
+            except DownloadNotFoundError:
+                pass
+        logger.warning(
+            "TikTok did not confirm that the caller's token is the open_id's user: "
+            "the request is kept apart from that user's grant"
+        )
+        return None
+
+    def _keep(self, request_id: int, access_token: str, new: NewRequest, user: str | None) -> DownloadRecord:
+        grant_id = grant_id_for(user, request_id)
+        self._tokens.store(grant_id, access_token, new.refresh_token, user, request_id)
         now = _now()
         created = self._records.create_waiting(
             request_id,
             grant_id=grant_id,
-            user_openid=new.open_id,
+            user_openid=user,
             preparation=Preparation(
                 data_format=new.data_format,
                 categories=new.categories,

@@ -79,9 +79,16 @@ class TokenService:
         self._app = app
 
     def store(
-        self, grant_id: str, access_token: str, refresh_token: str | None, user_openid: str | None
+        self,
+        grant_id: str,
+        access_token: str,
+        refresh_token: str | None,
+        user_openid: str | None,
+        request_id: int | None = None,
     ) -> None:
         """Keep a caller's tokens for ``grant_id`` (sealed); the access token's life counts from now.
+
+        ``request_id``: the request they came with (the grant's latest, to confirm later callers by).
 
         Raises:
             TokenVaultError / RecordStoreError: KMS or DynamoDB failed.
@@ -97,8 +104,17 @@ class TokenService:
                 else None,
                 refresh_expires_at=now + ASSUMED_REFRESH_LIFETIME if refresh_token else None,
                 user_openid=user_openid,
+                request_id=request_id,
             ),
         )
+
+    def find(self, grant_id: str) -> Grant | None:
+        """The grant as stored (sealed), or None.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        return self._grants.get(grant_id)
 
     def user_of(self, grant_id: str) -> str | None:
         """The grant's user, when a refresh has told it (``None`` otherwise, or without a grant)."""
@@ -189,6 +205,13 @@ class TokenService:
             self._grants.release_refresh_lease(grant.grant_id, owner)
             raise
         stored = self._store_rotated(grant, owner, fresh)
+        if fresh.open_id and grant.grant_id.startswith("user:") and grant.grant_id != f"user:{fresh.open_id}":
+            # The open_id the grant was started with was not this user's (the first caller's word):
+            # its requests go on with these tokens, which are theirs; an operator should know.
+            logger.error(
+                "the grant's tokens are another TikTok user's than its open_id",
+                extra={"grant_id": grant.grant_id, "tokens_open_id": fresh.open_id},
+            )
         if not stored:
             # Cannot happen while the lease or the version holds; if it does, TikTok has rotated the
             # token to one nobody stored: the user has to consent again sooner or later.
