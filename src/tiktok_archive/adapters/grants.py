@@ -32,9 +32,14 @@ if TYPE_CHECKING:
 Item = Mapping[str, Any]
 
 
+def user_grant_id(user_openid: str) -> str:
+    """The grant every request of a user shares."""
+    return f"user:{user_openid}"
+
+
 def grant_id_for(user_openid: str | None, request_id: int) -> str:
     """The grant a request's tokens belong to: its user's, or its own when the user is unknown."""
-    return f"user:{user_openid}" if user_openid else f"request:{request_id}"
+    return user_grant_id(user_openid) if user_openid else f"request:{request_id}"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords, Held
-from tiktok_archive.adapters.grants import grant_id_for
+from tiktok_archive.adapters.grants import grant_id_for, user_grant_id
 from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, confirm_owner, logged_as
@@ -153,7 +153,7 @@ class RequestLifecycle:
         """
         if open_id is None:
             return None
-        grant = self._tokens.find(grant_id_for(open_id, 0))
+        grant = self._tokens.find(user_grant_id(open_id))
         if grant is None:
             return open_id
         if grant.last_request_id is not None:
@@ -359,7 +359,7 @@ class RequestLifecycle:
             TransferError: only transient failures of AWS (the message comes back and finishes the job).
         """
         records = self._records.of_user(user_openid)
-        grants = {f"user:{user_openid}"} | {r.grant_id for r in records if r.grant_id}
+        grants = {user_grant_id(user_openid)} | {r.grant_id for r in records if r.grant_id}
         revoked = []
         for record in records:
             with logged_as(record.request_id):

@@ -118,7 +118,7 @@ class TokenService:
 
     def user_of(self, grant_id: str) -> str | None:
         """The grant's user, when a refresh has told it (``None`` otherwise, or without a grant)."""
-        grant = self._grants.get(grant_id)
+        grant = self.find(grant_id)
         return grant.user_openid if grant else None
 
     def access_token(self, grant_id: str, deadline: Deadline, *, refresh: bool = False) -> str:
@@ -205,7 +205,7 @@ class TokenService:
             self._grants.release_refresh_lease(grant.grant_id, owner)
             raise
         stored = self._store_rotated(grant, owner, fresh)
-        if fresh.open_id and grant.grant_id.startswith("user:") and grant.grant_id != f"user:{fresh.open_id}":
+        if grant.user_openid and fresh.open_id and fresh.open_id != grant.user_openid:
             # The open_id the grant was started with was not this user's (the first caller's word):
             # its requests go on with these tokens, which are theirs; an operator should know.
             logger.error(
