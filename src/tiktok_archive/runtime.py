@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
@@ -43,6 +44,15 @@ def settings() -> Settings:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
     return Settings.from_environment()
+
+
+@functools.cache
+def _small_calls_client(service: str) -> Any:
+    """One client per service for every adapter's small calls (DynamoDB, SQS, KMS …).
+
+    One connection pool and one creation cost per container, not one per adapter.
+    """
+    return aws_clients.client(service, SMALL_CALLS)
 
 
 @functools.cache
@@ -111,7 +121,7 @@ def token_vault() -> TokenVault:
     config = settings()
     if not config.token_kms_key_id:
         raise ConfigurationError("TOKEN_KMS_KEY_ID is required to seal and open tokens")
-    return TokenVault(aws_clients.client("kms", SMALL_CALLS), config.token_kms_key_id)
+    return TokenVault(_small_calls_client("kms"), config.token_kms_key_id)
 
 
 @functools.cache
@@ -126,7 +136,7 @@ def download_jobs() -> DownloadJobs:
         raise ConfigurationError(
             "DOWNLOAD_QUEUE_URL is required for queued downloads (Prefer: respond-async)"
         )
-    return DownloadJobs(aws_clients.client("sqs", SMALL_CALLS), token_vault(), config.download_queue_url)
+    return DownloadJobs(_small_calls_client("sqs"), token_vault(), config.download_queue_url)
 
 
 @functools.cache
@@ -134,7 +144,7 @@ def download_records() -> DownloadRecords:
     """The downloads table."""
     config = settings()
     return DownloadRecords(
-        aws_clients.client("dynamodb", SMALL_CALLS),
+        _small_calls_client("dynamodb"),
         config.downloads_table_name,
         timedelta(days=config.record_retention_days),
     )
@@ -143,7 +153,7 @@ def download_records() -> DownloadRecords:
 @functools.cache
 def download_events() -> DownloadEvents:
     """The event bus."""
-    return DownloadEvents(aws_clients.client("events", SMALL_CALLS), settings().event_bus_name)
+    return DownloadEvents(_small_calls_client("events"), settings().event_bus_name)
 
 
 @functools.cache
@@ -156,7 +166,7 @@ def app_credentials() -> AppCredentialsSource:
     config = settings()
     if not config.app_secret_arn:
         raise ConfigurationError("TIKTOK_APP_SECRET_ARN is required to refresh tokens and verify webhooks")
-    provider = SecretsProvider(boto3_client=aws_clients.client("secretsmanager", SMALL_CALLS))
+    provider = SecretsProvider(boto3_client=_small_calls_client("secretsmanager"))
     return AppCredentialsSource(provider, config.app_secret_arn)
 
 
@@ -171,7 +181,7 @@ def token_service() -> TokenService:
     if not config.grants_table_name:
         raise ConfigurationError("GRANTS_TABLE_NAME is required for requests added with POST /requests")
     grants = Grants(
-        aws_clients.client("dynamodb", SMALL_CALLS),
+        _small_calls_client("dynamodb"),
         config.grants_table_name,
         timedelta(days=config.record_retention_days),
     )
@@ -190,7 +200,7 @@ def lifecycle_queue() -> LifecycleQueue:
         raise ConfigurationError(
             "LIFECYCLE_QUEUE_URL is required to follow requests added with POST /requests"
         )
-    return LifecycleQueue(aws_clients.client("sqs", SMALL_CALLS), config.lifecycle_queue_url)
+    return LifecycleQueue(_small_calls_client("sqs"), config.lifecycle_queue_url)
 
 
 @functools.cache
@@ -209,9 +219,7 @@ def webhook_deliveries() -> WebhookDeliveries:
     config = settings()
     if not config.webhook_deliveries_table_name:
         raise ConfigurationError("WEBHOOK_DELIVERIES_TABLE_NAME is required to take TikTok's webhooks")
-    return WebhookDeliveries(
-        aws_clients.client("dynamodb", SMALL_CALLS), config.webhook_deliveries_table_name
-    )
+    return WebhookDeliveries(_small_calls_client("dynamodb"), config.webhook_deliveries_table_name)
 
 
 @functools.cache
@@ -259,7 +267,7 @@ def request_lifecycle() -> RequestLifecycle:
 @functools.cache
 def message_visibility() -> MessageVisibility:
     """Changes a received message's visibility (the worker's redelivery timing)."""
-    return MessageVisibility(aws_clients.client("sqs", SMALL_CALLS))
+    return MessageVisibility(_small_calls_client("sqs"))
 
 
 def start_invocation(remaining_ms: int) -> None:
@@ -285,6 +293,7 @@ def reset() -> None:
         tiktok_client,
         archive_store,
         message_visibility,
+        _small_calls_client,
         settings,
     ):
         built.cache_clear()

@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.models.download import format_utc, parse_utc
+from tiktok_archive.models.download import utc_now as _now
 from tiktok_archive.models.download_record import (
     DownloadRecord,
     DownloadStatus,
@@ -583,10 +584,6 @@ class DownloadRecords:
 
 def _key(request_id: int) -> dict[str, Any]:
     return {"request_id": {"S": str(request_id)}}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _required(moment: datetime | None) -> datetime:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import aws_failure
+from tiktok_archive.models.download import utc_now as _now
 from tiktok_archive.models.errors import RecordStoreError, TransferError
 from tiktok_archive.observability import logger
 
@@ -260,10 +261,6 @@ class Grants:
 
 def _key(grant_id: str) -> dict[str, Any]:
     return {"grant_id": {"S": grant_id}}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _epoch(moment: datetime) -> dict[str, str]:

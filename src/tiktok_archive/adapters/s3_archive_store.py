@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -34,7 +34,7 @@ from tiktok_archive.adapters.aws_clients import aws_failure, time_left
 from tiktok_archive.adapters.crc32 import crc32_base64, crc32_combine
 from tiktok_archive.adapters.part_sizes import MAX_PARTS, part_size
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import StoredArchive
+from tiktok_archive.models.download import StoredArchive, utc_now
 from tiktok_archive.models.errors import (
     ArchiveTooLargeError,
     DeadlineExceededError,
@@ -446,7 +446,7 @@ class S3ArchiveStore:
         The link also stops working when the credentials that signed it expire (a Lambda role's
         session), whichever comes first.
         """
-        expires_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl_seconds)
+        expires_at = utc_now() + timedelta(seconds=ttl_seconds)
         url = self._call(
             "presign",
             self._client.generate_presigned_url,

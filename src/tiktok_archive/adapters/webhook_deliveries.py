@@ -10,13 +10,13 @@ never got its work queued (its invocation failed in between): then it is queued 
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import aws_failure
-from tiktok_archive.models.download import format_utc
+from tiktok_archive.models.download import format_utc, utc_now
 from tiktok_archive.models.errors import RecordStoreError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class WebhookDeliveries:
         Raises:
             RecordStoreError: DynamoDB failed.
         """
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = utc_now()
         try:
             self._client.put_item(
                 TableName=self._table,

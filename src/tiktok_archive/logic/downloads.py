@@ -20,10 +20,16 @@ from tiktok_archive.adapters.download_jobs import DownloadJobs, open_job_token
 from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
-from tiktok_archive.logic.ownership import confirm_owner, logged_as, require_ready
+from tiktok_archive.logic.ownership import (
+    EXPIRED_MESSAGE,
+    NOT_FOUND_MESSAGE,
+    confirm_owner,
+    logged_as,
+    require_ready,
+)
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
-from tiktok_archive.models.download import DownloadRequest, QueuedJob, format_utc
+from tiktok_archive.models.download import DownloadRequest, QueuedJob, format_utc, utc_now
 from tiktok_archive.models.download_record import ENDED, DownloadRecord, DownloadStatus, Progress
 from tiktok_archive.models.errors import (
     DownloadInProgressError,
@@ -40,8 +46,8 @@ from tiktok_archive.observability import logger
 # attempt never blocks the download for longer.
 LEASE_GRACE_SECONDS = 5
 # A queued job that has not started after this long may be queued again by a repeated async request
-# (a duplicate message is harmless: the claim lets only one of them download).
-QUEUED_LEASE_SECONDS = 900
+# or a repeated trigger (a duplicate message is harmless: the claim lets only one of them download).
+QUEUED_LEASE = timedelta(minutes=15)
 
 
 # A running download records its progress at most this often.
@@ -121,7 +127,7 @@ class DownloadService:
     def _download(self, request: DownloadRequest, remaining_ms: int, *, link: bool) -> Answer:
         if not link:
             stored = self._records.get(request.request_id)
-            if stored is not None and (stored.status is DownloadStatus.COMPLETED or stored.status in ENDED):
+            if stored is not None and stored.status.final:
                 logger.info("nothing to download", extra={"status": stored.status.value})
                 return Answer(stored)
         stored = self._ready_or_stored(request, remaining_ms)
@@ -158,7 +164,7 @@ class DownloadService:
                 status=DownloadStatus.COMPLETED,
                 size_bytes=archive.size_bytes,
                 checksum=archive.checksum_crc32,
-                completed_at=datetime.now(UTC).replace(microsecond=0),
+                completed_at=utc_now(),
                 manifest=result.manifest,
             )
         self._events.publish(record)
@@ -211,7 +217,7 @@ class DownloadService:
             record = self._records.get(request_id)
             if record is None or record.grant_id is None:
                 raise DownloadNotFoundError("no request added with POST /requests has this request_id")
-            if record.status is DownloadStatus.COMPLETED or record.status in ENDED:
+            if record.status.final:
                 logger.info("nothing to download", extra={"status": record.status.value})
                 return Answer(record)
         deadline = self._transfer.deadline(remaining_ms)
@@ -244,7 +250,7 @@ class DownloadService:
         if stored is not None:
             return self._answer(stored, request)
         jobs = self._jobs()
-        queued = self._records.enqueue(request.request_id, timedelta(seconds=QUEUED_LEASE_SECONDS))
+        queued = self._records.enqueue(request.request_id, QUEUED_LEASE)
         if isinstance(queued, Held):
             if queued.record.status in ENDED:
                 raise _ended(queued.record.status)  # as the synchronous path answers: nothing to queue
@@ -269,7 +275,7 @@ class DownloadService:
             confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms))
             record = self._records.get(request.request_id)
             if record is None:
-                raise DownloadNotFoundError("no download of this request_id is known for this token")
+                raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
             return self._answer(record, request)
 
     def _ready_or_stored(self, request: DownloadRequest, remaining_ms: int) -> DownloadRecord | None:
@@ -350,7 +356,7 @@ class _ProgressReporter:
             bytes_received=size,
             parts_uploaded=parts,
             mib_per_second=round(size / 1048576 / max(now - self._started, 1e-6), 1),
-            at=datetime.now(UTC).replace(microsecond=0),
+            at=utc_now(),
         )
         try:
             held = self._records.report_progress(self._claim, progress)
@@ -371,7 +377,7 @@ class _ProgressReporter:
 def _ended(status: DownloadStatus) -> TransferError:
     """The error for a download asked of a request that ended (cancelled, revoked, expired)."""
     if status is DownloadStatus.EXPIRED:
-        return RequestExpiredError("TikTok's four-day download window for this request is over")
+        return RequestExpiredError(EXPIRED_MESSAGE)
     if status is DownloadStatus.REVOKED:
         return RequestCancelledError("the user disconnected the app; this request's data was removed")
     return RequestCancelledError("this request was cancelled")

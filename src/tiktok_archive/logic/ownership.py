@@ -27,6 +27,7 @@ from tiktok_archive.observability import logger
 # unknown request_id, so that the answer reveals nothing about other users' downloads.
 NOT_OWNED = "invalid_params"
 NOT_FOUND_MESSAGE = "no download of this request_id is known for this token"
+EXPIRED_MESSAGE = "TikTok's four-day download window for this request is over"
 # How long a caller waits before asking again about an archive TikTok is still preparing.
 NOT_READY_RETRY_AFTER_SECONDS = 60
 
@@ -66,7 +67,7 @@ def require_ready(status: RequestStatus) -> None:
             retry_after=str(NOT_READY_RETRY_AFTER_SECONDS),
         )
     if status.status == TikTokStatus.EXPIRED:
-        raise RequestExpiredError("TikTok's four-day download window for this request is over")
+        raise RequestExpiredError(EXPIRED_MESSAGE)
     if status.status == TikTokStatus.CANCELLED:
         raise RequestCancelledError("this request was cancelled at TikTok")
 

@@ -26,11 +26,13 @@ from tiktok_archive.adapters.download_records import DownloadRecords, Held
 from tiktok_archive.adapters.grants import grant_id_for, user_grant_id
 from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
 from tiktok_archive.adapters.tiktok import TikTokClient
+from tiktok_archive.logic.downloads import QUEUED_LEASE
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, confirm_owner, logged_as
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
+from tiktok_archive.models.download import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.download_record import ENDED, DownloadRecord, DownloadStatus, Preparation
 from tiktok_archive.models.errors import (
     DownloadNotFoundError,
@@ -43,7 +45,7 @@ from tiktok_archive.models.portability import NewRequest, RequestStatus, TikTokS
 from tiktok_archive.observability import logger
 
 # A ready archive's job waits this long before a repeated trigger may queue it again.
-READY_LEASE = timedelta(minutes=15)
+READY_LEASE = QUEUED_LEASE
 
 
 @dataclass(frozen=True)
@@ -421,10 +423,6 @@ class RequestLifecycle:
             logger.info("request cancelled", extra={"was": record.status.value})
             self._events.publish(ended)
             return ended
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def _moment(seconds: int | None) -> datetime | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
@@ -23,6 +23,7 @@ from tiktok_archive.adapters.grants import Grant, Grants, SealedTokens
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE, TokenVault
 from tiktok_archive.models.deadline import Deadline
+from tiktok_archive.models.download import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.errors import (
     AppCredentialsError,
     ReauthorizationRequiredError,
@@ -50,10 +51,6 @@ STORE_ATTEMPTS = 2
 # How long an invocation waits for another's refresh before handing its work back.
 WAIT_FOR_OTHER_REFRESH_SECONDS = 6.0
 _INVALID_TOKEN = "access_token_invalid"  # noqa: S105 - TikTok's error code
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 class TokenService:

@@ -69,6 +69,11 @@ class DownloadResult:
     manifest: dict[str, Any] | None = None
 
 
+def utc_now() -> datetime:
+    """Now, in UTC, to the second: the precision every record, answer and event carries."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 def format_utc(moment: datetime) -> str:
     """A UTC moment as the API and the records write it: ``2026-11-27T19:04:28Z``."""
     return moment.strftime(_UTC_FORMAT)

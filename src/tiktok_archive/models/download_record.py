@@ -48,11 +48,9 @@ class DownloadStatus(StrEnum):
         return self in _FINAL
 
 
-_FINAL = frozenset(
-    {DownloadStatus.COMPLETED, DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED}
-)
 # What may no longer be handed out as a link, nor stored: the owner or TikTok ended the request.
 ENDED = frozenset({DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED})
+_FINAL = ENDED | {DownloadStatus.COMPLETED}
 
 
 @dataclass(frozen=True)
