@@ -39,6 +39,7 @@ from tiktok_archive.models import deadline as deadline_module
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
 from tiktok_archive.models.download_record import (
+    ENDED,
     DownloadRecord,
     DownloadStatus,
     Preparation,
@@ -50,7 +51,6 @@ from tiktok_archive.models.portability import AppCredentials, RequestStatus, Tok
 
 T = TypeVar("T")
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-_ENDED = (DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED)
 
 
 # -- time and bookkeeping ----------------------------------------------------------------------
@@ -455,7 +455,7 @@ class FakeDownloadRecords(DownloadRecords):
         elif status is DownloadStatus.FAILED:
             allowed = record.status in (DownloadStatus.WAITING, DownloadStatus.QUEUED)
         else:
-            allowed = record.status not in _ENDED
+            allowed = record.status not in ENDED
         if not allowed:
             return Held(record)
         prep = record.preparation

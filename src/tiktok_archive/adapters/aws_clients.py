@@ -123,6 +123,14 @@ def client(service: str, limits: CallLimits, **config: Any) -> Any:
     return made
 
 
+def is_condition_failure(error: BaseException) -> bool:
+    """Whether DynamoDB refused a write because its condition did not hold (not a failure of AWS)."""
+    return (
+        isinstance(error, ClientError)
+        and error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    )
+
+
 def aws_failure(kind: type[E], operation: str, error: BaseException) -> E | DeadlineExceededError:
     """``kind("<operation> failed: <AWS error code or exception class>")``, or ``deadline_exceeded``.
 

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_clients import aws_failure
+from tiktok_archive.adapters.aws_clients import aws_failure, is_condition_failure
 from tiktok_archive.models.download import format_utc, parse_utc
 from tiktok_archive.models.download import utc_now as _now
 from tiktok_archive.models.download_record import (
+    ENDED,
     DownloadRecord,
     DownloadStatus,
     Preparation,
@@ -48,7 +49,6 @@ BY_SCHEDULE_INDEX = "by-schedule"
 # The one value of ``schedule_bucket``: only a waiting record has it, so the index holds only them.
 WAITING_BUCKET = "waiting"
 # Statuses after which nothing changes but by the owner's or TikTok's word.
-_ENDED = (DownloadStatus.EXPIRED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED)
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,7 @@ class DownloadRecords:
             "schedule_bucket = :bucket, "
             f"checks = :zero, expires_at = :expires{user}"
         )
-        updated = self._conditional_update(request_id, expression, "attribute_not_exists(request_id)", values)
-        return updated if isinstance(updated, Held) else _record(updated)
+        return self._conditional_update(request_id, expression, "attribute_not_exists(request_id)", values)
 
     def advance_schedule(
         self,
@@ -252,8 +251,7 @@ class DownloadRecords:
             "SET #status = :queued, updated_at = :now, lease_expires_at = :lease, "
             f"poll_seq = poll_seq + :one REMOVE {_SCHEDULE_FIELDS}"
         )
-        updated = self._conditional_update(request_id, expression, "#status = :waiting", values)
-        return updated if isinstance(updated, Held) else _record(updated)
+        return self._conditional_update(request_id, expression, "#status = :waiting", values)
 
     def end(
         self,
@@ -305,11 +303,11 @@ class DownloadRecords:
             values[":queued"] = {"S": DownloadStatus.QUEUED.value}
             condition = "#status IN (:waiting, :queued)"
         else:
-            values.update({f":ended{i}": {"S": s.value} for i, s in enumerate(_ENDED)})
-            condition = "attribute_exists(request_id) AND NOT #status IN (:ended0, :ended1, :ended2)"
+            ended = {f":ended{i}": {"S": s.value} for i, s in enumerate(sorted(ENDED))}
+            values.update(ended)
+            condition = f"attribute_exists(request_id) AND NOT #status IN ({', '.join(ended)})"
         expression = f"SET {', '.join(sets)} REMOVE {', '.join(removes)}"
-        updated = self._conditional_update(request_id, expression, condition, values)
-        return updated if isinstance(updated, Held) else _record(updated)
+        return self._conditional_update(request_id, expression, condition, values)
 
     def set_user(self, request_id: int, user_openid: str) -> None:
         """Record the request's user, learned from a token refresh (never raises: purge is best effort)."""
@@ -322,8 +320,7 @@ class DownloadRecords:
                 ExpressionAttributeValues={":user": {"S": user_openid}},
             )
         except (ClientError, BotoCoreError) as error:
-            code = error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None
-            if code != "ConditionalCheckFailedException":
+            if not is_condition_failure(error):
                 logger.warning(
                     "the request's user was not recorded",
                     extra=_store_error("UpdateItem", error).log_fields(),
@@ -367,7 +364,7 @@ class DownloadRecords:
         updated = self._conditional_update(request_id, expression, condition, values)
         if isinstance(updated, Held):
             return updated
-        return Claimed(_record(updated), owner)
+        return Claimed(updated, owner)
 
     def enqueue(self, request_id: int, lease: timedelta) -> DownloadRecord | Held:
         """Mark ``request_id`` queued for the worker, unless it is final or held.
@@ -401,8 +398,7 @@ class DownloadRecords:
             "attribute_not_exists(request_id) OR #status IN (:waiting, :failed) "
             "OR (#status IN (:queued, :in_progress) AND lease_expires_at < :now_epoch)"
         )
-        updated = self._conditional_update(request_id, expression, condition, values)
-        return updated if isinstance(updated, Held) else _record(updated)
+        return self._conditional_update(request_id, expression, condition, values)
 
     def report_progress(self, claim: Claimed, progress: Progress) -> Held | None:
         """Record a running download's progress.
@@ -535,8 +531,7 @@ class DownloadRecords:
 
     def _on_schedule(self, request_id: int, expression: str, values: dict[str, Any]) -> DownloadRecord | Held:
         condition = "#status = :waiting AND poll_seq = :seq"
-        updated = self._conditional_update(request_id, expression, condition, values)
-        return updated if isinstance(updated, Held) else _record(updated)
+        return self._conditional_update(request_id, expression, condition, values)
 
     def _finish(self, claim: Claimed, expression: str, values: dict[str, Any]) -> DownloadRecord:
         request_id = claim.record.request_id
@@ -549,11 +544,11 @@ class DownloadRecords:
                 extra={"status": updated.record.status.value},
             )
             return updated.record
-        return _record(updated)
+        return updated
 
     def _conditional_update(
         self, request_id: int, expression: str, condition: str, values: dict[str, Any]
-    ) -> Item | Held:
+    ) -> DownloadRecord | Held:
         names = {name: field for name, field in _NAMES.items() if name in expression + condition}
         request: dict[str, Any] = {
             "TableName": self._table,
@@ -569,7 +564,7 @@ class DownloadRecords:
         try:
             answer = self._client.update_item(**request)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            if not is_condition_failure(error):
                 raise _store_error("UpdateItem", error) from None
             # With ReturnValuesOnConditionCheckFailure, the item as it was comes with the error.
             item: Item | None = error.response.get("Item")  # type: ignore[assignment]
@@ -579,7 +574,7 @@ class DownloadRecords:
             return Held(record)
         except BotoCoreError as error:
             raise _store_error("UpdateItem", error) from None
-        return answer["Attributes"]
+        return _record(answer["Attributes"])
 
 
 def _key(request_id: int) -> dict[str, Any]:

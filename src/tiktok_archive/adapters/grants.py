@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_clients import aws_failure
+from tiktok_archive.adapters.aws_clients import aws_failure, is_condition_failure
 from tiktok_archive.models.download import utc_now as _now
 from tiktok_archive.models.errors import RecordStoreError, TransferError
 from tiktok_archive.observability import logger
@@ -145,7 +145,7 @@ class Grants:
                 ExpressionAttributeValues=values,
             )
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if is_condition_failure(error):
                 logger.info("a refresh of this grant is running; its tokens are kept")
                 return
             raise _store_error("UpdateItem", error) from None
@@ -180,7 +180,7 @@ class Grants:
                 },
             )
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if is_condition_failure(error):
                 return None
             raise _store_error("UpdateItem", error) from None
         except BotoCoreError as error:
@@ -221,7 +221,7 @@ class Grants:
                 ExpressionAttributeValues=values,
             )
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if is_condition_failure(error):
                 return False
             raise _store_error("UpdateItem", error) from None
         except BotoCoreError as error:

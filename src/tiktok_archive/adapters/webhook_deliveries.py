@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_clients import aws_failure
+from tiktok_archive.adapters.aws_clients import aws_failure, is_condition_failure
 from tiktok_archive.models.download import format_utc, utc_now
 from tiktok_archive.models.errors import RecordStoreError
 
@@ -67,7 +67,7 @@ class WebhookDeliveries:
                 },
             )
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if is_condition_failure(error):
                 return False
             raise aws_failure(RecordStoreError, "DynamoDB PutItem", error) from None
         except BotoCoreError as error:
