@@ -116,41 +116,15 @@ class Grants:
             RecordStoreError: DynamoDB failed.
         """
         now = _now()
-        values = _token_values(tokens, now, self._retention)
-        values[":now"] = {"N": str(int(now.timestamp()))}
-        values[":zero"] = {"N": "0"}
-        values[":one"] = {"N": "1"}
-        sets = [
-            "sealed_access_token = :access",
-            "access_expires_at = :access_expires",
-            "version = if_not_exists(version, :zero) + :one",
-            "expires_at = :expires",
-        ]
-        removes: list[str] = []
-        if tokens.sealed_refresh_token is not None:
-            sets += ["sealed_refresh_token = :refresh", "refresh_expires_at = :refresh_expires"]
-        if tokens.user_openid is not None:
-            sets.append("user_openid = :user")
+        sets, values = _token_updates(tokens, now, self._retention)
+        sets.append("version = if_not_exists(version, :zero) + :one")
+        values.update({":now": _epoch(now), ":zero": {"N": "0"}, ":one": {"N": "1"}})
         if tokens.request_id is not None:
             sets.append("last_request_id = :request_id")
             values[":request_id"] = {"N": str(tokens.request_id)}
-        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
         condition = "attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now"
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(grant_id),
-                UpdateExpression=expression,
-                ConditionExpression=condition,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if is_condition_failure(error):
-                logger.info("a refresh of this grant is running; its tokens are kept")
-                return
-            raise _store_error("UpdateItem", error) from None
-        except BotoCoreError as error:
-            raise _store_error("UpdateItem", error) from None
+        if not self._update(grant_id, "SET " + ", ".join(sets), condition, values):
+            logger.info("a refresh of this grant is running; its tokens are kept")
 
     def take_refresh_lease(self, grant: Grant, lease: timedelta) -> str | None:
         """Take the grant's refresh lease if nobody holds it and the grant is still at ``grant.version``.
@@ -163,29 +137,19 @@ class Grants:
         """
         now = _now()
         owner = uuid.uuid4().hex
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(grant.grant_id),
-                UpdateExpression="SET refresh_owner = :owner, refresh_lease_until = :until",
-                ConditionExpression=(
-                    "version = :version AND "
-                    "(attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now)"
-                ),
-                ExpressionAttributeValues={
-                    ":owner": {"S": owner},
-                    ":until": {"N": str(int((now + lease).timestamp()) + 1)},
-                    ":version": {"N": str(grant.version)},
-                    ":now": {"N": str(int(now.timestamp()))},
-                },
-            )
-        except ClientError as error:
-            if is_condition_failure(error):
-                return None
-            raise _store_error("UpdateItem", error) from None
-        except BotoCoreError as error:
-            raise _store_error("UpdateItem", error) from None
-        return owner
+        taken = self._update(
+            grant.grant_id,
+            "SET refresh_owner = :owner, refresh_lease_until = :until",
+            "version = :version AND "
+            "(attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now)",
+            {
+                ":owner": {"S": owner},
+                ":until": {"N": str(int((now + lease).timestamp()) + 1)},
+                ":version": {"N": str(grant.version)},
+                ":now": _epoch(now),
+            },
+        )
+        return owner if taken else None
 
     def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> bool:
         """Write a refresh's rotated tokens and release the lease.
@@ -199,25 +163,28 @@ class Grants:
         Raises:
             RecordStoreError: DynamoDB failed (the rotated refresh token may then be lost: logged).
         """
-        now = _now()
-        values = _token_values(tokens, now, self._retention)
+        sets, values = _token_updates(tokens, _now(), self._retention)
+        sets.append("version = version + :one")
         values.update({":owner": {"S": owner}, ":version": {"N": str(grant.version)}, ":one": {"N": "1"}})
-        sets = [
-            "sealed_access_token = :access",
-            "access_expires_at = :access_expires",
-            "version = version + :one",
-            "expires_at = :expires",
-        ]
-        if tokens.sealed_refresh_token is not None:
-            sets += ["sealed_refresh_token = :refresh", "refresh_expires_at = :refresh_expires"]
-        if tokens.user_openid is not None:
-            sets.append("user_openid = :user")
+        return self._update(
+            grant.grant_id,
+            "SET " + ", ".join(sets) + " REMOVE refresh_owner, refresh_lease_until",
+            "refresh_owner = :owner OR version = :version",
+            values,
+        )
+
+    def _update(self, grant_id: str, expression: str, condition: str, values: dict[str, Any]) -> bool:
+        """One conditional UpdateItem; False when the condition did not hold.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
         try:
             self._client.update_item(
                 TableName=self._table,
-                Key=_key(grant.grant_id),
-                UpdateExpression="SET " + ", ".join(sets) + " REMOVE refresh_owner, refresh_lease_until",
-                ConditionExpression="refresh_owner = :owner OR version = :version",
+                Key=_key(grant_id),
+                UpdateExpression=expression,
+                ConditionExpression=condition,
                 ExpressionAttributeValues=values,
             )
         except ClientError as error:
@@ -267,19 +234,25 @@ def _epoch(moment: datetime) -> dict[str, str]:
     return {"N": str(int(moment.timestamp()))}
 
 
-def _token_values(tokens: SealedTokens, now: datetime, retention: timedelta) -> dict[str, Any]:
+def _token_updates(
+    tokens: SealedTokens, now: datetime, retention: timedelta
+) -> tuple[list[str], dict[str, Any]]:
+    """The SET clauses writing ``tokens`` and their values, each clause decided with its value."""
     lives_until = max(tokens.refresh_expires_at or tokens.access_expires_at, now) + retention
+    sets = ["sealed_access_token = :access", "access_expires_at = :access_expires", "expires_at = :expires"]
     values: dict[str, Any] = {
         ":access": {"S": tokens.sealed_access_token},
         ":access_expires": _epoch(tokens.access_expires_at),
         ":expires": _epoch(lives_until),
     }
     if tokens.sealed_refresh_token is not None and tokens.refresh_expires_at is not None:
+        sets += ["sealed_refresh_token = :refresh", "refresh_expires_at = :refresh_expires"]
         values[":refresh"] = {"S": tokens.sealed_refresh_token}
         values[":refresh_expires"] = _epoch(tokens.refresh_expires_at)
     if tokens.user_openid is not None:
+        sets.append("user_openid = :user")
         values[":user"] = {"S": tokens.user_openid}
-    return values
+    return sets, values
 
 
 def _moment(item: Item, name: str) -> datetime | None:
