@@ -5,8 +5,10 @@ from the queue and sits there for days. So the token is sealed by the :class:`To
 the ``request_id``: a ciphertext lifted into another message for another request does not open. Only
 the API may seal for this purpose, only the worker may open.
 
-Message body: ``{"request_id": "<decimal>", "encrypted_access_token": "<base64>"}``. Messages sent by
-a backend itself may carry ``access_token`` in clear instead (the queue is encrypted at rest).
+Message body: ``{"request_id": "<decimal>", "encrypted_access_token": "<base64>"}``, or
+``{"request_id": "<decimal>", "source": "grant"}`` for a request added with ``POST /requests`` (the
+user's stored grant provides the token). Messages sent by a backend itself may carry ``access_token``
+in clear instead (the queue is encrypted at rest).
 """
 
 from __future__ import annotations
@@ -53,12 +55,7 @@ class DownloadJobs:
             sealed = self._vault.seal(access_token, ACCESS_TOKEN_PURPOSE, job_binding(request_id))
         except TokenVaultError as error:
             raise QueueError(error.message) from None
-        body = {"request_id": str(request_id), "encrypted_access_token": sealed}
-        try:
-            answer = self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(body))
-        except (ClientError, BotoCoreError) as error:
-            raise aws_failure(QueueError, "SQS SendMessage", error) from None
-        return answer["MessageId"]
+        return self._send({"request_id": str(request_id), "encrypted_access_token": sealed})
 
     def send_for_grant(self, request_id: int) -> None:
         """Queue the download of a request whose token the user's stored grant provides.
@@ -66,11 +63,14 @@ class DownloadJobs:
         Raises:
             QueueError: SQS failed; nothing was queued.
         """
-        body = {"request_id": str(request_id), "source": "grant"}
+        self._send({"request_id": str(request_id), "source": "grant"})
+
+    def _send(self, body: dict[str, str]) -> str:
         try:
-            self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(body))
+            answer = self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(body))
         except (ClientError, BotoCoreError) as error:
             raise aws_failure(QueueError, "SQS SendMessage", error) from None
+        return answer["MessageId"]
 
 
 def open_job_token(vault: TokenVault, request_id: int, sealed: str) -> str:
