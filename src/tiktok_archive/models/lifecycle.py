@@ -7,6 +7,7 @@ from typing import Any
 
 from tiktok_archive.models.download import parse_request_id
 from tiktok_archive.models.errors import InvalidRequestError
+from tiktok_archive.models.webhook import AUTHORIZATION_REMOVED, DOWNLOAD_READY
 
 MAX_SEQ = 1_000_000
 
@@ -60,11 +61,11 @@ def parse_lifecycle_message(document: dict[str, Any]) -> LifecycleMessage:
     if document.get("kind") != "webhook":
         return parse_status_check(document)
     event = document.get("event")
-    if event == "portability.download.ready":
+    if event == DOWNLOAD_READY:
         return ArchiveReadyWork(parse_request_id(document.get("request_id")))
     user = document.get("user_openid")
     reason = document.get("reason")
-    if event == "authorization.removed" and isinstance(user, str) and user:
+    if event == AUTHORIZATION_REMOVED and isinstance(user, str) and user:
         return AuthorizationRemovedWork(
             user, reason if isinstance(reason, int) and not isinstance(reason, bool) else None
         )

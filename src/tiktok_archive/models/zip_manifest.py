@@ -27,7 +27,7 @@ MAX_NAME_CHARS = 200
 MAX_EXAMPLES = 5
 
 _CENTRAL = struct.Struct("<4s6H3L5H2L")  # the fixed 46 bytes of a central directory header
-_SIGNATURE = b"PK\x01\x02"
+CENTRAL_HEADER_SIGNATURE = b"PK\x01\x02"
 _UTF8_FLAG = 0x0800
 _ZIP64_EXTRA = 0x0001
 _ZIP64_EXTRA_HEADER = struct.Struct("<2H")  # tag, length
@@ -139,8 +139,8 @@ def _read(directory: bytes, max_entries: int) -> _Listing:
         name_at = at + header
         extra_at = name_at + fields[10]
         following = extra_at + fields[11] + fields[12]  # after the name, the extra field and the comment
-        if fields[0] != _SIGNATURE or following > end:
-            stopped = "damaged" if fields[0] != _SIGNATURE else _CUT
+        if fields[0] != CENTRAL_HEADER_SIGNATURE or following > end:
+            stopped = "damaged" if fields[0] != CENTRAL_HEADER_SIGNATURE else _CUT
             break
         flags, compressed, uncompressed = fields[3], fields[8], fields[9]
         if _ZIP64_MARK in (compressed, uncompressed):

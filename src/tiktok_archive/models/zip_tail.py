@@ -14,12 +14,11 @@ import struct
 from collections import deque
 
 from tiktok_archive.models.errors import ArchiveInvalidError
-from tiktok_archive.models.zip_manifest import DirectoryLocation
+from tiktok_archive.models.zip_manifest import CENTRAL_HEADER_SIGNATURE, DirectoryLocation
 
 EOCD_SIGNATURE = b"PK\x05\x06"
 ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
 ZIP64_EOCD_SIGNATURE = b"PK\x06\x06"
-CENTRAL_HEADER_SIGNATURE = b"PK\x01\x02"
 _EOCD = struct.Struct(
     "<4s4H2LH"
 )  # signature, disk, cd disk, entries here, entries, cd size, cd offset, comment
