@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tiktok_archive.models.download import is_token_shaped
+from tiktok_archive.models.download import MAX_TOKEN_LENGTH, is_token_shaped
 from tiktok_archive.models.errors import InvalidRequestError
 
 DATA_FORMATS = ("json", "text")
@@ -92,6 +92,11 @@ _NEW_REQUEST_FIELDS = frozenset({"data_format", "categories", "refresh_token", "
 MAX_OPEN_ID_LENGTH = 256
 
 
+def is_open_id(value: object) -> bool:
+    """Whether ``value`` can be a TikTok ``open_id``: 1 to :data:`MAX_OPEN_ID_LENGTH` visible ASCII."""
+    return isinstance(value, str) and is_token_shaped(value) and len(value) <= MAX_OPEN_ID_LENGTH
+
+
 def parse_new_request(document: dict[str, Any]) -> NewRequest:
     """Validate a ``POST /requests`` body (every field optional).
 
@@ -125,10 +130,8 @@ def parse_new_request(document: dict[str, Any]) -> NewRequest:
     if refresh_token is not None and (
         not isinstance(refresh_token, str) or not is_token_shaped(refresh_token)
     ):
-        raise InvalidRequestError("refresh_token must be 1 to 2,048 visible ASCII characters")
+        raise InvalidRequestError(f"refresh_token must be 1 to {MAX_TOKEN_LENGTH:,} visible ASCII characters")
     open_id = document.get("open_id")
-    if open_id is not None and (
-        not isinstance(open_id, str) or not is_token_shaped(open_id) or len(open_id) > MAX_OPEN_ID_LENGTH
-    ):
+    if open_id is not None and not is_open_id(open_id):
         raise InvalidRequestError(f"open_id must be 1 to {MAX_OPEN_ID_LENGTH} visible ASCII characters")
     return NewRequest(data_format, tuple(categories), refresh_token, open_id)

@@ -37,6 +37,7 @@ from tiktok_archive.models.errors import (
     WebhookSignatureMismatchError,
     WebhookTooLargeError,
 )
+from tiktok_archive.models.portability import MAX_OPEN_ID_LENGTH, is_open_id
 
 SIGNATURE_HEADER = "TikTok-Signature"
 DOWNLOAD_READY = "portability.download.ready"
@@ -46,14 +47,12 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 # Unix seconds have 10 digits until the year 2286; 12 leaves room and keeps int() of a hostile value cheap
 # (and below the interpreter's 4,300-digit conversion limit, which would raise ValueError).
 MAX_TIMESTAMP_DIGITS = 12
-MAX_OPENID_LENGTH = 256
 MAX_EVENT_LENGTH = 128
 
 _TIMESTAMP = re.compile(rf"[0-9]{{1,{MAX_TIMESTAMP_DIGITS}}}")
 _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 # RFC 9110 optional whitespace: the only whitespace tolerated, and only around the commas and the value.
 _OWS = " \t"
-_OPENID = re.compile(rf"[\x21-\x7e]{{1,{MAX_OPENID_LENGTH}}}")
 _EVENT = re.compile(rf"[\x21-\x7e]{{1,{MAX_EVENT_LENGTH}}}")
 _MALFORMED = f"the {SIGNATURE_HEADER} header must be exactly t=<unix seconds>,s=<64 hex digits>"
 
@@ -223,7 +222,7 @@ def parse_delivery(raw: bytes, *, client_key: str) -> WebhookEvent:
 
     - ``client_key``, ``event`` (1 to :data:`MAX_EVENT_LENGTH` visible ASCII) and ``create_time`` (a JSON
       integer in 0..2^63-1) are required for every event;
-    - ``user_openid``, when given, is 1 to :data:`MAX_OPENID_LENGTH` visible ASCII; absent, null or ``""``
+    - ``user_openid``, when given, is 1 to :data:`MAX_OPEN_ID_LENGTH` visible ASCII; absent, null or ``""``
       reads as None;
     - ``portability.download.ready``: ``content`` holds ``request_id``, a JSON integer or decimal string,
       an exact int in 1..2^63-1; ``user_openid`` is optional (the documented example has none);
@@ -374,6 +373,6 @@ def _content(value: object) -> dict[str, Any] | None:
 def _optional_openid(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not _OPENID.fullmatch(value):
-        raise WebhookPayloadError(f"user_openid must be 1 to {MAX_OPENID_LENGTH} visible ASCII characters")
-    return value
+    if not is_open_id(value):
+        raise WebhookPayloadError(f"user_openid must be 1 to {MAX_OPEN_ID_LENGTH} visible ASCII characters")
+    return str(value)

@@ -27,7 +27,7 @@ from tiktok_archive.models.errors import (
     TransferError,
     UpstreamBadResponseError,
 )
-from tiktok_archive.models.portability import AppCredentials, TokenGrant
+from tiktok_archive.models.portability import AppCredentials, TokenGrant, is_open_id
 from tiktok_archive.observability import hide, tracer
 
 TOKEN_PATH = "/v2/oauth/token/"  # noqa: S105 - a path, not a password
@@ -84,7 +84,7 @@ def _grant(document: dict[str, Any]) -> TokenGrant | None:
         expires_in=_positive(data.get("expires_in"), 7200),
         refresh_token=refresh,
         refresh_expires_in=_positive(data.get("refresh_expires_in"), 180 * 86400),
-        open_id=str(data["open_id"])[:200] if isinstance(data.get("open_id"), str) else None,
+        open_id=data["open_id"] if is_open_id(data.get("open_id")) else None,
         scope=str(data["scope"])[:1000] if isinstance(data.get("scope"), str) else None,
     )
 
