@@ -22,6 +22,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tiktok_archive.handlers.queue_failures import settle
 from tiktok_archive.models.download import parse_json_object
 from tiktok_archive.models.errors import HandedBackError, TransferError
 from tiktok_archive.models.lifecycle import (
@@ -77,11 +78,7 @@ def lifecycle_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
             message.request_id, message.seq, lambda_context.get_remaining_time_in_millis()
         )
     except TransferError as error:
-        fields = {**error.log_fields(), "message_id": record.message_id}
-        if error.is_transient:
-            logger.warning("message will be delivered again", extra=fields)
-            raise
-        logger.error("message acknowledged without retry: permanent failure", extra=fields)
+        settle(error, record, {}, postpone=False)
         return
     if outcome.rate_limited_for:
         _invocation.paused_until = time.monotonic() + outcome.rate_limited_for

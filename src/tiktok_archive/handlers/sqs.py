@@ -24,10 +24,11 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tiktok_archive.handlers.queue_failures import settle
 from tiktok_archive.models.download import parse_json_object, parse_queued_job, parse_request_id
 from tiktok_archive.models.errors import TransferError
 from tiktok_archive.observability import hide, logger, metrics, tracer
-from tiktok_archive.runtime import download_service, message_visibility, start_invocation
+from tiktok_archive.runtime import download_service, start_invocation
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -47,19 +48,8 @@ def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
         hide(job.access_token)
         download_service().download_job(job, lambda_context.get_remaining_time_in_millis())
     except TransferError as error:
-        fields = {
-            **error.log_fields(),
-            "message_id": record.message_id,
-            "request_id": None if request_id is None else str(request_id),
-        }
-        if error.is_transient:
-            if error.redeliver_after is not None:
-                # e.g. TikTok's Retry-After: back then, not after the queue's whole visibility timeout.
-                message_visibility().postpone(record.queue_url, record.receipt_handle, error.redeliver_after)
-                fields["redelivered_after_seconds"] = error.redeliver_after
-            logger.warning("message will be delivered again", extra=fields)
-            raise
-        logger.error("message acknowledged without retry: permanent failure", extra=fields)
+        request = {"request_id": None if request_id is None else str(request_id)}
+        settle(error, record, request, postpone=True)
 
 
 @logger.inject_lambda_context(log_event=False)

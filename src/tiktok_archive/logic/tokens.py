@@ -118,8 +118,8 @@ class TokenService:
         grant = self.find(grant_id)
         return grant.user_openid if grant else None
 
-    def access_token(self, grant_id: str, deadline: Deadline, *, refresh: bool = False) -> str:
-        """An access token of the grant with :data:`FRESH_FOR` ahead of it (``refresh``: a new one).
+    def access_token(self, grant_id: str, deadline: Deadline) -> str:
+        """An access token of the grant with :data:`FRESH_FOR` ahead of it.
 
         Raises:
             ReauthorizationRequiredError: no grant, no refresh token for an expiring access token, or
@@ -127,7 +127,7 @@ class TokenService:
             TokenRefreshInProgressError: another invocation's refresh did not finish in time (transient).
             AppCredentialsError / TikTokApiError / TransferError: the refresh failed otherwise.
         """
-        return self._token(self._grant(grant_id), deadline, refresh=refresh)[0]
+        return self._token(self._grant(grant_id), deadline)[0]
 
     def with_access_token(self, grant_id: str, deadline: Deadline, use: Callable[[str], T]) -> T:
         """``use(token)`` with a fresh access token of the grant.
