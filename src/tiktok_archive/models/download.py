@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tiktok_archive.models.errors import InvalidRequestError, MissingTokenError
+from tiktok_archive.models.errors import InvalidRequestError, MissingTokenError, TransferError
 
 INT64_MAX = 2**63 - 1
 _UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -173,15 +174,27 @@ def parse_json_object(body: str | bytes | None) -> dict[str, Any]:
     """
     if body is None or not body.strip():
         raise InvalidRequestError("a JSON body is required")
+    return load_json_object(body, "the body", InvalidRequestError)
+
+
+def load_json_object(
+    text: str | bytes, what: str, error: Callable[[str], TransferError], **options: Any
+) -> dict[str, Any]:
+    """``text`` (bytes: UTF-8) as a JSON object; ``options`` go to :func:`json.loads`.
+
+    Raises:
+        ``error("<what> …")``: not UTF-8, not JSON (or refused by ``options``' hooks), nested too
+            deeply, or not an object.
+    """
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequestError("the body is not valid JSON") from None
+        document = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text, **options)
+    except ValueError:  # UnicodeDecodeError is one, as are the hooks' refusals
+        raise error(f"{what} is not valid JSON") from None
     except RecursionError:
-        # json.loads recurses once per nesting level: a body of 100,000 "[" exhausts the stack.
-        raise InvalidRequestError("the body is nested too deeply") from None
+        # json.loads recurses once per nesting level: 100,000 "[" exhaust the stack.
+        raise error(f"{what} is nested too deeply") from None
     if not isinstance(document, dict):
-        raise InvalidRequestError("the body must be a JSON object")
+        raise error(f"{what} must be a JSON object")
     return document
 
 

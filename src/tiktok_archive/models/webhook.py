@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn, TypeAlias
 
-from tiktok_archive.models.download import INT64_MAX, parse_request_id
+from tiktok_archive.models.download import INT64_MAX, load_json_object, parse_request_id
 from tiktok_archive.models.errors import (
     AppCredentialsError,
     InvalidRequestError,
@@ -341,22 +341,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _json_object(text: str | bytes, what: str) -> dict[str, Any]:
-    try:
-        document = json.loads(
-            text.decode("utf-8") if isinstance(text, bytes) else text,
-            parse_float=Decimal,
-            parse_constant=_refuse,
-            object_pairs_hook=_unique_keys,
-        )
-    except ValueError:
-        # Not UTF-8, not JSON, NaN/Infinity, a repeated key, or an integer past the 4,300-digit limit.
-        raise WebhookPayloadError(f"{what} is not valid JSON") from None
-    except RecursionError:
-        # json.loads recurses once per nesting level: 100,000 "[" exhaust the stack.
-        raise WebhookPayloadError(f"{what} is nested too deeply") from None
-    if not isinstance(document, dict):
-        raise WebhookPayloadError(f"{what} must be a JSON object")
-    return document
+    # Refused as not JSON besides: NaN/Infinity, a repeated key, an integer past the 4,300-digit limit.
+    return load_json_object(
+        text,
+        what,
+        WebhookPayloadError,
+        parse_float=Decimal,
+        parse_constant=_refuse,
+        object_pairs_hook=_unique_keys,
+    )
 
 
 def _content(value: object) -> dict[str, Any] | None:
