@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from tiktok_archive.models.errors import InvalidRequestError, MissingTokenError, TransferError
 
@@ -83,6 +83,11 @@ def format_utc(moment: datetime) -> str:
 def parse_utc(text: str) -> datetime:
     """The inverse of :func:`format_utc`."""
     return datetime.strptime(text, _UTC_FORMAT).replace(tzinfo=UTC)
+
+
+def is_int_in(value: object, low: int, high: int) -> TypeGuard[int]:
+    """Whether ``value`` is a whole number (a JSON integer, not a boolean) within ``low``..``high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def parse_request_id(value: object) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tiktok_archive.models.download import parse_request_id
+from tiktok_archive.models.download import INT64_MAX, is_int_in, parse_request_id
 from tiktok_archive.models.errors import InvalidRequestError
 from tiktok_archive.models.webhook import AUTHORIZATION_REMOVED, DOWNLOAD_READY
 
@@ -29,7 +29,7 @@ def parse_status_check(document: dict[str, Any]) -> StatusCheck:
     if document.get("kind") != "check":
         raise InvalidRequestError("not a status check message")
     seq = document.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+    if not is_int_in(seq, 0, MAX_SEQ):
         raise InvalidRequestError("seq must be a whole number")
     return StatusCheck(parse_request_id(document.get("request_id")), seq)
 
@@ -66,7 +66,5 @@ def parse_lifecycle_message(document: dict[str, Any]) -> LifecycleMessage:
     user = document.get("user_openid")
     reason = document.get("reason")
     if event == AUTHORIZATION_REMOVED and isinstance(user, str) and user:
-        return AuthorizationRemovedWork(
-            user, reason if isinstance(reason, int) and not isinstance(reason, bool) else None
-        )
+        return AuthorizationRemovedWork(user, reason if is_int_in(reason, -INT64_MAX, INT64_MAX) else None)
     raise InvalidRequestError("not a lifecycle message")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn, TypeAlias
 
-from tiktok_archive.models.download import INT64_MAX, load_json_object, parse_request_id
+from tiktok_archive.models.download import INT64_MAX, is_int_in, load_json_object, parse_request_id
 from tiktok_archive.models.errors import (
     AppCredentialsError,
     InvalidRequestError,
@@ -252,7 +252,7 @@ def parse_delivery(raw: bytes, *, client_key: str) -> WebhookEvent:
     if not isinstance(event, str) or not _EVENT.fullmatch(event):
         raise WebhookPayloadError(f"event must be 1 to {MAX_EVENT_LENGTH} visible ASCII characters")
     create_time = envelope.get("create_time")
-    if isinstance(create_time, bool) or not isinstance(create_time, int) or not 0 <= create_time <= INT64_MAX:
+    if not is_int_in(create_time, 0, INT64_MAX):
         raise WebhookPayloadError("create_time must be a JSON integer of Unix seconds")
     user_openid = _optional_openid(envelope.get("user_openid"))
     delivery_id = hashlib.sha256(raw).hexdigest()
@@ -270,9 +270,7 @@ def parse_delivery(raw: bytes, *, client_key: str) -> WebhookEvent:
             raise WebhookPayloadError(f"{AUTHORIZATION_REMOVED} must name the user in user_openid")
         content = _content(envelope.get("content"))
         reason = None if content is None else content.get("reason")
-        if reason is not None and (
-            isinstance(reason, bool) or not isinstance(reason, int) or abs(reason) > INT64_MAX
-        ):
+        if reason is not None and not is_int_in(reason, -INT64_MAX, INT64_MAX):
             raise WebhookPayloadError("content: reason must be an integer")
         return AuthorizationRemoved(user_openid, reason, create_time, delivery_id)
     return OtherEvent(event, user_openid, create_time, delivery_id)

@@ -16,7 +16,7 @@ from tiktok_archive.adapters.tiktok.transport import (
     succeeded,
     tiktok_failure,
 )
-from tiktok_archive.models.download import INT64_MAX, DownloadRequest
+from tiktok_archive.models.download import INT64_MAX, DownloadRequest, is_int_in
 from tiktok_archive.models.errors import UpstreamBadResponseError
 from tiktok_archive.models.portability import RequestStatus
 from tiktok_archive.observability import tracer
@@ -137,11 +137,9 @@ def _int64(value: object) -> int | None:
         return None
     if isinstance(value, str) and value.isdigit() and len(value) <= 19:
         value = int(value)
-    return value if isinstance(value, int) and 0 < value <= INT64_MAX else None
+    return value if is_int_in(value, 1, INT64_MAX) else None
 
 
 def _seconds(value: object) -> int | None:
     """A Unix time in seconds; None for absent, zero or nonsense."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**40:
-        return None
-    return value
+    return value if is_int_in(value, 1, 2**40 - 1) else None
