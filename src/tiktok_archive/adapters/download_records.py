@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_clients import aws_failure, is_condition_failure
+from tiktok_archive.adapters.aws_clients import is_condition_failure
+from tiktok_archive.adapters.dynamodb_items import Item, number_field, store_error, string_field
 from tiktok_archive.models.download import format_utc, parse_utc
 from tiktok_archive.models.download import utc_now as _now
 from tiktok_archive.models.download_record import (
@@ -38,7 +39,6 @@ from tiktok_archive.observability import logger
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-Item = Mapping[str, Any]
 BY_USER_INDEX = "by-user"
 _NAMES = {"#status": "status", "#key": "key", "#bucket": "bucket"}
 _ERROR_FIELDS = "error_code, error_message, error_log_id, error_transient"
@@ -90,7 +90,7 @@ class DownloadRecords:
         try:
             answer = self._client.get_item(TableName=self._table, Key=_key(request_id), ConsistentRead=True)
         except (ClientError, BotoCoreError) as error:
-            raise _store_error("GetItem", error) from None
+            raise store_error("GetItem", error) from None
         item = answer.get("Item")
         return _record(item) if item else None
 
@@ -114,7 +114,7 @@ class DownloadRecords:
             try:
                 answer = self._client.query(**query)
             except (ClientError, BotoCoreError) as error:
-                raise _store_error("Query", error) from None
+                raise store_error("Query", error) from None
             records += [_record(item) for item in answer.get("Items", [])]
             start = answer.get("LastEvaluatedKey")
             if not start:
@@ -140,7 +140,7 @@ class DownloadRecords:
                 Limit=limit,
             )
         except (ClientError, BotoCoreError) as error:
-            raise _store_error("Query", error) from None
+            raise store_error("Query", error) from None
         return [_record(item) for item in answer.get("Items", [])]
 
     # -- a request added with POST /requests ----------------------------------------------------------
@@ -323,7 +323,7 @@ class DownloadRecords:
             if not is_condition_failure(error):
                 logger.warning(
                     "the request's user was not recorded",
-                    extra=_store_error("UpdateItem", error).log_fields(),
+                    extra=store_error("UpdateItem", error).log_fields(),
                 )
 
     # -- a download ------------------------------------------------------------------------------
@@ -565,7 +565,7 @@ class DownloadRecords:
             answer = self._client.update_item(**request)
         except ClientError as error:
             if not is_condition_failure(error):
-                raise _store_error("UpdateItem", error) from None
+                raise store_error("UpdateItem", error) from None
             # With ReturnValuesOnConditionCheckFailure, the item as it was comes with the error.
             item: Item | None = error.response.get("Item")  # type: ignore[assignment]
             record = _record(item) if item else self.get(request_id)
@@ -573,7 +573,7 @@ class DownloadRecords:
                 raise RecordStoreError("the download record does not exist") from None
             return Held(record)
         except BotoCoreError as error:
-            raise _store_error("UpdateItem", error) from None
+            raise store_error("UpdateItem", error) from None
         return _record(answer["Attributes"])
 
 
@@ -603,74 +603,60 @@ def _parse_time(item: Item, name: str) -> datetime | None:
     return parse_utc(value) if value else None
 
 
-def _number(item: Item, name: str) -> int | None:
-    value = item.get(name, {}).get("N")
-    return int(value) if value is not None else None
-
-
-def _string(item: Item, name: str) -> str | None:
-    value = item.get(name, {}).get("S")
-    return str(value) if value is not None else None
-
-
 def _record(item: Item) -> DownloadRecord:
-    lease = _number(item, "lease_expires_at")
+    lease = number_field(item, "lease_expires_at")
     error = None
-    code = _string(item, "error_code")
+    code = string_field(item, "error_code")
     if code is not None:
         error = RecordedError(
             code,
-            _string(item, "error_message") or "",
-            _string(item, "error_log_id"),
+            string_field(item, "error_message") or "",
+            string_field(item, "error_log_id"),
             bool(item.get("error_transient", {}).get("BOOL", False)),
         )
     preparation = None
-    data_format = _string(item, "data_format")
+    data_format = string_field(item, "data_format")
     if data_format is not None:
         preparation = Preparation(
             data_format=data_format,
             categories=tuple(c.get("S", "") for c in item.get("categories", {}).get("L", [])),
-            tiktok_status=_string(item, "tiktok_status"),
+            tiktok_status=string_field(item, "tiktok_status"),
             apply_time=_parse_time(item, "apply_time"),
             collect_time=_parse_time(item, "collect_time"),
             next_check_at=_parse_time(item, "next_check_at"),
-            checks=_number(item, "checks") or 0,
+            checks=number_field(item, "checks") or 0,
             give_up_at=_parse_time(item, "give_up_at"),
         )
     progress = None
     progress_at = _parse_time(item, "progress_at")
     if progress_at is not None:
         progress = Progress(
-            bytes_received=_number(item, "progress_bytes") or 0,
-            parts_uploaded=_number(item, "progress_parts") or 0,
+            bytes_received=number_field(item, "progress_bytes") or 0,
+            parts_uploaded=number_field(item, "progress_parts") or 0,
             mib_per_second=float(item.get("progress_mib_s", {}).get("N", "0")),
             at=progress_at,
         )
-    manifest_text = _string(item, "manifest")
+    manifest_text = string_field(item, "manifest")
     created = _parse_time(item, "created_at") or _now()
     return DownloadRecord(
         request_id=int(item["request_id"]["S"]),
         # moto applies an update in steps; a reader may see an item before its status (treated queued).
-        status=DownloadStatus(_string(item, "status") or DownloadStatus.QUEUED.value),
+        status=DownloadStatus(string_field(item, "status") or DownloadStatus.QUEUED.value),
         created_at=created,
         updated_at=_parse_time(item, "updated_at") or created,
-        attempts=_number(item, "attempts") or 0,
-        bucket=_string(item, "bucket"),
-        key=_string(item, "key"),
-        size_bytes=_number(item, "size_bytes"),
-        checksum=_string(item, "checksum"),
+        attempts=number_field(item, "attempts") or 0,
+        bucket=string_field(item, "bucket"),
+        key=string_field(item, "key"),
+        size_bytes=number_field(item, "size_bytes"),
+        checksum=string_field(item, "checksum"),
         completed_at=_parse_time(item, "completed_at"),
         error=error,
         lease_expires_at=datetime.fromtimestamp(lease, UTC) if lease is not None else None,
-        user_openid=_string(item, "user_openid"),
-        grant_id=_string(item, "grant_id"),
+        user_openid=string_field(item, "user_openid"),
+        grant_id=string_field(item, "grant_id"),
         preparation=preparation,
-        poll_seq=_number(item, "poll_seq") or 0,
-        poll_interval=_number(item, "poll_interval"),
+        poll_seq=number_field(item, "poll_seq") or 0,
+        poll_interval=number_field(item, "poll_interval"),
         progress=progress,
         manifest=json.loads(manifest_text) if manifest_text else None,
     )
-
-
-def _store_error(operation: str, error: BaseException) -> TransferError:
-    return aws_failure(RecordStoreError, f"DynamoDB {operation}", error)

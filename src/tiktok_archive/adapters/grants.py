@@ -15,22 +15,19 @@ before anyone uses the new access token.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_clients import aws_failure, is_condition_failure
+from tiktok_archive.adapters.aws_clients import is_condition_failure
+from tiktok_archive.adapters.dynamodb_items import Item, store_error, string_field
 from tiktok_archive.models.download import utc_now as _now
-from tiktok_archive.models.errors import RecordStoreError, TransferError
 from tiktok_archive.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
-
-Item = Mapping[str, Any]
 
 
 def user_grant_id(user_openid: str) -> str:
@@ -103,7 +100,7 @@ class Grants:
         try:
             answer = self._client.get_item(TableName=self._table, Key=_key(grant_id), ConsistentRead=True)
         except (ClientError, BotoCoreError) as error:
-            raise _store_error("GetItem", error) from None
+            raise store_error("GetItem", error) from None
         item = answer.get("Item")
         return _grant(item) if item else None
 
@@ -190,9 +187,9 @@ class Grants:
         except ClientError as error:
             if is_condition_failure(error):
                 return False
-            raise _store_error("UpdateItem", error) from None
+            raise store_error("UpdateItem", error) from None
         except BotoCoreError as error:
-            raise _store_error("UpdateItem", error) from None
+            raise store_error("UpdateItem", error) from None
         return True
 
     def release_refresh_lease(self, grant_id: str, owner: str) -> None:
@@ -222,7 +219,7 @@ class Grants:
                 TableName=self._table, Key=_key(grant_id), ReturnValues="ALL_OLD"
             )
         except (ClientError, BotoCoreError) as error:
-            raise _store_error("DeleteItem", error) from None
+            raise store_error("DeleteItem", error) from None
         return 1 if answer.get("Attributes") else 0
 
 
@@ -260,25 +257,16 @@ def _moment(item: Item, name: str) -> datetime | None:
     return datetime.fromtimestamp(int(value), UTC) if value is not None else None
 
 
-def _string(item: Item, name: str) -> str | None:
-    value = item.get(name, {}).get("S")
-    return str(value) if value is not None else None
-
-
 def _grant(item: Item) -> Grant:
     return Grant(
         grant_id=str(item["grant_id"]["S"]),
         version=int(item.get("version", {}).get("N", "0")),
-        sealed_access_token=_string(item, "sealed_access_token"),
+        sealed_access_token=string_field(item, "sealed_access_token"),
         access_expires_at=_moment(item, "access_expires_at"),
-        sealed_refresh_token=_string(item, "sealed_refresh_token"),
+        sealed_refresh_token=string_field(item, "sealed_refresh_token"),
         refresh_expires_at=_moment(item, "refresh_expires_at"),
-        user_openid=_string(item, "user_openid"),
-        refresh_owner=_string(item, "refresh_owner"),
+        user_openid=string_field(item, "user_openid"),
+        refresh_owner=string_field(item, "refresh_owner"),
         refresh_lease_until=_moment(item, "refresh_lease_until"),
         last_request_id=int(item["last_request_id"]["N"]) if "last_request_id" in item else None,
     )
-
-
-def _store_error(operation: str, error: BaseException) -> TransferError:
-    return aws_failure(RecordStoreError, f"DynamoDB {operation}", error)

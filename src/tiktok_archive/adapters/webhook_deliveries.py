@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.aws_clients import aws_failure, is_condition_failure
+from tiktok_archive.adapters.aws_clients import is_condition_failure
+from tiktok_archive.adapters.dynamodb_items import store_error
 from tiktok_archive.models.download import format_utc, utc_now
-from tiktok_archive.models.errors import RecordStoreError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -69,9 +69,9 @@ class WebhookDeliveries:
         except ClientError as error:
             if is_condition_failure(error):
                 return False
-            raise aws_failure(RecordStoreError, "DynamoDB PutItem", error) from None
+            raise store_error("PutItem", error) from None
         except BotoCoreError as error:
-            raise aws_failure(RecordStoreError, "DynamoDB PutItem", error) from None
+            raise store_error("PutItem", error) from None
         return True
 
     def queued(self, delivery_id: str) -> None:

@@ -1,0 +1,28 @@
+"""What the DynamoDB adapters share: an item's typed fields, and DynamoDB's failures as the taxonomy's."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tiktok_archive.adapters.aws_clients import aws_failure
+from tiktok_archive.models.errors import RecordStoreError, TransferError
+
+Item = Mapping[str, Any]
+
+
+def string_field(item: Item, name: str) -> str | None:
+    """The item's string attribute ``name``, or None."""
+    value = item.get(name, {}).get("S")
+    return str(value) if value is not None else None
+
+
+def number_field(item: Item, name: str) -> int | None:
+    """The item's (whole) number attribute ``name``, or None."""
+    value = item.get(name, {}).get("N")
+    return int(value) if value is not None else None
+
+
+def store_error(operation: str, error: BaseException) -> TransferError:
+    """``RecordStoreError("DynamoDB <operation> failed: …")`` (or ``deadline_exceeded``)."""
+    return aws_failure(RecordStoreError, f"DynamoDB {operation}", error)
