@@ -128,8 +128,11 @@ class DownloadService:
         if not link:
             stored = self._records.get(request.request_id)
             if stored is not None and stored.status.final:
-                logger.info("nothing to download", extra={"status": stored.status.value})
-                return Answer(stored)
+                return _nothing_to_download(stored)
+        return self._claimed_download(request, remaining_ms, link=link)
+
+    def _claimed_download(self, request: DownloadRequest, remaining_ms: int, *, link: bool) -> Answer:
+        """Once TikTok confirmed owner and readiness, the download under the record's claim."""
         stored = self._ready_or_stored(request, remaining_ms)
         if stored is not None:
             return self._held(stored, request, link=link)
@@ -218,14 +221,14 @@ class DownloadService:
             if record is None or record.grant_id is None:
                 raise DownloadNotFoundError("no request added with POST /requests has this request_id")
             if record.status.final:
-                logger.info("nothing to download", extra={"status": record.status.value})
-                return Answer(record)
-        deadline = self._transfer.deadline(remaining_ms)
-        return self._tokens().with_access_token(
-            record.grant_id,
-            deadline,
-            lambda token: self.download(DownloadRequest(request_id, token), remaining_ms, link=False),
-        )
+                return _nothing_to_download(record)
+            return self._tokens().with_access_token(
+                record.grant_id,
+                self._transfer.deadline(remaining_ms),
+                lambda token: self._claimed_download(
+                    DownloadRequest(request_id, token), remaining_ms, link=False
+                ),
+            )
 
     def queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
         """Queue ``request`` for the worker (``Prefer: respond-async``) once TikTok confirms the owner.
@@ -372,6 +375,12 @@ class _ProgressReporter:
             )
             raise _ended(held.record.status)
         raise DownloadInProgressError("another invocation took this download over")
+
+
+def _nothing_to_download(record: DownloadRecord) -> Answer:
+    """A job's answer when the record is final: stored, or ended (nothing is downloaded again)."""
+    logger.info("nothing to download", extra={"status": record.status.value})
+    return Answer(record)
 
 
 def _ended(status: DownloadStatus) -> TransferError:
