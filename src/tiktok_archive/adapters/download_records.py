@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import is_condition_failure
-from tiktok_archive.adapters.dynamodb_items import Item, number_field, store_error, string_field
+from tiktok_archive.adapters.dynamodb_items import (
+    Item,
+    epoch_value,
+    lease_value,
+    number_field,
+    store_error,
+    string_field,
+)
 from tiktok_archive.models.download import format_utc, parse_utc
 from tiktok_archive.models.download import utc_now as _now
 from tiktok_archive.models.download_record import (
@@ -171,7 +178,7 @@ class DownloadRecords:
             ":give_up": {"S": format_utc(_required(preparation.give_up_at))},
             ":interval": {"N": str(poll_interval)},
             ":bucket": {"S": WAITING_BUCKET},
-            ":expires": {"N": str(int((_required(preparation.give_up_at) + self._retention).timestamp()))},
+            ":expires": epoch_value(_required(preparation.give_up_at) + self._retention),
         }
         user = ""
         if user_openid:
@@ -226,7 +233,7 @@ class DownloadRecords:
         """
         values = self._check_values(seq, "downloading", apply_time, collect_time)
         values[":queued"] = {"S": DownloadStatus.QUEUED.value}
-        values[":lease"] = {"N": str(int((_now() + lease).timestamp()) + 1)}
+        values[":lease"] = lease_value(_now(), lease)
         expression = (
             f"{self._check_expression(values)}, #status = :queued, lease_expires_at = :lease "
             f"REMOVE {_SCHEDULE_FIELDS}"
@@ -244,7 +251,7 @@ class DownloadRecords:
             ":waiting": {"S": DownloadStatus.WAITING.value},
             ":queued": {"S": DownloadStatus.QUEUED.value},
             ":now": {"S": format_utc(now)},
-            ":lease": {"N": str(int((now + lease).timestamp()) + 1)},
+            ":lease": lease_value(now, lease),
             ":one": {"N": "1"},
         }
         expression = (
@@ -277,7 +284,7 @@ class DownloadRecords:
         values: dict[str, Any] = {
             ":status": {"S": status.value},
             ":now": {"S": format_utc(now)},
-            ":expires": {"N": str(int((now + self._retention).timestamp()))},
+            ":expires": epoch_value(now + self._retention),
         }
         sets = ["#status = :status", "updated_at = :now", "expires_at = :expires"]
         removes = [_LEASE_FIELDS, _SCHEDULE_FIELDS, _PROGRESS_FIELDS]
@@ -341,14 +348,14 @@ class DownloadRecords:
             ":queued": {"S": DownloadStatus.QUEUED.value},
             ":failed": {"S": DownloadStatus.FAILED.value},
             ":now": {"S": format_utc(now)},
-            ":now_epoch": {"N": str(int(now.timestamp()))},
-            ":lease": {"N": str(int((now + lease).timestamp()) + 1)},
+            ":now_epoch": epoch_value(now),
+            ":lease": lease_value(now, lease),
             ":owner": {"S": owner},
             ":zero": {"N": "0"},
             ":one": {"N": "1"},
             ":bucket": {"S": bucket},
             ":key": {"S": key},
-            ":expires": {"N": str(int((now + self._retention).timestamp()))},
+            ":expires": epoch_value(now + self._retention),
         }
         expression = (
             "SET #status = :in_progress, lease_expires_at = :lease, lease_owner = :owner, "
@@ -382,11 +389,11 @@ class DownloadRecords:
             ":waiting": {"S": DownloadStatus.WAITING.value},
             ":failed": {"S": DownloadStatus.FAILED.value},
             ":now": {"S": format_utc(now)},
-            ":now_epoch": {"N": str(int(now.timestamp()))},
-            ":lease": {"N": str(int((now + lease).timestamp()) + 1)},
+            ":now_epoch": epoch_value(now),
+            ":lease": lease_value(now, lease),
             ":zero": {"N": "0"},
             ":one": {"N": "1"},
-            ":expires": {"N": str(int((now + self._retention).timestamp()))},
+            ":expires": epoch_value(now + self._retention),
         }
         expression = (
             "SET #status = :queued, lease_expires_at = :lease, updated_at = :now, "
@@ -445,7 +452,7 @@ class DownloadRecords:
             ":size": {"N": str(size_bytes)},
             ":checksum": {"S": checksum},
             ":owner": {"S": claim.owner},
-            ":expires": {"N": str(int((now + self._retention).timestamp()))},
+            ":expires": epoch_value(now + self._retention),
         }
         manifest_field = ""
         if manifest is not None:
@@ -469,7 +476,7 @@ class DownloadRecords:
             ":failed": {"S": DownloadStatus.FAILED.value},
             ":now": {"S": format_utc(now)},
             ":owner": {"S": claim.owner},
-            ":expires": {"N": str(int((now + self._retention).timestamp()))},
+            ":expires": epoch_value(now + self._retention),
             **_error_values(error),
         }
         log_id = "" if error.log_id is None else ", error_log_id = :log_id"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from tiktok_archive.adapters.aws_clients import aws_failure
@@ -26,3 +27,13 @@ def number_field(item: Item, name: str) -> int | None:
 def store_error(operation: str, error: BaseException) -> TransferError:
     """``RecordStoreError("DynamoDB <operation> failed: …")`` (or ``deadline_exceeded``)."""
     return aws_failure(RecordStoreError, f"DynamoDB {operation}", error)
+
+
+def epoch_value(moment: datetime) -> dict[str, str]:
+    """``moment`` as a DynamoDB number of Unix seconds (what TTL and the lease conditions compare)."""
+    return {"N": str(int(moment.timestamp()))}
+
+
+def lease_value(now: datetime, lease: timedelta) -> dict[str, str]:
+    """When a lease of ``lease`` taken ``now`` lapses, rounded up to the next whole second."""
+    return {"N": str(int((now + lease).timestamp()) + 1)}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import is_condition_failure
-from tiktok_archive.adapters.dynamodb_items import Item, store_error, string_field
+from tiktok_archive.adapters.dynamodb_items import Item, epoch_value, lease_value, store_error, string_field
 from tiktok_archive.models.download import utc_now as _now
 from tiktok_archive.observability import logger
 
@@ -115,7 +115,7 @@ class Grants:
         now = _now()
         sets, values = _token_updates(tokens, now, self._retention)
         sets.append("version = if_not_exists(version, :zero) + :one")
-        values.update({":now": _epoch(now), ":zero": {"N": "0"}, ":one": {"N": "1"}})
+        values.update({":now": epoch_value(now), ":zero": {"N": "0"}, ":one": {"N": "1"}})
         if tokens.request_id is not None:
             sets.append("last_request_id = :request_id")
             values[":request_id"] = {"N": str(tokens.request_id)}
@@ -141,9 +141,9 @@ class Grants:
             "(attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now)",
             {
                 ":owner": {"S": owner},
-                ":until": {"N": str(int((now + lease).timestamp()) + 1)},
+                ":until": lease_value(now, lease),
                 ":version": {"N": str(grant.version)},
-                ":now": _epoch(now),
+                ":now": epoch_value(now),
             },
         )
         return owner if taken else None
@@ -227,10 +227,6 @@ def _key(grant_id: str) -> dict[str, Any]:
     return {"grant_id": {"S": grant_id}}
 
 
-def _epoch(moment: datetime) -> dict[str, str]:
-    return {"N": str(int(moment.timestamp()))}
-
-
 def _token_updates(
     tokens: SealedTokens, now: datetime, retention: timedelta
 ) -> tuple[list[str], dict[str, Any]]:
@@ -239,13 +235,13 @@ def _token_updates(
     sets = ["sealed_access_token = :access", "access_expires_at = :access_expires", "expires_at = :expires"]
     values: dict[str, Any] = {
         ":access": {"S": tokens.sealed_access_token},
-        ":access_expires": _epoch(tokens.access_expires_at),
-        ":expires": _epoch(lives_until),
+        ":access_expires": epoch_value(tokens.access_expires_at),
+        ":expires": epoch_value(lives_until),
     }
     if tokens.sealed_refresh_token is not None and tokens.refresh_expires_at is not None:
         sets += ["sealed_refresh_token = :refresh", "refresh_expires_at = :refresh_expires"]
         values[":refresh"] = {"S": tokens.sealed_refresh_token}
-        values[":refresh_expires"] = _epoch(tokens.refresh_expires_at)
+        values[":refresh_expires"] = epoch_value(tokens.refresh_expires_at)
     if tokens.user_openid is not None:
         sets.append("user_openid = :user")
         values[":user"] = {"S": tokens.user_openid}
