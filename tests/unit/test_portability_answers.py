@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from urllib3 import HTTPResponse
 
-from tests.harness.tokens import CHECK_STATUS_EXAMPLE
+from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, open_id, refresh_token
 from tiktok_archive.adapters.tiktok.budget import AttemptBudget
+from tiktok_archive.adapters.tiktok.oauth import _grant
 from tiktok_archive.adapters.tiktok.portability import PortabilityEndpoints
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
@@ -73,3 +74,32 @@ def test_an_error_answer_keeps_tiktoks_code_and_log_id_even_with_200() -> None:
         401,
         "L1",
     )
+
+
+OPEN_ID = open_id()
+
+
+# -- OAuth refresh answers --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        (OPEN_ID, OPEN_ID),
+        ("x" * 256, "x" * 256),
+        ("x" * 257, None),  # not an open_id: dropped, not cut to a prefix that names nobody
+        ("has space", None),
+        (12345, None),
+    ],
+)
+def test_a_refresh_answer_keeps_tiktoks_open_id_only_when_it_is_one(given: object, kept: str | None) -> None:
+    answer = {
+        "access_token": access_token(),
+        "expires_in": 7200,
+        "refresh_token": refresh_token(),
+        "refresh_expires_in": 15552000,
+        "open_id": given,
+        "scope": "user.info.basic,portability.all.single",
+        "token_type": "Bearer",
+    }
+    grant = _grant(answer)
+    assert grant is not None
+    assert grant.open_id == kept
