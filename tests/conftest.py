@@ -66,6 +66,17 @@ SECRETS = SecretRegistry()
 # The sample events' token, and TikTok's own example token, are secrets like any other.
 SECRETS.tokens.update({DEMO_TOKEN, DEMO_REFRESH_TOKEN, CHECK_STATUS_EXAMPLE})
 SECRETS.plain.add(APP_SECRET["client_secret"])
+# The callers: a backend's role, and another principal of the account that may call the API too.
+BACKEND = "arn:aws:sts::123456789012:assumed-role/tiktok-archive-backend/backend-7f3a"
+OTHER = "arn:aws:sts::123456789012:assumed-role/another-backend/other-91c2"
+BACKEND_CALLER = "arn:aws:sts::123456789012:assumed-role/tiktok-archive-backend"
+OTHER_CALLER = "arn:aws:sts::123456789012:assumed-role/another-backend"
+# What API Gateway hands over besides the caller: the SigV4 header and the session token (secrets too).
+_SIGNED = json.loads((EVENTS / "api-download.json").read_text())["headers"]
+SIGV4_SECRETS = {
+    _SIGNED["X-Amz-Security-Token"],
+    _SIGNED["Authorization"].rsplit("Signature=", 1)[1],
+}
 
 
 class LogCapture(logging.Handler):
@@ -100,6 +111,7 @@ def find_secrets(text: str) -> list[str]:
         for n, t in enumerate(sorted(SECRETS.tokens))
         if any(spelling in text for spelling in spellings(t))
     ]
+    found += [f"signature header {s[:6]}…" for s in SIGV4_SECRETS if s in text]
     found += [f"signature {s[:8]}…" for s in SECRETS.signatures if s in text]
     found += [f"secret {s[:4]}…" for s in SECRETS.plain if s in text]
     found += [marker for marker in ("X-Amz-Signature=", "X-Amz-Security-Token=", REDACTED) if marker in text]
@@ -229,10 +241,35 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
-# -- events --------------------------------------------------------------------------------------
+# -- events ---------------------------------------------------------------------------------------
 def load_event(name: str) -> dict[str, Any]:
     document: dict[str, Any] = json.loads((EVENTS / name).read_text())
     return document
+
+
+def _signed(event: dict[str, Any], caller: str | None) -> dict[str, Any]:
+    """``event`` as API Gateway hands it over for ``caller`` (an assumed role's session ARN), or for a
+    request API Gateway would not have authorized (``None``: no identity)."""
+    identity = event["requestContext"].setdefault("identity", {})
+    if caller is None:
+        for name in ("userArn", "caller", "user", "accessKey", "accountId"):
+            identity.pop(name, None)
+    else:
+        identity["userArn"] = caller
+        identity["accountId"] = caller.split(":")[4]
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    event["multiValueHeaders"] = {k: [v] for k, v in event["headers"].items()}
+    return event
+
+
+def _with_tokens(document: dict[str, Any], token: str | None, refresh: str | None, open_id: str | None) -> str:
+    if token is not None:
+        document["access_token"] = token
+    if refresh is not None:
+        document["refresh_token"] = refresh
+    if open_id is not None:
+        document["open_id"] = open_id
+    return json.dumps(document)
 
 
 def api_event(
@@ -240,64 +277,80 @@ def api_event(
     token: str | None = None,
     *,
     body: str | None = None,
-    authorization: str | None = None,
+    caller: str | None = BACKEND,
+    refresh_token: str | None = None,
+    open_id: str | None = None,
     path: str = "/downloads",
     method: str = "POST",
     prefer: str | None = None,
 ) -> dict[str, Any]:
-    """``events/api-download.json`` with another body, Authorization and Prefer header."""
+    """``events/api-download.json`` for ``caller`` with another body (``request_id`` and the user's
+    ``token`` in it, unless ``body`` is given whole) and Prefer header."""
     event = copy.deepcopy(load_event("api-download.json"))
     event["path"] = event["resource"] = path
     event["httpMethod"] = method
-    event["requestContext"]["requestId"] = str(uuid.uuid4())
     if body is None:
-        body = json.dumps({"request_id": request_id})
+        body = _with_tokens({"request_id": request_id}, token, refresh_token, open_id)
     event["body"] = body
-    headers = {k: v for k, v in event["headers"].items() if k != "Authorization"}
     if prefer is not None:
-        headers["Prefer"] = prefer
-    if authorization is None and token is not None:
-        authorization = f"Bearer {token}"
-    if authorization is not None:
-        headers["Authorization"] = authorization
-    event["headers"] = headers
-    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
-    return event
+        event["headers"]["Prefer"] = prefer
+    return _signed(event, caller)
 
 
-def request_event(body: dict[str, Any] | str | None, token: str | None) -> dict[str, Any]:
-    """``events/api-create-request.json`` (``POST /requests``) with another body and token."""
+def request_event(
+    body: dict[str, Any] | str | None,
+    token: str | None,
+    *,
+    caller: str | None = BACKEND,
+    refresh_token: str | None = None,
+    open_id: str | None = None,
+) -> dict[str, Any]:
+    """``events/api-create-request.json`` (``POST /requests``) for ``caller``: the ``body``'s fields with
+    the user's ``token`` (and ``refresh_token``, ``open_id``) added, or a ``body`` text given whole."""
     event = copy.deepcopy(load_event("api-create-request.json"))
-    event["requestContext"]["requestId"] = str(uuid.uuid4())
-    event["body"] = body if isinstance(body, str) or body is None else json.dumps(body)
-    headers = {k: v for k, v in event["headers"].items() if k != "Authorization"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    event["headers"] = headers
-    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
-    return event
+    if isinstance(body, dict) or body is None and token is not None:
+        body = _with_tokens(dict(body or {}), token, refresh_token, open_id)
+    event["body"] = body
+    return _signed(event, caller)
 
 
-def delete_event(request_id: object, token: str | None) -> dict[str, Any]:
-    """``events/api-cancel-download.json`` (``DELETE /downloads/{id}``) for another id and token."""
-    event = get_event(request_id, token)
+def delete_event(request_id: object, caller: str | None = BACKEND) -> dict[str, Any]:
+    """``events/api-cancel-download.json`` (``DELETE /downloads/{id}``) for another id and caller."""
+    event = get_event(request_id, caller)
     event["httpMethod"] = event["requestContext"]["httpMethod"] = "DELETE"
     return event
 
 
-def get_event(request_id: object, token: str | None) -> dict[str, Any]:
-    """``events/api-get-download.json`` for another ``request_id`` and token."""
+def get_event(request_id: object, caller: str | None = BACKEND) -> dict[str, Any]:
+    """``events/api-get-download.json`` for another ``request_id`` and caller."""
     event = copy.deepcopy(load_event("api-get-download.json"))
     event["path"] = f"/downloads/{request_id}"
     event["pathParameters"] = {"request_id": str(request_id)}
     event["requestContext"]["path"] = f"/v1/downloads/{request_id}"
-    event["requestContext"]["requestId"] = str(uuid.uuid4())
-    headers = {k: v for k, v in event["headers"].items() if k != "Authorization"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    event["headers"] = headers
-    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
-    return event
+    return _signed(event, caller)
+
+
+def user_requests_event(
+    open_id: str, caller: str | None = BACKEND, *, limit: str | None = None, next_page: str | None = None
+) -> dict[str, Any]:
+    """``events/api-list-user-requests.json`` (``GET /users/{open_id}/requests``)."""
+    event = copy.deepcopy(load_event("api-list-user-requests.json"))
+    event["path"] = f"/users/{quote(open_id, safe='')}/requests"
+    event["pathParameters"] = {"open_id": open_id}
+    event["requestContext"]["path"] = f"/v1{event['path']}"
+    query = {k: v for k, v in (("limit", limit), ("next", next_page)) if v is not None}
+    event["queryStringParameters"] = query or None
+    event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} or None
+    return _signed(event, caller)
+
+
+def erase_event(open_id: str, caller: str | None = BACKEND) -> dict[str, Any]:
+    """``events/api-erase-user.json`` (``DELETE /users/{open_id}``)."""
+    event = copy.deepcopy(load_event("api-erase-user.json"))
+    event["path"] = f"/users/{quote(open_id, safe='')}"
+    event["pathParameters"] = {"open_id": open_id}
+    event["requestContext"]["path"] = f"/v1{event['path']}"
+    return _signed(event, caller)
 
 
 @dataclass

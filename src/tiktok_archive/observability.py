@@ -11,7 +11,8 @@ one in a log line:
 
 Two ways of recognising a secret: by shape (TikTok's ``act.``/``rft.``/``clt.`` tokens as they are
 issued — ``act.…!4667.e1``, ``act.3.…`` — after any delimiter, at a line start, after ``%20`` or an
-escape; ``Bearer …``; ``client_secret=…``; a presigned URL's signature and session token) and by value:
+escape; ``Bearer …``; ``client_secret=…``; a presigned URL's signature and session token; a SigV4
+``Authorization`` header's ``Signature=`` and an ``X-Amz-Security-Token`` header) and by value:
 every secret the process handles is registered with :func:`hide`, and each of its spellings (as is,
 JSON- and repr-escaped, URL-encoded, base64) is replaced wherever it appears.
 
@@ -54,10 +55,12 @@ _SECRET_PATTERNS = (
     (re.compile(r"(?i)\b(bearer)(?:\s|%20|\+)+[^\s\"'\\<>,;]+"), r"\1 " + REDACTED),
     # TikTok user tokens: act. (access), rft. (refresh), clt. (client).
     (re.compile(_TOKEN_START + r"(act|rft|clt)\." + _TOKEN_BODY + r"{6,}"), r"\1." + REDACTED),
-    # The app's secret and tokens named as such in a form, a query or a JSON document.
+    # The app's secret, tokens and an AWS session token named as such in a form, a query, a header or a
+    # JSON document.
     (
         re.compile(
-            r"(?i)\b(client_secret|access_token|refresh_token)(\\?[\"']?\s*[:=]\s*\\?[\"']?)[^\s\"'\\&,;}]+"
+            r"(?i)\b(client_secret|access_token|refresh_token|x-amz-security-token)"
+            r"(\\?[\"']?\s*[:=]\s*\\?[\"']?)[^\s\"'\\&,;}]+"
         ),
         r"\1\2" + REDACTED,
     ),

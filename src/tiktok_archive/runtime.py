@@ -28,12 +28,16 @@ from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
 from tiktok_archive.logic.downloads import DownloadService
+from tiktok_archive.logic.handover import TokenHandover
+from tiktok_archive.logic.purge import UserPurge
+from tiktok_archive.logic.queries import RecordQueries
 from tiktok_archive.logic.requests import RequestLifecycle, Schedule
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.logic.webhooks import WebhookReceiver
+from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ConfigurationError
-from tiktok_archive.settings import Settings
+from tiktok_archive.settings import DEFAULT_DEADLINE_MARGIN_SECONDS, Settings
 
 
 @functools.cache
@@ -107,7 +111,6 @@ def transfer_service() -> ArchiveTransfer:
         archive_store(),
         key_prefix=config.object_key_prefix,
         url_ttl_seconds=config.presigned_url_ttl_seconds,
-        deadline_margin_seconds=config.deadline_margin_seconds,
     )
 
 
@@ -171,21 +174,36 @@ def app_credentials() -> AppCredentialsSource:
 
 
 @functools.cache
-def token_service() -> TokenService:
+def grants() -> Grants:
     """Users' grants (built on first use).
+
+    Raises:
+        ConfigurationError: ``GRANTS_TABLE_NAME`` is not set.
+    """
+    config = settings()
+    if not config.grants_table_name:
+        raise ConfigurationError("GRANTS_TABLE_NAME is required to keep the users' tokens handed over")
+    return Grants(_small_calls_client("dynamodb"), config.grants_table_name)
+
+
+@functools.cache
+def token_service() -> TokenService:
+    """Users' tokens: kept sealed, refreshed (built on first use).
 
     Raises:
         ConfigurationError: ``GRANTS_TABLE_NAME`` or ``TOKEN_KMS_KEY_ID`` is not set.
     """
-    config = settings()
-    if not config.grants_table_name:
-        raise ConfigurationError("GRANTS_TABLE_NAME is required for requests added with POST /requests")
-    grants = Grants(
-        _small_calls_client("dynamodb"),
-        config.grants_table_name,
-        timedelta(days=config.record_retention_days),
-    )
-    return TokenService(grants, token_vault(), tiktok_client(), app_credentials)
+    return TokenService(grants(), token_vault(), tiktok_client(), app_credentials)
+
+
+@functools.cache
+def token_handover() -> TokenHandover:
+    """Takes the users' tokens callers hand over (built on first use).
+
+    Raises:
+        ConfigurationError: ``GRANTS_TABLE_NAME`` or ``TOKEN_KMS_KEY_ID`` is not set.
+    """
+    return TokenHandover(token_service(), grants())
 
 
 @functools.cache
@@ -237,6 +255,32 @@ def download_service() -> DownloadService:
         download_jobs,
         token_vault,
         token_service,
+        token_handover,
+    )
+
+
+@functools.cache
+def record_queries() -> RecordQueries:
+    """Reads of a caller's records."""
+    return RecordQueries(download_records(), transfer_service())
+
+
+@functools.cache
+def user_purge() -> UserPurge:
+    """Users' purges (built on first use).
+
+    Raises:
+        ConfigurationError: the environment is invalid (the message names the variable).
+    """
+    return UserPurge(
+        download_records(),
+        grants(),
+        token_service(),
+        transfer_service(),
+        download_events(),
+        lifecycle_queue(),
+        tiktok_client(),
+        app_credentials,
     )
 
 
@@ -252,6 +296,7 @@ def request_lifecycle() -> RequestLifecycle:
         tiktok_client(),
         download_records(),
         token_service(),
+        token_handover(),
         download_events(),
         lifecycle_queue(),
         download_jobs,
@@ -270,14 +315,28 @@ def message_visibility() -> MessageVisibility:
     return MessageVisibility(_small_calls_client("sqs"))
 
 
-def start_invocation(remaining_ms: int) -> None:
-    """Tell the AWS clients when this invocation ends (handlers call it first): no try outlives it."""
+def start_invocation(context: Any) -> Deadline:
+    """The invocation's one deadline (handlers call this first, once, and pass it down).
+
+    Lambda's deadline less ``DEADLINE_MARGIN_SECONDS``, measured from this moment. The AWS clients are
+    told when the invocation ends, so that none of their tries outlives it.
+    """
+    remaining_ms: int = context.get_remaining_time_in_millis()
     aws_clients.start_invocation(remaining_ms)
+    try:
+        margin = settings().deadline_margin_seconds
+    except ConfigurationError:
+        margin = DEFAULT_DEADLINE_MARGIN_SECONDS  # the error is answered where the settings are used
+    return Deadline.for_invocation(remaining_ms, margin)
 
 
 def reset() -> None:
     """Forget everything built so the next call reads the environment again (tests only)."""
     for built in (
+        record_queries,
+        user_purge,
+        token_handover,
+        grants,
         webhook_receiver,
         webhook_deliveries,
         request_lifecycle,

@@ -23,6 +23,7 @@ MAX_PRESIGNED_URL_TTL_SECONDS = 604_800  # SigV4 presigned URLs live at most 7 d
 # Without AWS_LAMBDA_FUNCTION_MEMORY_SIZE (outside Lambda) and without explicit values.
 DEFAULT_PART_SIZE_MIB = 8
 DEFAULT_UPLOAD_CONCURRENCY = 4
+DEFAULT_DEADLINE_MARGIN_SECONDS = 10.0
 # What the runtime, the imported libraries and the clients take before any archive byte (about 60 MiB
 # measured after imports, plus clients, threads and HTTP buffers), and the share of the rest that the
 # archive's parts may use: the other half is headroom for the interpreter's allocator.

@@ -1,12 +1,13 @@
 """Lifecycle events on EventBridge (boto3), one per state change a backend cares about.
 
 ``Request Added`` (a request is waiting for TikTok), ``Archive Ready`` (TikTok says ``downloading``),
-``Download Completed``, ``Download Failed``, ``Request Expired``, ``Request Cancelled`` — and one
-``Authorization Removed`` per user who disconnected the app (see :meth:`publish_user_event`). Other
-systems subscribe with a rule on ``source = tiktok-archive``. An event says what happened to a request —
-its id, status, where the archive is, its size, checksum and manifest, or the error — never a URL or a
-token. Publishing is best effort after the record is written: a failure is logged as an error (the
-record still holds the state) and counted, it never fails the work.
+``Download Completed``, ``Download Failed``, ``Request Expired``, ``Request Cancelled`` — and, per user
+and caller, ``Authorization Removed`` (the user disconnected the app) and ``User Erased`` (the caller
+erased the user), see :meth:`publish_user_event`. Other systems subscribe with a rule on
+``source = tiktok-archive`` (and ``detail.caller``, when several backends share a stack). An event says
+what happened to a request — its id, its caller, status, where the archive is, its size, checksum and
+manifest, or the error — never a URL or a token. Publishing is best effort after the record is written:
+a failure is logged as an error (the record still holds the state) and counted, it never fails the work.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def event_detail(record: DownloadRecord) -> dict[str, Any]:
     """The event's ``detail``: the record's state without anything secret."""
     detail: dict[str, Any] = {
         "request_id": str(record.request_id),
+        "caller": record.caller,
         "status": record.status.value,
         "bucket": record.bucket,
         "key": record.key,

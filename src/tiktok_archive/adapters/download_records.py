@@ -6,8 +6,13 @@ update succeeds only when nobody holds the download (no item, ``waiting``, ``que
 holder alone may then report progress, complete or fail it — and learns from a refused write that the
 download was cancelled meanwhile. The status schedule of a waiting request advances only from the check
 it expects (``poll_seq``), so a duplicated or late check changes nothing. ``expires_at`` is the table's
-TTL attribute: the record goes when its archive does. The sparse index ``by-user`` (on ``user_openid``)
-finds a user's records.
+TTL attribute: the record goes when its archive does.
+
+Every record names the caller that created it (``caller``); claims and queued downloads are conditional
+on it too (:class:`Owner`), so a caller never takes over another's record, even in a race. Two sparse
+indexes find a user's records: ``by-user`` (``user_openid``: every caller's, for TikTok's
+``authorization.removed``) and ``by-caller-user`` (``caller_user``, newest first by ``created_at``: one
+caller's, for its list and its erasure).
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ from tiktok_archive.models.download_record import (
     ENDED,
     DownloadRecord,
     DownloadStatus,
+    Owner,
     Preparation,
     Progress,
     RecordedError,
+    caller_user,
 )
 from tiktok_archive.models.errors import RecordStoreError, TransferError
 from tiktok_archive.observability import logger
@@ -47,6 +54,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 BY_USER_INDEX = "by-user"
+BY_CALLER_USER_INDEX = "by-caller-user"
 _NAMES = {"#status": "status", "#key": "key", "#bucket": "bucket"}
 _ERROR_FIELDS = "error_code, error_message, error_log_id, error_transient"
 _LEASE_FIELDS = "lease_expires_at, lease_owner"
@@ -127,6 +135,58 @@ class DownloadRecords:
             if not start:
                 return records
 
+    def page_of(
+        self, caller: str, user_openid: str, limit: int, after: tuple[str, int] | None = None
+    ) -> tuple[list[DownloadRecord], tuple[str, int] | None]:
+        """One page of ``caller``'s records of ``user_openid``, newest first (the ``by-caller-user`` index).
+
+        ``after``: the ``(created_at, request_id)`` of the last record of the previous page. Returns the
+        records and the position after them (None on the last page).
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        partition = caller_user(caller, user_openid)
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": BY_CALLER_USER_INDEX,
+            "KeyConditionExpression": "caller_user = :user",
+            "ExpressionAttributeValues": {":user": {"S": partition}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if after is not None:
+            # Rebuilt from the caller's own partition: a position cannot point into another's records.
+            query["ExclusiveStartKey"] = {
+                "caller_user": {"S": partition},
+                "created_at": {"S": after[0]},
+                "request_id": {"S": str(after[1])},
+            }
+        try:
+            answer = self._client.query(**query)
+        except (ClientError, BotoCoreError) as error:
+            raise store_error("Query", error) from None
+        records = [_record(item) for item in answer.get("Items", [])]
+        last = answer.get("LastEvaluatedKey")
+        position = None
+        if last and records:
+            position = (str(last["created_at"]["S"]), int(last["request_id"]["S"]))
+        return records, position
+
+    def of_caller_user(self, caller: str, user_openid: str) -> list[DownloadRecord]:
+        """Every record of ``caller``'s of ``user_openid`` (``by-caller-user``; eventually consistent).
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        records: list[DownloadRecord] = []
+        after: tuple[str, int] | None = None
+        while True:
+            page, after = self.page_of(caller, user_openid, 100, after)
+            records += page
+            if after is None:
+                return records
+
     def overdue(self, before: datetime, limit: int = 500) -> list[DownloadRecord]:
         """Waiting records whose next check was due before ``before`` (the ``by-schedule`` index).
 
@@ -155,6 +215,7 @@ class DownloadRecords:
         self,
         request_id: int,
         *,
+        caller: str,
         grant_id: str,
         user_openid: str | None,
         preparation: Preparation,
@@ -171,6 +232,7 @@ class DownloadRecords:
             ":now": {"S": format_utc(now)},
             ":zero": {"N": "0"},
             ":origin": {"S": "request"},
+            ":caller": {"S": caller},
             ":grant": {"S": grant_id},
             ":format": {"S": preparation.data_format},
             ":categories": {"L": [{"S": c} for c in preparation.categories]},
@@ -183,10 +245,12 @@ class DownloadRecords:
         user = ""
         if user_openid:
             values[":user"] = {"S": user_openid}
-            user = ", user_openid = :user"
+            values[":caller_user"] = {"S": caller_user(caller, user_openid)}
+            user = ", user_openid = :user, caller_user = :caller_user"
         expression = (
             "SET #status = :waiting, created_at = :now, updated_at = :now, attempts = :zero, "
-            "origin = :origin, grant_id = :grant, data_format = :format, categories = :categories, "
+            "origin = :origin, caller = :caller, grant_id = :grant, data_format = :format, "
+            "categories = :categories, "
             "next_check_at = :next, give_up_at = :give_up, poll_interval = :interval, poll_seq = :zero, "
             "schedule_bucket = :bucket, "
             f"checks = :zero, expires_at = :expires{user}"
@@ -316,15 +380,20 @@ class DownloadRecords:
         expression = f"SET {', '.join(sets)} REMOVE {', '.join(removes)}"
         return self._conditional_update(request_id, expression, condition, values)
 
-    def set_user(self, request_id: int, user_openid: str) -> None:
-        """Record the request's user, learned from a token refresh (never raises: purge is best effort)."""
+    def set_user(self, record: DownloadRecord, user_openid: str) -> None:
+        """Record the request's user, as TikTok named it (its webhook); never raises: purge is best effort."""
+        values: dict[str, Any] = {":user": {"S": user_openid}}
+        expression = "SET user_openid = :user"
+        if record.caller is not None:
+            values[":caller_user"] = {"S": caller_user(record.caller, user_openid)}
+            expression += ", caller_user = :caller_user"
         try:
             self._client.update_item(
                 TableName=self._table,
-                Key=_key(request_id),
-                UpdateExpression="SET user_openid = :user",
+                Key=_key(record.request_id),
+                UpdateExpression=expression,
                 ConditionExpression="attribute_exists(request_id) AND attribute_not_exists(user_openid)",
-                ExpressionAttributeValues={":user": {"S": user_openid}},
+                ExpressionAttributeValues=values,
             )
         except (ClientError, BotoCoreError) as error:
             if not is_condition_failure(error):
@@ -334,14 +403,16 @@ class DownloadRecords:
                 )
 
     # -- a download ------------------------------------------------------------------------------
-    def claim(self, request_id: int, bucket: str, key: str, lease: timedelta) -> Claimed | Held:
-        """Take the download of ``request_id`` for ``lease``, unless it is final or held.
+    def claim(self, request_id: int, bucket: str, key: str, lease: timedelta, owner: Owner) -> Claimed | Held:
+        """Take the download of ``request_id`` for ``lease``, unless it is final, held, or not ``owner``'s.
+
+        A ``Held`` record that ``owner`` may not act on belongs to someone else (see :class:`Owner`).
 
         Raises:
             RecordStoreError: DynamoDB failed.
         """
         now = _now()
-        owner = uuid.uuid4().hex
+        lease_owner = uuid.uuid4().hex
         values = {
             ":in_progress": {"S": DownloadStatus.IN_PROGRESS.value},
             ":waiting": {"S": DownloadStatus.WAITING.value},
@@ -350,31 +421,33 @@ class DownloadRecords:
             ":now": {"S": format_utc(now)},
             ":now_epoch": epoch_value(now),
             ":lease": lease_value(now, lease),
-            ":owner": {"S": owner},
+            ":owner": {"S": lease_owner},
             ":zero": {"N": "0"},
             ":one": {"N": "1"},
             ":bucket": {"S": bucket},
             ":key": {"S": key},
             ":expires": epoch_value(now + self._retention),
         }
+        owned, owner_condition = _ownership(owner, values)
         expression = (
             "SET #status = :in_progress, lease_expires_at = :lease, lease_owner = :owner, "
             "updated_at = :now, created_at = if_not_exists(created_at, :now), "
             "attempts = if_not_exists(attempts, :zero) + :one, #bucket = :bucket, #key = :key, "
-            "poll_seq = if_not_exists(poll_seq, :zero) + :one, "
+            f"poll_seq = if_not_exists(poll_seq, :zero) + :one, {owned}"
             f"expires_at = :expires REMOVE {_ERROR_FIELDS}, {_PROGRESS_FIELDS}, {_SCHEDULE_FIELDS}"
         )
         condition = (
-            "attribute_not_exists(request_id) OR #status IN (:waiting, :queued, :failed) "
-            "OR (#status = :in_progress AND lease_expires_at < :now_epoch)"
+            f"({owner_condition}) AND (attribute_not_exists(request_id) "
+            "OR #status IN (:waiting, :queued, :failed) "
+            "OR (#status = :in_progress AND lease_expires_at < :now_epoch))"
         )
         updated = self._conditional_update(request_id, expression, condition, values)
         if isinstance(updated, Held):
             return updated
-        return Claimed(updated, owner)
+        return Claimed(updated, lease_owner)
 
-    def enqueue(self, request_id: int, lease: timedelta) -> DownloadRecord | Held:
-        """Mark ``request_id`` queued for the worker, unless it is final or held.
+    def enqueue(self, request_id: int, lease: timedelta, owner: Owner) -> DownloadRecord | Held:
+        """Mark ``request_id`` queued for the worker and ``owner``, unless it is final, held or another's.
 
         A queued record is claimable by any invocation; its lease only says how long a repeated async
         request waits before queueing the download again (the claim makes a duplicate message harmless).
@@ -395,15 +468,16 @@ class DownloadRecords:
             ":one": {"N": "1"},
             ":expires": epoch_value(now + self._retention),
         }
+        owned, owner_condition = _ownership(owner, values)
         expression = (
             "SET #status = :queued, lease_expires_at = :lease, updated_at = :now, "
             "created_at = if_not_exists(created_at, :now), attempts = if_not_exists(attempts, :zero), "
-            "poll_seq = if_not_exists(poll_seq, :zero) + :one, "
+            f"poll_seq = if_not_exists(poll_seq, :zero) + :one, {owned}"
             f"expires_at = :expires REMOVE lease_owner, {_ERROR_FIELDS}, {_SCHEDULE_FIELDS}"
         )
         condition = (
-            "attribute_not_exists(request_id) OR #status IN (:waiting, :failed) "
-            "OR (#status IN (:queued, :in_progress) AND lease_expires_at < :now_epoch)"
+            f"({owner_condition}) AND (attribute_not_exists(request_id) OR #status IN (:waiting, :failed) "
+            "OR (#status IN (:queued, :in_progress) AND lease_expires_at < :now_epoch))"
         )
         return self._conditional_update(request_id, expression, condition, values)
 
@@ -584,6 +658,32 @@ class DownloadRecords:
         return _record(answer["Attributes"])
 
 
+def _ownership(owner: Owner, values: dict[str, Any]) -> tuple[str, str]:
+    """The SET clauses (each ending with ``, ``) and the condition that make a write ``owner``'s.
+
+    Adds their values to ``values``.
+    """
+    if owner.service:
+        return "", "attribute_exists(request_id)"
+    sets = ""
+    if owner.caller is None:
+        condition = "attribute_not_exists(request_id) OR attribute_not_exists(caller)"
+    else:
+        values[":caller"] = {"S": owner.caller}
+        sets += "caller = if_not_exists(caller, :caller), "
+        condition = "attribute_not_exists(request_id) OR caller = :caller"
+        if owner.user_openid is not None:
+            values[":caller_user"] = {"S": caller_user(owner.caller, owner.user_openid)}
+            sets += "caller_user = if_not_exists(caller_user, :caller_user), "
+    if owner.user_openid is not None:
+        values[":user"] = {"S": owner.user_openid}
+        sets += "user_openid = if_not_exists(user_openid, :user), "
+    if owner.grant_id is not None:
+        values[":grant"] = {"S": owner.grant_id}
+        sets += "grant_id = if_not_exists(grant_id, :grant), "
+    return sets, condition
+
+
 def _key(request_id: int) -> dict[str, Any]:
     return {"request_id": {"S": str(request_id)}}
 
@@ -659,6 +759,7 @@ def _record(item: Item) -> DownloadRecord:
         completed_at=_parse_time(item, "completed_at"),
         error=error,
         lease_expires_at=datetime.fromtimestamp(lease, UTC) if lease is not None else None,
+        caller=string_field(item, "caller"),
         user_openid=string_field(item, "user_openid"),
         grant_id=string_field(item, "grant_id"),
         preparation=preparation,

@@ -1,15 +1,26 @@
-"""A user's tokens, sealed, in DynamoDB (boto3): one item per grant, refreshed by one invocation at a time.
+"""Users' tokens, sealed, in DynamoDB (boto3): one item per grant, refreshed by one invocation at a time.
 
 A grant is what lets the service act for a user without anyone calling: the access token (2 hours) and
 the refresh token (180 days, rotating), each sealed with KMS under an encryption context naming the grant
-(:class:`TokenVault`), so a ciphertext copied into another grant does not open. Its id is
-``user:<open_id>`` when the user's ``open_id`` is known — every request of that user then shares it, and
-so shares one refresh lineage — else ``request:<request_id>``.
+(:class:`TokenVault`), so a ciphertext copied into another grant does not open. A grant belongs to the
+caller that handed the tokens over, and to the user TikTok named for them:
+
+- ``user <caller> <open_id>``: the user's grant under that caller, when a refresh token was handed over
+  (TikTok's refresh answer names the user). Every request of that user and caller shares it, and so
+  shares one refresh lineage;
+- ``request <request_id>``: a request's own grant, when only an access token was handed over (the user
+  stays unknown; the grant lives no longer than that token).
 
 Refresh tokens rotate: two refreshes racing with the same refresh token lose the user. So a refresh first
 takes the grant's lease with a conditional write (``refresh_owner``, ``refresh_lease_until``, and the
-``version`` it read), and the new tokens are written back conditionally on that lease or that version —
-before anyone uses the new access token.
+``generation`` it read), and the new tokens are written back conditionally on that lease or that
+generation — before anyone uses the new access token. Every write of tokens makes a new ``generation``
+(a random id, never reused, even by a grant created again under the same id), so a write that lost the
+race can never pass for the winner's.
+
+Items named ``handed <sha256>`` remember, for a week, which grant a handed-over refresh token was
+exchanged into: the same token handed over again (a backend retrying a request that timed out) joins
+that grant instead of being sent to TikTok, which would refuse it.
 """
 
 from __future__ import annotations
@@ -24,57 +35,88 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tiktok_archive.adapters.aws_clients import is_condition_failure
 from tiktok_archive.adapters.dynamodb_items import Item, epoch_value, lease_value, store_error, string_field
 from tiktok_archive.models.download import utc_now as _now
-from tiktok_archive.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
+BY_USER_INDEX = "by-user"
+# A grant outlives what it holds by this much (TTL), and a handed-over token is remembered this long.
+GRANT_SLACK = timedelta(days=1)
+HANDED_FOR = timedelta(days=7)
+_LEASE_FIELDS = "refresh_owner, refresh_lease_until"
 
-def user_grant_id(user_openid: str) -> str:
-    """The grant every request of a user shares."""
-    return f"user:{user_openid}"
+
+def user_grant_id(caller: str, user_openid: str) -> str:
+    """The grant every request of a user shares under one caller."""
+    return f"user {caller} {user_openid}"
 
 
-def grant_id_for(user_openid: str | None, request_id: int) -> str:
-    """The grant a request's tokens belong to: its user's, or its own when the user is unknown."""
-    return user_grant_id(user_openid) if user_openid else f"request:{request_id}"
+def request_grant_id(request_id: int) -> str:
+    """A request's own grant, when its user is not known (only an access token was handed over)."""
+    return f"request {request_id}"
+
+
+def _handed_id(digest: str) -> str:
+    return f"handed {digest}"
 
 
 @dataclass(frozen=True)
 class Grant:
     """A grant as stored: sealed tokens (base64 KMS ciphertexts), their expiry, and the refresh lease.
 
+    Attributes:
+        generation: changes with every write of tokens (a compare-and-swap token, never reused).
+        abandoned_refresh_at: when a refresh began that never stored its result nor gave its lease back
+            (TikTok may have rotated the token; the tokens may still arrive).
+        erasing: the caller asked to erase the user: the grant only serves to cancel and revoke at
+            TikTok.
+
     ``repr`` shows no ciphertext.
     """
 
     grant_id: str
-    version: int
+    generation: str
     sealed_access_token: str | None = field(repr=False)
     access_expires_at: datetime | None
     sealed_refresh_token: str | None = field(repr=False)
     refresh_expires_at: datetime | None
     user_openid: str | None
+    caller: str | None = None
     refresh_owner: str | None = None
     refresh_lease_until: datetime | None = None
-    last_request_id: int | None = None
+    abandoned_refresh_at: datetime | None = None
+    erasing: bool = False
 
     def being_refreshed(self, now: datetime) -> bool:
         """Whether another invocation holds the refresh lease right now."""
         return self.refresh_lease_until is not None and self.refresh_lease_until > now
 
+    def lease_abandoned(self, now: datetime) -> bool:
+        """Whether a refresh took the lease and neither stored nor released it before it lapsed."""
+        return self.refresh_owner is not None and not self.being_refreshed(now)
+
 
 @dataclass(frozen=True)
 class SealedTokens:
-    """New tokens to store, already sealed for this grant."""
+    """Tokens to store, already sealed for their grant."""
 
     sealed_access_token: str = field(repr=False)
     access_expires_at: datetime
     sealed_refresh_token: str | None = field(repr=False)
     refresh_expires_at: datetime | None
-    user_openid: str | None
-    # A caller's tokens (not a refresh's): the request they were given with, which TikTok can be asked
-    # about to confirm that a later caller's token is the same user's.
-    request_id: int | None = None
+
+    @property
+    def lives_until(self) -> datetime:
+        """When the grant holding these tokens has nothing left to use: its refresh token's end."""
+        return (self.refresh_expires_at or self.access_expires_at) + GRANT_SLACK
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A refresh lease taken: ``owner`` proves it; ``abandoned_at``: an earlier refresh left it unfinished."""
+
+    owner: str
+    abandoned_at: datetime | None
 
 
 class Grants:
@@ -83,92 +125,245 @@ class Grants:
     Args:
         client: a boto3 DynamoDB client.
         table: the table's name (``GRANTS_TABLE_NAME``).
-        retention: how long a grant without a refresh token outlives its access token (for the record).
     """
 
-    def __init__(self, client: DynamoDBClient, table: str, retention: timedelta) -> None:
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
         self._client = client
         self._table = table
-        self._retention = retention
 
+    # -- reading ---------------------------------------------------------------------------------
     def get(self, grant_id: str) -> Grant | None:
-        """The grant, or None.
+        """The grant (a strongly consistent read), or None.
 
         Raises:
             RecordStoreError: DynamoDB failed.
         """
-        try:
-            answer = self._client.get_item(TableName=self._table, Key=_key(grant_id), ConsistentRead=True)
-        except (ClientError, BotoCoreError) as error:
-            raise store_error("GetItem", error) from None
-        item = answer.get("Item")
+        item = self._get(grant_id)
         return _grant(item) if item else None
 
-    def store(self, grant_id: str, tokens: SealedTokens) -> None:
-        """Store a caller's tokens for the grant (a new consent), replacing the stored ones.
+    def of_user(self, user_openid: str) -> list[Grant]:
+        """Every caller's grant of ``user_openid`` (the ``by-user`` index).
 
-        Unless a refresh holds the lease right now: then the refreshed tokens are newer and are kept.
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        grants: list[Grant] = []
+        start: dict[str, Any] | None = None
+        while True:
+            query: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": BY_USER_INDEX,
+                "KeyConditionExpression": "user_openid = :user",
+                "ExpressionAttributeValues": {":user": {"S": user_openid}},
+            }
+            if start:
+                query["ExclusiveStartKey"] = start
+            try:
+                answer = self._client.query(**query)
+            except (ClientError, BotoCoreError) as error:
+                raise store_error("Query", error) from None
+            grants += [_grant(item) for item in answer.get("Items", [])]
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                return grants
+
+    def handed(self, digest: str) -> tuple[str, str] | None:
+        """The grant (id, caller) a handed-over refresh token (by its SHA-256) was exchanged into.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        item = self._get(_handed_id(digest))
+        if not item or _expired(item):
+            return None
+        grant_id, caller = string_field(item, "into"), string_field(item, "caller")
+        return (grant_id, caller) if grant_id and caller else None
+
+    # -- a new consent ---------------------------------------------------------------------------
+    def adopt(self, grant_id: str, caller: str, user_openid: str | None, tokens: SealedTokens) -> Grant:
+        """Make ``tokens`` the grant's lineage (creating the grant if needed), whatever was there.
+
+        Tokens handed over were refreshed at TikTok just now: they are the user's newest. A new
+        generation makes any refresh of the earlier lineage still in flight lose its write (its lease
+        is dropped too), and an erasure in progress is called off (the user consented again).
 
         Raises:
             RecordStoreError: DynamoDB failed.
         """
         now = _now()
-        sets, values = _token_updates(tokens, now, self._retention)
-        sets.append("version = if_not_exists(version, :zero) + :one")
-        values.update({":now": epoch_value(now), ":zero": {"N": "0"}, ":one": {"N": "1"}})
-        if tokens.request_id is not None:
-            sets.append("last_request_id = :request_id")
-            values[":request_id"] = {"N": str(tokens.request_id)}
-        condition = "attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now"
-        if not self._update(grant_id, "SET " + ", ".join(sets), condition, values):
-            logger.info("a refresh of this grant is running; its tokens are kept")
+        sets, values = _token_updates(tokens)
+        sets += ["caller = :caller", "created_at = if_not_exists(created_at, :now)"]
+        values.update({":caller": {"S": caller}, ":now": epoch_value(now)})
+        if user_openid is not None:
+            sets.append("user_openid = :user")
+            values[":user"] = {"S": user_openid}
+        expression = f"SET {', '.join(sets)} REMOVE {_LEASE_FIELDS}, abandoned_refresh_at, erasing_at"
+        try:
+            answer = self._client.update_item(
+                TableName=self._table,
+                Key=_key(grant_id),
+                UpdateExpression=expression,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise store_error("UpdateItem", error) from None
+        return _grant(answer["Attributes"])
 
-    def take_refresh_lease(self, grant: Grant, lease: timedelta) -> str | None:
-        """Take the grant's refresh lease if nobody holds it and the grant is still at ``grant.version``.
+    def remember_handed(self, digest: str, grant_id: str, caller: str) -> None:
+        """Remember which grant a handed-over refresh token (by its SHA-256) went into, for a week.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    "grant_id": {"S": _handed_id(digest)},
+                    "into": {"S": grant_id},
+                    "caller": {"S": caller},
+                    "expires_at": epoch_value(_now() + HANDED_FOR),
+                },
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise store_error("PutItem", error) from None
+
+    def touch(self, grant_id: str) -> bool:
+        """A new request joins the grant: a new generation, so that a release racing with it keeps the grant.
+
+        A refresh in flight keeps its lease and still stores its tokens.
 
         Returns:
-            the lease's owner token, or None when another invocation refreshes (or refreshed) it.
+            whether there was a grant.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        return self._update(
+            grant_id,
+            "SET generation = :generation",
+            "attribute_exists(grant_id)",
+            {":generation": {"S": uuid.uuid4().hex}},
+        )
+
+    # -- refresh ---------------------------------------------------------------------------------
+    def take_refresh_lease(self, grant: Grant, lease: timedelta) -> Lease | None:
+        """Take the grant's refresh lease if nobody holds it and the grant is still at its generation.
+
+        A lease that lapsed without its refresh storing anything marks the grant: that refresh may have
+        rotated the token at TikTok, and its result may still be stored.
+
+        Returns:
+            the lease, or None when another invocation refreshes (or refreshed) the grant.
 
         Raises:
             RecordStoreError: DynamoDB failed.
         """
         now = _now()
         owner = uuid.uuid4().hex
+        abandoned = grant.abandoned_refresh_at
+        if abandoned is None and grant.lease_abandoned(now) and grant.refresh_lease_until is not None:
+            abandoned = grant.refresh_lease_until - lease
+        values: dict[str, Any] = {
+            ":owner": {"S": owner},
+            ":until": lease_value(now, lease),
+            ":generation": {"S": grant.generation},
+            ":now": epoch_value(now),
+        }
+        sets = "SET refresh_owner = :owner, refresh_lease_until = :until"
+        if abandoned is not None:
+            sets += ", abandoned_refresh_at = :abandoned"
+            values[":abandoned"] = epoch_value(abandoned)
         taken = self._update(
             grant.grant_id,
-            "SET refresh_owner = :owner, refresh_lease_until = :until",
-            "version = :version AND "
+            sets,
+            "generation = :generation AND "
             "(attribute_not_exists(refresh_lease_until) OR refresh_lease_until < :now)",
-            {
-                ":owner": {"S": owner},
-                ":until": lease_value(now, lease),
-                ":version": {"N": str(grant.version)},
-                ":now": epoch_value(now),
-            },
+            values,
         )
-        return owner if taken else None
+        return Lease(owner, abandoned) if taken else None
 
-    def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> bool:
+    def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> str | None:
         """Write a refresh's rotated tokens and release the lease.
 
-        Only while the lease is ours, or the grant is still at the version the refresh started from
-        (nobody refreshed it since).
+        Only while the lease is ours, or the grant is still at the generation the refresh started from
+        (nobody wrote tokens since: no new consent, no other refresh, no erasure).
 
         Returns:
-            False when the grant moved on meanwhile (the tokens were not written).
+            the grant's new generation; None when the grant moved on meanwhile (nothing was written).
 
         Raises:
             RecordStoreError: DynamoDB failed (the rotated refresh token may then be lost: logged).
         """
-        sets, values = _token_updates(tokens, _now(), self._retention)
-        sets.append("version = version + :one")
-        values.update({":owner": {"S": owner}, ":version": {"N": str(grant.version)}, ":one": {"N": "1"}})
-        return self._update(
+        sets, values = _token_updates(tokens)
+        values.update({":owner": {"S": owner}, ":generation": {"S": grant.generation}})
+        stored = self._update(
             grant.grant_id,
-            "SET " + ", ".join(sets) + " REMOVE refresh_owner, refresh_lease_until",
-            "refresh_owner = :owner OR version = :version",
+            f"SET {', '.join(sets)} REMOVE {_LEASE_FIELDS}, abandoned_refresh_at",
+            "attribute_exists(grant_id) AND (refresh_owner = :owner OR generation = :generation)",
             values,
         )
+        return str(values[":new_generation"]["S"]) if stored else None
+
+    def release_refresh_lease(self, grant_id: str, owner: str) -> bool:
+        """Give the lease back after a refresh that changed nothing (never raises: it lapses anyway)."""
+        try:
+            return self._update(
+                grant_id, f"REMOVE {_LEASE_FIELDS}", "refresh_owner = :owner", {":owner": {"S": owner}}
+            )
+        except Exception:  # noqa: BLE001 - a lease not given back lapses by itself
+            return False
+
+    # -- the end of a grant ----------------------------------------------------------------------
+    def erase_refused(self, grant: Grant) -> bool:
+        """Delete the grant TikTok refused to refresh, only if it is still at the refused generation.
+
+        Returns:
+            False when the grant moved on (a new consent or another refresh stored tokens meanwhile).
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        return self._delete(
+            grant.grant_id, "generation = :generation", {":generation": {"S": grant.generation}}
+        )
+
+    def delete(self, grant_id: str, *, generation: str | None = None) -> bool:
+        """Delete the grant and its tokens (the user was erased, or no request needs it any longer).
+
+        ``generation``: only if the grant is still at it (a new consent since keeps the grant).
+
+        Returns:
+            whether a grant was deleted.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        if generation is None:
+            return self._delete(grant_id, "attribute_exists(grant_id)", None)
+        return self._delete(grant_id, "generation = :generation", {":generation": {"S": generation}})
+
+    def mark_erasing(self, grant_id: str) -> bool:
+        """Record that the caller erases the user: the grant serves only to cancel and revoke at TikTok.
+
+        Returns:
+            whether there was a grant.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        return self._update(
+            grant_id, "SET erasing_at = :now", "attribute_exists(grant_id)", {":now": epoch_value(_now())}
+        )
+
+    # -- DynamoDB --------------------------------------------------------------------------------
+    def _get(self, grant_id: str) -> Item | None:
+        try:
+            answer = self._client.get_item(TableName=self._table, Key=_key(grant_id), ConsistentRead=True)
+        except (ClientError, BotoCoreError) as error:
+            raise store_error("GetItem", error) from None
+        return answer.get("Item")
 
     def _update(self, grant_id: str, expression: str, condition: str, values: dict[str, Any]) -> bool:
         """One conditional UpdateItem; False when the condition did not hold.
@@ -192,59 +387,47 @@ class Grants:
             raise store_error("UpdateItem", error) from None
         return True
 
-    def release_refresh_lease(self, grant_id: str, owner: str) -> None:
-        """Give the lease back after a refresh that changed nothing (never raises: it lapses anyway)."""
+    def _delete(self, grant_id: str, condition: str, values: dict[str, Any] | None) -> bool:
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": _key(grant_id),
+            "ConditionExpression": condition,
+        }
+        if values:
+            request["ExpressionAttributeValues"] = values
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(grant_id),
-                UpdateExpression="REMOVE refresh_owner, refresh_lease_until",
-                ConditionExpression="refresh_owner = :owner",
-                ExpressionAttributeValues={":owner": {"S": owner}},
-            )
-        except (ClientError, BotoCoreError):
-            logger.info("refresh lease left to lapse")
-
-    def erase(self, grant_id: str) -> int:
-        """Delete the grant and its tokens (the user revoked the app, or TikTok refused its refresh).
-
-        Returns:
-            1 when there was a grant, 0 otherwise.
-
-        Raises:
-            RecordStoreError: DynamoDB failed.
-        """
-        try:
-            answer = self._client.delete_item(
-                TableName=self._table, Key=_key(grant_id), ReturnValues="ALL_OLD"
-            )
-        except (ClientError, BotoCoreError) as error:
+            self._client.delete_item(**request)
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
             raise store_error("DeleteItem", error) from None
-        return 1 if answer.get("Attributes") else 0
+        except BotoCoreError as error:
+            raise store_error("DeleteItem", error) from None
+        return True
 
 
 def _key(grant_id: str) -> dict[str, Any]:
     return {"grant_id": {"S": grant_id}}
 
 
-def _token_updates(
-    tokens: SealedTokens, now: datetime, retention: timedelta
-) -> tuple[list[str], dict[str, Any]]:
-    """The SET clauses writing ``tokens`` and their values, each clause decided with its value."""
-    lives_until = max(tokens.refresh_expires_at or tokens.access_expires_at, now) + retention
-    sets = ["sealed_access_token = :access", "access_expires_at = :access_expires", "expires_at = :expires"]
+def _token_updates(tokens: SealedTokens) -> tuple[list[str], dict[str, Any]]:
+    """The SET clauses writing ``tokens`` (and a new generation) and their values."""
+    sets = [
+        "sealed_access_token = :access",
+        "access_expires_at = :access_expires",
+        "expires_at = :expires",
+        "generation = :new_generation",
+    ]
     values: dict[str, Any] = {
         ":access": {"S": tokens.sealed_access_token},
         ":access_expires": epoch_value(tokens.access_expires_at),
-        ":expires": epoch_value(lives_until),
+        ":expires": epoch_value(tokens.lives_until),
+        ":new_generation": {"S": uuid.uuid4().hex},
     }
     if tokens.sealed_refresh_token is not None and tokens.refresh_expires_at is not None:
         sets += ["sealed_refresh_token = :refresh", "refresh_expires_at = :refresh_expires"]
         values[":refresh"] = {"S": tokens.sealed_refresh_token}
         values[":refresh_expires"] = epoch_value(tokens.refresh_expires_at)
-    if tokens.user_openid is not None:
-        sets.append("user_openid = :user")
-        values[":user"] = {"S": tokens.user_openid}
     return sets, values
 
 
@@ -253,16 +436,24 @@ def _moment(item: Item, name: str) -> datetime | None:
     return datetime.fromtimestamp(int(value), UTC) if value is not None else None
 
 
+def _expired(item: Item) -> bool:
+    """Whether the item's TTL passed (DynamoDB deletes expired items late, up to days)."""
+    expires = _moment(item, "expires_at")
+    return expires is not None and expires <= _now()
+
+
 def _grant(item: Item) -> Grant:
     return Grant(
         grant_id=str(item["grant_id"]["S"]),
-        version=int(item.get("version", {}).get("N", "0")),
+        generation=string_field(item, "generation") or "",
         sealed_access_token=string_field(item, "sealed_access_token"),
         access_expires_at=_moment(item, "access_expires_at"),
         sealed_refresh_token=string_field(item, "sealed_refresh_token"),
         refresh_expires_at=_moment(item, "refresh_expires_at"),
         user_openid=string_field(item, "user_openid"),
+        caller=string_field(item, "caller"),
         refresh_owner=string_field(item, "refresh_owner"),
         refresh_lease_until=_moment(item, "refresh_lease_until"),
-        last_request_id=int(item["last_request_id"]["N"]) if "last_request_id" in item else None,
+        abandoned_refresh_at=_moment(item, "abandoned_refresh_at"),
+        erasing="erasing_at" in item,
     )

@@ -1,23 +1,21 @@
-"""The lifecycle queue (SQS): status checks on a schedule, and work that arrived by webhook.
+"""The lifecycle queue (SQS): status checks on a schedule, webhook work, and users' purges.
 
 A waiting request is checked by a chain of delayed messages: each check sends the next one with
 ``DelaySeconds`` (SQS allows up to 900 s) before recording itself, so a lost record write repeats a check
-instead of losing the chain, and ``seq`` makes every check but the expected one stale. Messages are
-small JSON documents without any token:
-
-- ``{"kind": "check", "request_id": "<decimal>", "seq": <n>}``;
-- ``{"kind": "webhook", "delivery_id": "…", "event": "…", …}`` (see :mod:`handlers.webhook`).
+instead of losing the chain, and ``seq`` makes every check but the expected one stale. The messages'
+shapes are :mod:`tiktok_archive.models.lifecycle`'s; none holds a token.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.models.errors import QueueError
+from tiktok_archive.models.lifecycle import LifecycleMessage, StatusCheck
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -44,19 +42,18 @@ class LifecycleQueue:
         Raises:
             QueueError: SQS failed.
         """
-        body = {"kind": "check", "request_id": str(request_id), "seq": seq}
-        self._send(body, max(0, min(MAX_DELAY_SECONDS, delay_seconds)))
+        self.send(StatusCheck(request_id, seq), delay_seconds)
 
-    def send_work(self, work: dict[str, Any]) -> None:
-        """Queue work that arrived by webhook, to be done at once.
+    def send(self, message: LifecycleMessage, delay_seconds: int = 0) -> None:
+        """Queue ``message``, to be worked on after ``delay_seconds`` (0–900).
 
         Raises:
             QueueError: SQS failed.
         """
-        self._send({"kind": "webhook", **work}, 0)
-
-    def _send(self, body: dict[str, Any], delay: int) -> None:
+        delay = max(0, min(MAX_DELAY_SECONDS, delay_seconds))
         try:
-            self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(body), DelaySeconds=delay)
+            self._sqs.send_message(
+                QueueUrl=self._queue_url, MessageBody=json.dumps(message.body()), DelaySeconds=delay
+            )
         except (ClientError, BotoCoreError) as error:
             raise aws_failure(QueueError, "SQS SendMessage", error) from None

@@ -418,6 +418,37 @@ class S3ArchiveStore:
         """
         self._call("DeleteObject", self._client.delete_object, Bucket=self.bucket, Key=key)
 
+    def abort_uploads(self, key: str) -> int:
+        """Abort every multipart upload still open for ``key`` (a download that crashed or still runs).
+
+        Returns:
+            how many were aborted.
+
+        Raises:
+            StorageError: S3 refused or failed.
+        """
+        aborted = 0
+        listing: dict[str, Any] = {"Bucket": self.bucket, "Prefix": key}
+        while True:
+            answer = self._call("ListMultipartUploads", self._client.list_multipart_uploads, **listing)
+            for upload in answer.get("Uploads", []):
+                if upload.get("Key") != key:
+                    continue
+                try:
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+                except ClientError as error:
+                    if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                        raise _storage_error("AbortMultipartUpload", error) from None
+                except BotoCoreError as error:
+                    raise _storage_error("AbortMultipartUpload", error) from None
+                aborted += 1
+            if not answer.get("IsTruncated"):
+                return aborted
+            listing["KeyMarker"] = answer.get("NextKeyMarker", "")
+            listing["UploadIdMarker"] = answer.get("NextUploadIdMarker", "")
+
     def read_range(self, key: str, start: int, length: int) -> bytes:
         """``length`` bytes of the object ``key`` from byte ``start`` (a ranged GET; fewer at its end).
 

@@ -1,10 +1,11 @@
-"""API Gateway (REST, Lambda proxy) entry point.
+"""API Gateway (REST, Lambda proxy) entry point; every route is signed with SigV4 (``AWS_IAM``).
 
 ``POST /requests`` (add a data request and follow it), ``POST /downloads`` (download a ready one, or
-queue it), ``GET /downloads/{request_id}`` (its record) and ``DELETE /downloads/{request_id}`` (cancel
-it). Thin on purpose: it reads the bearer token, the ``request_id``, the body and the ``Prefer`` header,
-calls a service and turns the answer — or the one error that explains a failure — into JSON. The event
-is never logged: its ``Authorization`` header holds the user's TikTok token.
+queue it), ``GET`` / ``DELETE /downloads/{request_id}`` (its record; cancel it), ``GET
+/users/{open_id}/requests`` (a user's requests) and ``DELETE /users/{open_id}`` (erase a user). Thin on
+purpose: it reads the caller API Gateway verified, the path, the query and the body, calls a service and
+turns the answer — or the one error that explains a failure — into JSON. The event is never logged: its
+body holds the user's tokens, its headers the caller's signature.
 """
 
 from __future__ import annotations
@@ -18,82 +19,133 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tiktok_archive.handlers.http_answers import answer_errors, json_answer
-from tiktok_archive.models.download import (
-    DownloadRequest,
-    parse_authorization_header,
-    parse_json_object,
-    parse_request_id,
-    prefers_async,
-)
+from tiktok_archive.models.caller import caller_of
+from tiktok_archive.models.deadline import Deadline
+from tiktok_archive.models.download import parse_json_object, parse_request_id, prefers_async
 from tiktok_archive.models.download_record import DownloadStatus
 from tiktok_archive.models.errors import InvalidRequestError
-from tiktok_archive.models.portability import parse_new_request
+from tiktok_archive.models.lifecycle import EraseUser
+from tiktok_archive.models.paging import parse_page_size
+from tiktok_archive.models.portability import (
+    HANDOVER_FIELDS,
+    parse_handed_tokens,
+    parse_new_request,
+    parse_open_id,
+    refuse_unknown_fields,
+)
 from tiktok_archive.observability import hide, logger, metrics, tracer
-from tiktok_archive.runtime import download_service, request_lifecycle, start_invocation
+from tiktok_archive.runtime import (
+    download_service,
+    lifecycle_queue,
+    record_queries,
+    request_lifecycle,
+    start_invocation,
+)
 
 app = APIGatewayRestResolver()
-answer_errors(app, "POST /requests, POST /downloads and GET or DELETE /downloads/{request_id}")
+answer_errors(
+    app,
+    "POST /requests, POST /downloads, GET or DELETE /downloads/{request_id}, GET /users/{open_id}/requests "
+    "and DELETE /users/{open_id}",
+)
+_DOWNLOAD_FIELDS = HANDOVER_FIELDS | {"request_id"}
 
 
 @app.post("/downloads")
 def create_download() -> Response[str]:
     """Download ``request_id``'s archive once and answer with a link (``Prefer: respond-async``: queue it)."""
     event = app.current_event
-    token = _bearer_token()
-    body = parse_json_object(_body())
-    request = DownloadRequest(parse_request_id(body.get("request_id")), token)
-    remaining_ms = app.lambda_context.get_remaining_time_in_millis()
+    caller = _caller()
+    body = _json_body(required=True)
+    refuse_unknown_fields(body, _DOWNLOAD_FIELDS)
+    request_id = parse_request_id(body.get("request_id"))
+    handed = parse_handed_tokens(body)
     if not prefers_async(event.headers.get("Prefer")):
-        return json_answer(HTTPStatus.OK, download_service().download(request, remaining_ms).to_body())
-    answer = download_service().queue(request, remaining_ms)
+        answer = download_service().download(caller, request_id, handed, _deadline())
+        return json_answer(HTTPStatus.OK, answer.to_body())
+    answer = download_service().queue(caller, request_id, handed, _deadline())
     if answer.record.status is DownloadStatus.COMPLETED:
         return json_answer(HTTPStatus.OK, answer.to_body())  # nothing left to wait for (RFC 7240 allows it)
-    location = f"{event.request_context.path.rstrip('/')}/{request.request_id}"
+    location = f"{event.request_context.path.rstrip('/')}/{request_id}"
     headers = {"Location": location, "Preference-Applied": "respond-async"}
     return json_answer(HTTPStatus.ACCEPTED, answer.to_body(), headers)
 
 
 @app.get("/downloads/<request_id>")
 def get_download(request_id: str) -> Response[str]:
-    """The download's record for its owner, with a fresh link once the archive is stored."""
-    request = DownloadRequest(parse_request_id(request_id), _bearer_token())
-    remaining_ms = app.lambda_context.get_remaining_time_in_millis()
-    return json_answer(HTTPStatus.OK, download_service().describe(request, remaining_ms).to_body())
+    """The caller's record, with a fresh link once the archive is stored (TikTok is not asked)."""
+    caller = _caller()
+    answer = record_queries().describe(caller, parse_request_id(request_id))
+    return json_answer(HTTPStatus.OK, answer.to_body())
 
 
 @app.post("/requests")
 def create_request() -> Response[str]:
-    """Add a data request at TikTok for the token's user; the service follows it to the archive."""
+    """Add a data request at TikTok for the tokens' user; the service follows it to the archive."""
     event = app.current_event
-    token = _bearer_token()
-    new = parse_new_request(parse_json_object(_body() or "{}"))
-    hide(new.refresh_token)
-    record = request_lifecycle().add(token, new, app.lambda_context.get_remaining_time_in_millis())
+    caller = _caller()
+    new = parse_new_request(_json_body(required=True))
+    record = request_lifecycle().add(caller, new, _deadline())
     location = f"{event.request_context.path.rstrip('/').rsplit('/', 1)[0]}/downloads/{record.request_id}"
     return json_answer(HTTPStatus.ACCEPTED, record.to_body(), {"Location": location})
 
 
 @app.delete("/downloads/<request_id>")
 def cancel_download(request_id: str) -> Response[str]:
-    """Cancel the owner's request: at TikTok while pending, and here for good (no link ever again)."""
-    request = DownloadRequest(parse_request_id(request_id), _bearer_token())
-    remaining_ms = app.lambda_context.get_remaining_time_in_millis()
-    return json_answer(HTTPStatus.OK, request_lifecycle().cancel(request, remaining_ms).to_body())
+    """Cancel the caller's request: at TikTok while it can be, and here for good (no link ever again)."""
+    caller = _caller()
+    record = request_lifecycle().cancel(caller, parse_request_id(request_id), _deadline())
+    return json_answer(HTTPStatus.OK, record.to_body())
 
 
-def _body() -> str | None:
-    """The request's body as text; a (base64-encoded) body that is not UTF-8 is a bad request."""
+@app.get("/users/<open_id>/requests")
+def list_user_requests(open_id: str) -> Response[str]:
+    """The caller's requests of one user, newest first, a page at a time (``limit``, ``next``)."""
+    caller = _caller()
+    event = app.current_event
+    page = record_queries().user_requests(
+        caller,
+        parse_open_id(open_id),
+        parse_page_size(event.get_query_string_value("limit")),
+        event.get_query_string_value("next"),
+    )
+    return json_answer(HTTPStatus.OK, page.to_body())
+
+
+@app.delete("/users/<open_id>")
+def erase_user(open_id: str) -> Response[str]:
+    """Erase a user under the caller: the work is queued at once; ``User Erased`` says when it is done."""
+    caller = _caller()
+    user = parse_open_id(open_id)
+    lifecycle_queue().send(EraseUser(caller, user))
+    logger.info("user's erasure queued")
+    return json_answer(HTTPStatus.ACCEPTED, {"open_id": user, "status": "erasing"})
+
+
+def _caller() -> str:
+    """The caller API Gateway verified (``AWS_IAM``), on every log record of the invocation."""
+    caller = caller_of(app.current_event.request_context.identity.user_arn)
+    logger.append_keys(caller=caller)
+    return caller
+
+
+def _deadline() -> Deadline:
+    deadline: Deadline = app.context["deadline"]
+    return deadline
+
+
+def _json_body(*, required: bool) -> dict[str, Any]:
+    """The body as a JSON object; its tokens registered as secrets before anything else can log them."""
     try:
-        return app.current_event.decoded_body
+        text = app.current_event.decoded_body
     except (UnicodeDecodeError, binascii.Error):
         raise InvalidRequestError("the body must be a JSON object in UTF-8") from None
-
-
-def _bearer_token() -> str:
-    """The caller's TikTok token, registered as a secret before anything else can log it."""
-    token = parse_authorization_header(app.current_event.headers.get("Authorization"))
-    hide(token)
-    return token
+    document = parse_json_object(text if required else (text or "{}"))
+    for name in ("access_token", "refresh_token"):
+        value = document.get(name)
+        if isinstance(value, str):
+            hide(value)
+    return document
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
@@ -101,5 +153,5 @@ def _bearer_token() -> str:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point for the REST API."""
-    start_invocation(context.get_remaining_time_in_millis())
+    app.append_context(deadline=start_invocation(context))  # type: ignore[no-untyped-call]
     return app.resolve(event, context)

@@ -1,13 +1,14 @@
-"""Lifecycle queue entry point: scheduled status checks of waiting requests (and webhook work).
+"""Lifecycle queue entry point: status checks of waiting requests, webhook work, and users' purges.
 
-Thin on purpose: each message is parsed and handed to :class:`RequestLifecycle`. Two things are the
-trigger's own:
+Thin on purpose: each message is parsed and handed to :class:`RequestLifecycle` or :class:`UserPurge`.
+Two things are the trigger's own:
 
-- pacing: one invocation makes at most one TikTok call per ``STATUS_POLL_PACE_MS``; with the template's
-  cap on concurrent invocations, that bounds the calls a minute whatever the number of waiting users
+- pacing: one invocation makes at most one status check per ``STATUS_POLL_PACE_MS``; with the template's
+  cap on concurrent invocations, that bounds the checks a minute whatever the number of waiting users
   (see the README's arithmetic);
-- a 429: the rest of the batch is handed back to come in after TikTok's ``Retry-After`` (their
-  visibility is changed), so one rate limit does not cost a call per message.
+- a 429: the batch's other TikTok work (status checks, an erasure's revocation) is handed back to come in
+  after TikTok's ``Retry-After`` (their visibility is changed), so one rate limit does not cost a call per
+  message. Purges and webhook work call no TikTok endpoint: they are never held back.
 
 A malformed message is logged and acknowledged; a transient failure of AWS hands the message back.
 """
@@ -23,15 +24,28 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tiktok_archive.handlers.queue_failures import settle
+from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import parse_json_object
 from tiktok_archive.models.errors import HandedBackError, TransferError
 from tiktok_archive.models.lifecycle import (
+    TIKTOK_WORK,
     ArchiveReadyWork,
     AuthorizationRemovedWork,
+    EraseUser,
+    LifecycleMessage,
+    PurgeAgain,
+    RevokeAtTikTok,
+    StatusCheck,
     parse_lifecycle_message,
 )
 from tiktok_archive.observability import logger, metrics, tracer
-from tiktok_archive.runtime import message_visibility, request_lifecycle, settings, start_invocation
+from tiktok_archive.runtime import (
+    message_visibility,
+    request_lifecycle,
+    settings,
+    start_invocation,
+    user_purge,
+)
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -42,6 +56,7 @@ class _Invocation:
     def __init__(self) -> None:
         self.last_call = 0.0
         self.paused_until = 0.0
+        self.deadline = Deadline.after(0)
 
     def pace(self) -> None:
         gap = settings().status_poll_pace_ms / 1000 - (time.monotonic() - self.last_call)
@@ -53,35 +68,48 @@ class _Invocation:
 _invocation = _Invocation()
 
 
-def lifecycle_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
+def lifecycle_message(record: SQSRecord) -> None:
     """Work one lifecycle message.
 
     Raises:
         TransferError: only transient ones, so that the message is delivered again.
     """
     logger.set_correlation_id(record.message_id)
-    pause = _invocation.paused_until - time.monotonic()
-    if pause > 0:
-        message_visibility().postpone(record.queue_url, record.receipt_handle, int(pause) + 1)
-        raise HandedBackError("TikTok rate-limited this invocation; the message comes back later")
     try:
         message = parse_lifecycle_message(parse_json_object(record.body))
-        lifecycle = request_lifecycle()
-        if isinstance(message, ArchiveReadyWork):
-            lifecycle.archive_ready(message.request_id)
-            return
-        if isinstance(message, AuthorizationRemovedWork):
-            lifecycle.revoke_user(message.user_openid, message.reason)
-            return
-        _invocation.pace()
-        outcome = lifecycle.check(
-            message.request_id, message.seq, lambda_context.get_remaining_time_in_millis()
-        )
+        if isinstance(message, TIKTOK_WORK):
+            pause = _invocation.paused_until - time.monotonic()
+            if pause > 0:
+                message_visibility().postpone(record.queue_url, record.receipt_handle, int(pause) + 1)
+                raise HandedBackError("TikTok rate-limited this invocation; the message comes back later")
+        _work(message)
     except TransferError as error:
-        settle(error, record, {}, postpone=False)
-        return
-    if outcome.rate_limited_for:
-        _invocation.paused_until = time.monotonic() + outcome.rate_limited_for
+        if isinstance(error, HandedBackError):
+            raise
+        if error.upstream_status == 429 and error.redeliver_after:
+            _invocation.paused_until = time.monotonic() + error.redeliver_after
+        settle(error, record, {}, postpone=True)
+
+
+def _work(message: LifecycleMessage) -> None:
+    """Hand ``message`` to the service that does its work."""
+    deadline = _invocation.deadline
+    if isinstance(message, StatusCheck):
+        _invocation.pace()
+        outcome = request_lifecycle().check(message.request_id, message.seq, deadline)
+        if outcome.rate_limited_for:
+            _invocation.paused_until = time.monotonic() + outcome.rate_limited_for
+    elif isinstance(message, ArchiveReadyWork):
+        request_lifecycle().archive_ready(message)
+    elif isinstance(message, AuthorizationRemovedWork):
+        user_purge().authorization_removed(message.user_openid, message.reason)
+    elif isinstance(message, EraseUser):
+        user_purge().erase(message)
+    elif isinstance(message, PurgeAgain):
+        user_purge().again(message)
+    elif isinstance(message, RevokeAtTikTok):
+        _invocation.pace()
+        user_purge().revoke_at_tiktok(message, deadline)
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -89,7 +117,7 @@ def lifecycle_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Lambda entry point for the lifecycle queue."""
-    start_invocation(context.get_remaining_time_in_millis())
+    _invocation.deadline = start_invocation(context)
     _invocation.paused_until = 0.0
     return process_partial_response(
         event=event, record_handler=lifecycle_message, processor=processor, context=context

@@ -25,6 +25,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tiktok_archive.handlers.queue_failures import settle
+from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import parse_json_object, parse_queued_job, parse_request_id
 from tiktok_archive.models.errors import TransferError
 from tiktok_archive.observability import hide, logger, metrics, tracer
@@ -33,8 +34,11 @@ from tiktok_archive.runtime import download_service, start_invocation
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
-def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
-    """Run one message's download, within the time the invocation has left.
+_deadline: list[Deadline] = []
+
+
+def download_message(record: SQSRecord) -> None:
+    """Run one message's download, within the invocation's deadline.
 
     Raises:
         TransferError: only transient ones, so that the message is delivered again.
@@ -46,7 +50,7 @@ def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
         request_id = parse_request_id(document.get("request_id"))
         job = parse_queued_job(request_id, document)
         hide(job.access_token)
-        download_service().download_job(job, lambda_context.get_remaining_time_in_millis())
+        download_service().download_job(job, _deadline[-1])
     except TransferError as error:
         request = {"request_id": None if request_id is None else str(request_id)}
         settle(error, record, request, postpone=True)
@@ -57,7 +61,7 @@ def download_message(record: SQSRecord, lambda_context: LambdaContext) -> None:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Lambda entry point for the download queue."""
-    start_invocation(context.get_remaining_time_in_millis())
+    _deadline[:] = [start_invocation(context)]
     return process_partial_response(
         event=event, record_handler=download_message, processor=processor, context=context
     )

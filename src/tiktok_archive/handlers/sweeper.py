@@ -24,7 +24,7 @@ OVERDUE_FOR = timedelta(minutes=10)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     """Lambda entry point for the sweeper's schedule."""
-    start_invocation(context.get_remaining_time_in_millis())
+    start_invocation(context)
     redriven = request_lifecycle().redrive(OVERDUE_FOR)
     metrics.add_metric(name="ChecksRedriven", unit=MetricUnit.Count, value=redriven)
     logger.info("sweep done", extra={"redriven": redriven})

@@ -57,5 +57,5 @@ def _signature_header(event: dict[str, Any]) -> str | None:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point for TikTok's webhooks."""
-    start_invocation(context.get_remaining_time_in_millis())
+    start_invocation(context)
     return app.resolve(event, context)

@@ -1,9 +1,13 @@
 """Downloads as a caller sees them: one record per ``request_id``, idempotent, owned, observable.
 
 Both triggers call :class:`DownloadService`; it claims the download's record before the transfer runs
-(so a duplicate request or a redelivered message does not download again), records the outcome,
-publishes it as an event, and hands a stored archive only to a caller whose token TikTok confirms owns
-the request. It knows nothing of API Gateway or SQS events.
+(so a duplicate request or a redelivered message does not download again), records the outcome and
+publishes it as an event. It knows nothing of API Gateway or SQS events.
+
+Authorization comes first: TikTok's Check Status, asked with the user's token, must confirm that the
+token's user owns the request before anything is written, queued or published. And a record is its
+caller's: the claim is conditional on it, so another caller — even one holding the user's token — gets
+the same 404 as for an unknown request, and changes nothing.
 """
 
 from __future__ import annotations
@@ -11,15 +15,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs, open_job_token
 from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
+from tiktok_archive.logic.grant_release import release_grant
+from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.ownership import (
     EXPIRED_MESSAGE,
     NOT_FOUND_MESSAGE,
@@ -29,8 +33,16 @@ from tiktok_archive.logic.ownership import (
 )
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
-from tiktok_archive.models.download import DownloadRequest, QueuedJob, format_utc, utc_now
-from tiktok_archive.models.download_record import ENDED, DownloadRecord, DownloadStatus, Progress
+from tiktok_archive.models.deadline import Deadline
+from tiktok_archive.models.download import DownloadRequest, QueuedJob, utc_now
+from tiktok_archive.models.download_record import (
+    ENDED,
+    Answer,
+    DownloadRecord,
+    DownloadStatus,
+    Owner,
+    Progress,
+)
 from tiktok_archive.models.errors import (
     DownloadInProgressError,
     DownloadNotFoundError,
@@ -40,6 +52,7 @@ from tiktok_archive.models.errors import (
     TransferError,
     UnexpectedError,
 )
+from tiktok_archive.models.portability import HandedTokens
 from tiktok_archive.observability import logger
 
 # A claim outlives its invocation's deadline by this much, then lapses by itself: a crashed or killed
@@ -48,26 +61,11 @@ LEASE_GRACE_SECONDS = 5
 # A queued job that has not started after this long may be queued again by a repeated async request
 # or a repeated trigger (a duplicate message is harmless: the claim lets only one of them download).
 QUEUED_LEASE = timedelta(minutes=15)
-
-
 # A running download records its progress at most this often.
 PROGRESS_EVERY_SECONDS = 3.0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A download's record, with a fresh link to the archive when it is stored."""
-
-    record: DownloadRecord
-    url: str | None = None
-    expires_at: datetime | None = None
-
-    def to_body(self) -> dict[str, Any]:
-        body = self.record.to_body()
-        if self.url is not None and self.expires_at is not None:
-            body["url"] = self.url
-            body["expires_at"] = format_utc(self.expires_at)
-        return body
+# Where a job of the service's own may pick a download up: queued (or retried after a failure, or taken
+# over from a crashed attempt) — never a request TikTok is still preparing.
+_JOB_STATUSES = frozenset({DownloadStatus.QUEUED, DownloadStatus.IN_PROGRESS, DownloadStatus.FAILED})
 
 
 class DownloadService:
@@ -81,10 +79,7 @@ class DownloadService:
         jobs: the queue of async downloads, built on first use (only async requests need it).
         vault: opens the tokens of queued jobs, built on first use (only the worker needs it).
         tokens: users' stored grants, built on first use (jobs of requests added with ``POST /requests``).
-
-    Authorization comes first: no record is written, no job queued and no event published for a
-    caller until TikTok's Check Status, asked with the caller's token, confirms that its user owns the
-    request.
+        handover: takes the tokens a caller hands over, built on first use.
     """
 
     def __init__(
@@ -96,8 +91,10 @@ class DownloadService:
         jobs: Callable[[], DownloadJobs],
         vault: Callable[[], TokenVault],
         tokens: Callable[[], TokenService],
+        handover: Callable[[], TokenHandover],
     ) -> None:
         self._tokens = tokens
+        self._handover = handover
         self._transfer = transfer
         self._records = records
         self._tiktok = tiktok
@@ -105,45 +102,161 @@ class DownloadService:
         self._jobs = jobs
         self._vault = vault
 
-    def download(self, request: DownloadRequest, remaining_ms: int, *, link: bool = True) -> Answer:
-        """Download ``request``'s archive once; a repeat gets the stored one (with a fresh link).
-
-        Args:
-            request: what to download, with whose token.
-            remaining_ms: the invocation's time left.
-            link: whether the caller gets a link (the worker needs none: for it a stored archive is
-                done, without asking TikTok anything).
+    # -- POST /downloads -----------------------------------------------------------------------------
+    def download(self, caller: str, request_id: int, handed: HandedTokens, deadline: Deadline) -> Answer:
+        """Download ``request_id``'s archive once for ``caller``; a repeat gets the stored one (a fresh link).
 
         Raises:
-            DownloadNotFoundError: TikTok does not confirm that the token's user owns the request.
+            DownloadNotFoundError: TikTok does not confirm that the token's user owns the request, or the
+                record is another caller's.
             TikTokApiError: TikTok refused the token (``access_token_invalid``, a scope error …).
             ArchiveNotReadyError / RequestExpiredError / RequestCancelledError: TikTok's status.
             DownloadInProgressError: another invocation holds the download (409, with Retry-After).
+            OpenIdMismatchError / ReauthorizationRequiredError: the refresh token handed over.
             TransferError: the download failed; the record says so and an event was published.
         """
-        with logged_as(request.request_id):
-            return self._download(request, remaining_ms, link=link)
+        with logged_as(request_id):
+            request, owner = self._take(caller, request_id, handed, deadline)
+            return self._claimed_download(request, owner, deadline, link=True)
 
-    def _download(self, request: DownloadRequest, remaining_ms: int, *, link: bool) -> Answer:
-        if not link:
-            stored = self._records.get(request.request_id)
-            if stored is not None and stored.status.final:
-                return _nothing_to_download(stored)
-        return self._claimed_download(request, remaining_ms, link=link)
+    def queue(self, caller: str, request_id: int, handed: HandedTokens, deadline: Deadline) -> Answer:
+        """Queue ``request_id`` for the worker (``Prefer: respond-async``) once TikTok confirms the owner.
 
-    def _claimed_download(self, request: DownloadRequest, remaining_ms: int, *, link: bool) -> Answer:
+        Returns:
+            the queued record; or the record as it is when the download already runs or is queued
+            (nothing is queued twice), or is stored (then with a fresh link).
+
+        Raises:
+            as :meth:`download`; and QueueError: KMS or SQS failed (the record says ``failed``);
+            ConfigurationError: the queue or the key is not configured.
+        """
+        with logged_as(request_id):
+            request, owner = self._take(caller, request_id, handed, deadline)
+            stored = self._ready_or_stored(request, owner, deadline)
+            if stored is not None:
+                return self._answer(stored)
+            jobs = self._jobs()
+            queued = self._records.enqueue(request_id, QUEUED_LEASE, owner)
+            if isinstance(queued, Held):
+                if not owner.may_act_on(queued.record):
+                    raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
+                if queued.record.status in ENDED:
+                    raise _ended(queued.record.status)  # as the synchronous path answers: nothing to queue
+                return self._answer(queued.record)
+            try:
+                if owner.grant_id is not None:
+                    jobs.send_for_grant(request_id)
+                    message_id = None
+                else:
+                    message_id = jobs.send(request_id, request.access_token)
+            except TransferError as error:
+                self._records.abandon(request_id, error)
+                raise
+            logger.info("download queued", extra={"message_id": message_id})
+            return Answer(queued)
+
+    def _take(
+        self, caller: str, request_id: int, handed: HandedTokens, deadline: Deadline
+    ) -> tuple[DownloadRequest, Owner]:
+        holding = self._handover().take(caller, handed, deadline)
+        owner = Owner(caller, holding.user_openid, holding.grant_id)
+        return DownloadRequest(request_id, holding.access_token), owner
+
+    # -- the worker ----------------------------------------------------------------------------------
+    def download_job(self, job: QueuedJob, deadline: Deadline) -> Answer:
+        """The worker's side of a queued download (no link is handed out).
+
+        A backend's own message (a token in clear) acts on a record no API caller made; a job the
+        service queued (a token it sealed, or the user's grant) acts on the record it made.
+
+        Raises:
+            MissingTokenError: the message has no usable token (permanent).
+            TokenVaultError: KMS could not open the token (transient).
+            TransferError: as :meth:`download`.
+        """
+        try:
+            with logged_as(job.request_id):
+                if job.from_grant:
+                    return self._download_with_grant(job.request_id, deadline)
+                if job.access_token is not None:
+                    owner = Owner(None)
+                    token = job.access_token
+                else:
+                    owner = Owner(None, service=True)
+                    token = open_job_token(self._vault(), job.request_id, job.encrypted_access_token or "")
+                stored = self._records.get(job.request_id)
+                if stored is not None and stored.status.final:
+                    return _nothing_to_download(stored)
+                return self._claimed_download(
+                    DownloadRequest(job.request_id, token), owner, deadline, link=False
+                )
+        except TransferError as error:
+            if not error.is_transient and (job.from_grant or job.encrypted_access_token):
+                self._end_queued(job.request_id, error)
+            raise
+
+    def _download_with_grant(self, request_id: int, deadline: Deadline) -> Answer:
+        """A request the lifecycle queued: its user's stored grant provides the token."""
+        record = self._records.get(request_id)
+        if record is None or record.grant_id is None:
+            raise DownloadNotFoundError("no request added with POST /requests has this request_id")
+        if record.status.final:
+            return _nothing_to_download(record)
+        if record.status not in _JOB_STATUSES:
+            logger.info(
+                "a job for a request that is not ready here is ignored", extra={"status": record.status.value}
+            )
+            return Answer(record)
+        owner = Owner(None, service=True)
+        return self._tokens().with_access_token(
+            record.grant_id,
+            deadline,
+            lambda token: self._claimed_download(
+                DownloadRequest(request_id, token), owner, deadline, link=False
+            ),
+        )
+
+    def _end_queued(self, request_id: int, error: TransferError) -> None:
+        """A job the service queued itself failed for good before its download began: say so.
+
+        Only for jobs whose token the service vouched for (the user's grant, or a token it sealed after
+        TikTok confirmed the owner): a backend's message may carry anyone's token. A download that began
+        recorded its own failure; a record no longer ``queued`` is left as it is.
+        """
+        with logged_as(request_id):
+            record = self._records.get(request_id)
+            if record is None or record.status is not DownloadStatus.QUEUED:
+                return
+            if isinstance(error, RequestExpiredError):
+                ended = self._records.end(request_id, DownloadStatus.EXPIRED)
+            elif isinstance(error, RequestCancelledError):
+                ended = self._records.end(request_id, DownloadStatus.CANCELLED)
+            else:
+                ended = self._records.end(request_id, DownloadStatus.FAILED, error=error)
+            if not isinstance(ended, Held):
+                logger.info("queued request ended", extra={"status": ended.status.value})
+                self._events.publish(ended)
+                self._release(ended)
+
+    # -- one download ----------------------------------------------------------------------------------
+    def _claimed_download(
+        self, request: DownloadRequest, owner: Owner, deadline: Deadline, *, link: bool
+    ) -> Answer:
         """Once TikTok confirmed owner and readiness, the download under the record's claim."""
-        stored = self._ready_or_stored(request, remaining_ms)
+        stored = self._ready_or_stored(request, owner, deadline)
         if stored is not None:
             return self._held(stored, request, link=link)
         bucket, key = self._transfer.location(request.request_id)
-        lease = timedelta(seconds=remaining_ms / 1000 + LEASE_GRACE_SECONDS)
-        claim = self._records.claim(request.request_id, bucket, key, lease)
+        lease = timedelta(seconds=max(0.0, deadline.remaining()) + LEASE_GRACE_SECONDS)
+        claim = self._records.claim(request.request_id, bucket, key, lease, owner)
         if isinstance(claim, Held):
+            if not owner.may_act_on(claim.record):
+                logger.info("the record of this request is another caller's")
+                raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
             return self._held(claim.record, request, link=link)
         reporter = _ProgressReporter(self._records, claim)
         try:
-            result = self._transfer.run(request, remaining_ms, reporter.part_done)
+            result = self._transfer.run(request, deadline, reporter.part_done)
         except TransferError as error:
             self._finish_failed(claim, error)
             raise
@@ -171,132 +284,30 @@ class DownloadService:
                 manifest=result.manifest,
             )
         self._events.publish(record)
+        self._release(record)
         return Answer(record, result.url, result.expires_at)
 
-    def download_job(self, job: QueuedJob, remaining_ms: int) -> Answer:
-        """The worker's side of a queued download (no link is handed out).
-
-        Raises:
-            MissingTokenError: the message has no usable token (permanent).
-            TokenVaultError: KMS could not open the token (transient).
-            TransferError: as :meth:`download`.
-        """
-        try:
-            if job.from_grant:
-                return self._download_with_grant(job.request_id, remaining_ms)
-            token = job.access_token
-            if token is None:
-                token = open_job_token(self._vault(), job.request_id, job.encrypted_access_token or "")
-            return self.download(DownloadRequest(job.request_id, token), remaining_ms, link=False)
-        except TransferError as error:
-            if not error.is_transient and (job.from_grant or job.encrypted_access_token):
-                self._end_queued(job.request_id, error)
-            raise
-
-    def _end_queued(self, request_id: int, error: TransferError) -> None:
-        """A job the service queued itself failed for good before its download began: say so.
-
-        Only for jobs whose token the service vouched for (the user's grant, or a token it sealed after
-        TikTok confirmed the owner): a backend's message may carry anyone's token. A download that began
-        recorded its own failure; a record no longer ``queued`` is left as it is.
-        """
-        with logged_as(request_id):
-            record = self._records.get(request_id)
-            if record is None or record.status is not DownloadStatus.QUEUED:
-                return
-            if isinstance(error, RequestExpiredError):
-                ended = self._records.end(request_id, DownloadStatus.EXPIRED)
-            elif isinstance(error, RequestCancelledError):
-                ended = self._records.end(request_id, DownloadStatus.CANCELLED)
-            else:
-                ended = self._records.end(request_id, DownloadStatus.FAILED, error=error)
-            if not isinstance(ended, Held):
-                logger.info("queued request ended", extra={"status": ended.status.value})
-                self._events.publish(ended)
-
-    def _download_with_grant(self, request_id: int, remaining_ms: int) -> Answer:
-        """A request added with ``POST /requests``: its user's stored grant provides the token."""
-        with logged_as(request_id):
-            record = self._records.get(request_id)
-            if record is None or record.grant_id is None:
-                raise DownloadNotFoundError("no request added with POST /requests has this request_id")
-            if record.status.final:
-                return _nothing_to_download(record)
-            return self._tokens().with_access_token(
-                record.grant_id,
-                self._transfer.deadline(remaining_ms),
-                lambda token: self._claimed_download(
-                    DownloadRequest(request_id, token), remaining_ms, link=False
-                ),
-            )
-
-    def queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
-        """Queue ``request`` for the worker (``Prefer: respond-async``) once TikTok confirms the owner.
-
-        Returns:
-            the queued record; or the record as it is when the download already runs or is queued
-            (nothing is queued twice), or is stored (then with a fresh link).
-
-        Raises:
-            DownloadNotFoundError: TikTok does not confirm that the token's user owns the request.
-            TikTokApiError: TikTok refused the token (``access_token_invalid``, a scope error …).
-            RequestExpiredError / RequestCancelledError: the request ended here (cancelled, revoked,
-                expired) although TikTok still offers the archive.
-            QueueError: KMS or SQS failed; the record says ``failed``.
-            ConfigurationError: the queue or the key is not configured.
-        """
-        with logged_as(request.request_id):
-            return self._queue(request, remaining_ms)
-
-    def _queue(self, request: DownloadRequest, remaining_ms: int) -> Answer:
-        stored = self._ready_or_stored(request, remaining_ms)
-        if stored is not None:
-            return self._answer(stored, request)
-        jobs = self._jobs()
-        queued = self._records.enqueue(request.request_id, QUEUED_LEASE)
-        if isinstance(queued, Held):
-            if queued.record.status in ENDED:
-                raise _ended(queued.record.status)  # as the synchronous path answers: nothing to queue
-            return self._answer(queued.record, request)
-        try:
-            message_id = jobs.send(request.request_id, request.access_token)
-        except TransferError as error:
-            self._records.abandon(request.request_id, error)
-            raise
-        logger.info("download queued", extra={"message_id": message_id})
-        return Answer(queued)
-
-    def describe(self, request: DownloadRequest, remaining_ms: int) -> Answer:
-        """The record of ``request`` for its owner, with a fresh link when the archive is stored.
-
-        Raises:
-            DownloadNotFoundError: TikTok does not confirm the owner, or there is no record (the same
-                answer).
-            TikTokApiError: TikTok refused the token (``access_token_invalid``, a scope error …).
-        """
-        with logged_as(request.request_id):
-            confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms))
-            record = self._records.get(request.request_id)
-            if record is None:
-                raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
-            return self._answer(record, request)
-
-    def _ready_or_stored(self, request: DownloadRequest, remaining_ms: int) -> DownloadRecord | None:
+    def _ready_or_stored(
+        self, request: DownloadRequest, owner: Owner, deadline: Deadline
+    ) -> DownloadRecord | None:
         """Confirm the owner and that TikTok offers the archive (``None``), or the stored record.
 
         The stored record when TikTok's four-day window is over but the archive is still kept here
         (``ArchiveRetentionDays`` outlives it): a repeat gets its link, as ``GET`` does.
 
         Raises:
-            as :func:`confirm_owner` and :func:`require_ready`.
+            as :func:`confirm_owner` and :func:`require_ready`; DownloadNotFoundError for a stored
+            record of another caller's.
         """
-        status = confirm_owner(self._tiktok, request, self._transfer.deadline(remaining_ms))
+        status = confirm_owner(self._tiktok, request, deadline)
         try:
             require_ready(status)
         except RequestExpiredError:
             stored = self._records.get(request.request_id)
             if stored is None or stored.status is not DownloadStatus.COMPLETED:
                 raise
+            if not owner.may_act_on(stored):
+                raise DownloadNotFoundError(NOT_FOUND_MESSAGE) from None
             return stored
         return None
 
@@ -311,7 +322,7 @@ class DownloadService:
                 "download already completed; "
                 + ("answered with a fresh link" if link else "not downloaded again")
             )
-            return self._answer(record, request) if link else Answer(record)
+            return self._answer(record) if link else Answer(record)
         now = datetime.now(UTC)
         raise DownloadInProgressError(
             "this request_id is being downloaded by another invocation; ask again later, or "
@@ -321,11 +332,15 @@ class DownloadService:
             redeliver_after=record.retry_after_seconds(now, longest=None),
         )
 
-    def _answer(self, record: DownloadRecord, request: DownloadRequest) -> Answer:
+    def _answer(self, record: DownloadRecord) -> Answer:
         if record.status is not DownloadStatus.COMPLETED:
             return Answer(record)
-        url, expires_at = self._transfer.link(request.request_id)
+        url, expires_at = self._transfer.link(record.request_id)
         return Answer(record, url, expires_at)
+
+    def _release(self, record: DownloadRecord) -> None:
+        if record.grant_id is not None:
+            release_grant(self._records, self._tokens(), record)
 
     def _finish_failed(self, claim: Claimed, error: TransferError) -> None:
         try:

@@ -11,7 +11,8 @@ the next one before it records itself, so a failed write repeats a check rather 
 chain; the record's ``poll_seq`` makes any other check stale. TikTok's answer moves the request on:
 ``downloading`` queues the download (once: the record's claim), ``expired`` / ``cancelled`` end it; a 429
 slows its schedule; after ``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The user's tokens come from their
-grant, refreshed on the way (:class:`TokenService`).
+grant, refreshed on the way (:class:`TokenService`); a request that ends releases its grant when no other
+request needs it (:func:`release_grant`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from datetime import UTC, datetime, timedelta
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords, Held
-from tiktok_archive.adapters.grants import grant_id_for, user_grant_id
 from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.downloads import QUEUED_LEASE
-from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, confirm_owner, logged_as
+from tiktok_archive.logic.grant_release import release_grant, release_unneeded
+from tiktok_archive.logic.handover import Holding, TokenHandover
+from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, logged_as
+from tiktok_archive.logic.queries import RecordQueries
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.deadline import Deadline
@@ -37,10 +40,12 @@ from tiktok_archive.models.download_record import ENDED, DownloadRecord, Downloa
 from tiktok_archive.models.errors import (
     DownloadNotFoundError,
     PreparationTimedOutError,
+    ReauthorizationRequiredError,
     RecordStoreError,
     TikTokApiError,
     TransferError,
 )
+from tiktok_archive.models.lifecycle import ArchiveReadyWork
 from tiktok_archive.models.portability import NewRequest, RequestStatus, TikTokStatus
 from tiktok_archive.observability import logger
 
@@ -79,10 +84,11 @@ class RequestLifecycle:
         tiktok: TikTok's portability endpoints.
         records: the downloads table.
         tokens: users' grants.
+        handover: takes the tokens a caller hands over.
         events: publishes state changes.
         queue: the lifecycle queue (status checks).
         jobs: the download queue, built on first use.
-        transfer: deletes a cancelled request's stored archive, and gives the invocation's deadline.
+        transfer: deletes a cancelled request's stored archive.
         schedule: the status checks' timing.
     """
 
@@ -91,6 +97,7 @@ class RequestLifecycle:
         tiktok: TikTokClient,
         records: DownloadRecords,
         tokens: TokenService,
+        handover: TokenHandover,
         events: DownloadEvents,
         queue: LifecycleQueue,
         jobs: Callable[[], DownloadJobs],
@@ -100,32 +107,44 @@ class RequestLifecycle:
         self._tiktok = tiktok
         self._records = records
         self._tokens = tokens
+        self._handover = handover
         self._events = events
         self._queue = queue
         self._jobs = jobs
         self._transfer = transfer
         self._schedule = schedule
+        self._queries = RecordQueries(records, transfer)
 
     # -- POST /requests ------------------------------------------------------------------------------
-    def add(self, access_token: str, new: NewRequest, remaining_ms: int) -> DownloadRecord:
-        """Add a data request at TikTok with the caller's token, keep the user's tokens, start waiting.
+    def add(self, caller: str, new: NewRequest, deadline: Deadline) -> DownloadRecord:
+        """Take the user's tokens, add a data request at TikTok, start waiting; the record is ``caller``'s.
 
         Returns:
             the ``waiting`` record.
 
         Raises:
-            TikTokApiError: TikTok refused (``scope_permission_missed`` once a ``*.single`` scope was
-                used, a bad token …); nothing was kept.
+            OpenIdMismatchError / ReauthorizationRequiredError: TikTok named another user, or refused
+                the refresh token (see :meth:`TokenHandover.take`); nothing was added.
+            TikTokApiError: TikTok refused the Add (``scope_permission_missed`` once a ``*.single``
+                scope was used …); nothing was added.
             RecordStoreError / TokenVaultError: TikTok accepted the request but it could not be kept;
                 the message names the ``request_id`` so that it can still be downloaded.
         """
-        deadline = self._transfer.deadline(remaining_ms)
-        user = self._confirmed_user(access_token, new.open_id, deadline)
-        request_id = self._tiktok.add_request(access_token, new.data_format, list(new.categories), deadline)
+        holding = self._handover.take(caller, new.tokens, deadline)
+        try:
+            request_id = self._tiktok.add_request(
+                holding.access_token, new.data_format, list(new.categories), deadline
+            )
+        except TransferError as error:
+            # TikTok refused for good: a grant made for this request alone is not kept. A transient
+            # failure keeps it, so that the caller's retry (with the same, now rotated, tokens) joins it.
+            if not error.is_transient:
+                release_unneeded(self._records, self._tokens, holding.grant_id, caller, holding.user_openid)
+            raise
         with logged_as(request_id):
             logger.info("TikTok accepted the data request")
             try:
-                record = self._keep(request_id, access_token, new, user)
+                record = self._keep(caller, request_id, new, holding)
             except TransferError as error:
                 logger.error("added request not kept", extra=error.log_fields())
                 raise type(error)(
@@ -140,44 +159,14 @@ class RequestLifecycle:
             self._events.publish(record)
             return record
 
-    def _confirmed_user(self, access_token: str, open_id: str | None, deadline: Deadline) -> str | None:
-        """``open_id`` if the caller's tokens may join that user's grant; ``None`` keeps them apart.
-
-        ``open_id`` is the caller's word. It starts a user's grant when there is none; it joins an
-        existing one only once TikTok, asked with the caller's token, confirms that the token's user owns
-        the grant's latest request — a wrong or forged ``open_id`` must not replace another user's tokens
-        (their refresh token rotates: replaced, it is lost). Not confirmed, the request keeps the
-        caller's tokens in a grant of its own, linked to no user.
-
-        Raises:
-            TikTokApiError: TikTok refused the caller's token (nothing was added).
-            RecordStoreError: DynamoDB failed.
-        """
-        if open_id is None:
-            return None
-        grant = self._tokens.find(user_grant_id(open_id))
-        if grant is None:
-            return open_id
-        if grant.last_request_id is not None:
-            try:
-                confirm_owner(self._tiktok, DownloadRequest(grant.last_request_id, access_token), deadline)
-                return open_id
-            except DownloadNotFoundError:
-                pass
-        logger.warning(
-            "TikTok did not confirm that the caller's token is the open_id's user: "
-            "the request is kept apart from that user's grant"
-        )
-        return None
-
-    def _keep(self, request_id: int, access_token: str, new: NewRequest, user: str | None) -> DownloadRecord:
-        grant_id = grant_id_for(user, request_id)
-        self._tokens.store(grant_id, access_token, new.refresh_token, user, request_id)
+    def _keep(self, caller: str, request_id: int, new: NewRequest, holding: Holding) -> DownloadRecord:
+        grant_id = self._handover.keep_for_request(caller, holding, request_id)
         now = _now()
         created = self._records.create_waiting(
             request_id,
+            caller=caller,
             grant_id=grant_id,
-            user_openid=user,
+            user_openid=holding.user_openid,
             preparation=Preparation(
                 data_format=new.data_format,
                 categories=new.categories,
@@ -191,7 +180,7 @@ class RequestLifecycle:
         return created
 
     # -- the schedule ----------------------------------------------------------------------------
-    def check(self, request_id: int, seq: int, remaining_ms: int) -> CheckOutcome:
+    def check(self, request_id: int, seq: int, deadline: Deadline) -> CheckOutcome:
         """Status check number ``seq`` of a waiting request (a lifecycle queue message).
 
         Returns:
@@ -205,15 +194,14 @@ class RequestLifecycle:
             if record is None or record.status is not DownloadStatus.WAITING or record.poll_seq != seq:
                 logger.info("status check is stale", extra={"seq": seq})
                 return CheckOutcome("stale")
-            return self._check(record, remaining_ms)
+            return self._check(record, deadline)
 
-    def _check(self, record: DownloadRecord, remaining_ms: int) -> CheckOutcome:
+    def _check(self, record: DownloadRecord, deadline: Deadline) -> CheckOutcome:
         prep = record.preparation
         if record.grant_id is None or prep is None:
             return CheckOutcome("stale")
         if prep.give_up_at is not None and _now() >= prep.give_up_at:
             return self._fail(record, PreparationTimedOutError("TikTok did not prepare the archive in time"))
-        deadline = self._transfer.deadline(remaining_ms)
         grant_id = record.grant_id
         request_id = record.request_id
         try:
@@ -226,7 +214,6 @@ class RequestLifecycle:
             return self._check_failed(record, error)
         if status is None:
             return self._fail(record, DownloadNotFoundError(NOT_FOUND_MESSAGE))
-        self._learn_user(record, grant_id)
         return self._follow(record, status)
 
     def _check_failed(self, record: DownloadRecord, error: TransferError) -> CheckOutcome:
@@ -273,6 +260,7 @@ class RequestLifecycle:
             if not isinstance(ended, Held):
                 logger.info("request ended at TikTok", extra={"tiktok_status": status.status})
                 self._events.publish(ended)
+                release_grant(self._records, self._tokens, ended)
             return CheckOutcome(final.value)
         self._next(record, status, self._schedule.after(record.poll_interval or self._schedule.initial))
         return CheckOutcome("waiting")
@@ -296,13 +284,8 @@ class RequestLifecycle:
         ended = self._records.end(record.request_id, DownloadStatus.FAILED, error=error, seq=record.poll_seq)
         if not isinstance(ended, Held):
             self._events.publish(ended)
+            release_grant(self._records, self._tokens, ended)
         return CheckOutcome("failed")
-
-    def _learn_user(self, record: DownloadRecord, grant_id: str) -> None:
-        if record.user_openid is None:
-            user = self._tokens.user_of(grant_id)
-            if user is not None:
-                self._records.set_user(record.request_id, user)
 
     def redrive(self, overdue_for: timedelta) -> int:
         """Check again, now, every waiting request whose next check is ``overdue_for`` late.
@@ -321,8 +304,11 @@ class RequestLifecycle:
         return len(late)
 
     # -- TikTok's webhooks ---------------------------------------------------------------------------
-    def archive_ready(self, request_id: int) -> str:
+    def archive_ready(self, work: ArchiveReadyWork) -> str:
         """TikTok announced the archive ready: a waiting request's download is queued now.
+
+        A webhook that names the user records them on a request whose user was not known (TikTok's
+        word: the user's purge then finds it).
 
         Returns:
             ``"queued"``; ``"unknown"`` for a request the service never saw (acknowledged, logged);
@@ -331,11 +317,14 @@ class RequestLifecycle:
         Raises:
             TransferError: only transient failures of AWS.
         """
+        request_id = work.request_id
         with logged_as(request_id):
             record = self._records.get(request_id)
             if record is None:
                 logger.info("TikTok announced an archive ready for a request this service does not know")
                 return "unknown"
+            if work.user_openid is not None and record.user_openid is None:
+                self._records.set_user(record, work.user_openid)
             if record.status is not DownloadStatus.WAITING or record.grant_id is None:
                 return "nothing"
             self._jobs().send_for_grant(request_id)
@@ -346,83 +335,53 @@ class RequestLifecycle:
             self._events.publish(queued)
             return "queued"
 
-    def revoke_user(self, user_openid: str, reason: int | None) -> int:
-        """The user disconnected the app: purge everything of theirs.
-
-        Every record of the user (the ``by-user`` index): its archive deleted, its schedule stopped, a
-        running download stopped at its next progress report, the record left ``revoked`` (a tombstone
-        that expires with the retention period); every grant of theirs erased; one ``Authorization
-        Removed`` event with the count. Running it again changes nothing and publishes nothing.
-
-        Returns:
-            how many records this call revoked.
-
-        Raises:
-            TransferError: only transient failures of AWS (the message comes back and finishes the job).
-        """
-        records = self._records.of_user(user_openid)
-        grants = {user_grant_id(user_openid)} | {r.grant_id for r in records if r.grant_id}
-        revoked = []
-        for record in records:
-            with logged_as(record.request_id):
-                # The record ends first: a download finishing meanwhile finds its claim gone and deletes
-                # its own archive; then whatever is stored goes (again on a redelivery, in case an
-                # earlier delete failed — deleting nothing is harmless).
-                if record.status is not DownloadStatus.REVOKED:
-                    ended = self._records.end(record.request_id, DownloadStatus.REVOKED)
-                    if not isinstance(ended, Held) or ended.record.status is DownloadStatus.REVOKED:
-                        revoked.append(record.request_id)
-                self._transfer.discard(record.request_id)
-        erased = 0
-        for grant_id in sorted(grants):
-            erased += self._tokens.erase(grant_id)
-        if revoked or erased:
-            logger.info(
-                "user's data purged", extra={"revoked_requests": len(revoked), "erased_grants": erased}
-            )
-            self._events.publish_user_event(
-                "Authorization Removed",
-                {
-                    "open_id": user_openid,
-                    "reason": reason,
-                    "requests_revoked": len(revoked),
-                    "request_ids": [str(i) for i in revoked],
-                },
-            )
-        return len(revoked)
-
     # -- DELETE /downloads/{id} ---------------------------------------------------------------------
-    def cancel(self, request: DownloadRequest, remaining_ms: int) -> DownloadRecord:
-        """Cancel the owner's request: at TikTok while it is still pending, and here for good.
+    def cancel(self, caller: str, request_id: int, deadline: Deadline) -> DownloadRecord:
+        """Cancel ``caller``'s request: at TikTok, with the tokens the service holds, and here for good.
 
-        The polling stops, the stored archive (if any) is deleted, a running download stops at its next
-        progress report and leaves nothing, and the record says ``cancelled``. Idempotent: a second call
-        answers the same.
+        The polling stops, the stored archive (if any) and open uploads are deleted, a running download
+        stops at its next progress report and leaves nothing, the record says ``cancelled`` and the grant
+        is released when no other request needs it. Idempotent: a second call answers the same.
 
         Raises:
-            DownloadNotFoundError: TikTok does not confirm the owner, or the service has no record.
-            TikTokApiError: TikTok refused (the token, or the cancellation); nothing changed.
+            DownloadNotFoundError: no record, or another caller's (the same answer); nothing changed.
+            TikTokApiError / TransferError: TikTok could not cancel (a rate limit, TikTok failing);
+                nothing changed: ask again.
         """
-        with logged_as(request.request_id):
-            deadline = self._transfer.deadline(remaining_ms)
-            status = confirm_owner(self._tiktok, request, deadline)
-            record = self._records.get(request.request_id)
-            if record is None:
-                raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
+        with logged_as(request_id):
+            record = self._queries.owned(caller, request_id)
             if record.status in ENDED:
                 if record.status is not DownloadStatus.EXPIRED:
-                    self._transfer.discard(request.request_id)  # in case an earlier delete failed
+                    self._transfer.discard(request_id)  # in case an earlier delete failed
                 return record
-            if status.status == TikTokStatus.PENDING:
-                self._tiktok.cancel_request(request, deadline)
-                logger.info("request cancelled at TikTok")
-            ended = self._records.end(request.request_id, DownloadStatus.CANCELLED)
-            self._transfer.discard(request.request_id)
+            if record.grant_id is not None and record.status is not DownloadStatus.COMPLETED:
+                self._cancel_at_tiktok(record.grant_id, request_id, deadline)
+            ended = self._records.end(request_id, DownloadStatus.CANCELLED)
+            self._transfer.discard(request_id)
             if isinstance(ended, Held):
                 return ended.record
             logger.info("request cancelled", extra={"was": record.status.value})
             self._events.publish(ended)
+            release_grant(self._records, self._tokens, ended)
             return ended
+
+    def _cancel_at_tiktok(self, grant_id: str, request_id: int, deadline: Deadline) -> None:
+        """Cancel at TikTok with the user's tokens; a request TikTok already ended is fine."""
+        try:
+            self._tokens.with_access_token(
+                grant_id,
+                deadline,
+                lambda token: self._tiktok.cancel_request(DownloadRequest(request_id, token), deadline),
+            )
+        except TikTokApiError as error:
+            if error.error_code != NOT_OWNED:
+                raise
+            logger.info("TikTok had already ended the request", extra={"tiktok_log_id": error.log_id})
+            return
+        except ReauthorizationRequiredError:
+            logger.warning("the user's tokens are gone: the request is cancelled here, TikTok expires it")
+            return
+        logger.info("request cancelled at TikTok")
 
 
 def _moment(seconds: int | None) -> datetime | None:

@@ -5,10 +5,19 @@ rotate: every refresh answers a new refresh token and the one sent stops working
 both in the user's grant, sealed with KMS, and hands out an access token that still has
 :data:`FRESH_FOR` ahead of it — refreshing first when it has not, or when TikTok refused it.
 
-A refresh takes the grant's lease with a conditional write, calls TikTok, and stores the rotated tokens
-before anyone uses the new access token. An invocation that finds the lease taken waits for the other's
-result instead of refreshing with a refresh token that is about to stop working. TikTok refusing the
-refresh (``invalid_grant``) erases the grant: only the user's new consent helps.
+The lineage rules (see docs/reliability.md, *Tokens*):
+
+- one refresh at a time: a refresh takes the grant's lease with a conditional write, calls TikTok
+  within the lease, and stores the rotated tokens — conditionally on its lease or generation — before
+  anyone uses the new access token. An invocation that finds the lease taken waits for the other's
+  result instead of replaying a refresh token that is about to stop working;
+- a newer consent wins: tokens handed over again replace the lineage (a new generation), and a refresh
+  of the older lineage still in flight loses its write;
+- only ``invalid_grant`` ends a grant, and only at the generation TikTok refused. When the refused
+  refresh token may have been rotated by an earlier refresh that never stored its answer (its lease
+  lapsed), nothing is erased until that refresh cannot be alive any more (:data:`ABANDONED_FOR`);
+- a refusal that is the app's (``invalid_client``, ``unauthorized_client`` …) keeps every grant: it is
+  counted (``AppRefused``, alarmed) and the work waits for the operator's fix.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
-from tiktok_archive.adapters.grants import Grant, Grants, SealedTokens
+from tiktok_archive.adapters.grants import Grant, Grants, Lease, SealedTokens
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE, TokenVault
 from tiktok_archive.models.deadline import Deadline
@@ -31,8 +42,8 @@ from tiktok_archive.models.errors import (
     TokenRefreshInProgressError,
     TransferError,
 )
-from tiktok_archive.models.portability import TokenGrant
-from tiktok_archive.observability import logger
+from tiktok_archive.models.portability import AppCredentials, TokenGrant
+from tiktok_archive.observability import logger, metrics
 
 T = TypeVar("T")
 # An access token handed out has at least this long ahead of it: a 15-minute download, resumed with a
@@ -40,7 +51,6 @@ T = TypeVar("T")
 FRESH_FOR = timedelta(minutes=20)
 # A caller's access token's lifetime is unknown: TikTok's pages say 2 hours; count from when it was given.
 ASSUMED_ACCESS_LIFETIME = timedelta(hours=2)
-ASSUMED_REFRESH_LIFETIME = timedelta(days=180)
 # How long a refresh may hold the grant. TikTok's call must end within it, leaving time to seal and
 # store the rotated tokens: a refresh outliving its lease would let another replay the same token.
 REFRESH_LEASE = timedelta(seconds=60)
@@ -50,6 +60,9 @@ STORE_WITHIN_SECONDS = 15.0
 STORE_ATTEMPTS = 2
 # How long an invocation waits for another's refresh before handing its work back.
 WAIT_FOR_OTHER_REFRESH_SECONDS = 6.0
+# A refresh whose lease lapsed unfinished may still store its tokens while its invocation lives: at most
+# Lambda's 15 minutes (and a minute's margin) after it began.
+ABANDONED_FOR = timedelta(minutes=16)
 _INVALID_TOKEN = "access_token_invalid"  # noqa: S105 - TikTok's error code
 
 
@@ -75,35 +88,39 @@ class TokenService:
         self._tiktok = tiktok
         self._app = app
 
-    def store(
-        self,
-        grant_id: str,
-        access_token: str,
-        refresh_token: str | None,
-        user_openid: str | None,
-        request_id: int | None = None,
-    ) -> None:
-        """Keep a caller's tokens for ``grant_id`` (sealed); the access token's life counts from now.
+    # -- keeping ---------------------------------------------------------------------------------
+    def keep(self, grant_id: str, caller: str, user_openid: str | None, fresh: TokenGrant) -> Grant:
+        """Make ``fresh`` (tokens TikTok just issued, or an access token a caller handed over) the grant's.
 
-        ``request_id``: the request they came with (the grant's latest, to confirm later callers by).
+        Tried :data:`STORE_ATTEMPTS` times: tokens TikTok just rotated exist nowhere else.
 
         Raises:
-            TokenVaultError / RecordStoreError: KMS or DynamoDB failed.
+            TokenVaultError / RecordStoreError: KMS or DynamoDB failed every time (logged as a lost
+                lineage when a refresh token was among them).
         """
-        now = _now()
-        self._grants.store(
-            grant_id,
-            SealedTokens(
-                sealed_access_token=self._seal(access_token, ACCESS_TOKEN_PURPOSE, grant_id),
-                access_expires_at=now + ASSUMED_ACCESS_LIFETIME,
-                sealed_refresh_token=self._seal(refresh_token, REFRESH_TOKEN_PURPOSE, grant_id)
-                if refresh_token
-                else None,
-                refresh_expires_at=now + ASSUMED_REFRESH_LIFETIME if refresh_token else None,
-                user_openid=user_openid,
-                request_id=request_id,
-            ),
-        )
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return self._grants.adopt(grant_id, caller, user_openid, self._sealed(grant_id, fresh))
+            except TransferError as error:
+                if attempt == STORE_ATTEMPTS:
+                    if fresh.refresh_token:
+                        logger.error(
+                            "handed-over tokens not stored: the user's refresh token is lost",
+                            extra=error.log_fields(),
+                        )
+                    raise
+                logger.warning("tokens not stored; trying again", extra=error.log_fields())
+        raise AssertionError("unreachable")
+
+    def refresh_handed(self, refresh_token: str, deadline: Deadline) -> TokenGrant:
+        """Exchange a refresh token a caller handed over (TikTok names its user and rotates it).
+
+        Raises:
+            ReauthorizationRequiredError: TikTok refused it (``invalid_grant``).
+            AppCredentialsError: TikTok refused the app (counted); the secret is unusable.
+            TikTokApiError / TransferError: TikTok failed otherwise.
+        """
+        return self._exchange(refresh_token, deadline)
 
     def find(self, grant_id: str) -> Grant | None:
         """The grant as stored (sealed), or None.
@@ -113,11 +130,15 @@ class TokenService:
         """
         return self._grants.get(grant_id)
 
-    def user_of(self, grant_id: str) -> str | None:
-        """The grant's user, when a refresh has told it (``None`` otherwise, or without a grant)."""
-        grant = self.find(grant_id)
-        return grant.user_openid if grant else None
+    def delete(self, grant_id: str, *, generation: str | None = None) -> bool:
+        """Delete the grant's tokens (at ``generation`` only, when given); whether there were any.
 
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        return self._grants.delete(grant_id, generation=generation)
+
+    # -- using -----------------------------------------------------------------------------------
     def access_token(self, grant_id: str, deadline: Deadline) -> str:
         """An access token of the grant with :data:`FRESH_FOR` ahead of it.
 
@@ -141,14 +162,14 @@ class TokenService:
         Raises:
             whatever :meth:`access_token` or ``use`` raises.
         """
-        token, version = self._token(self._grant(grant_id), deadline)
+        token, generation = self._token(self._grant(grant_id), deadline)
         try:
             return use(token)
         except TikTokApiError as error:
             if error.error_code != _INVALID_TOKEN:
                 raise
         latest = self._grant(grant_id)
-        if latest.version != version and latest.sealed_access_token:
+        if latest.generation != generation and latest.sealed_access_token:
             # Another invocation refreshed the grant since our token was read: its token is the new one
             # (refreshing again would only rotate the user's tokens once more).
             logger.info("TikTok refused the stored access token; using the one refreshed meanwhile")
@@ -156,16 +177,8 @@ class TokenService:
         logger.info("TikTok refused the stored access token; refreshing it")
         return use(self._token(latest, deadline, refresh=True)[0])
 
-    def erase(self, grant_id: str) -> int:
-        """Delete the grant's tokens; 1 when there were any, 0 otherwise.
-
-        Raises:
-            RecordStoreError: DynamoDB failed.
-        """
-        return self._grants.erase(grant_id)
-
-    def _token(self, grant: Grant, deadline: Deadline, *, refresh: bool = False) -> tuple[str, int]:
-        """An access token of ``grant`` and the grant version it belongs to."""
+    def _token(self, grant: Grant, deadline: Deadline, *, refresh: bool = False) -> tuple[str, str]:
+        """An access token of ``grant`` and the generation it belongs to."""
         if (
             not refresh
             and grant.sealed_access_token
@@ -177,64 +190,68 @@ class TokenService:
         return self._refreshed(grant, deadline)
 
     # -- refresh ---------------------------------------------------------------------------------
-    def _refreshed(self, grant: Grant, deadline: Deadline) -> tuple[str, int]:
+    def _refreshed(self, grant: Grant, deadline: Deadline) -> tuple[str, str]:
         if not grant.sealed_refresh_token:
             raise ReauthorizationRequiredError(
                 "the user's access token expired and no refresh token was given; the user must consent again"
             )
-        owner = self._grants.take_refresh_lease(grant, REFRESH_LEASE)
-        if owner is None:
+        lease = self._grants.take_refresh_lease(grant, REFRESH_LEASE)
+        if lease is None:
             return self._after_other_refresh(grant, deadline)
         within_lease = Deadline.after(
             min(deadline.remaining(), REFRESH_LEASE.total_seconds() - STORE_WITHIN_SECONDS)
         )
+        refresh_token = self._open(grant.sealed_refresh_token, REFRESH_TOKEN_PURPOSE, grant.grant_id)
         try:
-            fresh = self._call_tiktok(grant, within_lease)
+            fresh = self._exchange(refresh_token, within_lease)
         except ReauthorizationRequiredError:
-            # Refused — unless someone refreshed the grant meanwhile (our lease lapsed): then theirs stands.
-            latest = self._grants.get(grant.grant_id)
-            if latest is not None and latest.version != grant.version and latest.sealed_access_token:
-                return self._opened(latest)
-            logger.warning("TikTok refused the refresh token; the grant is erased")
-            self._grants.erase(grant.grant_id)
-            raise
+            return self._refused(grant, lease)
         except BaseException:
-            self._grants.release_refresh_lease(grant.grant_id, owner)
+            self._grants.release_refresh_lease(grant.grant_id, lease.owner)
             raise
-        stored = self._store_rotated(grant, owner, fresh)
         if grant.user_openid and fresh.open_id and fresh.open_id != grant.user_openid:
-            # The open_id the grant was started with was not this user's (the first caller's word):
-            # its requests go on with these tokens, which are theirs; an operator should know.
+            # Cannot happen for a grant TikTok named: the same refresh lineage is always one user's.
             logger.error(
-                "the grant's tokens are another TikTok user's than its open_id",
-                extra={"grant_id": grant.grant_id, "tokens_open_id": fresh.open_id},
+                "TikTok's refresh answer names another user than the grant's",
+                extra={"grant_id": grant.grant_id},
             )
-        if not stored:
-            # Cannot happen while the lease or the version holds; if it does, TikTok has rotated the
-            # token to one nobody stored: the user has to consent again sooner or later.
-            logger.error("refreshed tokens were not stored: the grant moved on meanwhile")
-        logger.info("access token refreshed", extra={"grant_version": grant.version + 1})
-        return fresh.access_token, grant.version + 1
+        generation = self._store_rotated(grant, lease.owner, fresh)
+        if generation is None:
+            # A new consent or an erasure wrote the grant meanwhile: that stands. Our access token is
+            # still valid for the work at hand; the older lineage it belongs to is dropped.
+            logger.warning("refreshed tokens not stored: the grant moved on meanwhile")
+            return fresh.access_token, ""
+        logger.info("access token refreshed")
+        return fresh.access_token, generation
 
-    def _store_rotated(self, grant: Grant, owner: str, fresh: TokenGrant) -> bool:
+    def _refused(self, grant: Grant, lease: Lease) -> tuple[str, str]:
+        """TikTok refused the refresh token: the grant ends — unless something else explains it."""
+        latest = self._grants.get(grant.grant_id)
+        if latest is not None and latest.generation != grant.generation and latest.sealed_access_token:
+            return self._opened(latest)  # refreshed or consented again meanwhile: theirs stands
+        if lease.abandoned_at is not None and _now() - lease.abandoned_at < ABANDONED_FOR:
+            # An earlier refresh took the lease and never finished: it may have rotated this refresh
+            # token at TikTok and still be about to store the new one. Not the user's refusal yet.
+            self._grants.release_refresh_lease(grant.grant_id, lease.owner)
+            logger.warning(
+                "TikTok refused the refresh token an unfinished refresh may have rotated; "
+                "the grant is kept until that refresh cannot store its tokens any more"
+            )
+            raise TokenRefreshInProgressError(
+                "an earlier refresh of this user's tokens did not finish; the work comes back later"
+            )
+        if self._grants.erase_refused(grant):
+            logger.warning("TikTok refused the refresh token; the grant is erased")
+        else:
+            logger.info("TikTok refused the refresh token; the grant had moved on and is kept")
+        raise ReauthorizationRequiredError(
+            "TikTok refused to refresh the user's tokens (invalid_grant); the user must consent again"
+        )
+
+    def _store_rotated(self, grant: Grant, owner: str, fresh: TokenGrant) -> str | None:
         for attempt in range(1, STORE_ATTEMPTS + 1):
-            now = _now()
             try:
-                return self._grants.store_refreshed(
-                    grant,
-                    owner,
-                    SealedTokens(
-                        sealed_access_token=self._seal(
-                            fresh.access_token, ACCESS_TOKEN_PURPOSE, grant.grant_id
-                        ),
-                        access_expires_at=now + timedelta(seconds=fresh.expires_in),
-                        sealed_refresh_token=self._seal(
-                            fresh.refresh_token, REFRESH_TOKEN_PURPOSE, grant.grant_id
-                        ),
-                        refresh_expires_at=now + timedelta(seconds=fresh.refresh_expires_in),
-                        user_openid=fresh.open_id,
-                    ),
-                )
+                return self._grants.store_refreshed(grant, owner, self._sealed(grant.grant_id, fresh))
             except TransferError as error:
                 if attempt == STORE_ATTEMPTS:
                     # TikTok rotated the refresh token and the new one could not be kept: the next
@@ -247,44 +264,76 @@ class TokenService:
                 logger.warning("rotated tokens not stored; trying again", extra=error.log_fields())
         raise AssertionError("unreachable")
 
-    def _call_tiktok(self, grant: Grant, deadline: Deadline) -> TokenGrant:
-        refresh_token = self._open(grant.sealed_refresh_token or "", REFRESH_TOKEN_PURPOSE, grant.grant_id)
+    def _exchange(self, refresh_token: str, deadline: Deadline) -> TokenGrant:
+        """One refresh at TikTok; a refusal that is the app's is counted and keeps every grant."""
         source = self._app()
         try:
-            return self._tiktok.refresh_tokens(source.get(), refresh_token, deadline)
-        except AppCredentialsError:
-            # A rotated app secret: read it again at once (TikTok refused nothing of the user's).
-            return self._tiktok.refresh_tokens(source.get(fresh=True), refresh_token, deadline)
+            try:
+                return self._tiktok.refresh_tokens(source.get(), refresh_token, deadline)
+            except AppCredentialsError:
+                # A rotated app secret: read it again at once (TikTok refused nothing of the user's).
+                fresh: AppCredentials = source.get(fresh=True)
+                return self._tiktok.refresh_tokens(fresh, refresh_token, deadline)
+        except AppCredentialsError as error:
+            if error.upstream_status is not None:
+                metrics.add_metric(name="AppRefused", unit=MetricUnit.Count, value=1)
+                logger.error(
+                    "TikTok refused the app, not the user: every grant is kept", extra=error.log_fields()
+                )
+            raise
 
-    def _after_other_refresh(self, grant: Grant, deadline: Deadline) -> tuple[str, int]:
+    def _after_other_refresh(self, grant: Grant, deadline: Deadline) -> tuple[str, str]:
         """Another invocation holds the lease: wait (briefly) for the tokens it stores."""
         waited = Deadline.after(min(WAIT_FOR_OTHER_REFRESH_SECONDS, max(0.0, deadline.remaining())))
         while True:
             latest = self._grant(grant.grant_id)
-            if latest.version != grant.version and latest.sealed_access_token:
+            if latest.generation != grant.generation and latest.sealed_access_token:
                 return self._opened(latest)
-            if not latest.being_refreshed(_now()) and latest.version == grant.version:
-                # The other one gave up without storing anything: refresh ourselves.
+            if not latest.being_refreshed(_now()) and latest.generation == grant.generation:
+                # The other one gave up, or its lease lapsed: refresh ourselves.
                 return self._refreshed(latest, deadline)
             if waited.expired():
                 raise TokenRefreshInProgressError("another invocation is refreshing this user's tokens")
             time.sleep(0.25)
 
+    # -- sealing ---------------------------------------------------------------------------------
     def _grant(self, grant_id: str) -> Grant:
         grant = self._grants.get(grant_id)
         if grant is None:
             raise ReauthorizationRequiredError("the service holds no tokens of this user; consent again")
         return grant
 
-    def _opened(self, grant: Grant) -> tuple[str, int]:
+    def _opened(self, grant: Grant) -> tuple[str, str]:
         token = self._open(grant.sealed_access_token or "", ACCESS_TOKEN_PURPOSE, grant.grant_id)
-        return token, grant.version
+        return token, grant.generation
+
+    def _sealed(self, grant_id: str, fresh: TokenGrant) -> SealedTokens:
+        now = _now()
+        refresh = fresh.refresh_token or None
+        return SealedTokens(
+            sealed_access_token=self._seal(fresh.access_token, ACCESS_TOKEN_PURPOSE, grant_id),
+            access_expires_at=now + timedelta(seconds=fresh.expires_in),
+            sealed_refresh_token=self._seal(refresh, REFRESH_TOKEN_PURPOSE, grant_id) if refresh else None,
+            refresh_expires_at=now + timedelta(seconds=fresh.refresh_expires_in) if refresh else None,
+        )
 
     def _seal(self, token: str, purpose: str, grant_id: str) -> str:
         return self._vault.seal(token, purpose, {"grant_id": grant_id})
 
     def _open(self, sealed: str, purpose: str, grant_id: str) -> str:
         return self._vault.open(sealed, purpose, {"grant_id": grant_id})
+
+
+def handed_access_token(access_token: str) -> TokenGrant:
+    """An access token a caller handed over alone, as a grant's tokens: its life counts from now."""
+    return TokenGrant(
+        access_token=access_token,
+        expires_in=int(ASSUMED_ACCESS_LIFETIME.total_seconds()),
+        refresh_token="",
+        refresh_expires_in=0,
+        open_id=None,
+        scope=None,
+    )
 
 
 def _fresh(expires_at: datetime | None) -> bool:

@@ -1,7 +1,7 @@
 """The transfer service: one TikTok archive into S3, answered with a presigned link.
 
-It knows nothing of API Gateway or SQS: both handlers call :meth:`ArchiveTransfer.run` with the time
-their invocation has left.
+It knows nothing of API Gateway or SQS: both handlers call :meth:`ArchiveTransfer.run` with their
+invocation's one :class:`Deadline`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ class ArchiveTransfer:
         store: the archive bucket.
         key_prefix: prepended to ``{request_id}.zip``.
         url_ttl_seconds: validity of the returned link.
-        deadline_margin_seconds: how long before the invocation's end the work stops, so that there is
-            time to abort the upload and answer.
     """
 
     def __init__(
@@ -41,21 +39,19 @@ class ArchiveTransfer:
         *,
         key_prefix: str,
         url_ttl_seconds: int,
-        deadline_margin_seconds: float,
     ) -> None:
         self._tiktok = tiktok
         self._store = store
         self._key_prefix = key_prefix
         self._url_ttl_seconds = url_ttl_seconds
-        self._deadline_margin_seconds = deadline_margin_seconds
 
     def run(
-        self, request: DownloadRequest, remaining_ms: int, on_part: PartListener | None = None
+        self, request: DownloadRequest, deadline: Deadline, on_part: PartListener | None = None
     ) -> DownloadResult:
         """Download ``request``'s archive into ``{prefix}{request_id}.zip`` and presign it.
 
-        ``remaining_ms`` is the invocation's time left (Lambda's ``get_remaining_time_in_millis()``);
-        the work stops ``deadline_margin_seconds`` before it. Memory stays bounded by the store's part
+        The work stops at ``deadline`` (the invocation's, made once by its handler: Lambda's deadline less
+        the margin that leaves time to abort and answer). Memory stays bounded by the store's part
         size and concurrency, whatever the archive's size. Every outcome is logged (the caller puts
         ``request_id`` on the records) and counted by code. ``on_part`` is told the progress after each
         part (see :meth:`S3ArchiveStore.write`).
@@ -63,7 +59,6 @@ class ArchiveTransfer:
         Raises:
             TransferError: the one error that explains the failure; nothing partial is left in S3.
         """
-        deadline = self.deadline(remaining_ms)
         filename = f"{request.request_id}.zip"
         _, key = self.location(request.request_id)
         started = time.monotonic()
@@ -98,21 +93,22 @@ class ArchiveTransfer:
         _count_outcome("ok")
         return DownloadResult(request.request_id, archive, url, expires_at, manifest)
 
-    def deadline(self, remaining_ms: int) -> Deadline:
-        """When work must stop in an invocation with ``remaining_ms`` left (the margin taken off)."""
-        return Deadline.for_invocation(remaining_ms, self._deadline_margin_seconds)
-
     def location(self, request_id: int) -> tuple[str, str]:
         """Bucket and key of ``request_id``'s archive."""
         return self._store.bucket, f"{self._key_prefix}{request_id}.zip"
 
-    def discard(self, request_id: int) -> None:
-        """Delete ``request_id``'s stored archive, if any (cancelled, revoked).
+    def discard(self, request_id: int) -> int:
+        """Delete ``request_id``'s stored archive, if any, and abort its open uploads (cancelled, revoked).
+
+        Returns:
+            how many open uploads were aborted (a download that crashed, or one still running).
 
         Raises:
             StorageError: S3 failed.
         """
-        self._store.delete(self.location(request_id)[1])
+        key = self.location(request_id)[1]
+        self._store.delete(key)
+        return self._store.abort_uploads(key)
 
     def link(self, request_id: int) -> tuple[str, datetime]:
         """A fresh presigned link to ``request_id``'s stored archive, and when it expires.

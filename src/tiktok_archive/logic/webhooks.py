@@ -15,6 +15,7 @@ from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
 from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
 from tiktok_archive.models.errors import TransferError, WebhookSignatureMismatchError
+from tiktok_archive.models.lifecycle import ArchiveReadyWork, AuthorizationRemovedWork
 from tiktok_archive.models.webhook import (
     AUTHORIZATION_REMOVED,
     DOWNLOAD_READY,
@@ -67,27 +68,27 @@ class WebhookReceiver:
             app = fresh
             verify_signature(signature, raw, app.client_secret, now=now)
         event = parse_delivery(raw, client_key=app.client_key)
-        work: dict[str, str | int | None]
+        work: ArchiveReadyWork | AuthorizationRemovedWork
         if isinstance(event, DownloadReady):
-            work = {"event": DOWNLOAD_READY, "request_id": str(event.request_id)}
+            work = ArchiveReadyWork(event.request_id, event.user_openid, event.delivery_id)
+            name = DOWNLOAD_READY
         elif isinstance(event, AuthorizationRemoved):
-            work = {"event": AUTHORIZATION_REMOVED, "user_openid": event.user_openid, "reason": event.reason}
+            work = AuthorizationRemovedWork(event.user_openid, event.reason, event.delivery_id)
+            name = AUTHORIZATION_REMOVED
         else:
             logger.info("webhook event not acted on", extra={"webhook_event": event.event})
             return "ignored"
         deliveries = self._deliveries()
-        if not deliveries.arrived(event.delivery_id, str(work["event"])):
+        if not deliveries.arrived(event.delivery_id, name):
             logger.info(
                 "webhook delivered again; its work was done", extra={"delivery_id": event.delivery_id}
             )
             return "duplicate"
         try:
-            self._queue().send_work({"delivery_id": event.delivery_id, **work})
+            self._queue().send(work)
         except TransferError:
             deliveries.forget(event.delivery_id)
             raise
         deliveries.queued(event.delivery_id)
-        logger.info(
-            "webhook work queued", extra={"delivery_id": event.delivery_id, "webhook_event": work["event"]}
-        )
+        logger.info("webhook work queued", extra={"delivery_id": event.delivery_id, "webhook_event": name})
         return "queued"

@@ -19,7 +19,6 @@ _DECIMAL = re.compile(r"[0-9]{1,20}")
 # character, nothing beyond ASCII — may reach a header, where it could split it.
 MAX_TOKEN_LENGTH = 2048
 _VISIBLE_ASCII = re.compile(rf"[\x21-\x7e]{{1,{MAX_TOKEN_LENGTH}}}")
-_BEARER_HEADER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] +(\S+)")
 
 
 @dataclass(frozen=True)
@@ -157,18 +156,6 @@ def parse_queued_job(request_id: int, document: dict[str, Any]) -> QueuedJob:
             raise MissingTokenError("encrypted_access_token must be a base64 string")
         return QueuedJob(request_id, encrypted_access_token=encrypted)
     return QueuedJob(request_id, access_token=parse_access_token(document.get("access_token")))
-
-
-def parse_authorization_header(value: str | None) -> str:
-    """Extract the token from ``Authorization: Bearer <token>``.
-
-    Raises:
-        MissingTokenError: no header, another scheme, or a malformed token.
-    """
-    match = _BEARER_HEADER.fullmatch((value or "").strip())
-    if match is None:
-        raise MissingTokenError("an Authorization: Bearer <TikTok access token> header is required")
-    return parse_access_token(match.group(1))
 
 
 def parse_json_object(body: str | bytes | None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The record of one portability request's download, as stored in DynamoDB and shown to its owner.
 
 It never holds a token nor anything derived from one: the user's tokens live sealed in their grant
-(see ``adapters/grants.py``), and who may see a record is asked of TikTok each time.
+(see ``adapters/grants.py``). A record belongs to the caller that created it (``caller``: the backend's
+AWS principal): only that caller sees it, cancels it, or erases it with its user.
 
 Lifecycle (see the README's diagram):
 
@@ -13,7 +14,8 @@ Lifecycle (see the README's diagram):
 - ``completed``: the archive is stored; every later request gets a fresh link.
 - ``failed``: the last attempt failed (``error`` says why, and whether it is worth another).
 - ``expired``, ``cancelled``, ``revoked``: TikTok's window closed; the owner cancelled; the user
-  disconnected the app. Nothing is stored any more, and no link is ever handed out again.
+  disconnected the app, or the caller erased the user. Nothing is stored any more, and no link is ever
+  handed out again: the record is a tombstone until it expires.
 
 ``waiting``, ``queued``, ``failed`` and an ``in_progress`` whose claim lapsed can be claimed; the last
 four are final.
@@ -131,8 +133,10 @@ class DownloadRecord:
     Attributes:
         lease_expires_at: while ``queued`` or ``in_progress``, when the claim lapses and another
             invocation may take the download over.
-        user_openid: the TikTok user's ``open_id`` when known (given to ``POST /requests``, or learned
-            from a token refresh): what ``authorization.removed`` purges by.
+        caller: the API caller that created the record (None: a backend's own queue message); the only
+            one the API shows it to.
+        user_openid: the TikTok user's ``open_id`` when TikTok named it (its refresh answer for the
+            tokens handed over, or its webhook): what the user's purge finds the record by.
         grant_id: the user's grant (sealed tokens) the service uses for this request, if any.
         preparation: TikTok's preparation, for a request added with ``POST /requests``.
         poll_seq: the number of the status check the schedule expects next (older checks are stale).
@@ -153,6 +157,7 @@ class DownloadRecord:
     completed_at: datetime | None = None
     error: RecordedError | None = None
     lease_expires_at: datetime | None = None
+    caller: str | None = None
     user_openid: str | None = None
     grant_id: str | None = None
     preparation: Preparation | None = None
@@ -173,6 +178,7 @@ class DownloadRecord:
         body: dict[str, Any] = {
             "request_id": str(self.request_id),
             "status": self.status.value,
+            "open_id": self.user_openid,
             "bucket": self.bucket,
             "key": self.key,
             "size_bytes": self.size_bytes,
@@ -193,6 +199,51 @@ class DownloadRecord:
         if self.manifest is not None:
             body["manifest"] = self.manifest
         return body
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A download's record as its caller gets it, with a fresh link to the archive when it is stored."""
+
+    record: DownloadRecord
+    url: str | None = None
+    expires_at: datetime | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body = self.record.to_body()
+        if self.url is not None and self.expires_at is not None:
+            body["url"] = self.url
+            body["expires_at"] = format_utc(self.expires_at)
+        return body
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whom a download is claimed or queued for: what the record's conditional writes check.
+
+    - an API caller (``caller``): may create the record, or act on a record it created;
+    - a backend's own download queue message (``caller`` None): may create the record, or act on one
+      that no API caller created;
+    - the service itself (``service``: a job it queued, with a token it sealed or the user's grant):
+      acts on the record it made, whoever's it is.
+
+    ``user_openid`` and ``grant_id``: the user TikTok named and their grant, recorded on a record that
+    has none yet.
+    """
+
+    caller: str | None
+    user_openid: str | None = None
+    grant_id: str | None = None
+    service: bool = False
+
+    def may_act_on(self, record: DownloadRecord) -> bool:
+        """Whether ``record`` is this owner's to act on (and to be told about)."""
+        return self.service or record.caller == self.caller
+
+
+def caller_user(caller: str, user_openid: str) -> str:
+    """The ``by-caller-user`` index key of a caller's records of one user."""
+    return f"{caller} {user_openid}"
 
 
 def _timestamp(moment: datetime | None) -> str | None:

@@ -88,10 +88,29 @@ class InvalidRequestError(TransferError):
 
 
 class MissingTokenError(TransferError):
-    """No ``Authorization: Bearer <token>`` (or SQS ``access_token``) was given; nothing was called."""
+    """No usable ``access_token`` was given (in the body or an SQS message); nothing was called."""
 
     code = "missing_token"
-    http_status = 401
+    http_status = 400
+    transient = False
+
+
+class CallerNotIdentifiedError(TransferError):
+    """The request carries no caller verified by API Gateway (``AWS_IAM``); nothing was read or written."""
+
+    code = "caller_not_identified"
+    http_status = 403
+    transient = False
+
+
+class OpenIdMismatchError(TransferError):
+    """TikTok's refresh answer names another user than the ``open_id`` the caller gave; nothing was kept.
+
+    The user is who TikTok says: a caller's ``open_id`` never decides whose grant tokens join.
+    """
+
+    code = "open_id_mismatch"
+    http_status = 400
     transient = False
 
 
@@ -300,7 +319,8 @@ class ReauthorizationRequiredError(TransferError):
     """The user's tokens cannot be renewed; only the user can fix it, by consenting again.
 
     TikTok refused to refresh them (``invalid_grant``: the refresh token expired, was revoked or was
-    already used), or there is no refresh token and the access token expired.
+    already used), or there is no refresh token and the access token expired. The only OAuth refusal
+    that ends a user's grant.
     """
 
     code = "reauthorization_required"
@@ -309,11 +329,12 @@ class ReauthorizationRequiredError(TransferError):
 
 
 class AppCredentialsError(TransferError):
-    """TikTok refused the app's credentials, or the secret holding them is missing or malformed.
+    """TikTok refused the app itself, or the secret holding its credentials is missing or malformed.
 
-    ``invalid_client`` from TikTok, or a secret that is not ``{"client_key", "client_secret"}``. An
-    operator's fix; transient on purpose, like a configuration error, so that work waits for the fix
-    instead of being dropped.
+    An OAuth refusal that is the app's, not the user's (``invalid_client``, ``unauthorized_client``,
+    ``invalid_scope``, ``access_denied`` …: anything but ``invalid_grant``), or a secret that is not
+    ``{"client_key", "client_secret"}``. An operator's fix; transient on purpose, like a configuration
+    error, so that work waits for the fix instead of being dropped, and no user's grant is erased.
     """
 
     code = "app_credentials_invalid"

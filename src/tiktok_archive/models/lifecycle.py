@@ -1,15 +1,33 @@
-"""Messages of the lifecycle queue, parsed: a scheduled status check, or webhook work."""
+"""Messages of the lifecycle queue, each type with its producer (``body``) and its parser side by side.
+
+Small JSON documents, never a token:
+
+- ``{"kind": "check", "request_id", "seq"}``: status check number ``seq`` of a waiting request;
+- ``{"kind": "webhook", "event": "portability.download.ready", "request_id", "user_openid"?,
+  "delivery_id"}`` and ``{"kind": "webhook", "event": "authorization.removed", "user_openid", "reason",
+  "delivery_id"}``: work that arrived by TikTok's webhook;
+- ``{"kind": "erase", "caller", "open_id"}``: a caller erases a user (``DELETE /users/{open_id}``);
+- ``{"kind": "purge", "open_id", "caller"?, "reason", "started_at"}``: the second pass of a user's purge
+  (it finds what the first pass's eventually consistent index did not show yet);
+- ``{"kind": "revoke", "caller", "open_id", "cancel": [request_id, …]}``: the TikTok side of an erasure
+  (cancel the user's pending requests, revoke their authorization) — the only one that waits for
+  TikTok's rate limit.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from tiktok_archive.models.download import INT64_MAX, is_int_in, parse_request_id
+from tiktok_archive.models.caller import MAX_CALLER_LENGTH
+from tiktok_archive.models.download import INT64_MAX, format_utc, is_int_in, parse_request_id, parse_utc
 from tiktok_archive.models.errors import InvalidRequestError
+from tiktok_archive.models.portability import is_open_id
 from tiktok_archive.models.webhook import AUTHORIZATION_REMOVED, DOWNLOAD_READY
 
 MAX_SEQ = 1_000_000
+MAX_CANCELS = 1000
 
 
 @dataclass(frozen=True)
@@ -19,52 +37,172 @@ class StatusCheck:
     request_id: int
     seq: int
 
-
-def parse_status_check(document: dict[str, Any]) -> StatusCheck:
-    """A ``{"kind": "check", "request_id", "seq"}`` message.
-
-    Raises:
-        InvalidRequestError: another kind, or a field out of its range.
-    """
-    if document.get("kind") != "check":
-        raise InvalidRequestError("not a status check message")
-    seq = document.get("seq")
-    if not is_int_in(seq, 0, MAX_SEQ):
-        raise InvalidRequestError("seq must be a whole number")
-    return StatusCheck(parse_request_id(document.get("request_id")), seq)
+    def body(self) -> dict[str, Any]:
+        return {"kind": "check", "request_id": str(self.request_id), "seq": self.seq}
 
 
 @dataclass(frozen=True)
 class ArchiveReadyWork:
-    """TikTok announced (webhook) that ``request_id``'s archive is ready."""
+    """TikTok announced (webhook) that ``request_id``'s archive is ready (and, maybe, whose it is)."""
 
     request_id: int
+    user_openid: str | None = None
+    delivery_id: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "kind": "webhook",
+            "event": DOWNLOAD_READY,
+            "request_id": str(self.request_id),
+        }
+        if self.user_openid is not None:
+            body["user_openid"] = self.user_openid
+        return _with_delivery(body, self.delivery_id)
 
 
 @dataclass(frozen=True)
 class AuthorizationRemovedWork:
-    """TikTok announced (webhook) that the user disconnected the app."""
+    """TikTok announced (webhook) that the user disconnected the app: every caller's data of theirs goes."""
 
     user_openid: str
     reason: int | None
+    delivery_id: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        body = {"kind": "webhook", "event": AUTHORIZATION_REMOVED, "user_openid": self.user_openid}
+        return _with_delivery({**body, "reason": self.reason}, self.delivery_id)
 
 
-LifecycleMessage = StatusCheck | ArchiveReadyWork | AuthorizationRemovedWork
+@dataclass(frozen=True)
+class EraseUser:
+    """``caller`` erases ``open_id``: everything of that user under that caller goes."""
+
+    caller: str
+    open_id: str
+
+    def body(self) -> dict[str, Any]:
+        return {"kind": "erase", "caller": self.caller, "open_id": self.open_id}
+
+
+@dataclass(frozen=True)
+class PurgeAgain:
+    """The second pass of a user's purge: ``caller``'s records only, or every caller's (None).
+
+    ``started_at``: when the first pass began; records created later are not the purge's.
+    """
+
+    open_id: str
+    caller: str | None
+    reason: int | None
+    started_at: datetime
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "kind": "purge",
+            "open_id": self.open_id,
+            "reason": self.reason,
+            "started_at": format_utc(self.started_at),
+        }
+        if self.caller is not None:
+            body["caller"] = self.caller
+        return body
+
+
+@dataclass(frozen=True)
+class RevokeAtTikTok:
+    """The TikTok side of an erasure: cancel ``cancel`` (pending requests), then revoke the user's tokens."""
+
+    caller: str
+    open_id: str
+    cancel: tuple[int, ...]
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "kind": "revoke",
+            "caller": self.caller,
+            "open_id": self.open_id,
+            "cancel": [str(request_id) for request_id in self.cancel],
+        }
+
+
+LifecycleMessage = (
+    StatusCheck | ArchiveReadyWork | AuthorizationRemovedWork | EraseUser | PurgeAgain | RevokeAtTikTok
+)
+# The messages whose work calls TikTok: they wait when TikTok rate-limits the invocation; a purge never does.
+TIKTOK_WORK = (StatusCheck, RevokeAtTikTok)
 
 
 def parse_lifecycle_message(document: dict[str, Any]) -> LifecycleMessage:
-    """A status check or the work of a webhook delivery.
+    """The message ``document`` holds.
 
     Raises:
-        InvalidRequestError: neither, or a field out of its range.
+        InvalidRequestError: no known kind, or a field out of its range.
     """
-    if document.get("kind") != "webhook":
-        return parse_status_check(document)
-    event = document.get("event")
-    if event == DOWNLOAD_READY:
-        return ArchiveReadyWork(parse_request_id(document.get("request_id")))
-    user = document.get("user_openid")
-    reason = document.get("reason")
-    if event == AUTHORIZATION_REMOVED and isinstance(user, str) and user:
-        return AuthorizationRemovedWork(user, reason if is_int_in(reason, -INT64_MAX, INT64_MAX) else None)
+    kind = document.get("kind")
+    if kind == "check":
+        seq = document.get("seq")
+        if not is_int_in(seq, 0, MAX_SEQ):
+            raise InvalidRequestError("seq must be a whole number")
+        return StatusCheck(parse_request_id(document.get("request_id")), seq)
+    if kind == "webhook":
+        return _webhook_work(document)
+    if kind == "erase":
+        return EraseUser(_caller(document.get("caller")), _open_id(document.get("open_id")))
+    if kind == "purge":
+        caller = document.get("caller")
+        started_at = document.get("started_at")
+        try:
+            started = parse_utc(started_at) if isinstance(started_at, str) else None
+        except ValueError:
+            started = None
+        if started is None:
+            raise InvalidRequestError("started_at must be a UTC time")
+        return PurgeAgain(
+            _open_id(document.get("open_id")),
+            None if caller is None else _caller(caller),
+            _reason(document.get("reason")),
+            started,
+        )
+    if kind == "revoke":
+        cancel = document.get("cancel")
+        if not isinstance(cancel, list) or len(cancel) > MAX_CANCELS:
+            raise InvalidRequestError("cancel must be a list of request ids")
+        return RevokeAtTikTok(
+            _caller(document.get("caller")),
+            _open_id(document.get("open_id")),
+            tuple(parse_request_id(request_id) for request_id in cancel),
+        )
     raise InvalidRequestError("not a lifecycle message")
+
+
+def _webhook_work(document: dict[str, Any]) -> LifecycleMessage:
+    event = document.get("event")
+    user = document.get("user_openid")
+    delivery = document.get("delivery_id")
+    delivery_id = delivery if isinstance(delivery, str) else None
+    if event == DOWNLOAD_READY:
+        request_id = parse_request_id(document.get("request_id"))
+        return ArchiveReadyWork(request_id, user if is_open_id(user) else None, delivery_id)
+    if event == AUTHORIZATION_REMOVED and is_open_id(user):
+        return AuthorizationRemovedWork(str(user), _reason(document.get("reason")), delivery_id)
+    raise InvalidRequestError("not a lifecycle message")
+
+
+def _with_delivery(body: dict[str, Any], delivery_id: str | None) -> dict[str, Any]:
+    return body if delivery_id is None else {**body, "delivery_id": delivery_id}
+
+
+def _reason(value: object) -> int | None:
+    return value if is_int_in(value, -INT64_MAX, INT64_MAX) else None
+
+
+def _caller(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_CALLER_LENGTH:
+        raise InvalidRequestError("caller must be an ARN")
+    return value
+
+
+def _open_id(value: object) -> str:
+    if not is_open_id(value):
+        raise InvalidRequestError("open_id must be 1 to 256 visible ASCII characters")
+    return str(value)

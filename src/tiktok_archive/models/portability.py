@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tiktok_archive.models.download import MAX_TOKEN_LENGTH, is_token_shaped
+from tiktok_archive.models.download import MAX_TOKEN_LENGTH, is_token_shaped, parse_access_token
 from tiktok_archive.models.errors import InvalidRequestError
 
 DATA_FORMATS = ("json", "text")
@@ -76,19 +76,29 @@ class AppCredentials:
 
 
 @dataclass(frozen=True)
-class NewRequest:
-    """What ``POST /requests`` asks for: TikTok's Add Data Request, and what lets the service act later.
+class HandedTokens:
+    """A user's tokens as a backend hands them over in a JSON body (``POST /requests``, ``/downloads``).
 
-    ``repr`` hides the refresh token.
+    ``open_id`` is the caller's word, only ever compared with the one TikTok's refresh answer names.
+    ``repr`` hides both tokens.
     """
 
-    data_format: str = "json"
-    categories: tuple[str, ...] = ("all_data",)
+    access_token: str = field(repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     open_id: str | None = None
 
 
-_NEW_REQUEST_FIELDS = frozenset({"data_format", "categories", "refresh_token", "open_id"})
+@dataclass(frozen=True)
+class NewRequest:
+    """What ``POST /requests`` asks for: TikTok's Add Data Request, with the user's tokens."""
+
+    tokens: HandedTokens
+    data_format: str = "json"
+    categories: tuple[str, ...] = ("all_data",)
+
+
+HANDOVER_FIELDS = frozenset({"access_token", "refresh_token", "open_id"})
+_NEW_REQUEST_FIELDS = HANDOVER_FIELDS | {"data_format", "categories"}
 MAX_OPEN_ID_LENGTH = 256
 
 
@@ -97,20 +107,64 @@ def is_open_id(value: object) -> bool:
     return isinstance(value, str) and is_token_shaped(value) and len(value) <= MAX_OPEN_ID_LENGTH
 
 
-def parse_new_request(document: dict[str, Any]) -> NewRequest:
-    """Validate a ``POST /requests`` body (every field optional).
+def parse_open_id(value: object) -> str:
+    """A path's ``open_id``.
 
-    ``data_format``: ``json`` (default) or ``text``. ``categories``: a non-empty list of TikTok's
-    categories without repeats, default ``["all_data"]``; ``all_data`` overrides the rest, as TikTok
-    documents. ``refresh_token``: a token as TikTok issues them (1–2,048 visible ASCII characters).
-    ``open_id``: the user's ``open_id`` (visible ASCII, at most 256 characters).
+    Raises:
+        InvalidRequestError: not 1 to 256 visible ASCII characters.
+    """
+    if not is_open_id(value):
+        raise InvalidRequestError(f"open_id must be 1 to {MAX_OPEN_ID_LENGTH} visible ASCII characters")
+    return str(value)
+
+
+def refuse_unknown_fields(document: dict[str, Any], known: frozenset[str]) -> None:
+    """Raise :class:`InvalidRequestError` naming the fields of ``document`` that are not ``known``."""
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)[:200]}")
+
+
+def parse_handed_tokens(document: dict[str, Any]) -> HandedTokens:
+    """The ``access_token``, ``refresh_token`` and ``open_id`` of a body (other fields are not looked at).
+
+    ``access_token`` (required) and ``refresh_token``: tokens as TikTok issues them (1–2,048 visible
+    ASCII characters). ``open_id``: only with a ``refresh_token`` — TikTok's refresh answer is what
+    names the user, and the caller's ``open_id`` is checked against it.
+
+    Raises:
+        MissingTokenError: no well-formed ``access_token``.
+        InvalidRequestError: a malformed ``refresh_token`` or ``open_id``, or an ``open_id`` alone.
+    """
+    access_token = parse_access_token(document.get("access_token"))
+    refresh_token = document.get("refresh_token")
+    if refresh_token is not None and (
+        not isinstance(refresh_token, str) or not is_token_shaped(refresh_token)
+    ):
+        raise InvalidRequestError(f"refresh_token must be 1 to {MAX_TOKEN_LENGTH:,} visible ASCII characters")
+    open_id = document.get("open_id")
+    if open_id is not None:
+        open_id = parse_open_id(open_id)
+        if refresh_token is None:
+            raise InvalidRequestError(
+                "open_id is confirmed by TikTok's answer to a refresh: give it with the refresh_token, "
+                "or leave it out"
+            )
+    return HandedTokens(access_token, refresh_token, open_id)
+
+
+def parse_new_request(document: dict[str, Any]) -> NewRequest:
+    """Validate a ``POST /requests`` body.
+
+    The tokens as :func:`parse_handed_tokens` reads them. ``data_format``: ``json`` (default) or
+    ``text``. ``categories``: a non-empty list of TikTok's categories without repeats, default
+    ``["all_data"]``; ``all_data`` overrides the rest, as TikTok documents.
 
     Raises:
         InvalidRequestError: an unknown field, or a field out of its range (the message names it).
+        MissingTokenError: no well-formed ``access_token``.
     """
-    unknown = sorted(set(document) - _NEW_REQUEST_FIELDS)
-    if unknown:
-        raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)[:200]}")
+    refuse_unknown_fields(document, _NEW_REQUEST_FIELDS)
     data_format = document.get("data_format", "json")
     if data_format not in DATA_FORMATS:
         raise InvalidRequestError(f"data_format must be one of {', '.join(DATA_FORMATS)}")
@@ -126,12 +180,4 @@ def parse_new_request(document: dict[str, Any]) -> NewRequest:
         )
     if "all_data" in categories:
         categories = ["all_data"]
-    refresh_token = document.get("refresh_token")
-    if refresh_token is not None and (
-        not isinstance(refresh_token, str) or not is_token_shaped(refresh_token)
-    ):
-        raise InvalidRequestError(f"refresh_token must be 1 to {MAX_TOKEN_LENGTH:,} visible ASCII characters")
-    open_id = document.get("open_id")
-    if open_id is not None and not is_open_id(open_id):
-        raise InvalidRequestError(f"open_id must be 1 to {MAX_OPEN_ID_LENGTH} visible ASCII characters")
-    return NewRequest(data_format, tuple(categories), refresh_token, open_id)
+    return NewRequest(parse_handed_tokens(document), data_format, tuple(categories))

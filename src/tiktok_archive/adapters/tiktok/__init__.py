@@ -4,7 +4,7 @@
 - :mod:`.transport`: the POST every call makes, and how an unexpected answer becomes an error;
 - :mod:`.archive`: the download endpoint and the self-repairing archive stream;
 - :mod:`.portability`: add a data request, check its status, cancel it;
-- :mod:`.oauth`: refresh a user's tokens.
+- :mod:`.oauth`: refresh a user's tokens, revoke them.
 
 :class:`TikTokClient` puts them behind one object built once per container.
 """
@@ -82,3 +82,7 @@ class TikTokClient:
     def refresh_tokens(self, app: AppCredentials, refresh_token: str, deadline: Deadline) -> TokenGrant:
         """Refresh a user's tokens; see :meth:`OAuthEndpoint.refresh`."""
         return self._oauth.refresh(app, refresh_token, self.budget(deadline))
+
+    def revoke_tokens(self, app: AppCredentials, token: str, deadline: Deadline) -> bool:
+        """Revoke the user's authorization; see :meth:`OAuthEndpoint.revoke`."""
+        return self._oauth.revoke(app, token, self.budget(deadline))

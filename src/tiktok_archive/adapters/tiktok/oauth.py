@@ -1,4 +1,4 @@
-"""Refreshing a user's tokens: ``POST /v2/oauth/token/`` with ``grant_type=refresh_token``.
+"""A user's tokens at TikTok: refreshed (``POST /v2/oauth/token/``) and revoked (``/v2/oauth/revoke/``).
 
 A form-encoded request (``client_key``, ``client_secret``, ``grant_type``, ``refresh_token``) answered
 with the new tokens, or with OAuth's own error shape ``{"error": "invalid_grant", "error_description",
@@ -6,6 +6,11 @@ with the new tokens, or with OAuth's own error shape ``{"error": "invalid_grant"
 too. Refresh tokens rotate: the one sent stops working as soon as TikTok acts on the request, so the
 request is never sent twice once TikTok may have received it (only a rate limit or a failed
 connection is tried again).
+
+Only ``invalid_grant`` is the user's refusal (the grant is gone: only a new consent helps). Every other
+OAuth error code — ``invalid_client``, ``unauthorized_client``, ``invalid_scope``, ``access_denied``,
+``unsupported_grant_type`` — is about the app, not the user: it is an operator's fix and must not cost
+anyone their grant.
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ from tiktok_archive.models.portability import AppCredentials, TokenGrant, is_ope
 from tiktok_archive.observability import hide, tracer
 
 TOKEN_PATH = "/v2/oauth/token/"  # noqa: S105 - a path, not a password
-# OAuth error codes that mean the grant itself is gone: only the user's new consent helps.
-_GRANT_REFUSED = frozenset({"invalid_grant", "access_denied", "invalid_scope", "unauthorized_client"})
-_CLIENT_REFUSED = frozenset({"invalid_client"})
+REVOKE_PATH = "/v2/oauth/revoke/"
+# The one OAuth error code that means the grant itself is gone: only the user's new consent helps.
+_GRANT_REFUSED = frozenset({"invalid_grant"})
+# OAuth error codes about the app (its credentials, its registration, its scopes): an operator's fix.
+_APP_REFUSED = frozenset(
+    {"invalid_client", "unauthorized_client", "invalid_scope", "access_denied", "unsupported_grant_type"}
+)
 
 
 class OAuthEndpoint:
@@ -69,6 +78,34 @@ class OAuthEndpoint:
             return grant
         raise _oauth_failure(response.status, document) or tiktok_failure(response, body)
 
+    @tracer.capture_method(capture_response=False)
+    def revoke(self, app: AppCredentials, token: str, budget: AttemptBudget) -> bool:
+        """Revoke the user's authorization of the app (every token of the user stops working).
+
+        Returns:
+            True once TikTok revoked; False when TikTok did not know the token any more (already
+            revoked or expired: nothing is left to revoke).
+
+        Raises:
+            AppCredentialsError: TikTok refused the app.
+            TikTokApiError: a rate limit or another TikTok error.
+            UpstreamUnavailableError / UpstreamBadResponseError: no usable answer.
+        """
+        response = self._transport.post(
+            REVOKE_PATH,
+            budget,
+            form={"client_key": app.client_key, "client_secret": app.client_secret, "token": token},
+        )
+        body, document = read_document(response)
+        if response.status == 200 and (document is None or not isinstance(document.get("error"), str)):
+            return True
+        failure = _oauth_failure(response.status, document)
+        if isinstance(failure, ReauthorizationRequiredError) or (
+            isinstance(failure, TikTokApiError) and failure.error_code == "invalid_request"
+        ):
+            return False
+        raise failure or tiktok_failure(response, body)
+
 
 def _grant(document: dict[str, Any]) -> TokenGrant | None:
     # Some answers nest the tokens under "data" like the other v2 endpoints; accept both.
@@ -102,7 +139,7 @@ def _oauth_failure(status: int, document: dict[str, Any] | None) -> TransferErro
     log_id = raw_log_id if isinstance(raw_log_id, str) and LOG_ID.fullmatch(raw_log_id) else None
     if code in _GRANT_REFUSED:
         return ReauthorizationRequiredError(message, log_id=log_id, upstream_status=status)
-    if code in _CLIENT_REFUSED:
+    if code in _APP_REFUSED:
         return AppCredentialsError(message, log_id=log_id, upstream_status=status)
     if status == 200:
         return UpstreamBadResponseError(message, log_id=log_id, upstream_status=status)

@@ -1,0 +1,163 @@
+"""A backend hands a user's tokens over: TikTok names the user, and the service keeps the only live lineage.
+
+``POST /requests`` and ``POST /downloads`` carry the user's ``access_token`` and, optionally, their
+``refresh_token``. With a refresh token, :class:`TokenHandover` exchanges it at once: TikTok's answer
+names the user (``open_id``), and rotates the token — from then on the service holds the user's only
+live lineage (the backend's copy is dead) and the grant is ``user <caller> <open_id>``: created, or
+joined when the caller already has one for that user (the newest lineage wins). A caller's ``open_id``
+is only compared with TikTok's; when they differ nothing is kept.
+
+The same refresh token handed over again (a backend retrying a request whose answer it lost) is not sent
+to TikTok, which would refuse it: the grant it went into the first time is joined (see
+``Grants.handed``). Without a refresh token the user stays unknown: the access token is kept only for the
+request it comes with, as long as it lives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from tiktok_archive.adapters.grants import Grants, request_grant_id, user_grant_id
+from tiktok_archive.logic.tokens import TokenService, handed_access_token
+from tiktok_archive.models.deadline import Deadline
+from tiktok_archive.models.errors import (
+    OpenIdMismatchError,
+    ReauthorizationRequiredError,
+    TransferError,
+)
+from tiktok_archive.models.portability import HandedTokens, TokenGrant
+from tiktok_archive.observability import logger
+
+# A refresh token TikTok refused may be one that a concurrent handover of the same tokens just exchanged:
+# its grant is looked for this long before the refusal stands.
+WAIT_FOR_CONCURRENT_HANDOVER_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What the service holds for a caller's user once tokens were handed over.
+
+    Attributes:
+        access_token: a valid access token to act with now.
+        grant_id: the user's grant (None until a request's own grant is made, see
+            :meth:`TokenHandover.keep_for_request`).
+        user_openid: the user, as TikTok named them (None without a refresh token).
+        unkept: tokens not yet in any grant (a request's own, kept once its ``request_id`` exists).
+    """
+
+    access_token: str = field(repr=False)
+    grant_id: str | None
+    user_openid: str | None
+    unkept: TokenGrant | None = field(default=None, repr=False)
+
+
+class TokenHandover:
+    """Takes a user's tokens from a caller.
+
+    Args:
+        tokens: the grants' tokens (refresh, seal, keep).
+        grants: the grants table (the handed-over tokens' registry).
+    """
+
+    def __init__(self, tokens: TokenService, grants: Grants) -> None:
+        self._tokens = tokens
+        self._grants = grants
+
+    def take(self, caller: str, handed: HandedTokens, deadline: Deadline) -> Holding:
+        """Identify the tokens' user with TikTok and keep them under ``caller``.
+
+        Returns:
+            the holding: with a grant when a refresh token was handed over.
+
+        Raises:
+            OpenIdMismatchError: TikTok named another user than the caller's ``open_id``; nothing kept.
+            ReauthorizationRequiredError: TikTok refused the refresh token; nothing kept.
+            AppCredentialsError / TikTokApiError / TransferError: TikTok or AWS failed; nothing kept
+                (a lineage TikTok rotated but that could not be stored is logged as lost).
+        """
+        if handed.refresh_token is None:
+            return Holding(handed.access_token, None, None, handed_access_token(handed.access_token))
+        digest = hashlib.sha256(handed.refresh_token.encode()).hexdigest()
+        joined = self._join_handed(caller, digest, handed, deadline)
+        if joined is not None:
+            return joined
+        try:
+            fresh = self._tokens.refresh_handed(handed.refresh_token, deadline)
+        except ReauthorizationRequiredError:
+            joined = self._wait_for_concurrent(caller, digest, handed, deadline)
+            if joined is None:
+                raise
+            return joined
+        return self._keep_fresh(caller, digest, handed, fresh)
+
+    def keep_for_request(self, caller: str, holding: Holding, request_id: int) -> str:
+        """Keep tokens of an unknown user for the one request they came with; returns the grant's id.
+
+        Raises:
+            TokenVaultError / RecordStoreError: KMS or DynamoDB failed.
+        """
+        if holding.grant_id is not None:
+            return holding.grant_id
+        grant_id = request_grant_id(request_id)
+        self._tokens.keep(grant_id, caller, None, holding.unkept or handed_access_token(holding.access_token))
+        return grant_id
+
+    def _keep_fresh(self, caller: str, digest: str, handed: HandedTokens, fresh: TokenGrant) -> Holding:
+        user = fresh.open_id
+        if handed.open_id is not None and user is not None and handed.open_id != user:
+            # The caller mixed users up. Nothing of either user changes; the lineage TikTok just rotated
+            # exists nowhere else, so the user has to consent again.
+            logger.error(
+                "handed-over tokens are another user's than the caller's open_id: nothing kept, "
+                "the exchanged refresh token is dropped"
+            )
+            raise OpenIdMismatchError(
+                "TikTok says these tokens belong to another user than open_id; nothing was kept. The "
+                "refresh token was exchanged at TikTok (refresh tokens rotate): ask the user to consent "
+                "again"
+            )
+        if user is None:
+            # TikTok's answer named nobody: the tokens are kept for the request alone.
+            logger.warning("TikTok's refresh answer names no user: the tokens stay with their request")
+            return Holding(fresh.access_token, None, None, fresh)
+        grant_id = user_grant_id(caller, user)
+        self._tokens.keep(grant_id, caller, user, fresh)
+        try:
+            self._grants.remember_handed(digest, grant_id, caller)
+        except TransferError as error:
+            logger.warning("handed-over token not remembered", extra=error.log_fields())
+        logger.info("user's tokens handed over", extra={"grant_id": grant_id})
+        return Holding(fresh.access_token, grant_id, user)
+
+    def _join_handed(
+        self, caller: str, digest: str, handed: HandedTokens, deadline: Deadline
+    ) -> Holding | None:
+        """The holding of a refresh token exchanged before, when this caller's grant still has it."""
+        known = self._grants.handed(digest)
+        if known is None or known[1] != caller:
+            return None
+        grant = self._tokens.find(known[0])
+        if grant is None or grant.user_openid is None:
+            return None
+        if handed.open_id is not None and handed.open_id != grant.user_openid:
+            raise OpenIdMismatchError(
+                "TikTok says these tokens belong to another user than open_id; nothing was changed"
+            )
+        logger.info("refresh token handed over again: the grant it went into is joined")
+        if not self._grants.touch(grant.grant_id):
+            return None
+        token = self._tokens.access_token(grant.grant_id, deadline)
+        return Holding(token, grant.grant_id, grant.user_openid)
+
+    def _wait_for_concurrent(
+        self, caller: str, digest: str, handed: HandedTokens, deadline: Deadline
+    ) -> Holding | None:
+        """After TikTok refused the refresh token: a concurrent handover of it may be storing its grant."""
+        waited = Deadline.after(min(WAIT_FOR_CONCURRENT_HANDOVER_SECONDS, max(0.0, deadline.remaining())))
+        while True:
+            joined = self._join_handed(caller, digest, handed, deadline)
+            if joined is not None or waited.expired():
+                return joined
+            time.sleep(0.25)
