@@ -28,24 +28,26 @@ from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.download_events import DETAIL_TYPES, DownloadEvents, event_detail
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
-from tiktok_archive.adapters.grants import Grant, Grants, SealedTokens
+from tiktok_archive.adapters.grants import Grant, Grants, Lease, SealedTokens
 from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
 from tiktok_archive.adapters.s3_archive_store import PartListener
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
-from tiktok_archive.logic import downloads, requests, tokens
+from tiktok_archive.logic import downloads, handover, purge, requests, tokens
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models import deadline as deadline_module
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
+from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive, format_utc
 from tiktok_archive.models.download_record import (
     ENDED,
     DownloadRecord,
     DownloadStatus,
+    Owner,
     Preparation,
     Progress,
     RecordedError,
 )
+from tiktok_archive.models.lifecycle import LifecycleMessage, StatusCheck
 from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, TransferError
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
 
@@ -87,6 +89,8 @@ def freeze_time(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     """Make ``logic/`` and :class:`Deadline` read (and sleep on) ``clock`` instead of the real time."""
     monkeypatch.setattr(tokens, "_now", clock.now)
     monkeypatch.setattr(tokens, "time", clock)
+    monkeypatch.setattr(handover, "time", clock)
+    monkeypatch.setattr(purge, "_now", clock.now)
     monkeypatch.setattr(requests, "_now", clock.now)
     monkeypatch.setattr(downloads, "time", clock)
     monkeypatch.setattr(deadline_module, "time", clock)
@@ -167,6 +171,7 @@ class FakeTikTok(TikTokClient):
         self.adds: Script[int] = Script("tiktok.add_request", journal)
         self.cancels: Script[None] = Script("tiktok.cancel_request", journal)
         self.refreshes: Script[TokenGrant] = Script("tiktok.refresh_tokens", journal)
+        self.revokes: Script[bool] = Script("tiktok.revoke_tokens", journal)
 
     def check_request(self, request: DownloadRequest, deadline: Deadline) -> RequestStatus | None:
         return self.checks.answer(request.request_id, request.access_token)
@@ -181,6 +186,9 @@ class FakeTikTok(TikTokClient):
 
     def refresh_tokens(self, app: AppCredentials, refresh_token: str, deadline: Deadline) -> TokenGrant:
         return self.refreshes.answer(app.client_secret, refresh_token)
+
+    def revoke_tokens(self, app: AppCredentials, token: str, deadline: Deadline) -> bool:
+        return self.revokes.answer(app.client_secret, token)
 
 
 class FakeAppCredentials(AppCredentialsSource):
@@ -226,81 +234,136 @@ class FakeVault(TokenVault):
 
 # -- DynamoDB: the grants table ----------------------------------------------------------------
 class FakeGrants(Grants):
-    """The grants table in a dict, with its lease and version conditions."""
+    """The grants table in a dict, with its lease and generation conditions."""
 
     def __init__(self, clock: Clock, journal: Journal) -> None:
         self._clock = clock
         self._journal = journal
         self.items: dict[str, Grant] = {}
+        self.handed_tokens: dict[str, tuple[str, str]] = {}
         self.faults = Faults()
 
+    def _call(self, method: str) -> None:
+        self._journal.note(f"grants.{method}")
+        self.faults.check(method)
+
     def get(self, grant_id: str) -> Grant | None:
-        self._journal.note("grants.get")
-        self.faults.check("get")
+        self._call("get")
         return self.items.get(grant_id)
 
-    def store(self, grant_id: str, tokens: SealedTokens) -> None:
-        self._journal.note("grants.store")
-        self.faults.check("store")
-        current = self.items.get(grant_id)
-        lease = current.refresh_lease_until if current else None
-        if lease is not None and not lease < self._clock.now():
-            return  # a refresh holds the lease: its tokens are newer
-        self.items[grant_id] = _with_tokens(
-            current or Grant(grant_id, 0, None, None, None, None, None), tokens, keep_lease=True
-        )
+    def of_user(self, user_openid: str) -> list[Grant]:
+        self._call("of_user")
+        return [grant for grant in self.items.values() if grant.user_openid == user_openid]
 
-    def take_refresh_lease(self, grant: Grant, lease: timedelta) -> str | None:
-        self._journal.note("grants.take_refresh_lease")
-        self.faults.check("take_refresh_lease")
+    def handed(self, digest: str) -> tuple[str, str] | None:
+        self._call("handed")
+        return self.handed_tokens.get(digest)
+
+    def adopt(self, grant_id: str, caller: str, user_openid: str | None, tokens: SealedTokens) -> Grant:
+        self._call("adopt")
+        current = self.items.get(grant_id) or Grant(grant_id, "", None, None, None, None, None)
+        adopted = dataclasses.replace(
+            _with_tokens(current, tokens),
+            caller=caller,
+            user_openid=user_openid if user_openid is not None else current.user_openid,
+            refresh_owner=None,
+            refresh_lease_until=None,
+            abandoned_refresh_at=None,
+            erasing=False,
+        )
+        self.items[grant_id] = adopted
+        return adopted
+
+    def remember_handed(self, digest: str, grant_id: str, caller: str) -> None:
+        self._call("remember_handed")
+        self.handed_tokens[digest] = (grant_id, caller)
+
+    def touch(self, grant_id: str) -> bool:
+        self._call("touch")
+        current = self.items.get(grant_id)
+        if current is None:
+            return False
+        self.items[grant_id] = dataclasses.replace(current, generation=uuid.uuid4().hex)
+        return True
+
+    def take_refresh_lease(self, grant: Grant, lease: timedelta) -> Lease | None:
+        self._call("take_refresh_lease")
         now = self._clock.now()
         current = self.items.get(grant.grant_id)
-        if current is None or current.version != grant.version:
+        if current is None or current.generation != grant.generation:
             return None
         if current.refresh_lease_until is not None and not current.refresh_lease_until < now:
             return None
+        abandoned = grant.abandoned_refresh_at
+        if abandoned is None and grant.lease_abandoned(now) and grant.refresh_lease_until is not None:
+            abandoned = grant.refresh_lease_until - lease
         owner = uuid.uuid4().hex
         self.items[grant.grant_id] = dataclasses.replace(
-            current, refresh_owner=owner, refresh_lease_until=now + lease + timedelta(seconds=1)
+            current,
+            refresh_owner=owner,
+            refresh_lease_until=now + lease + timedelta(seconds=1),
+            abandoned_refresh_at=abandoned,
         )
-        return owner
+        return Lease(owner, abandoned)
 
-    def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> bool:
-        self._journal.note("grants.store_refreshed")
-        self.faults.check("store_refreshed")
+    def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> str | None:
+        self._call("store_refreshed")
         current = self.items.get(grant.grant_id)
-        if current is None or (current.refresh_owner != owner and current.version != grant.version):
-            return False
-        self.items[grant.grant_id] = _with_tokens(current, tokens, keep_lease=False)
-        return True
+        if current is None or (current.refresh_owner != owner and current.generation != grant.generation):
+            return None
+        stored = dataclasses.replace(
+            _with_tokens(current, tokens),
+            refresh_owner=None,
+            refresh_lease_until=None,
+            abandoned_refresh_at=None,
+        )
+        self.items[grant.grant_id] = stored
+        return stored.generation
 
-    def release_refresh_lease(self, grant_id: str, owner: str) -> None:
+    def release_refresh_lease(self, grant_id: str, owner: str) -> bool:
         self._journal.note("grants.release_refresh_lease")
         current = self.items.get(grant_id)
-        if current is not None and current.refresh_owner == owner:
-            self.items[grant_id] = dataclasses.replace(current, refresh_owner=None, refresh_lease_until=None)
+        if current is None or current.refresh_owner != owner:
+            return False
+        self.items[grant_id] = dataclasses.replace(current, refresh_owner=None, refresh_lease_until=None)
+        return True
 
-    def erase(self, grant_id: str) -> int:
-        self._journal.note("grants.erase")
-        self.faults.check("erase")
-        return 1 if self.items.pop(grant_id, None) is not None else 0
+    def erase_refused(self, grant: Grant) -> bool:
+        self._call("erase_refused")
+        current = self.items.get(grant.grant_id)
+        if current is None or current.generation != grant.generation:
+            return False
+        del self.items[grant.grant_id]
+        return True
+
+    def delete(self, grant_id: str, *, generation: str | None = None) -> bool:
+        self._call("delete")
+        current = self.items.get(grant_id)
+        if current is None or (generation is not None and current.generation != generation):
+            return False
+        del self.items[grant_id]
+        return True
+
+    def mark_erasing(self, grant_id: str) -> bool:
+        self._call("mark_erasing")
+        current = self.items.get(grant_id)
+        if current is None:
+            return False
+        self.items[grant_id] = dataclasses.replace(current, erasing=True)
+        return True
 
 
-def _with_tokens(current: Grant, tokens: SealedTokens, *, keep_lease: bool) -> Grant:
-    """``current`` with ``tokens`` written over it as the adapter's update expressions do."""
+def _with_tokens(current: Grant, tokens: SealedTokens) -> Grant:
+    """``current`` with ``tokens`` (and a new generation) written over it as the adapter's updates do."""
     return dataclasses.replace(
         current,
-        version=current.version + 1,
+        generation=uuid.uuid4().hex,
         sealed_access_token=tokens.sealed_access_token,
         access_expires_at=tokens.access_expires_at,
         sealed_refresh_token=tokens.sealed_refresh_token or current.sealed_refresh_token,
         refresh_expires_at=tokens.refresh_expires_at
         if tokens.sealed_refresh_token
         else current.refresh_expires_at,
-        user_openid=tokens.user_openid or current.user_openid,
-        refresh_owner=current.refresh_owner if keep_lease else None,
-        refresh_lease_until=current.refresh_lease_until if keep_lease else None,
-        last_request_id=tokens.request_id or current.last_request_id,
     )
 
 
@@ -342,10 +405,30 @@ class FakeDownloadRecords(DownloadRecords):
         self._call("of_user")
         return [record for record in self.items.values() if record.user_openid == user_openid]
 
+    def _of_caller_user(self, caller: str, user_openid: str) -> list[DownloadRecord]:
+        mine = [r for r in self.items.values() if r.caller == caller and r.user_openid == user_openid]
+        return sorted(mine, key=lambda r: (r.created_at, r.request_id), reverse=True)
+
+    def of_caller_user(self, caller: str, user_openid: str) -> list[DownloadRecord]:
+        self._call("of_caller_user")
+        return self._of_caller_user(caller, user_openid)
+
+    def page_of(
+        self, caller: str, user_openid: str, limit: int, after: tuple[str, int] | None = None
+    ) -> tuple[list[DownloadRecord], tuple[str, int] | None]:
+        self._call("page_of")
+        mine = self._of_caller_user(caller, user_openid)
+        if after is not None:
+            mine = [r for r in mine if (format_utc(r.created_at), r.request_id) < after]
+        page = mine[:limit]
+        more = len(mine) > limit
+        return page, (format_utc(page[-1].created_at), page[-1].request_id) if more else None
+
     def create_waiting(
         self,
         request_id: int,
         *,
+        caller: str,
         grant_id: str,
         user_openid: str | None,
         preparation: Preparation,
@@ -364,6 +447,7 @@ class FakeDownloadRecords(DownloadRecords):
                 created_at=now,
                 updated_at=now,
                 attempts=0,
+                caller=caller,
                 user_openid=user_openid or None,
                 grant_id=grant_id,
                 preparation=Preparation(
@@ -482,16 +566,38 @@ class FakeDownloadRecords(DownloadRecords):
         self.owners.pop(request_id, None)
         return self._put(ended)
 
-    def set_user(self, request_id: int, user_openid: str) -> None:
+    def set_user(self, record: DownloadRecord, user_openid: str) -> None:
         self._journal.note("records.set_user")
-        record = self.items.get(request_id)
-        if record is not None and record.user_openid is None:
-            self._put(dataclasses.replace(record, user_openid=user_openid))
+        current = self.items.get(record.request_id)
+        if current is not None and current.user_openid is None:
+            self._put(dataclasses.replace(current, user_openid=user_openid))
 
-    def claim(self, request_id: int, bucket: str, key: str, lease: timedelta) -> Claimed | Held:
+    @staticmethod
+    def _owned(record: DownloadRecord | None, owner: Owner) -> bool:
+        """The adapter's ownership condition (see ``download_records._ownership``)."""
+        if owner.service:
+            return record is not None
+        return record is None or record.caller == owner.caller
+
+    @staticmethod
+    def _owner_fields(base: DownloadRecord, owner: Owner) -> DownloadRecord:
+        if owner.service:
+            return base
+        return dataclasses.replace(
+            base,
+            caller=base.caller or owner.caller,
+            user_openid=base.user_openid or owner.user_openid,
+            grant_id=base.grant_id or owner.grant_id,
+        )
+
+    def claim(self, request_id: int, bucket: str, key: str, lease: timedelta, owner: Owner) -> Claimed | Held:
         self._call("claim")
         now = self._clock.now()
         record = self.items.get(request_id)
+        if not self._owned(record, owner):
+            if record is None:
+                raise RecordStoreError("the download record does not exist")
+            return Held(record)
         if record is not None:
             lapsed = record.lease_expires_at is not None and record.lease_expires_at < now
             claimable = (
@@ -503,10 +609,12 @@ class FakeDownloadRecords(DownloadRecords):
                 record.status is DownloadStatus.IN_PROGRESS and lapsed
             ):
                 return Held(record)
-        base = record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0)
+        base = self._owner_fields(
+            record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0), owner
+        )
         prep = dataclasses.replace(base.preparation, next_check_at=None) if base.preparation else None
-        owner = uuid.uuid4().hex
-        self.owners[request_id] = owner
+        lease_owner = uuid.uuid4().hex
+        self.owners[request_id] = lease_owner
         claimed = self._put(
             dataclasses.replace(
                 base,
@@ -523,7 +631,48 @@ class FakeDownloadRecords(DownloadRecords):
                 poll_interval=None,
             )
         )
-        return Claimed(claimed, owner)
+        return Claimed(claimed, lease_owner)
+
+    def enqueue(self, request_id: int, lease: timedelta, owner: Owner) -> DownloadRecord | Held:
+        self._call("enqueue")
+        now = self._clock.now()
+        record = self.items.get(request_id)
+        if not self._owned(record, owner):
+            if record is None:
+                raise RecordStoreError("the download record does not exist")
+            return Held(record)
+        if record is not None:
+            lapsed = record.lease_expires_at is not None and record.lease_expires_at < now
+            free = record.status in (DownloadStatus.WAITING, DownloadStatus.FAILED)
+            if not free and not (
+                record.status in (DownloadStatus.QUEUED, DownloadStatus.IN_PROGRESS) and lapsed
+            ):
+                return Held(record)
+        base = self._owner_fields(
+            record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0), owner
+        )
+        self.owners.pop(request_id, None)
+        return self._put(
+            dataclasses.replace(
+                base,
+                status=DownloadStatus.QUEUED,
+                lease_expires_at=now + lease + timedelta(seconds=1),
+                updated_at=now,
+                poll_seq=base.poll_seq + 1,
+                error=None,
+                poll_interval=None,
+            )
+        )
+
+    def abandon(self, request_id: int, error: TransferError) -> None:
+        self._journal.note("records.abandon")
+        record = self.items.get(request_id)
+        if record is not None and record.status is DownloadStatus.QUEUED:
+            self._put(
+                dataclasses.replace(
+                    record, status=DownloadStatus.FAILED, error=_recorded(error), lease_expires_at=None
+                )
+            )
 
     def report_progress(self, claim: Claimed, progress: Progress) -> Held | None:
         self._call("report_progress")
@@ -585,17 +734,27 @@ def _recorded(error: TransferError) -> RecordedError:
 
 # -- SQS, EventBridge --------------------------------------------------------------------------
 class FakeLifecycleQueue(LifecycleQueue):
-    """Records the status checks sent: ``(request_id, seq, delay_seconds)`` as asked (not clamped)."""
+    """Records the status checks sent (``(request_id, seq, delay_seconds)`` as asked, not clamped) and
+    every other message with its delay."""
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.checks: list[tuple[int, int, int]] = []
+        self.messages: list[tuple[LifecycleMessage, int]] = []
         self.faults = Faults()
 
     def schedule_check(self, request_id: int, seq: int, delay_seconds: int) -> None:
         self._journal.note("queue.schedule_check")
         self.faults.check("schedule_check")
         self.checks.append((request_id, seq, delay_seconds))
+
+    def send(self, message: LifecycleMessage, delay_seconds: int = 0) -> None:
+        if isinstance(message, StatusCheck):
+            self.schedule_check(message.request_id, message.seq, delay_seconds)
+            return
+        self._journal.note("queue.send")
+        self.faults.check("send")
+        self.messages.append((message, delay_seconds))
 
 
 class FakeDownloadJobs(DownloadJobs):
@@ -659,14 +818,11 @@ class FakeTransfer(ArchiveTransfer):
         self.discarded: list[int] = []
         self.faults = Faults()
 
-    def deadline(self, remaining_ms: int) -> Deadline:
-        return Deadline.for_invocation(remaining_ms, 1.0)
-
     def location(self, request_id: int) -> tuple[str, str]:
         return self.BUCKET, f"archives/{request_id}.zip"
 
     def run(
-        self, request: DownloadRequest, remaining_ms: int, on_part: PartListener | None = None
+        self, request: DownloadRequest, deadline: Deadline, on_part: PartListener | None = None
     ) -> DownloadResult:
         self._journal.note("transfer.run")
         self.runs.append(request)
@@ -678,10 +834,11 @@ class FakeTransfer(ArchiveTransfer):
             request.request_id, StoredArchive(bucket, key, self._size, "AAAAAA=="), url, expires_at
         )
 
-    def discard(self, request_id: int) -> None:
+    def discard(self, request_id: int) -> int:
         self._journal.note("transfer.discard")
         self.faults.check("discard")
         self.discarded.append(request_id)
+        return 0
 
     def link(self, request_id: int) -> tuple[str, datetime]:
         _, key = self.location(request_id)
