@@ -241,12 +241,20 @@ def _captured_output() -> Iterator[io.StringIO]:
 
 
 def _api_event(request_id: int, token: str) -> dict[str, Any]:
+    """``events/api-download.json`` (signed by a backend: API Gateway's identity in its requestContext)
+    for another request, the user's token in the body."""
     event: dict[str, Any] = json.loads((EVENTS / "api-download.json").read_text())
-    event["body"] = json.dumps({"request_id": str(request_id)})
-    event["headers"]["Authorization"] = f"Bearer {token}"
-    event["multiValueHeaders"]["Authorization"] = [f"Bearer {token}"]
+    event["body"] = json.dumps({"request_id": str(request_id), "access_token": token})
     event["requestContext"]["requestId"] = str(uuid.uuid4())
     return event
+
+
+def _sigv4_secrets() -> tuple[str, str]:
+    headers = json.loads((EVENTS / "api-download.json").read_text())["headers"]
+    return headers["Authorization"].rsplit("Signature=", 1)[1], headers["X-Amz-Security-Token"]
+
+
+_SIGV4_SECRETS = _sigv4_secrets()
 
 
 def _sqs_event(request_id: int, token: str, resources: Resources) -> dict[str, Any]:
@@ -323,6 +331,8 @@ def run_once(stack: LocalStack, scenario: Scenario, trigger: str, s3: Any) -> Ou
     # means code tried to log a secret and only the formatter caught it).
     leaked = int(token.partition(".")[2] in logged) + sum(s in logged for s in signatures)
     leaked += logged.count("X-Amz-Signature=") + logged.count("[REDACTED]")
+    # The API event's SigV4 signature and session token (API Gateway hands the headers over).
+    leaked += sum(secret in logged for secret in _SIGV4_SECRETS)
     return Outcome(code, corrupt, uploads, leaked, len(keys))
 
 

@@ -1,15 +1,21 @@
 """``make serve``: the API on ``http://127.0.0.1:<port>``, for trying it with curl, without Docker.
 
-What ``sam local start-api`` does, on this machine's Python: each HTTP request becomes the API Gateway
-REST proxy event the real handler gets (path and query parameters, headers, the body — base64 when it is
-not text — and the stage ``v1`` in ``requestContext.path``), the handler runs with exactly its
-template.yaml environment, and its answer is sent back. The API key is checked as API Gateway would
-(``x-api-key``, except on ``POST /webhooks/tiktok``). Behind it: moto server and the TikTok emulator, and,
-as Lambda's SQS event sources would, the lifecycle and download queues delivered to their functions
-every half second — so a request added with ``POST /requests`` is followed to its archive.
+What ``sam local start-api`` does, on this machine's Python, with API Gateway's own checks in front
+(:mod:`tests.harness.gateway`): the routes and their authorization are read from the SAM-expanded
+template; a backend route's request must carry a SigV4 ``Authorization`` header (service
+``execute-api``, region ``eu-west-1``) signed with one of the local credentials printed at start — two
+callers, the backend and another principal of the account, each an access key id and secret standing for
+an assumed role's session; the API's resource policy (template.yaml's, for the ``CallerRoleArns`` given)
+judges the caller; ``POST /webhooks/tiktok`` is open. Each admitted request becomes the API Gateway REST
+proxy event the real handler gets (path and query parameters, headers, the body — base64 when it is not
+text —, the stage ``v1`` and the caller's identity in ``requestContext``), the handler runs with exactly
+its template.yaml environment, and its answer is sent back. Behind it: moto server and the TikTok
+emulator, and, as Lambda's SQS event sources would, the lifecycle and download queues delivered to their
+functions every half second — so a request added with ``POST /requests`` is followed to its archive.
 
-Run ``make serve`` (``PORT=8080 make serve`` for a fixed port); it prints the URL, the API key, a user's
-TikTok-shaped token and curl examples, and runs until interrupted.
+Run ``make serve`` (``PORT=8080 make serve`` for a fixed port); it prints the URL, the two callers'
+credentials, a user's TikTok-shaped tokens, ``curl --aws-sigv4`` lines and a Python snippet signing with
+botocore's ``SigV4Auth``, and runs until interrupted.
 """
 
 from __future__ import annotations
@@ -17,33 +23,35 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import re
+import secrets
 import signal
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from tests.harness.functions import LambdaFunctions
+from tests.harness.gateway import (
+    MISSING_AUTHENTICATION_TOKEN,
+    Gateway,
+    GatewayAnswer,
+    LocalCredential,
+    SigV4Verifier,
+)
 from tests.harness.lambda_context import FakeLambdaContext
-from tests.harness.local_stack import LocalStack, Resources, provision
+from tests.harness.local_stack import REGION, LocalStack, Resources, provision
 from tests.harness.tokens import access_token, open_id, refresh_token
 from tiktok_archive.handlers import api, lifecycle, sqs, webhook
 
-STAGE = "v1"
-API_KEY = "local-api-key-0123456789"
-# The routes of template.yaml's REST API: (method, resource template) → function.
-ROUTES = (
-    ("POST", "/requests", "ApiFunction"),
-    ("POST", "/downloads", "ApiFunction"),
-    ("GET", "/downloads/{request_id}", "ApiFunction"),
-    ("DELETE", "/downloads/{request_id}", "ApiFunction"),
-    ("POST", "/webhooks/tiktok", "WebhookFunction"),
-)
+# The two callers the local credentials stand for: the backend, and another principal of the account
+# that may call the API too (it sees none of the backend's records).
+BACKEND_ARN = "arn:aws:sts::123456789012:assumed-role/tiktok-archive-backend/local-backend"
+OTHER_ARN = "arn:aws:sts::123456789012:assumed-role/another-backend/local-other"
+BACKEND_KEY_ID = "AKIALOCALBACKEND0001"
+OTHER_KEY_ID = "AKIALOCALOTHER000002"
 HANDLERS = {
     "ApiFunction": api.lambda_handler,
     "WebhookFunction": webhook.lambda_handler,
@@ -51,95 +59,76 @@ HANDLERS = {
     "WorkerFunction": sqs.lambda_handler,
 }
 QUEUES = (("LifecycleQueue", "LifecycleFunction"), ("DownloadQueue", "WorkerFunction"))
+Answer = tuple[int, dict[str, str], bytes]
 
 
-def _route(method: str, path: str) -> tuple[str, str, dict[str, str]] | None:
-    """The resource template, the function and the path parameters of ``method path``, if any."""
-    for route_method, resource, function in ROUTES:
-        pattern = "^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", resource) + "$"
-        match = re.match(pattern, path)
-        if match and route_method == method:
-            return resource, function, match.groupdict()
-    return None
+def local_credentials() -> tuple[LocalCredential, LocalCredential]:
+    """The backend's and the other caller's credentials, with secrets fresh for this run."""
+    return (
+        LocalCredential(BACKEND_KEY_ID, secrets.token_urlsafe(30), BACKEND_ARN),
+        LocalCredential(OTHER_KEY_ID, secrets.token_urlsafe(30), OTHER_ARN),
+    )
+
+
+def _gateway_answer(answer: GatewayAnswer) -> Answer:
+    return answer.status, answer.headers, answer.data
 
 
 class LocalApi:
-    """Turns HTTP requests into Lambda invocations of the template's functions, one at a time.
+    """Turns HTTP requests into Lambda invocations of the template's functions, one at a time, after
+    API Gateway's checks: the route, the SigV4 signature, the resource policy.
 
     Args:
         resources: what the template created locally.
-        lambdas: the functions with their template environments.
+        lambdas: the functions with their template environments (and the template parameters, which
+            shape the resource policy: ``CallerRoleArns``).
+        credentials: the local access keys (:func:`local_credentials` when None).
     """
 
-    def __init__(self, resources: Resources, lambdas: LambdaFunctions) -> None:
+    def __init__(
+        self,
+        resources: Resources,
+        lambdas: LambdaFunctions,
+        credentials: Sequence[LocalCredential] | None = None,
+    ) -> None:
         self.resources = resources
         self.lambdas = lambdas
+        self.credentials = tuple(credentials or local_credentials())
+        self.gateway = Gateway(resources.template, lambdas.parameters, resources.local)
+        self.verifier = SigV4Verifier(self.credentials, region=REGION)
         # Handlers share module state (Powertools' resolver) and the process environment: one at a time.
         self.lock = threading.Lock()
         self._stop = threading.Event()
 
-    def handle(
-        self, method: str, target: str, headers: dict[str, list[str]], body: bytes
-    ) -> tuple[int, dict[str, str], bytes]:
-        """Answer one HTTP request: status, headers, body."""
+    def handle(self, method: str, target: str, headers: Mapping[str, Sequence[str]], body: bytes) -> Answer:
+        """Answer one HTTP request (``target``: the request line's path and query, as sent): status,
+        headers, body."""
         parts = urlsplit(target)
-        prefix = f"/{STAGE}"
+        prefix = f"/{self.gateway.stage}"
         path = parts.path[len(prefix) :] if parts.path.startswith(prefix + "/") else ""
-        found = _route(method, path)
+        found = self.gateway.route(method, path)
         if found is None:
-            # API Gateway's own answer for a route it does not have.
-            return 403, {"Content-Type": "application/json"}, b'{"message":"Missing Authentication Token"}'
-        resource, function, path_parameters = found
-        keys = {k.lower(): v for k, v in headers.items()}
-        if function == "ApiFunction" and keys.get("x-api-key", [""])[-1] != API_KEY:
-            return 403, {"Content-Type": "application/json"}, b'{"message":"Forbidden"}'
-        event = self._event(method, path, parts.query, resource, path_parameters, headers, body)
-        with self.lock, self.lambdas.running(function):
-            answer = HANDLERS[function](event, FakeLambdaContext(function, 28_000))
+            return _gateway_answer(MISSING_AUTHENTICATION_TOKEN)
+        route, _ = found
+        caller = key_id = None
+        if route.authorization == "AWS_IAM":
+            verified = self.verifier.verify(method, target, headers, body)
+            if isinstance(verified, GatewayAnswer):
+                return _gateway_answer(verified)
+            caller, key_id = verified.arn, verified.access_key_id
+        refused = self.gateway.authorize(method, path, caller)
+        if refused is not None:
+            return _gateway_answer(refused)
+        event = self.gateway.event(
+            method, path, query=parts.query, headers=headers, body=body, caller=caller, access_key=key_id
+        )
+        with self.lock, self.lambdas.running(route.function):
+            answer = HANDLERS[route.function](event, FakeLambdaContext(route.function, 28_000))
         out_headers = {k: v[-1] for k, v in (answer.get("multiValueHeaders") or {}).items()}
         out_headers.update(answer.get("headers") or {})
         payload = answer.get("body") or ""
         data = base64.b64decode(payload) if answer.get("isBase64Encoded") else payload.encode()
         return int(answer["statusCode"]), out_headers, data
-
-    @staticmethod
-    def _event(
-        method: str,
-        path: str,
-        query: str,
-        resource: str,
-        path_parameters: dict[str, str],
-        headers: dict[str, list[str]],
-        body: bytes,
-    ) -> dict[str, Any]:
-        try:
-            text: str | None = body.decode() if body else None
-            encoded = False
-        except UnicodeDecodeError:
-            text, encoded = base64.b64encode(body).decode(), True
-        multi_query = parse_qs(query, keep_blank_values=True)
-        return {
-            "resource": resource,
-            "path": path,
-            "httpMethod": method,
-            "headers": {k: v[-1] for k, v in headers.items()},
-            "multiValueHeaders": headers,
-            "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
-            "multiValueQueryStringParameters": multi_query or None,
-            "pathParameters": path_parameters or None,
-            "stageVariables": None,
-            "requestContext": {
-                "resourcePath": resource,
-                "httpMethod": method,
-                "path": f"/{STAGE}{path}",
-                "stage": STAGE,
-                "requestId": str(uuid.uuid4()),
-                "requestTimeEpoch": int(time.time() * 1000),
-                "identity": {"sourceIp": "127.0.0.1", "userAgent": headers.get("User-Agent", [""])[-1]},
-            },
-            "body": text,
-            "isBase64Encoded": encoded,
-        }
 
     # -- the queues, delivered as Lambda's SQS event sources would -------------------------------------
     def deliver_forever(self, every: float = 0.5) -> None:
@@ -219,7 +208,7 @@ class HttpFront(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{STAGE}"
+        return f"http://127.0.0.1:{self.server_address[1]}/{self.api.gateway.stage}"
 
 
 @contextlib.contextmanager
@@ -257,7 +246,7 @@ def main() -> int:
         stack.emulator.register(ready, user["access_token"], size=8 * 1024 * 1024)
         local = LocalApi(resources, lambdas)
         with serving(local, int(os.environ.get("PORT", "0"))) as front:
-            print(_usage(front.url, user, ready, time.monotonic() - started), flush=True)
+            print(usage(front.url, local.credentials, user, ready, time.monotonic() - started), flush=True)
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             try:
@@ -269,30 +258,86 @@ def main() -> int:
     return 0
 
 
-def _usage(url: str, user: dict[str, Any], ready: int, took: float) -> str:
+# What the printed curl lines sign with: the backend's credentials, for API Gateway in eu-west-1.
+SIGV4 = '--aws-sigv4 "aws:amz:eu-west-1:execute-api" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"'
+PYTHON_SNIPPET = """\
+import json, os, urllib.error, urllib.request
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+def call(method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = AWSRequest(method, os.environ["API_URL"] + path, data=data,
+                         headers={"Content-Type": "application/json"} if data else {})
+    credentials = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+    SigV4Auth(credentials, "execute-api", "eu-west-1").add_auth(request)
+    signed = request.prepare()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                signed.url, data=signed.body, headers=dict(signed.headers), method=signed.method)) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+print(call("GET", "/users/" + os.environ["OPEN_ID"] + "/requests"))
+"""
+
+
+def usage(
+    url: str, credentials: Sequence[LocalCredential], user: Mapping[str, Any], ready: int, took: float
+) -> str:
+    """What ``make serve`` prints: the URL, the callers' credentials, the user's tokens, lines to paste."""
+    backend, other = credentials[0], credentials[1]
     token, refresh = user["access_token"], user["refresh_token"]
+    sigv4 = SIGV4
     return f"""
 tiktok-archive is serving on {url} (started in {took:.1f} s; moto server and the TikTok emulator behind it).
 Local only: the TikTok user below is the emulator's; TikTok prepares an added request in 20 s here.
+Calls are signed with SigV4 (service execute-api, region eu-west-1), as API Gateway's AWS_IAM
+authorization wants them; these local credentials stand for two callers (fresh secrets each run):
+  the backend:      {backend.arn}
+  another backend:  {other.arn}
 
-export API_URL={url} API_KEY={API_KEY}
+export API_URL={url}
+export AWS_ACCESS_KEY_ID={backend.access_key_id} AWS_SECRET_ACCESS_KEY={backend.secret_access_key}
+export OTHER_ACCESS_KEY_ID={other.access_key_id} OTHER_SECRET_ACCESS_KEY={other.secret_access_key}
 export TOKEN='{token}'
 export REFRESH_TOKEN='{refresh}' OPEN_ID='{user["open_id"]}'
 
-# add a data request and follow it (waiting → queued → completed, with a link)
-curl -sS -i -X POST "$API_URL/requests" -H "x-api-key: $API_KEY" -H "Authorization: Bearer $TOKEN" \\
+# the user consents: add a data request with their tokens in the body (waiting -> queued -> completed)
+curl -sS -i -X POST "$API_URL/requests" \\
+  {sigv4} \\
   -H "Content-Type: application/json" \\
-  -d "{{\\"refresh_token\\": \\"$REFRESH_TOKEN\\", \\"open_id\\": \\"$OPEN_ID\\"}}"
-curl -sS "$API_URL/downloads/<request_id>" -H "x-api-key: $API_KEY" -H "Authorization: Bearer $TOKEN"
+  -d "{{\\"access_token\\": \\"$TOKEN\\",
+       \\"refresh_token\\": \\"$REFRESH_TOKEN\\", \\"open_id\\": \\"$OPEN_ID\\"}}"
+# read it (no TikTok call; a link once completed)
+curl -sS "$API_URL/downloads/<request_id>" \\
+  {sigv4}
+# the user's requests of this caller, newest first
+curl -sS "$API_URL/users/$OPEN_ID/requests" \\
+  {sigv4}
+# another caller does not see them: 404
+curl -sS "$API_URL/downloads/<request_id>" --aws-sigv4 "aws:amz:eu-west-1:execute-api" \\
+  --user "$OTHER_ACCESS_KEY_ID:$OTHER_SECRET_ACCESS_KEY"
 
 # download a request TikTok already prepared
-curl -sS -X POST "$API_URL/downloads" -H "x-api-key: $API_KEY" -H "Authorization: Bearer $TOKEN" \\
-  -H "Content-Type: application/json" -d '{{"request_id": "{ready}"}}'
+curl -sS -X POST "$API_URL/downloads" \\
+  {sigv4} \\
+  -H "Content-Type: application/json" \\
+  -d "{{\\"request_id\\": \\"{ready}\\", \\"access_token\\": \\"$TOKEN\\"}}"
 
-# cancel one
-curl -sS -X DELETE "$API_URL/downloads/<request_id>" -H "x-api-key: $API_KEY" \\
-  -H "Authorization: Bearer $TOKEN"
+# cancel one; erase the user (their requests, archives and grant; revoked at TikTok)
+curl -sS -X DELETE "$API_URL/downloads/<request_id>" \\
+  {sigv4}
+curl -sS -X DELETE "$API_URL/users/$OPEN_ID" \\
+  {sigv4}
 
+# from Python, signing with botocore's SigV4Auth (the same call, as the backend)
+.venv/bin/python - <<'EOF'
+{PYTHON_SNIPPET}EOF
+
+Unsigned calls get API Gateway's 403 Missing Authentication Token; a wrong secret, its signature mismatch.
 Ctrl-C stops it."""
 
 

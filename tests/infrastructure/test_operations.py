@@ -111,12 +111,15 @@ def test_every_function_alarms_on_errors_and_throttles(resources: dict[str, Any]
 
 def test_alarms_on_the_services_own_metrics_watch_metrics_the_code_emits(resources: dict[str, Any]) -> None:
     own = {a["MetricName"]: a for a in _alarms(resources).values() if a.get("Namespace") == "TikTokArchive"}
-    assert set(own) == {"DownloadFailures", "EventsNotPublished"}
+    assert set(own) == {"DownloadFailures", "EventsNotPublished", "AppRefused"}
     emitted = _emitted_metrics()
     for metric, alarm in own.items():
         assert metric in emitted, f"{metric} is alarmed on but never emitted"
         # Powertools adds the service as the metric's only default dimension.
         assert alarm["Dimensions"] == [{"Name": "service", "Value": "tiktok-archive"}]
+    # TikTok refusing the app itself (invalid_client ...) is worth waking someone at its first count.
+    refused = own["AppRefused"]
+    assert (refused["Threshold"], refused["ComparisonOperator"]) == (0, "GreaterThanThreshold")
     # …in the namespace the functions are given.
     environment = _template_environment()
     assert environment["POWERTOOLS_METRICS_NAMESPACE"] == "TikTokArchive"
@@ -225,25 +228,34 @@ def test_queue_consumers_are_capped_and_the_lifecycle_stays_under_tiktoks_rate(
     assert checks_per_minute <= 1000 * 0.8, checks_per_minute
 
 
-def test_the_api_is_throttled_per_key_and_the_open_webhook_route_on_its_own(
+def test_the_api_is_throttled_per_stage_and_the_open_webhook_route_on_its_own(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
     api = resources["DownloadsApi"]["Properties"]
-    plan = api["Auth"]["UsagePlan"]
-    assert plan["Throttle"] == {
-        "RateLimit": {"Ref": "ApiThrottleRateLimit"},
-        "BurstLimit": {"Ref": "ApiThrottleBurstLimit"},
-    }
-    (webhook_route,) = api["MethodSettings"]
+    # No usage plan (no API key): the stage's MethodSettings throttle every route.
+    assert "UsagePlan" not in api["Auth"]
+    every_route, webhook_route = api["MethodSettings"]
+    assert (every_route["ResourcePath"], every_route["HttpMethod"]) == ("/*", "*")
+    assert every_route["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
+    assert every_route["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
     assert (
         webhook_route["ResourcePath"] == "/~1webhooks~1tiktok"
     )  # API Gateway's escaping of /webhooks/tiktok
     assert webhook_route["HttpMethod"] == "POST"
     assert webhook_route["ThrottlingRateLimit"] == {"Ref": "WebhookThrottleRateLimit"}
     assert webhook_route["ThrottlingBurstLimit"] == {"Ref": "WebhookThrottleBurstLimit"}
+    parameters = template["Parameters"]
+    for name in (
+        "ApiThrottleRateLimit",
+        "ApiThrottleBurstLimit",
+        "WebhookThrottleRateLimit",
+        "WebhookThrottleBurstLimit",
+    ):
+        assert parameters[name]["Type"] == "Number", name
+        assert parameters[name]["MinValue"] >= 1, name
     events = resources["WebhookFunction"]["Properties"]["Events"].values()
     (route,) = [e["Properties"] for e in events if e["Type"] == "Api"]
-    assert route["Auth"]["ApiKeyRequired"] is False  # TikTok sends no API key; its signature is checked
+    assert route["Auth"] == {"Authorizer": "NONE"}  # TikTok signs no SigV4; its own signature is checked
 
 
 def test_api_access_logs_are_json_and_carry_no_header(resources: dict[str, Any]) -> None:
@@ -291,13 +303,11 @@ def _key_principals(statements: list[dict[str, Any]], action: str) -> set[str]:
 def test_the_token_key_is_usable_only_by_the_roles_that_hold_tokens(resources: dict[str, Any]) -> None:
     key = resources["TokenKey"]["Properties"]
     statements = key["KeyPolicy"]["Statement"]
-    # The API seals the tokens it is handed; only the functions that call TikTok later may open them.
-    assert _key_principals(statements, "kms:Encrypt") == {
-        "ApiFunctionRole",
-        "WorkerFunctionRole",
-        "LifecycleFunctionRole",
-    }
-    assert _key_principals(statements, "kms:Decrypt") == {"WorkerFunctionRole", "LifecycleFunctionRole"}
+    # The functions that act for a user seal and open their tokens: the API too, since it exchanges a
+    # handed refresh token at once and cancels a pending request with the grant's token.
+    holders = {"ApiFunctionRole", "WorkerFunctionRole", "LifecycleFunctionRole"}
+    assert _key_principals(statements, "kms:Encrypt") == holders
+    assert _key_principals(statements, "kms:Decrypt") == holders
     for statement in statements:
         if statement["Sid"] != "AccountAdministers":
             purposes = statement["Condition"]["StringEquals"]["kms:EncryptionContext:purpose"]

@@ -35,6 +35,10 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any
 _CfnLoader.add_multi_constructor("!", _tag)
 
 
+def _of_type(resources: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
     document: dict[str, Any] = yaml.load((ROOT / "template.yaml").read_text(), Loader=_CfnLoader)
@@ -107,13 +111,75 @@ def test_queue_has_a_dead_letter_queue_and_six_times_the_worker_timeout(resource
     assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
 
 
-def test_api_requires_a_key_and_throttles_with_a_usage_plan(resources: dict[str, Any]) -> None:
-    auth = resources["DownloadsApi"]["Properties"]["Auth"]
-    assert auth["ApiKeyRequired"] is True
-    assert auth["UsagePlan"]["CreateUsagePlan"] == "PER_API"
-    assert set(auth["UsagePlan"]["Throttle"]) == {"RateLimit", "BurstLimit"}
-    event = resources["ApiFunction"]["Properties"]["Events"]["CreateDownload"]["Properties"]
-    assert (event["Method"], event["Path"], event["Auth"]["ApiKeyRequired"]) == ("POST", "/downloads", True)
+def test_api_is_signed_with_sigv4_and_has_no_api_key(resources: dict[str, Any]) -> None:
+    api = resources["DownloadsApi"]["Properties"]
+    auth = api["Auth"]
+    # Backends sign their calls (SigV4): API Gateway verifies the signature and the caller's permission.
+    assert auth["DefaultAuthorizer"] == "AWS_IAM"
+    # API Gateway invokes the functions itself (their resource policy), not with the caller's credentials.
+    assert auth["InvokeRole"] == "NONE"
+    # No API key and no usage plan: keys are for usage plans, not authentication; the stage throttles.
+    assert "ApiKeyRequired" not in auth
+    assert "UsagePlan" not in auth
+    assert not _of_type(resources, "AWS::ApiGateway::ApiKey")
+    assert not _of_type(resources, "AWS::ApiGateway::UsagePlan")
+    for function in ("ApiFunction", "WebhookFunction"):
+        for event in resources[function]["Properties"]["Events"].values():
+            assert "ApiKeyRequired" not in event["Properties"].get("Auth", {}), function
+    # Only TikTok's webhook is open (its HMAC signature is checked by the function).
+    (webhook,) = resources["WebhookFunction"]["Properties"]["Events"].values()
+    assert webhook["Properties"]["Auth"] == {"Authorizer": "NONE"}
+    api_events = resources["ApiFunction"]["Properties"]["Events"].values()
+    assert all("Auth" not in e["Properties"] for e in api_events)  # the default: AWS_IAM
+
+
+def test_the_api_resource_policy_admits_the_configured_callers(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    parameter = template["Parameters"]["CallerRoleArns"]
+    # A String the template splits: the SAM transform writes a CommaDelimitedList's value into the
+    # resource policy as one string ("arnA,arnB"), which would be one principal that matches nobody.
+    assert parameter["Type"] == "String"
+    assert parameter["Default"] == ""  # any principal of the account holding execute-api:Invoke
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert pattern.fullmatch("arn:aws:iam::123456789012:role/Backend,arn:aws:iam::123456789012:user/ops")
+    assert not pattern.fullmatch("arn:aws:iam::123456789012:role/Backend, arn:aws:iam::123456789012:role/X")
+    assert not pattern.fullmatch("arn:aws:sts::123456789012:assumed-role/Backend/session")
+    assert template["Conditions"]["HasCallerRoles"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "CallerRoleArns"}, ""]}]
+    }
+    split = {"Fn::Split": [",", {"Ref": "CallerRoleArns"}]}
+    policy = resources["DownloadsApi"]["Properties"]["Auth"]["ResourcePolicy"]
+    webhook, callers, deny = policy["CustomStatements"]
+    assert webhook == {
+        "Effect": "Allow",
+        "Principal": "*",
+        "Action": "execute-api:Invoke",
+        "Resource": "execute-api:/*/POST/webhooks/tiktok",
+    }
+    assert callers["Effect"] == "Allow"
+    assert callers["Principal"]["AWS"] == {
+        "Fn::If": [
+            "HasCallerRoles",
+            split,
+            {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"},
+        ]
+    }
+    condition, statement, otherwise = deny["Fn::If"]
+    assert (condition, otherwise) == ("HasCallerRoles", {"Ref": "AWS::NoValue"})
+    assert statement["Effect"] == "Deny"
+    assert statement["Principal"] == "*"
+    assert statement["Condition"] == {"StringNotLike": {"aws:PrincipalArn": split}}
+    # Every backend route is denied to the others; the webhook route is not among them.
+    routes = {
+        (e["Properties"]["Method"], e["Properties"]["Path"])
+        for e in resources["ApiFunction"]["Properties"]["Events"].values()
+    }
+    denied = set(statement["Resource"])
+    for method, path in routes:
+        resource = "execute-api:/*/" + method + re.sub(r"/\{[^}]+\}.*$", "/*", path)
+        assert resource in denied, (method, path)
+    assert not any("webhooks" in resource for resource in denied)
 
 
 def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
@@ -133,27 +199,51 @@ def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             assert all("*" not in action for action in actions), (name, actions)
             assert statement["Resource"] != "*", name
-    # Tokens: the key is used only for the tokens' purposes.
-    for name in ("ApiFunction",):
-        [encrypt] = [
-            s
-            for p in resources[name]["Properties"]["Policies"]
-            if "Statement" in p
-            for s in p["Statement"]
-            if s["Action"] == "kms:Encrypt"
-        ]
-        purposes = encrypt["Condition"]["StringEquals"]["kms:EncryptionContext:purpose"]
-        assert set(purposes) == {"tiktok-archive access token", "tiktok-archive refresh token"}
+    # Tokens: only the functions that act for a user hold them, through UserGrantsPolicy, whose key use is
+    # limited to the tokens' purposes; no function's own statements touch the key.
+    holders = {
+        name
+        for name, resource in _of_type(resources, "AWS::Serverless::Function").items()
+        if {"Ref": "UserGrantsPolicy"} in resource["Properties"].get("Policies", [])
+    }
+    assert holders == {"ApiFunction", "WorkerFunction", "LifecycleFunction"}
+    for name, resource in _of_type(resources, "AWS::Serverless::Function").items():
+        policies = resource["Properties"].get("Policies", [])
+        own = [s for p in policies if "Statement" in p for s in p["Statement"]]
+        assert "kms:" not in json.dumps(own), name
+    # The API function: the records, the grants (a handed refresh token is exchanged at once and
+    # remembered), and the two queues (async downloads; erasures and checks).
+    api_own = {
+        s["Sid"]: s
+        for p in resources["ApiFunction"]["Properties"]["Policies"]
+        if "Statement" in p
+        for s in p["Statement"]
+    }
+    assert api_own["HandedTokens"]["Action"] == "dynamodb:PutItem"
+    assert api_own["HandedTokens"]["Resource"] == {"Fn::GetAtt": ["GrantsTable", "Arn"]}
+    assert api_own["QueueJobsAndChecks"]["Action"] == "sqs:SendMessage"
+    assert api_own["QueueJobsAndChecks"]["Resource"] == [
+        {"Fn::GetAtt": ["DownloadQueue", "Arn"]},
+        {"Fn::GetAtt": ["LifecycleQueue", "Arn"]},
+    ]
+    managed = [p["Ref"] for p in resources["ApiFunction"]["Properties"]["Policies"] if "Ref" in p]
+    assert managed == ["ArchiveObjectsPolicy", "DownloadRecordsPolicy", "UserGrantsPolicy"]
     grants = resources["UserGrantsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     [kms] = [s for s in grants if s["Sid"] == "SealAndOpenTokens"]
     assert set(kms["Condition"]["StringEquals"]["kms:EncryptionContext:purpose"]) == {
         "tiktok-archive access token",
         "tiktok-archive refresh token",
     }
-    [objects] = resources["ArchiveObjectsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    objects, uploads = resources["ArchiveObjectsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert objects["Resource"] == {"Fn::Sub": "${ArchiveBucket.Arn}/${ObjectKeyPrefix}*"}
-    records, events = resources["DownloadRecordsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    # Open uploads are listed (to be aborted) on the bucket; the list names no object.
+    assert uploads["Action"] == "s3:ListBucketMultipartUploads"
+    assert uploads["Resource"] == {"Fn::GetAtt": ["ArchiveBucket", "Arn"]}
+    records, callers, events = resources["DownloadRecordsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert {"Fn::GetAtt": ["DownloadsTable", "Arn"]} in (records["Resource"], *records["Resource"])
+    # A caller's records of a user, by their index only.
+    assert callers["Action"] == "dynamodb:Query"
+    assert callers["Resource"] == {"Fn::Sub": "${DownloadsTable.Arn}/index/by-caller-user"}
     assert events["Action"] == "events:PutEvents"
     assert events["Resource"]["Fn::Sub"].endswith(":event-bus/default")
 
@@ -174,7 +264,7 @@ def test_downloads_table_is_on_demand_recoverable_encrypted_and_expires_with_the
     assert resources["TokenKey"]["Properties"]["EnableKeyRotation"] is True
 
 
-def test_api_serves_post_and_get_behind_the_api_key(resources: dict[str, Any]) -> None:
+def test_api_function_serves_the_backends_routes(resources: dict[str, Any]) -> None:
     events = resources["ApiFunction"]["Properties"]["Events"]
     routes = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in events.values()}
     assert routes == {
@@ -182,10 +272,42 @@ def test_api_serves_post_and_get_behind_the_api_key(resources: dict[str, Any]) -
         ("POST", "/downloads"),
         ("GET", "/downloads/{request_id}"),
         ("DELETE", "/downloads/{request_id}"),
+        ("GET", "/users/{open_id}/requests"),
+        ("DELETE", "/users/{open_id}"),
     }
-    assert all(e["Properties"]["Auth"]["ApiKeyRequired"] for e in events.values())
+    assert all(e["Properties"]["RestApiId"] == {"Ref": "DownloadsApi"} for e in events.values())
     variables = resources["ApiFunction"]["Properties"]["Environment"]["Variables"]
     assert variables["DOWNLOAD_QUEUE_URL"] == {"Ref": "DownloadQueue"}
+    # DELETE /users/{open_id} queues the erasure; a handed refresh token is exchanged at once.
+    assert variables["LIFECYCLE_QUEUE_URL"] == {"Ref": "LifecycleQueue"}
+    assert variables["GRANTS_TABLE_NAME"] == {"Ref": "GrantsTable"}
+    assert variables["TIKTOK_APP_SECRET_ARN"] == {"Ref": "TikTokAppSecret"}
+
+
+def test_the_indexes_find_a_callers_and_every_callers_records_of_a_user(resources: dict[str, Any]) -> None:
+    def indexes(table: str) -> dict[str, Any]:
+        properties = resources[table]["Properties"]
+        attributes = {a["AttributeName"]: a["AttributeType"] for a in properties["AttributeDefinitions"]}
+        found = {}
+        for index in properties["GlobalSecondaryIndexes"]:
+            keys = [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]]
+            assert all(attributes[name] == "S" for name, _ in keys), index["IndexName"]
+            assert index["Projection"] == {"ProjectionType": "ALL"}, index["IndexName"]
+            found[index["IndexName"]] = keys
+        # Every defined attribute is a key of the table or of an index (CloudFormation refuses others).
+        used = {name for keys in found.values() for name, _ in keys}
+        used |= {k["AttributeName"] for k in properties["KeySchema"]}
+        assert used == set(attributes), table
+        return found
+
+    downloads = indexes("DownloadsTable")
+    # GET /users/{open_id}/requests, newest first; the erasure of a caller's user.
+    assert downloads["by-caller-user"] == [("caller_user", "HASH"), ("created_at", "RANGE")]
+    # authorization.removed: every caller's records of the user.
+    assert downloads["by-user"] == [("user_openid", "HASH")]
+    assert downloads["by-schedule"] == [("schedule_bucket", "HASH"), ("next_check_at", "RANGE")]
+    # Every caller's grant of a user: what authorization.removed erases.
+    assert indexes("GrantsTable") == {"by-user": [("user_openid", "HASH")]}
 
 
 def test_every_environment_variable_is_a_literal_a_parameter_or_a_template_resource(
@@ -238,7 +360,8 @@ def test_each_function_has_time_to_notice_a_stall_and_still_stop_before_its_time
 
 
 def test_outputs_name_the_api_the_queue_and_the_bucket(template: dict[str, Any]) -> None:
-    assert {"ApiUrl", "DownloadQueueUrl", "ArchiveBucketName", "ApiKeyId"} <= set(template["Outputs"])
+    assert {"ApiUrl", "DownloadQueueUrl", "ArchiveBucketName", "WebhookUrl"} <= set(template["Outputs"])
+    assert "ApiKeyId" not in template["Outputs"]  # no API key: backends sign with SigV4
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "events").glob("*.json")), ids=lambda p: p.name)
@@ -247,6 +370,20 @@ def test_sample_events_are_lambda_shaped(path: Path) -> None:
     if path.name.startswith("api-"):
         assert event["httpMethod"] in ("POST", "GET", "DELETE")
         assert event["requestContext"]["requestId"]
+        assert event["requestContext"]["stage"] == "v1"
+        identity = event["requestContext"]["identity"]
+        if event["resource"] == "/webhooks/tiktok":
+            # TikTok's webhook is open: no SigV4, so API Gateway hands over no caller.
+            assert "Authorization" not in event["headers"]
+            assert not identity.get("userArn")
+        else:
+            # A backend's signed call, as API Gateway hands it over: the SigV4 headers and the caller.
+            assert event["headers"]["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
+            assert "/execute-api/aws4_request" in event["headers"]["Authorization"]
+            assert event["headers"]["X-Amz-Date"]
+            assert identity["userArn"].startswith("arn:aws:sts::123456789012:assumed-role/")
+            assert identity["accountId"] == "123456789012"
+            assert "Bearer" not in json.dumps(event)  # the user's token travels in the body
     else:
         assert all(r["eventSource"] == "aws:sqs" and r["messageId"] for r in event["Records"])
 

@@ -47,8 +47,8 @@ from tiktok_archive.models.download_record import (
     Progress,
     RecordedError,
 )
-from tiktok_archive.models.lifecycle import LifecycleMessage, StatusCheck
 from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, TransferError
+from tiktok_archive.models.lifecycle import LifecycleMessage, StatusCheck
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
 
 T = TypeVar("T")
@@ -309,7 +309,9 @@ class FakeGrants(Grants):
     def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> str | None:
         self._call("store_refreshed")
         current = self.items.get(grant.grant_id)
-        if current is None or (current.refresh_owner != owner and current.generation != grant.generation):
+        if current is None or (
+            current.refresh_owner != owner and current.sealed_refresh_token != grant.sealed_refresh_token
+        ):
             return None
         stored = dataclasses.replace(
             _with_tokens(current, tokens),
@@ -421,8 +423,24 @@ class FakeDownloadRecords(DownloadRecords):
         if after is not None:
             mine = [r for r in mine if (format_utc(r.created_at), r.request_id) < after]
         page = mine[:limit]
-        more = len(mine) > limit
-        return page, (format_utc(page[-1].created_at), page[-1].request_id) if more else None
+        # DynamoDB answers a LastEvaluatedKey whenever the Limit stopped the query, even when nothing
+        # follows: a full page always has a position after it (the next page may be empty).
+        full = bool(page) and len(page) == limit
+        return page, (format_utc(page[-1].created_at), page[-1].request_id) if full else None
+
+    def overdue(self, before: datetime, limit: int = 500) -> list[DownloadRecord]:
+        self._call("overdue")
+        # Only a waiting record is in the by-schedule index (every other write removes its bucket).
+        late = [
+            (r.preparation.next_check_at, r)
+            for r in self.items.values()
+            if r.status is DownloadStatus.WAITING
+            and r.preparation is not None
+            and r.preparation.next_check_at is not None
+            and r.preparation.next_check_at < before
+        ]
+        late.sort(key=lambda due: due[0])  # the index's order
+        return [r for _, r in late[:limit]]
 
     def create_waiting(
         self,
@@ -498,6 +516,25 @@ class FakeDownloadRecords(DownloadRecords):
                 checked,
                 status=DownloadStatus.QUEUED,
                 lease_expires_at=self._clock.now() + lease + timedelta(seconds=1),
+                poll_interval=None,
+            )
+        )
+
+    def queue_now(self, request_id: int, lease: timedelta) -> DownloadRecord | Held:
+        self._call("queue_now")
+        record = self._existing(request_id)
+        if record.status is not DownloadStatus.WAITING:
+            return Held(record)
+        now = self._clock.now()
+        prep = dataclasses.replace(record.preparation, next_check_at=None) if record.preparation else None
+        return self._put(
+            dataclasses.replace(
+                record,
+                status=DownloadStatus.QUEUED,
+                updated_at=now,
+                lease_expires_at=now + lease + timedelta(seconds=1),
+                poll_seq=record.poll_seq + 1,
+                preparation=prep,
                 poll_interval=None,
             )
         )
@@ -651,6 +688,7 @@ class FakeDownloadRecords(DownloadRecords):
         base = self._owner_fields(
             record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0), owner
         )
+        prep = dataclasses.replace(base.preparation, next_check_at=None) if base.preparation else None
         self.owners.pop(request_id, None)
         return self._put(
             dataclasses.replace(
@@ -660,6 +698,7 @@ class FakeDownloadRecords(DownloadRecords):
                 updated_at=now,
                 poll_seq=base.poll_seq + 1,
                 error=None,
+                preparation=prep,
                 poll_interval=None,
             )
         )
@@ -804,6 +843,8 @@ class FakeEvents(DownloadEvents):
 class FakeTransfer(ArchiveTransfer):
     """Stores an archive of ``size`` bytes at once; ``during`` acts inside the transfer.
 
+    ``discard`` notes the request and answers how many of its ``open_uploads`` it aborted.
+
     ``during(request, on_part)`` may report progress, change the record meanwhile, or raise (a failed
     transfer). The deadline is the real arithmetic (on whatever clock :class:`Deadline` reads).
     """
@@ -816,6 +857,7 @@ class FakeTransfer(ArchiveTransfer):
         self.during: Callable[[DownloadRequest, PartListener | None], None] | None = None
         self.runs: list[DownloadRequest] = []
         self.discarded: list[int] = []
+        self.open_uploads: dict[int, int] = {}  # request_id → multipart uploads a crashed download left
         self.faults = Faults()
 
     def location(self, request_id: int) -> tuple[str, str]:
@@ -838,7 +880,7 @@ class FakeTransfer(ArchiveTransfer):
         self._journal.note("transfer.discard")
         self.faults.check("discard")
         self.discarded.append(request_id)
-        return 0
+        return self.open_uploads.pop(request_id, 0)
 
     def link(self, request_id: int) -> tuple[str, datetime]:
         _, key = self.location(request_id)

@@ -333,11 +333,11 @@ def test_api_may_encrypt_tokens_only_for_their_purpose(
         key_policy,
         principal_arn=role_arn("ApiFunction"),
     )
-    # The key policy names the role that may seal tokens.
-    assert "SealTokens" in allowed.reason
+    # The key policy names the roles that may seal and open tokens.
+    assert "SealAndOpenTokens" in allowed.reason
 
 
-def test_decrypt_is_for_the_functions_acting_for_users_not_the_api(
+def test_decrypt_is_for_the_functions_acting_with_users_grants(
     template: Template, local: LocalResources, policies: dict[str, list[dict[str, Any]]]
 ) -> None:
     key_policy = template.key_policy("TokenKey", local)
@@ -351,9 +351,29 @@ def test_decrypt_is_for_the_functions_acting_for_users_not_the_api(
         {"KeyArn": KEY_ARN},
     )
     requirement = only(required_permissions(decrypt))
-    for function, allowed in (("WorkerFunction", True), ("LifecycleFunction", True), ("ApiFunction", False)):
+    # The API opens a user's grant too: a handed-over token joins it, a cancel uses it (issue 15).
+    for function in ("WorkerFunction", "LifecycleFunction", "ApiFunction"):
         decision = evaluate(requirement, policies[function], key_policy, principal_arn=role_arn(function))
-        assert decision.allowed is allowed, (function, decision.reason)
+        assert decision.allowed, (function, decision.reason)
+    for other in ("something else", None):
+        context = {} if other is None else {"EncryptionContext": {"purpose": other}}
+        refused = only(
+            required_permissions(
+                AwsCall(
+                    "ApiFunction",
+                    "kms",
+                    "Decrypt",
+                    {"CiphertextBlob": b"x", **context},
+                    REGION,
+                    ACCOUNT,
+                    {"KeyArn": KEY_ARN},
+                )
+            )
+        )
+        decision = evaluate(
+            refused, policies["ApiFunction"], key_policy, principal_arn=role_arn("ApiFunction")
+        )
+        assert not decision.allowed, (other, decision.reason)
     with pytest.raises(ValueError, match="KeyArn"):
         required_permissions(call("WorkerFunction", "kms", "Decrypt", CiphertextBlob=b"x"))
 

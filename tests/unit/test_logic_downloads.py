@@ -1,12 +1,15 @@
-"""DownloadService and its progress reporter with in-memory collaborators: claims, outcomes, cancellation."""
+"""DownloadService and its progress reporter with in-memory collaborators: ownership, claims, outcomes,
+jobs."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 
+from tests.conftest import BACKEND_CALLER, OTHER_CALLER
 from tests.unit.fakes import (
     Clock,
     FakeAppCredentials,
@@ -20,16 +23,22 @@ from tests.unit.fakes import (
     Journal,
     freeze_time,
 )
+from tiktok_archive.adapters.download_jobs import job_binding
 from tiktok_archive.adapters.download_records import Claimed
-from tiktok_archive.adapters.grants import Grant
+from tiktok_archive.adapters.grants import Grant, user_grant_id
 from tiktok_archive.adapters.s3_archive_store import PartListener
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
 from tiktok_archive.logic.downloads import PROGRESS_EVERY_SECONDS, DownloadService, _ProgressReporter
+from tiktok_archive.logic.handover import TokenHandover
+from tiktok_archive.logic.queries import RecordQueries
 from tiktok_archive.logic.tokens import TokenService
+from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, QueuedJob
-from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Preparation
+from tiktok_archive.models.download_record import Answer, DownloadRecord, DownloadStatus, Owner, Preparation
 from tiktok_archive.models.errors import (
+    ArchiveTooLargeError,
     DownloadInProgressError,
+    DownloadNotFoundError,
     ReauthorizationRequiredError,
     RecordStoreError,
     RequestCancelledError,
@@ -39,13 +48,16 @@ from tiktok_archive.models.errors import (
     UpstreamStreamBrokenError,
     UpstreamUnavailableError,
 )
-from tiktok_archive.models.portability import RequestStatus
+from tiktok_archive.models.portability import HandedTokens, RequestStatus, TokenGrant
 
 REQUEST_ID = 7_234_567_890_123_456_789
-GRANT = "user:openid-1"
-REMAINING_MS = 60_000
+SIBLING_ID = 7_234_567_890_123_450_000
+OPENID = "openid-1"
+GRANT = user_grant_id(BACKEND_CALLER, OPENID)
 MIB = 1024 * 1024
-CALLER = DownloadRequest(REQUEST_ID, "access-caller")
+TOKEN = HandedTokens("access-caller")
+WITH_REFRESH = HandedTokens("access-caller", "refresh-handed", OPENID)
+LINK = f"https://archive-bucket.example/archives/{REQUEST_ID}.zip"
 
 
 @dataclass
@@ -57,6 +69,7 @@ class World:
     vault: FakeVault
     tiktok: FakeTikTok
     events: FakeEvents
+    jobs: FakeDownloadJobs
     transfer: FakeTransfer
     service: DownloadService
 
@@ -64,13 +77,75 @@ class World:
     def record(self) -> DownloadRecord:
         return self.records.items[REQUEST_ID]
 
+    def deadline(self) -> Deadline:
+        return Deadline.after(60)
+
+    def download(self, handed: HandedTokens = TOKEN, caller: str = BACKEND_CALLER) -> Answer:
+        return self.service.download(caller, REQUEST_ID, handed, self.deadline())
+
+    def queue(self, handed: HandedTokens = TOKEN, caller: str = BACKEND_CALLER) -> Answer:
+        return self.service.queue(caller, REQUEST_ID, handed, self.deadline())
+
+    def job(self, job: QueuedJob) -> Answer:
+        return self.service.download_job(job, self.deadline())
+
     def claim(self) -> Claimed:
-        claimed = self.records.claim(REQUEST_ID, "archive-bucket", "archives/x.zip", timedelta(seconds=65))
+        claimed = self.records.claim(
+            REQUEST_ID, "archive-bucket", "archives/x.zip", timedelta(seconds=65), Owner(BACKEND_CALLER)
+        )
         assert isinstance(claimed, Claimed)
         return claimed
 
     def meanwhile_the_owner_cancels(self) -> None:
         self.records.end(REQUEST_ID, DownloadStatus.CANCELLED)
+
+    def given_grant(self, *, access_left: timedelta = timedelta(hours=1)) -> None:
+        now = self.clock.now()
+        binding = {"grant_id": GRANT}
+        self.grants.items[GRANT] = Grant(
+            grant_id=GRANT,
+            generation="generation-1",
+            sealed_access_token=self.vault.seal("access-stored", ACCESS_TOKEN_PURPOSE, binding),
+            access_expires_at=now + access_left,
+            sealed_refresh_token=self.vault.seal("refresh-stored", REFRESH_TOKEN_PURPOSE, binding),
+            refresh_expires_at=now + timedelta(days=100),
+            user_openid=OPENID,
+            caller=BACKEND_CALLER,
+        )
+
+    def given_requested(
+        self,
+        request_id: int = REQUEST_ID,
+        *,
+        status: DownloadStatus = DownloadStatus.QUEUED,
+        access_left: timedelta = timedelta(hours=1),
+    ) -> DownloadRecord:
+        """A request the backend added with POST /requests (the user's grant), now in ``status``."""
+        now = self.clock.now()
+        created = self.records.create_waiting(
+            request_id,
+            caller=BACKEND_CALLER,
+            grant_id=GRANT,
+            user_openid=OPENID,
+            preparation=Preparation(
+                "json",
+                ("all_data",),
+                next_check_at=now + timedelta(minutes=1),
+                give_up_at=now + timedelta(days=7),
+            ),
+            poll_interval=60,
+        )
+        assert isinstance(created, DownloadRecord)
+        if status is DownloadStatus.QUEUED:
+            self.records.mark_ready(
+                request_id, 0, apply_time=None, collect_time=None, lease=timedelta(minutes=15)
+            )
+        elif status is not DownloadStatus.WAITING:
+            self.records.items[request_id] = dataclasses.replace(created, status=status)
+        if GRANT not in self.grants.items:
+            self.given_grant(access_left=access_left)
+        self.journal.calls.clear()
+        return self.records.items[request_id]
 
 
 @pytest.fixture
@@ -87,12 +162,32 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     transfer = FakeTransfer(journal, size=12 * MIB)
     app = FakeAppCredentials()
     tokens = TokenService(grants, vault, tiktok, lambda: app)
-    service = DownloadService(transfer, records, tiktok, events, lambda: jobs, lambda: vault, lambda: tokens)
-    return World(clock, journal, records, grants, vault, tiktok, events, transfer, service)
+    handover = TokenHandover(tokens, grants)
+    service = DownloadService(
+        transfer,
+        records,
+        tiktok,
+        events,
+        lambda: jobs,
+        lambda: vault,
+        lambda: tokens,
+        lambda: handover,
+    )
+    return World(clock, journal, records, grants, vault, tiktok, events, jobs, transfer, service)
 
 
 def ready() -> RequestStatus:
     return RequestStatus(REQUEST_ID, "downloading")
+
+
+def refreshed(open_id: str = OPENID) -> TokenGrant:
+    return TokenGrant("access-fresh", 7200, "refresh-rotated", 180 * 86400, open_id, "portability.all.single")
+
+
+def sealed_job(world: World, token: str = "access-caller") -> QueuedJob:
+    """The job ``DownloadJobs.send`` puts on the queue: the token sealed for this request."""
+    sealed = world.vault.seal(token, ACCESS_TOKEN_PURPOSE, job_binding(REQUEST_ID))
+    return QueuedJob(REQUEST_ID, encrypted_access_token=sealed)
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -141,18 +236,62 @@ def test_a_progress_report_that_finds_the_download_taken_over_stops_it(world: Wo
         reporter.part_done(1, 8 * MIB)
 
 
+def test_a_progress_report_dynamodb_refuses_is_logged_and_the_download_goes_on(world: World) -> None:
+    # Given a running download whose progress write fails once (DynamoDB briefly unavailable)
+    throttled = RecordStoreError("DynamoDB UpdateItem failed: ThrottlingException")
+    world.records.faults.arm("report_progress", throttled)
+    reporter = _ProgressReporter(world.records, world.claim())
+    world.clock.advance(PROGRESS_EVERY_SECONDS + 1)
+
+    # When the store reports a part, then another later
+    reporter.part_done(1, 5 * MIB)
+    world.clock.advance(PROGRESS_EVERY_SECONDS + 1)
+    reporter.part_done(2, 10 * MIB)
+
+    # Then nothing was raised into the transfer, and the second report was recorded
+    assert world.record.progress is not None
+    assert world.record.progress.parts_uploaded == 2
+
+
 # -- the outcome of a download --------------------------------------------------------------------
-def test_a_completed_download_is_recorded_published_and_linked(world: World) -> None:
+def test_a_completed_download_is_the_callers_recorded_published_and_linked(world: World) -> None:
     world.tiktok.checks.then(ready())
 
-    answer = world.service.download(CALLER, REMAINING_MS)
+    answer = world.download()
 
+    # TikTok confirmed the owner with the caller's token; the record is the caller's (user unknown)
+    assert world.tiktok.checks.calls == [(REQUEST_ID, "access-caller")]
     assert answer.record.status is DownloadStatus.COMPLETED
+    assert (answer.record.caller, answer.record.user_openid, answer.record.grant_id) == (
+        BACKEND_CALLER,
+        None,
+        None,
+    )
     assert answer.record.size_bytes == 12 * MIB
-    assert answer.url == f"https://archive-bucket.example/archives/{REQUEST_ID}.zip"
+    assert answer.url == LINK
     assert world.events.detail_types == ["Download Completed"]
-    assert world.transfer.runs == [CALLER]
+    assert world.events.sent[0][1]["caller"] == BACKEND_CALLER
+    assert world.transfer.runs == [DownloadRequest(REQUEST_ID, "access-caller")]
     assert world.transfer.discarded == []
+    assert world.grants.items == {}
+
+
+def test_a_download_with_a_refresh_token_records_the_user_tiktok_named_and_lets_the_grant_go(
+    world: World,
+) -> None:
+    # Given a caller handing over the user's refresh token too
+    world.tiktok.refreshes.then(refreshed())
+    world.tiktok.checks.then(ready())
+
+    # When it downloads
+    answer = world.download(WITH_REFRESH)
+
+    # Then the download used the fresh token, the record names the user (their purge finds it) and,
+    # once completed, the service keeps no tokens no request needs
+    assert world.transfer.runs == [DownloadRequest(REQUEST_ID, "access-fresh")]
+    assert (answer.record.caller, answer.record.user_openid) == (BACKEND_CALLER, OPENID)
+    assert [r.request_id for r in world.records.of_user(OPENID)] == [REQUEST_ID]
+    assert world.grants.items == {}
 
 
 def test_a_transfer_stopped_by_a_cancellation_leaves_the_record_cancelled_and_publishes_nothing(
@@ -171,7 +310,7 @@ def test_a_transfer_stopped_by_a_cancellation_leaves_the_record_cancelled_and_pu
 
     # When the download runs; Then the report's error stops it, and the record stays cancelled
     with pytest.raises(RequestCancelledError):
-        world.service.download(CALLER, REMAINING_MS)
+        world.download()
     assert world.record.status is DownloadStatus.CANCELLED
     assert world.events.sent == []
 
@@ -185,7 +324,7 @@ def test_a_completion_that_finds_the_request_cancelled_discards_the_archive_and_
 
     # When the download completes
     with pytest.raises(RequestCancelledError):
-        world.service.download(CALLER, REMAINING_MS)
+        world.download()
 
     # Then the stored archive is deleted, the record stays cancelled, and nothing is published
     assert world.transfer.discarded == [REQUEST_ID]
@@ -203,7 +342,7 @@ def test_a_failed_download_is_recorded_and_published(world: World) -> None:
     world.transfer.during = broken
 
     with pytest.raises(UpstreamUnavailableError):
-        world.service.download(CALLER, REMAINING_MS)
+        world.download()
 
     assert world.record.status is DownloadStatus.FAILED
     assert world.record.error is not None
@@ -225,7 +364,7 @@ def test_a_failure_on_a_request_cancelled_meanwhile_publishes_no_download_failed
 
     # When the download runs
     with pytest.raises(UpstreamStreamBrokenError):
-        world.service.download(CALLER, REMAINING_MS)
+        world.download()
 
     # Then the record stays cancelled (not failed) and no Download Failed event is published
     assert world.record.status is DownloadStatus.CANCELLED
@@ -233,46 +372,193 @@ def test_a_failure_on_a_request_cancelled_meanwhile_publishes_no_download_failed
     assert world.events.sent == []
 
 
-# -- a job of a request added with POST /requests --------------------------------------------------
-def a_queued_grant_request(world: World, *, access_left: timedelta) -> None:
-    """A request added with POST /requests, found ready by its status check (queued for the worker)."""
-    now = world.clock.now()
-    world.records.create_waiting(
-        REQUEST_ID,
-        grant_id=GRANT,
-        user_openid="openid-1",
-        preparation=Preparation(
-            "json",
-            ("all_data",),
-            next_check_at=now + timedelta(minutes=1),
-            give_up_at=now + timedelta(days=7),
-        ),
-        poll_interval=60,
+# -- another caller ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("state", [DownloadStatus.QUEUED, DownloadStatus.FAILED, DownloadStatus.COMPLETED])
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_another_callers_download_changes_nothing_even_when_tiktok_confirms_its_token(
+    world: World, state: DownloadStatus, asynchronous: bool
+) -> None:
+    # Given the backend's request, and another caller holding the user's own token (TikTok confirms it)
+    before = world.given_requested(status=state)
+    grants = dict(world.grants.items)
+    world.tiktok.checks.then(ready())
+
+    # When the other caller asks for its download
+    ask = world.queue if asynchronous else world.download
+    with pytest.raises(DownloadNotFoundError) as raised:
+        ask(caller=OTHER_CALLER)
+
+    # Then the same 404 as an unknown request: nothing downloaded, queued, written or published
+    assert raised.value.status == 404
+    assert world.record == before
+    assert world.grants.items == grants
+    assert (world.transfer.runs, world.jobs.sent, world.jobs.for_grant, world.events.sent) == ([], [], [], [])
+
+
+def test_another_callers_repeat_after_tiktoks_window_closed_gets_no_stored_archive(world: World) -> None:
+    # Given the backend's stored archive, after TikTok's four days (the archive is still kept here)
+    before = world.given_requested(status=DownloadStatus.COMPLETED)
+    world.tiktok.checks.then(RequestStatus(REQUEST_ID, "expired"))
+
+    with pytest.raises(DownloadNotFoundError):
+        world.download(caller=OTHER_CALLER)
+
+    assert world.record == before
+
+
+def test_another_callers_handed_over_tokens_are_not_kept_when_the_answer_is_404(world: World) -> None:
+    # Given the backend's request, and another caller handing over the user's refresh token too
+    before = world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.refreshes.then(refreshed())
+    world.tiktok.checks.then(ready())
+
+    with pytest.raises(DownloadNotFoundError):
+        world.download(WITH_REFRESH, caller=OTHER_CALLER)
+
+    # Then the backend's record and grant are as they were, and no grant of the other caller's stays
+    assert world.record == before
+    assert set(world.grants.items) == {GRANT}
+
+
+# -- a backend's own queue message ------------------------------------------------------------------
+def test_a_backends_queue_message_makes_a_record_no_api_caller_sees(world: World) -> None:
+    # Given a backend's own download queue message (a token in clear)
+    world.tiktok.checks.then(ready()).then(ready())
+
+    # When the worker runs it
+    answer = world.job(QueuedJob(REQUEST_ID, access_token="access-backend"))
+
+    # Then the archive is stored under a record without a caller: no API caller reads, cancels or
+    # downloads it (the backend follows it by its events)
+    assert answer.record.status is DownloadStatus.COMPLETED
+    assert answer.record.caller is None
+    with pytest.raises(DownloadNotFoundError):
+        RecordQueries(world.records, world.transfer).describe(BACKEND_CALLER, REQUEST_ID)
+    with pytest.raises(DownloadNotFoundError):
+        world.download()
+    assert world.events.detail_types == ["Download Completed"]
+
+
+def test_a_backends_queue_message_leaves_an_api_callers_record_alone(world: World) -> None:
+    # Given a request queued by its API caller, and a backend's message for it carrying the user's token
+    before = world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.checks.then(ready())  # TikTok confirms that token's user owns the request
+
+    # When the worker runs that message
+    with pytest.raises(DownloadNotFoundError) as raised:
+        world.job(QueuedJob(REQUEST_ID, access_token="access-user"))
+
+    # Then the caller's record is as it was: a message's token changes nothing it does not own
+    assert not raised.value.is_transient
+    assert world.record == before
+    assert (world.transfer.runs, world.events.sent) == ([], [])
+
+
+def test_a_backends_message_with_a_token_tiktok_refuses_leaves_a_queued_record_alone(world: World) -> None:
+    before = world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.checks.then(None)  # TikTok does not confirm that token's user owns the request
+
+    with pytest.raises(TransferError):
+        world.job(QueuedJob(REQUEST_ID, access_token="access-stranger"))
+
+    assert world.record == before
+    assert world.events.detail_types == []
+
+
+# -- jobs the service queued -----------------------------------------------------------------------
+def test_an_async_download_is_queued_for_its_caller_and_its_sealed_job_downloads_it(world: World) -> None:
+    # Given a caller asking for an async download, TikTok confirming the owner twice (API, worker)
+    world.tiktok.checks.then(ready()).then(ready())
+
+    # When it is queued, and the worker runs the job the API sealed
+    queued = world.queue()
+    assert (queued.record.status, queued.record.caller) == (DownloadStatus.QUEUED, BACKEND_CALLER)
+    assert world.jobs.sent == [(REQUEST_ID, "access-caller")]
+    done = world.job(sealed_job(world))
+
+    # Then the caller's record is completed (the service's own job acts on the record it queued)
+    assert (done.record.status, done.record.caller) == (DownloadStatus.COMPLETED, BACKEND_CALLER)
+    assert world.transfer.runs == [DownloadRequest(REQUEST_ID, "access-caller")]
+
+
+def test_a_grant_job_downloads_with_the_users_grant_and_then_releases_it(world: World) -> None:
+    # Given a request the lifecycle found ready (queued, the user's grant holds the tokens)
+    world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.checks.then(ready())
+
+    # When the worker runs its job
+    answer = world.job(QueuedJob(REQUEST_ID, from_grant=True))
+
+    # Then it downloaded with the grant's token; the record stays the caller's; the grant goes
+    assert world.transfer.runs == [DownloadRequest(REQUEST_ID, "access-stored")]
+    assert (answer.record.status, answer.record.caller) == (DownloadStatus.COMPLETED, BACKEND_CALLER)
+    assert world.events.detail_types == ["Download Completed"]
+    assert world.grants.items == {}
+
+
+def test_a_grant_job_keeps_the_grant_another_request_of_the_user_needs(world: World) -> None:
+    world.given_requested(SIBLING_ID, status=DownloadStatus.WAITING)
+    world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.checks.then(ready())
+
+    world.job(QueuedJob(REQUEST_ID, from_grant=True))
+
+    assert world.record.status is DownloadStatus.COMPLETED
+    assert GRANT in world.grants.items
+
+
+@pytest.mark.parametrize("state", [DownloadStatus.QUEUED, DownloadStatus.IN_PROGRESS, DownloadStatus.FAILED])
+def test_a_grant_job_acts_on_a_queued_a_lapsed_or_a_failed_request(
+    world: World, state: DownloadStatus
+) -> None:
+    # Given the request queued, failed, or held by a crashed invocation whose claim lapsed
+    record = world.given_requested(status=state)
+    world.records.items[REQUEST_ID] = dataclasses.replace(
+        record, lease_expires_at=world.clock.now() - timedelta(seconds=1)
     )
-    world.records.mark_ready(REQUEST_ID, 0, apply_time=None, collect_time=None, lease=timedelta(minutes=15))
-    binding = {"grant_id": GRANT}
-    world.grants.items[GRANT] = Grant(
-        grant_id=GRANT,
-        version=1,
-        sealed_access_token=world.vault.seal("access-stored", ACCESS_TOKEN_PURPOSE, binding),
-        access_expires_at=now + access_left,
-        sealed_refresh_token=world.vault.seal("refresh-stored", REFRESH_TOKEN_PURPOSE, binding),
-        refresh_expires_at=now + timedelta(days=100),
-        user_openid="openid-1",
-    )
-    assert world.record.status is DownloadStatus.QUEUED
+    world.tiktok.checks.then(ready())
+
+    answer = world.job(QueuedJob(REQUEST_ID, from_grant=True))
+
+    assert answer.record.status is DownloadStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    "state",
+    [DownloadStatus.WAITING, DownloadStatus.COMPLETED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED],
+)
+def test_a_grant_job_for_a_request_not_ready_or_ended_does_nothing(
+    world: World, state: DownloadStatus
+) -> None:
+    # Given a request TikTok is still preparing, or one already stored or ended
+    before = world.given_requested(status=state)
+
+    # When a job for it arrives (a stray duplicate)
+    answer = world.job(QueuedJob(REQUEST_ID, from_grant=True))
+
+    # Then nothing: no TikTok call, no token, no claim, no event
+    assert answer.record == before
+    assert world.record == before
+    assert (world.tiktok.checks.count, world.transfer.runs, world.events.sent) == (0, [], [])
+    assert "vault.open" not in world.journal.calls
+
+
+def test_a_grant_job_for_a_request_added_elsewhere_is_not_found(world: World) -> None:
+    with pytest.raises(DownloadNotFoundError):
+        world.job(QueuedJob(REQUEST_ID, from_grant=True))
+    assert world.records.items == {}
 
 
 def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world: World) -> None:
     # Given a queued request whose user's access token expired and whose refresh TikTok refuses
-    a_queued_grant_request(world, access_left=-timedelta(minutes=1))
+    world.given_requested(status=DownloadStatus.QUEUED, access_left=-timedelta(minutes=1))
     world.tiktok.refreshes.then(
         ReauthorizationRequiredError("TikTok refused the token refresh: invalid_grant")
     )
 
     # When the worker runs the job
     with pytest.raises(ReauthorizationRequiredError):
-        world.service.download_job(QueuedJob(REQUEST_ID, from_grant=True), REMAINING_MS)
+        world.job(QueuedJob(REQUEST_ID, from_grant=True))
 
     # Then the record fails reauthorization_required and an event says so (README, Errors)
     assert world.record.status is DownloadStatus.FAILED
@@ -296,38 +582,84 @@ def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world:
         ),
     ],
 )
-def test_a_queued_job_refused_for_good_before_its_download_ends_its_record_with_an_event(
+def test_a_queued_job_refused_for_good_before_its_download_ends_its_record_and_its_grant(
     world: World, answer: RequestStatus | TikTokApiError | None, status: DownloadStatus, event: str
 ) -> None:
     # Given a queued request whose status TikTok now answers with an end (expired, cancelled, unknown,
     # a scope withdrawn) — permanent: the message is acknowledged, nothing would check it again
-    a_queued_grant_request(world, access_left=timedelta(hours=1))
+    world.given_requested(status=DownloadStatus.QUEUED)
     world.tiktok.checks.then(answer)
 
     # When the worker runs the job
     with pytest.raises(TransferError) as raised:
-        world.service.download_job(QueuedJob(REQUEST_ID, from_grant=True), REMAINING_MS)
+        world.job(QueuedJob(REQUEST_ID, from_grant=True))
 
-    # Then the record says how it ended and one event tells the backend; nothing was downloaded
+    # Then the record says how it ended and one event tells the backend; nothing was downloaded, and the
+    # service holds the user's tokens no longer
     assert not raised.value.is_transient
     assert world.record.status is status
     assert world.events.detail_types == [event]
     assert world.transfer.runs == []
+    assert world.grants.items == {}
 
 
-def test_a_backends_job_with_a_refused_token_leaves_a_queued_record_alone(world: World) -> None:
-    # Given a request queued by its owner, and a backend's message carrying another user's token
-    a_queued_grant_request(world, access_left=timedelta(hours=1))
-    world.tiktok.checks.then(None)  # TikTok does not confirm that token's user owns the request
-    before = world.record
+def test_a_grant_job_whose_download_fails_for_good_releases_the_grant(world: World) -> None:
+    # Given a queued request whose archive cannot be stored, for good
+    world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.checks.then(ready())
 
-    # When the worker runs that message
-    with pytest.raises(TransferError):
-        world.service.download_job(QueuedJob(REQUEST_ID, access_token="access-stranger"), REMAINING_MS)
+    def too_large(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise ArchiveTooLargeError("the archive does not fit in 10,000 parts")
 
-    # Then the owner's record is as it was: a message's token changes nothing it does not own
-    assert world.record == before
-    assert world.events.detail_types == []
+    world.transfer.during = too_large
+
+    # When the worker runs its job
+    with pytest.raises(ArchiveTooLargeError):
+        world.job(QueuedJob(REQUEST_ID, from_grant=True))
+
+    # Then the record says failed (for good), one event, and no request needs the grant any longer
+    assert world.record.status is DownloadStatus.FAILED
+    assert world.events.detail_types == ["Download Failed"]
+    assert world.grants.items == {}
+
+
+def test_a_grant_job_whose_download_fails_for_now_keeps_the_grant_for_its_retry(world: World) -> None:
+    world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.checks.then(ready())
+
+    def broken(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise UpstreamStreamBrokenError("the archive stream broke")
+
+    world.transfer.during = broken
+
+    with pytest.raises(UpstreamStreamBrokenError):
+        world.job(QueuedJob(REQUEST_ID, from_grant=True))
+
+    assert world.record.status is DownloadStatus.FAILED
+    assert GRANT in world.grants.items
+
+
+def test_a_grant_job_whose_token_tiktok_refuses_mid_download_is_retried_with_a_refreshed_one(
+    world: World,
+) -> None:
+    # Given a queued request whose stored access token TikTok refuses when the archive is fetched
+    world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.checks.then(ready()).then(ready())
+    world.tiktok.refreshes.then(refreshed())
+    refused = TikTokApiError("access_token_invalid", "expired", log_id="L1", upstream_status=401)
+
+    def refused_once(request: DownloadRequest, on_part: PartListener | None) -> None:
+        if request.access_token == "access-stored":
+            raise refused
+
+    world.transfer.during = refused_once
+
+    # When the worker runs its job
+    answer = world.job(QueuedJob(REQUEST_ID, from_grant=True))
+
+    # Then the grant was refreshed and the download made again with the new token
+    assert answer.record.status is DownloadStatus.COMPLETED
+    assert [run.access_token for run in world.transfer.runs] == ["access-stored", "access-fresh"]
 
 
 # -- TikTok's window is over, the archive is still kept ---------------------------------------------
@@ -336,17 +668,17 @@ def test_a_repeat_after_tiktoks_window_closed_still_gets_the_stored_archive(worl
     world.tiktok.checks.then(ready()).then(RequestStatus(REQUEST_ID, "expired")).then(
         RequestStatus(REQUEST_ID, "expired")
     )
-    world.service.download(CALLER, REMAINING_MS)
+    world.download()
 
     # When the owner repeats the POST, synchronously and asynchronously
-    again = world.service.download(CALLER, REMAINING_MS)
-    queued = world.service.queue(CALLER, REMAINING_MS)
+    again = world.download()
+    queued = world.queue()
 
     # Then both answer the stored record with a fresh link, as GET does; nothing downloaded again
     for answer in (again, queued):
         assert answer.record.status is DownloadStatus.COMPLETED
-        assert answer.url == f"https://archive-bucket.example/archives/{REQUEST_ID}.zip"
-    assert world.transfer.runs == [CALLER]
+        assert answer.url == LINK
+    assert len(world.transfer.runs) == 1
     assert world.events.detail_types == ["Download Completed"]
 
 
@@ -354,22 +686,19 @@ def test_a_repeat_after_tiktoks_window_closed_without_a_stored_archive_is_gone(w
     world.tiktok.checks.then(RequestStatus(REQUEST_ID, "expired"))
 
     with pytest.raises(RequestExpiredError):
-        world.service.download(CALLER, REMAINING_MS)
+        world.download()
     assert world.records.items == {}
 
 
-def test_a_progress_report_dynamodb_refuses_is_logged_and_the_download_goes_on(world: World) -> None:
-    # Given a running download whose progress write fails once (DynamoDB briefly unavailable)
-    throttled = RecordStoreError("DynamoDB UpdateItem failed: ThrottlingException")
-    world.records.faults.arm("report_progress", throttled)
-    reporter = _ProgressReporter(world.records, world.claim())
-    world.clock.advance(PROGRESS_EVERY_SECONDS + 1)
+def test_a_repeat_of_a_stored_download_with_a_refresh_token_keeps_no_grant(world: World) -> None:
+    # Given the caller's stored archive, and a repeat that hands over the user's refresh token
+    world.tiktok.checks.then(ready()).then(ready())
+    world.download()
+    world.tiktok.refreshes.then(refreshed())
 
-    # When the store reports a part, then another later
-    reporter.part_done(1, 5 * 1024 * 1024)
-    world.clock.advance(PROGRESS_EVERY_SECONDS + 1)
-    reporter.part_done(2, 10 * 1024 * 1024)
+    # When it repeats the POST
+    answer = world.download(WITH_REFRESH)
 
-    # Then nothing was raised into the transfer, and the second report was recorded
-    assert world.record.progress is not None
-    assert world.record.progress.parts_uploaded == 2
+    # Then it gets a fresh link, and the service keeps no tokens no request needs
+    assert answer.url == LINK
+    assert world.grants.items == {}

@@ -1,10 +1,12 @@
-"""Ownership before anything else: TikTok's word, asked with the caller's token, and what it means."""
+"""Ownership before anything else: TikTok's word, asked with the caller's token, and whose a record is."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from tests.conftest import LogCapture
+from tests.conftest import BACKEND_CALLER, OTHER_CALLER, LogCapture
 from tests.unit.fakes import FakeTikTok, Journal
 from tiktok_archive.logic.ownership import (
     NOT_FOUND_MESSAGE,
@@ -15,6 +17,7 @@ from tiktok_archive.logic.ownership import (
 )
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
+from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Owner
 from tiktok_archive.models.errors import (
     ArchiveNotReadyError,
     DownloadNotFoundError,
@@ -111,3 +114,25 @@ def test_every_log_record_while_handling_a_request_carries_its_id_and_only_then(
     # Then only the record inside carries the id (as a decimal string)
     ids = {record["message"]: record.get("request_id") for record in logs.records()}
     assert ids == {"inside": str(REQUEST_ID), "after": None}
+
+
+# -- whose a record is ------------------------------------------------------------------------------
+def _record_of(caller: str | None) -> DownloadRecord:
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    return DownloadRecord(REQUEST_ID, DownloadStatus.QUEUED, at, at, 0, caller=caller)
+
+
+@pytest.mark.parametrize(
+    ("owner", "records_it_may_act_on"),
+    [
+        (Owner(BACKEND_CALLER), {BACKEND_CALLER}),  # an API caller: its own records only
+        (Owner(None), {None}),  # a backend's queue message: only records no API caller made
+        (Owner(None, service=True), {BACKEND_CALLER, OTHER_CALLER, None}),  # a job the service queued
+    ],
+    ids=["api-caller", "queue-message", "service-job"],
+)
+def test_each_owner_acts_only_on_the_records_that_are_its_own(
+    owner: Owner, records_it_may_act_on: set[str | None]
+) -> None:
+    for caller in (BACKEND_CALLER, OTHER_CALLER, None):
+        assert owner.may_act_on(_record_of(caller)) is (caller in records_it_may_act_on), caller

@@ -1,4 +1,5 @@
-"""RequestLifecycle with in-memory collaborators: add, the schedule of status checks, cancel."""
+"""RequestLifecycle with in-memory collaborators: add, the schedule of status checks, TikTok's webhook,
+cancel."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from tests.conftest import BACKEND_CALLER, OTHER_CALLER
 from tests.unit.fakes import (
     Clock,
     FakeAppCredentials,
@@ -22,29 +24,31 @@ from tests.unit.fakes import (
     Journal,
     freeze_time,
 )
-from tiktok_archive.adapters.grants import Grant
+from tiktok_archive.adapters.grants import Grant, request_grant_id, user_grant_id
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
+from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.requests import READY_LEASE, RequestLifecycle, Schedule
 from tiktok_archive.logic.tokens import TokenService
-from tiktok_archive.models.download import DownloadRequest
+from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Preparation
 from tiktok_archive.models.errors import (
     DownloadNotFoundError,
+    OpenIdMismatchError,
     ReauthorizationRequiredError,
     RecordStoreError,
-    StorageError,
     TikTokApiError,
     TokenVaultError,
     TransferError,
     UpstreamUnavailableError,
 )
-from tiktok_archive.models.portability import NewRequest, RequestStatus
+from tiktok_archive.models.lifecycle import ArchiveReadyWork
+from tiktok_archive.models.portability import HandedTokens, NewRequest, RequestStatus, TokenGrant
 
 REQUEST_ID = 7_234_567_890_123_456_789  # beyond 2^53: no double rounding on the way
+SIBLING_ID = 7_234_567_890_123_450_000  # another request of the same user and caller
 OPENID = "openid-1"
-GRANT = f"user:{OPENID}"
+GRANT = user_grant_id(BACKEND_CALLER, OPENID)
 SCHEDULE = Schedule(initial=60, longest=480, give_up_after=timedelta(days=7))
-REMAINING_MS = 60_000
 APPLY_TIME = 1_772_000_000
 
 
@@ -66,33 +70,51 @@ class World:
     def record(self) -> DownloadRecord:
         return self.records.items[REQUEST_ID]
 
-    def given_grant(self, *, access_left: timedelta = timedelta(hours=1), user: str | None = OPENID) -> None:
+    def deadline(self) -> Deadline:
+        return Deadline.after(60)
+
+    def given_grant(
+        self,
+        grant_id: str = GRANT,
+        *,
+        access_left: timedelta = timedelta(hours=1),
+        user: str | None = OPENID,
+        caller: str = BACKEND_CALLER,
+    ) -> Grant:
         now = self.clock.now()
-        binding = {"grant_id": GRANT}
-        self.grants.items[GRANT] = Grant(
-            grant_id=GRANT,
-            version=1,
+        binding = {"grant_id": grant_id}
+        grant = Grant(
+            grant_id=grant_id,
+            generation=f"generation-of-{grant_id}",
             sealed_access_token=self.vault.seal("access-stored", ACCESS_TOKEN_PURPOSE, binding),
             access_expires_at=now + access_left,
             sealed_refresh_token=self.vault.seal("refresh-stored", REFRESH_TOKEN_PURPOSE, binding),
             refresh_expires_at=now + timedelta(days=100),
             user_openid=user,
+            caller=caller,
         )
+        self.grants.items[grant_id] = grant
+        return grant
 
     def given_waiting(
         self,
+        request_id: int = REQUEST_ID,
         *,
         seq: int = 3,
         interval: int = 120,
         user: str | None = OPENID,
+        grant_id: str = GRANT,
+        caller: str = BACKEND_CALLER,
         give_up_in: timedelta = timedelta(days=6),
     ) -> DownloadRecord:
-        """A waiting request of the user's grant, expecting check number ``seq`` in ``interval`` s."""
-        self.given_grant()
+        """A waiting request of ``caller``'s, expecting check number ``seq`` in ``interval`` s."""
+        if grant_id not in self.grants.items:
+            self.given_grant(grant_id, user=user, caller=caller)
         now = self.clock.now()
         created = self.records.create_waiting(
-            REQUEST_ID,
-            grant_id=GRANT,
+            request_id,
+            caller=caller,
+            grant_id=grant_id,
             user_openid=user,
             preparation=Preparation(
                 "json",
@@ -104,17 +126,28 @@ class World:
         )
         assert isinstance(created, DownloadRecord)
         record = dataclasses.replace(created, poll_seq=seq)
-        self.records.items[REQUEST_ID] = record
+        self.records.items[request_id] = record
         self.journal.calls.clear()
         return record
 
-    def given_record(self, status: DownloadStatus) -> DownloadRecord:
-        record = dataclasses.replace(self.given_waiting(), status=status)
+    def given_record(self, status: DownloadStatus, **waiting: object) -> DownloadRecord:
+        record = dataclasses.replace(self.given_waiting(**waiting), status=status)  # type: ignore[arg-type]
         self.records.items[REQUEST_ID] = record
         return record
 
     def check(self, seq: int = 3) -> str:
-        return self.lifecycle.check(REQUEST_ID, seq, REMAINING_MS).action
+        return self.lifecycle.check(REQUEST_ID, seq, self.deadline()).action
+
+    def add(self, new: NewRequest, caller: str = BACKEND_CALLER) -> DownloadRecord:
+        return self.lifecycle.add(caller, new, self.deadline())
+
+    def cancel(self, caller: str = BACKEND_CALLER) -> DownloadRecord:
+        return self.lifecycle.cancel(caller, REQUEST_ID, self.deadline())
+
+    def opened(self, grant_id: str, purpose: str = REFRESH_TOKEN_PURPOSE) -> str:
+        grant = self.grants.items[grant_id]
+        sealed = grant.sealed_refresh_token if purpose == REFRESH_TOKEN_PURPOSE else grant.sealed_access_token
+        return self.vault.open(sealed or "", purpose, {"grant_id": grant_id})
 
 
 @pytest.fixture
@@ -132,7 +165,10 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     transfer = FakeTransfer(journal)
     app = FakeAppCredentials()
     tokens = TokenService(grants, vault, tiktok, lambda: app)
-    lifecycle = RequestLifecycle(tiktok, records, tokens, events, queue, lambda: jobs, transfer, SCHEDULE)
+    handover = TokenHandover(tokens, grants)
+    lifecycle = RequestLifecycle(
+        tiktok, records, tokens, handover, events, queue, lambda: jobs, transfer, SCHEDULE
+    )
     return World(clock, journal, records, grants, vault, tiktok, events, queue, jobs, transfer, lifecycle)
 
 
@@ -148,6 +184,11 @@ def tiktok_error(code: str, http_status: int, retry_after: str | None = None) ->
         upstream_status=http_status,
         retry_after=retry_after,
     )
+
+
+def refreshed(open_id: str | None = OPENID, access: str = "access-fresh") -> TokenGrant:
+    """TikTok's answer to the refresh of a handed-over refresh token: it names the user, and rotates."""
+    return TokenGrant(access, 7200, "refresh-rotated", 180 * 86400, open_id, "portability.all.single")
 
 
 # -- stale checks ---------------------------------------------------------------------------------
@@ -218,14 +259,18 @@ def test_the_next_check_is_sent_before_the_record_is_advanced(world: World) -> N
     assert world.record.poll_seq == 3
 
 
-def test_the_user_learned_from_the_grant_is_recorded(world: World) -> None:
-    # Given a waiting request whose user was not given, and a grant that learned it from a refresh
-    world.given_waiting(user=None)
-    world.tiktok.checks.then(status("pending"))
+def test_a_lost_chain_of_checks_is_re_driven_at_the_check_it_expects(world: World) -> None:
+    # Given a waiting request whose next check (in 120 s) never came, and one still on time
+    world.given_waiting(seq=3, interval=120)
+    world.given_waiting(SIBLING_ID, seq=1, interval=3600)
+    world.clock.advance(120 + 601)
 
-    world.check()
+    # When the sweeper looks for checks ten minutes late
+    redriven = world.lifecycle.redrive(timedelta(minutes=10))
 
-    assert world.record.user_openid == OPENID
+    # Then only the late one is checked again, now, as the check it expects
+    assert redriven == 1
+    assert world.queue.checks == [(REQUEST_ID, 3, 0)]
 
 
 # -- TikTok says downloading ----------------------------------------------------------------------
@@ -245,9 +290,11 @@ def test_a_ready_archive_queues_its_download_before_the_record_says_queued(world
     assert record.status is DownloadStatus.QUEUED
     assert record.lease_expires_at is not None
     assert record.lease_expires_at - world.clock.now() >= READY_LEASE
-    # … one Archive Ready event, and no further check
+    # … one Archive Ready event naming the caller, and no further check; the grant stays for the job
     assert world.events.detail_types == ["Archive Ready"]
+    assert world.events.sent[0][1]["caller"] == BACKEND_CALLER
     assert world.queue.checks == []
+    assert GRANT in world.grants.items
 
 
 def test_a_repeated_ready_check_queues_and_publishes_nothing_more(world: World) -> None:
@@ -291,7 +338,7 @@ def test_a_ready_check_racing_another_that_queued_it_publishes_nothing_more(worl
         ("cancelled", DownloadStatus.CANCELLED, "Request Cancelled"),
     ],
 )
-def test_a_request_ended_at_tiktok_ends_its_record_and_its_checks(
+def test_a_request_ended_at_tiktok_ends_its_record_its_checks_and_its_grant(
     world: World, tiktok_status: str, final: DownloadStatus, detail_type: str
 ) -> None:
     world.given_waiting(seq=3)
@@ -306,6 +353,33 @@ def test_a_request_ended_at_tiktok_ends_its_record_and_its_checks(
     assert world.events.detail_types == [detail_type]
     assert world.queue.checks == []
     assert world.jobs.for_grant == []
+    # no other request needs the user's tokens: the service holds them no longer
+    assert world.grants.items == {}
+
+
+def test_a_request_that_ends_keeps_the_grant_another_waiting_request_of_the_user_needs(world: World) -> None:
+    # Given two waiting requests of the same user and caller, sharing the user's grant
+    world.given_waiting(SIBLING_ID, seq=0)
+    world.given_waiting(seq=3)
+    world.tiktok.checks.then(status("expired"))
+
+    # When one of them ends at TikTok
+    world.check(seq=3)
+
+    # Then the other one still has the user's tokens to be checked with
+    assert world.record.status is DownloadStatus.EXPIRED
+    assert GRANT in world.grants.items
+
+
+def test_a_request_of_its_own_grant_releases_it_when_it_ends(world: World) -> None:
+    # Given a request added without a refresh token: its tokens are kept for it alone
+    own = request_grant_id(REQUEST_ID)
+    world.given_waiting(seq=3, user=None, grant_id=own)
+    world.tiktok.checks.then(status("cancelled"))
+
+    world.check(seq=3)
+
+    assert own not in world.grants.items
 
 
 # -- failures of a check --------------------------------------------------------------------------
@@ -325,7 +399,7 @@ def test_a_rate_limited_check_comes_back_after_at_least_retry_after(
     world.tiktok.checks.then(tiktok_error("rate_limit_exceeded", 429, retry_after=retry_after))
 
     # When its check runs
-    outcome = world.lifecycle.check(REQUEST_ID, 3, REMAINING_MS)
+    outcome = world.lifecycle.check(REQUEST_ID, 3, world.deadline())
 
     # Then the next check waits at least Retry-After (at most SQS's 900 s), the request still waits,
     # and the outcome tells the handler to pause the rest of its batch
@@ -336,13 +410,14 @@ def test_a_rate_limited_check_comes_back_after_at_least_retry_after(
     assert record.preparation is not None
     assert record.preparation.next_check_at == world.clock.now() + timedelta(seconds=delay)
     assert world.events.sent == []
+    assert GRANT in world.grants.items
 
 
 def test_a_rate_limit_without_retry_after_slows_the_schedule(world: World) -> None:
     world.given_waiting(seq=3, interval=120)
     world.tiktok.checks.then(tiktok_error("rate_limit_exceeded", 429))
 
-    outcome = world.lifecycle.check(REQUEST_ID, 3, REMAINING_MS)
+    outcome = world.lifecycle.check(REQUEST_ID, 3, world.deadline())
 
     assert (outcome.action, outcome.rate_limited_for) == ("rate_limited", None)
     assert world.queue.checks == [(REQUEST_ID, 4, 240)]
@@ -391,11 +466,12 @@ def test_a_request_tiktok_does_not_confirm_fails_not_found(
     record = world.record
     assert record.status is DownloadStatus.FAILED
     assert record.error is not None
-    assert (record.error.code, record.error.transient) == ("not_found", False)
+    assert record.error.code == "not_found"
     if answer is not None:
         assert record.error.log_id == "202603011200LOGID"
     assert world.events.detail_types == ["Download Failed"]
     assert world.queue.checks == []
+    assert world.grants.items == {}
 
 
 def test_a_request_past_its_give_up_time_fails_without_asking_tiktok(world: World) -> None:
@@ -406,20 +482,20 @@ def test_a_request_past_its_give_up_time_fails_without_asking_tiktok(world: Worl
     # When its check runs
     action = world.check(seq=3)
 
-    # Then it fails preparation_timed_out; neither TikTok nor the user's tokens were touched
+    # Then it fails preparation_timed_out; neither TikTok nor the user's tokens were used
     assert action == "failed"
     assert world.record.error is not None
     assert world.record.error.code == "preparation_timed_out"
     assert world.tiktok.checks.count == 0
-    assert not any(call.startswith(("grants.", "vault.")) for call in world.journal.calls)
+    assert "vault.open" not in world.journal.calls
     assert world.events.detail_types == ["Download Failed"]
     assert world.queue.checks == []
 
 
 def test_a_refresh_tiktok_refuses_fails_the_request_and_erases_the_grant(world: World) -> None:
     # Given a waiting request whose user's access token expired and whose refresh TikTok refuses
-    world.given_waiting(seq=3)
     world.given_grant(access_left=timedelta(minutes=1))
+    world.given_waiting(seq=3)
     world.tiktok.refreshes.then(
         ReauthorizationRequiredError("TikTok refused the token refresh: invalid_grant")
     )
@@ -438,143 +514,134 @@ def test_a_refresh_tiktok_refuses_fails_the_request_and_erases_the_grant(world: 
 
 
 # -- POST /requests -------------------------------------------------------------------------------
-NEW = NewRequest("json", ("all_data",), refresh_token="refresh-caller", open_id=OPENID)
+WITH_REFRESH = NewRequest(HandedTokens("access-handed", "refresh-handed", OPENID))
+ACCESS_ONLY = NewRequest(HandedTokens("access-handed"))
 
 
-def test_an_added_request_keeps_the_users_tokens_and_schedules_its_first_check(world: World) -> None:
-    # Given TikTok accepting the data request
+def test_an_added_request_is_the_callers_under_the_user_tiktok_named(world: World) -> None:
+    # Given a caller handing over a user's tokens, TikTok's refresh naming that user, and TikTok
+    # accepting the data request
+    world.tiktok.refreshes.then(refreshed())
     world.tiktok.adds.then(REQUEST_ID)
 
-    # When a caller adds it
-    record = world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+    # When the caller adds it
+    record = world.add(WITH_REFRESH)
 
-    # Then the record waits for check 0, after the schedule's first interval; the user's tokens are
-    # kept sealed in their grant; one Request Added event
-    assert world.tiktok.adds.calls == [("access-caller", "json", ("all_data",))]
-    assert (record.status, record.poll_seq, record.grant_id) == (DownloadStatus.WAITING, 0, GRANT)
-    assert world.record == record
+    # Then the refresh token was exchanged first and the Add made with the fresh access token; the
+    # record is the caller's, of the user TikTok named, in their grant; it waits for check 0
+    assert world.tiktok.refreshes.calls == [("app-secret", "refresh-handed")]
+    assert world.tiktok.adds.calls == [("access-fresh", "json", ("all_data",))]
+    assert (record.status, record.caller, record.user_openid, record.grant_id) == (
+        DownloadStatus.WAITING,
+        BACKEND_CALLER,
+        OPENID,
+        GRANT,
+    )
+    assert (record.poll_seq, world.record) == (0, record)
     assert world.queue.checks == [(REQUEST_ID, 0, SCHEDULE.initial)]
     assert world.journal.first("records.create_waiting") < world.journal.first("queue.schedule_check")
-    grant = world.grants.items[GRANT]
-    assert grant.sealed_refresh_token is not None
-    assert world.vault.open(grant.sealed_refresh_token, REFRESH_TOKEN_PURPOSE, {"grant_id": GRANT}) == (
-        "refresh-caller"
-    )
+    # … the service holds the user's only live lineage (the rotated refresh token), sealed
+    assert world.opened(GRANT) == "refresh-rotated"
+    assert world.grants.items[GRANT].caller == BACKEND_CALLER
+    # … and one Request Added event naming the caller and the user
     assert world.events.detail_types == ["Request Added"]
+    detail = world.events.sent[0][1]
+    assert (detail["caller"], detail["open_id"]) == (BACKEND_CALLER, OPENID)
 
 
-EARLIER_ID = 7_234_567_890_123_450_000
-
-
-def given_users_grant(world: World, last_request_id: int | None = EARLIER_ID) -> Grant:
-    """The user's grant from an earlier request, whose tokens a new caller must not replace unchecked."""
-    world.given_grant()
-    grant = dataclasses.replace(world.grants.items[GRANT], last_request_id=last_request_id)
-    world.grants.items[GRANT] = grant
-    return grant
-
-
-def test_a_users_first_request_starts_their_grant_and_remembers_the_request(world: World) -> None:
-    world.tiktok.adds.then(REQUEST_ID)
-
-    world.lifecycle.add("access-caller", NEW, REMAINING_MS)
-
-    # Nothing to confirm against: the caller's open_id starts the grant; TikTok was not asked
-    assert world.tiktok.checks.count == 0
-    assert world.grants.items[GRANT].last_request_id == REQUEST_ID
-
-
-def test_a_later_request_joins_the_users_grant_once_tiktok_confirms_the_same_user(world: World) -> None:
-    # Given the user's grant, and TikTok confirming that the caller's token owns its latest request
-    given_users_grant(world)
-    world.tiktok.checks.then(RequestStatus(EARLIER_ID, "pending"))
-    world.tiktok.adds.then(REQUEST_ID)
-
-    # When the caller adds a request for that open_id
-    record = world.lifecycle.add("access-caller", NEW, REMAINING_MS)
-
-    # Then TikTok was asked first, with the caller's token, then the caller's tokens joined the grant
-    assert world.tiktok.checks.calls == [(EARLIER_ID, "access-caller")]
-    assert world.journal.first("tiktok.check_request") < world.journal.first("tiktok.add_request")
-    assert (record.grant_id, record.user_openid) == (GRANT, OPENID)
-    grant = world.grants.items[GRANT]
-    assert world.vault.open(grant.sealed_refresh_token or "", REFRESH_TOKEN_PURPOSE, {"grant_id": GRANT}) == (
-        "refresh-caller"
-    )
-    assert grant.last_request_id == REQUEST_ID
-
-
-@pytest.mark.parametrize(
-    ("last_request_id", "tiktok_says"),
-    [
-        (EARLIER_ID, None),  # the token's user does not own the user's latest request
-        (EARLIER_ID, tiktok_error("invalid_params", 400)),
-        (None, None),  # nothing to confirm against
-    ],
-)
-def test_a_request_whose_open_id_tiktok_does_not_confirm_leaves_that_users_grant_alone(
-    world: World, last_request_id: int | None, tiktok_says: TikTokApiError | None
+def test_a_request_added_without_a_refresh_token_keeps_the_access_token_for_itself_alone(
+    world: World,
 ) -> None:
-    # Given a user's grant, and a caller (with the API key and a token of its own) naming that open_id
-    before = given_users_grant(world, last_request_id)
-    if last_request_id is not None:
-        world.tiktok.checks.then(tiktok_says)
     world.tiktok.adds.then(REQUEST_ID)
 
-    # When the caller adds a request
-    record = world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+    record = world.add(ACCESS_ONLY)
 
-    # Then the user's grant is as it was; the request goes on with the caller's own tokens, apart,
-    # linked to no user (its event names no open_id)
-    assert world.grants.items[GRANT] == before
-    assert record.user_openid is None
-    assert record.grant_id == f"request:{REQUEST_ID}"
-    kept = world.grants.items[record.grant_id]
-    binding = {"grant_id": record.grant_id}
-    assert world.vault.open(kept.sealed_access_token or "", ACCESS_TOKEN_PURPOSE, binding) == "access-caller"
-    assert world.events.sent[0][1].get("open_id") is None
+    # TikTok was asked nothing but the Add; the user is unknown; the token is in the request's own grant
+    assert world.tiktok.refreshes.count == 0
+    assert world.tiktok.adds.calls == [("access-handed", "json", ("all_data",))]
+    own = request_grant_id(REQUEST_ID)
+    assert (record.caller, record.user_openid, record.grant_id) == (BACKEND_CALLER, None, own)
+    assert world.opened(own, ACCESS_TOKEN_PURPOSE) == "access-handed"
+    assert world.grants.items[own].sealed_refresh_token is None
+    assert "open_id" not in world.events.sent[0][1]
 
 
-def test_a_caller_token_tiktok_refuses_while_confirming_adds_nothing(world: World) -> None:
-    before = given_users_grant(world)
-    world.tiktok.checks.then(tiktok_error("access_token_invalid", 401))
+def test_tokens_tiktok_says_are_another_users_add_nothing(world: World) -> None:
+    # Given a caller naming openid-1 for tokens TikTok says are openid-2's
+    world.tiktok.refreshes.then(refreshed(open_id="openid-2"))
 
-    with pytest.raises(TikTokApiError, match="access_token_invalid"):
-        world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+    with pytest.raises(OpenIdMismatchError):
+        world.add(WITH_REFRESH)
 
+    # Then nothing was added at TikTok, and nothing kept under either user
     assert world.tiktok.adds.count == 0
-    assert world.grants.items == {GRANT: before}
-    assert world.records.items == {}
+    assert (world.records.items, world.grants.items, world.events.sent) == ({}, {}, [])
 
 
-def test_a_request_tiktok_refuses_keeps_nothing(world: World) -> None:
+def test_a_request_tiktok_refuses_for_good_releases_the_grant_made_for_it(world: World) -> None:
+    # Given tokens handed over (the user's grant is made) and TikTok refusing the Add for good
+    world.tiktok.refreshes.then(refreshed())
     world.tiktok.adds.then(tiktok_error("scope_permission_missed", 400))
 
     with pytest.raises(TikTokApiError, match="scope_permission_missed"):
-        world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+        world.add(WITH_REFRESH)
 
+    # Then no request, no grant: the service holds nothing of the user's
     assert (world.records.items, world.grants.items) == ({}, {})
     assert (world.queue.checks, world.events.sent) == ([], [])
 
 
-@pytest.mark.parametrize(
-    ("fake", "method", "error"),
-    [
-        ("records", "create_waiting", RecordStoreError("DynamoDB UpdateItem failed")),
-        ("grants", "store", RecordStoreError("DynamoDB UpdateItem failed")),
-        ("vault", "seal", TokenVaultError("KMS Encrypt failed")),
-    ],
-)
-def test_a_request_tiktok_accepted_but_not_kept_names_its_request_id(
-    world: World, fake: str, method: str, error: TransferError
-) -> None:
-    # Given TikTok accepting the request, and AWS failing to keep it
+def test_a_request_tiktok_refuses_for_good_keeps_the_grant_another_request_needs(world: World) -> None:
+    # Given the user's grant already serving a waiting request of the same caller
+    world.given_waiting(SIBLING_ID, seq=0)
+    world.tiktok.refreshes.then(refreshed())
+    world.tiktok.adds.then(tiktok_error("scope_permission_missed", 400))
+
+    with pytest.raises(TikTokApiError):
+        world.add(WITH_REFRESH)
+
+    # Then the grant stays (with the newest lineage) for the request that needs it
+    assert world.opened(GRANT) == "refresh-rotated"
+    assert list(world.records.items) == [SIBLING_ID]
+
+
+def test_a_transient_add_failure_keeps_the_grant_and_the_retry_joins_it_without_tiktok(world: World) -> None:
+    # Given tokens handed over, and TikTok failing the Add for now
+    world.tiktok.refreshes.then(refreshed())
+    world.tiktok.adds.then(tiktok_error("internal_error", 500)).then(REQUEST_ID)
+    with pytest.raises(TikTokApiError) as raised:
+        world.add(WITH_REFRESH)
+    assert raised.value.is_transient
+    assert world.opened(GRANT) == "refresh-rotated"
+
+    # When the caller retries with the same tokens (its refresh token is rotated: TikTok would refuse it)
+    record = world.add(WITH_REFRESH)
+
+    # Then the retry joined the kept grant without a second refresh, and the request was added
+    assert world.tiktok.refreshes.count == 1
+    assert world.tiktok.adds.calls[-1][0] == "access-fresh"
+    assert (record.grant_id, record.user_openid) == (GRANT, OPENID)
+    assert world.opened(GRANT) == "refresh-rotated"
+
+
+def test_a_refresh_token_tiktok_refuses_adds_nothing(world: World) -> None:
+    world.tiktok.refreshes.then(ReauthorizationRequiredError("TikTok refused the token refresh"))
+
+    with pytest.raises(ReauthorizationRequiredError):
+        world.add(WITH_REFRESH)
+
+    assert world.tiktok.adds.count == 0
+    assert (world.records.items, world.grants.items) == ({}, {})
+
+
+def test_a_request_tiktok_accepted_but_not_recorded_names_its_request_id(world: World) -> None:
+    # Given TikTok accepting the request, and DynamoDB failing to record it
     world.tiktok.adds.then(REQUEST_ID)
-    getattr(world, fake).faults.arm(method, error)
+    world.records.faults.arm("create_waiting", RecordStoreError("DynamoDB UpdateItem failed"))
 
     # When a caller adds it
-    with pytest.raises(type(error)) as raised:
-        world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+    with pytest.raises(RecordStoreError) as raised:
+        world.add(ACCESS_ONLY)
 
     # Then the error names the request_id (it can still be downloaded), and nothing was scheduled
     assert str(REQUEST_ID) in raised.value.message
@@ -583,12 +650,31 @@ def test_a_request_tiktok_accepted_but_not_kept_names_its_request_id(
     assert (world.records.items, world.queue.checks, world.events.sent) == ({}, [], [])
 
 
+def test_a_request_whose_token_kms_cannot_seal_names_its_request_id(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given TikTok accepting a request handed over without a refresh token, and KMS failing every time
+    world.tiktok.adds.then(REQUEST_ID)
+
+    def kms_down(token: str, purpose: str, binding: dict[str, str]) -> str:
+        raise TokenVaultError("KMS Encrypt failed")
+
+    monkeypatch.setattr(world.vault, "seal", kms_down)
+
+    with pytest.raises(TokenVaultError) as raised:
+        world.add(ACCESS_ONLY)
+
+    assert str(REQUEST_ID) in raised.value.message
+    assert (world.records.items, world.queue.checks, world.events.sent) == ({}, [], [])
+
+
 def test_a_request_id_that_already_has_a_record_is_not_kept_twice(world: World) -> None:
     before = world.given_waiting()
+    world.tiktok.refreshes.then(refreshed())
     world.tiktok.adds.then(REQUEST_ID)
 
     with pytest.raises(RecordStoreError, match=str(REQUEST_ID)):
-        world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+        world.add(WITH_REFRESH)
 
     assert world.record == before
     assert (world.queue.checks, world.events.sent) == ([], [])
@@ -599,41 +685,102 @@ def test_a_first_check_that_could_not_be_sent_still_answers_the_waiting_request(
     world.tiktok.adds.then(REQUEST_ID)
     world.queue.faults.arm("schedule_check", TransferError("SQS SendMessage failed"))
 
-    record = world.lifecycle.add("access-caller", NEW, REMAINING_MS)
+    record = world.add(ACCESS_ONLY)
 
     assert record.status is DownloadStatus.WAITING
     assert world.events.detail_types == ["Request Added"]
 
 
-# -- DELETE /downloads/{id} -----------------------------------------------------------------------
-CALLER = DownloadRequest(REQUEST_ID, "access-caller")
-
-
-def test_cancelling_a_pending_request_cancels_it_at_tiktok_and_here(world: World) -> None:
-    # Given a waiting request, pending at TikTok
+# -- TikTok's webhook: the archive is ready -------------------------------------------------------
+def test_a_ready_webhook_queues_the_waiting_requests_download_and_stops_its_checks(world: World) -> None:
     world.given_waiting(seq=3)
-    world.tiktok.checks.then(status("pending"))
+
+    outcome = world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, OPENID, "delivery-1"))
+
+    assert outcome == "queued"
+    assert world.jobs.for_grant == [REQUEST_ID]
+    assert world.journal.first("jobs.send_for_grant") < world.journal.first("records.queue_now")
+    assert world.record.status is DownloadStatus.QUEUED
+    assert world.events.detail_types == ["Archive Ready"]
+    assert world.tiktok.checks.count == 0
+    assert world.check(seq=3) == "stale"  # the check that was on its way finds nothing to do
+
+
+def test_a_ready_webhook_naming_the_user_records_them_for_their_purge(world: World) -> None:
+    # Given a request added without a refresh token: its user is unknown
+    world.given_waiting(seq=3, user=None, grant_id=request_grant_id(REQUEST_ID))
+
+    # When TikTok's webhook says whose archive is ready
+    world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, OPENID))
+
+    # Then the record carries the user TikTok named: the user's purge and the caller's list find it
+    assert world.record.user_openid == OPENID
+    assert [r.request_id for r in world.records.of_user(OPENID)] == [REQUEST_ID]
+    assert [r.request_id for r in world.records.of_caller_user(BACKEND_CALLER, OPENID)] == [REQUEST_ID]
+
+
+def test_a_ready_webhook_never_changes_the_user_a_record_already_has(world: World) -> None:
+    world.given_waiting(seq=3)
+
+    world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, "openid-2"))
+
+    assert world.record.user_openid == OPENID
+
+
+@pytest.mark.parametrize("state", [DownloadStatus.QUEUED, DownloadStatus.COMPLETED, DownloadStatus.CANCELLED])
+def test_a_ready_webhook_for_a_request_past_waiting_does_nothing(world: World, state: DownloadStatus) -> None:
+    before = world.given_record(state)
+
+    assert world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, OPENID)) == "nothing"
+
+    assert world.record == before
+    assert (world.jobs.for_grant, world.events.sent) == ([], [])
+
+
+def test_a_ready_webhook_for_an_unknown_request_is_acknowledged(world: World) -> None:
+    assert world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, OPENID)) == "unknown"
+    assert (world.records.items, world.jobs.for_grant, world.events.sent) == ({}, [], [])
+
+
+# -- DELETE /downloads/{id} -----------------------------------------------------------------------
+@pytest.mark.parametrize("state", [DownloadStatus.WAITING, DownloadStatus.QUEUED, DownloadStatus.FAILED])
+def test_cancelling_a_pending_request_cancels_it_at_tiktok_with_the_grants_token_and_here(
+    world: World, state: DownloadStatus
+) -> None:
+    # Given the caller's request not yet downloaded
+    world.given_record(state, seq=3)
     world.tiktok.cancels.then(None)
 
-    # When its owner cancels it
-    record = world.lifecycle.cancel(CALLER, REMAINING_MS)
+    # When the caller cancels it (it hands over no token: the service holds the user's)
+    record = world.cancel()
 
-    # Then TikTok was asked with the caller's token, the record says cancelled, the archive slot is
-    # emptied, one event; the schedule's next check finds nothing to do
-    assert world.tiktok.checks.calls == [(REQUEST_ID, "access-caller")]
-    assert world.tiktok.cancels.calls == [(REQUEST_ID, "access-caller")]
+    # Then TikTok was asked to cancel with the grant's token — and asked nothing else; the record says
+    # cancelled, the archive slot is emptied, one event; the grant no request needs is released
+    assert world.tiktok.cancels.calls == [(REQUEST_ID, "access-stored")]
+    assert world.tiktok.checks.count == 0
     assert record.status is DownloadStatus.CANCELLED
     assert world.record == record
     assert world.transfer.discarded == [REQUEST_ID]
     assert world.events.detail_types == ["Request Cancelled"]
+    assert world.grants.items == {}
     assert world.check(seq=3) == "stale"
 
 
-def test_cancelling_a_ready_request_does_not_cancel_it_at_tiktok(world: World) -> None:
-    world.given_record(DownloadStatus.COMPLETED)
-    world.tiktok.checks.then(status("downloading"))
+def test_cancelling_keeps_the_grant_another_request_of_the_user_needs(world: World) -> None:
+    world.given_waiting(SIBLING_ID, seq=0)
+    world.given_waiting(seq=3)
+    world.tiktok.cancels.then(None)
 
-    record = world.lifecycle.cancel(CALLER, REMAINING_MS)
+    world.cancel()
+
+    assert world.record.status is DownloadStatus.CANCELLED
+    assert GRANT in world.grants.items
+
+
+def test_cancelling_a_stored_archive_deletes_it_without_asking_tiktok(world: World) -> None:
+    world.given_record(DownloadStatus.COMPLETED)
+
+    record = world.cancel()
 
     assert world.tiktok.cancels.count == 0
     assert record.status is DownloadStatus.CANCELLED
@@ -644,10 +791,9 @@ def test_cancelling_a_ready_request_does_not_cancel_it_at_tiktok(world: World) -
 def test_cancelling_a_cancelled_request_again_answers_the_same_and_publishes_nothing(world: World) -> None:
     # Given a request already cancelled
     before = world.given_record(DownloadStatus.CANCELLED)
-    world.tiktok.checks.then(status("cancelled"))
 
     # When its owner cancels it again
-    record = world.lifecycle.cancel(CALLER, REMAINING_MS)
+    record = world.cancel()
 
     # Then the same record comes back; nothing at TikTok, no write, no event (the archive slot is
     # emptied once more in case an earlier delete failed)
@@ -659,35 +805,82 @@ def test_cancelling_a_cancelled_request_again_answers_the_same_and_publishes_not
     assert world.transfer.discarded == [REQUEST_ID]
 
 
-def test_a_stranger_cannot_cancel_a_request(world: World) -> None:
-    # Given a waiting request, and a caller whose user TikTok says does not own it
-    before = world.given_waiting(seq=3)
-    world.tiktok.checks.then(tiktok_error("invalid_params", 400))
+@pytest.mark.parametrize("state", [DownloadStatus.WAITING, DownloadStatus.COMPLETED])
+def test_another_callers_cancel_changes_nothing(world: World, state: DownloadStatus) -> None:
+    # Given the backend's request
+    before = world.given_record(state)
+    grants = dict(world.grants.items)
 
-    # When the stranger cancels it; Then the answer is not_found and nothing changed
-    with pytest.raises(DownloadNotFoundError):
-        world.lifecycle.cancel(CALLER, REMAINING_MS)
+    # When another caller cancels it; Then the same 404 as for an unknown request, and nothing changed:
+    # no TikTok call, no write, no delete, no event
+    with pytest.raises(DownloadNotFoundError) as raised:
+        world.cancel(OTHER_CALLER)
+    assert raised.value.status == 404
     assert world.record == before
-    assert world.tiktok.cancels.count == 0
-    assert world.transfer.discarded == []
-    assert world.events.sent == []
-    assert world.journal.calls == ["tiktok.check_request"]
+    assert world.grants.items == grants
+    assert world.journal.calls == ["records.get"]
+    assert (world.transfer.discarded, world.events.sent) == ([], [])
 
 
 def test_cancelling_a_request_the_service_never_kept_is_not_found(world: World) -> None:
-    world.tiktok.checks.then(status("pending"))
-
     with pytest.raises(DownloadNotFoundError):
-        world.lifecycle.cancel(CALLER, REMAINING_MS)
+        world.cancel()
 
     assert world.tiktok.cancels.count == 0
     assert world.events.sent == []
+
+
+@pytest.mark.parametrize(
+    "tiktok_says",
+    [
+        tiktok_error("invalid_params", 400),  # TikTok had already ended the request
+        ReauthorizationRequiredError("TikTok refused the token refresh: invalid_grant"),
+    ],
+    ids=["already-ended-at-tiktok", "tokens-gone"],
+)
+def test_a_cancel_tiktok_cannot_make_still_cancels_here(world: World, tiktok_says: TransferError) -> None:
+    world.given_waiting(seq=3)
+    world.tiktok.cancels.then(tiktok_says)
+
+    record = world.cancel()
+
+    assert record.status is DownloadStatus.CANCELLED
+    assert world.events.detail_types == ["Request Cancelled"]
+    assert world.transfer.discarded == [REQUEST_ID]
+
+
+def test_a_cancel_of_a_request_whose_grant_is_gone_cancels_here(world: World) -> None:
+    world.given_waiting(seq=3)
+    del world.grants.items[GRANT]
+
+    record = world.cancel()
+
+    assert record.status is DownloadStatus.CANCELLED
+    assert world.tiktok.cancels.count == 0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [tiktok_error("rate_limit_exceeded", 429, retry_after="30"), tiktok_error("internal_error", 500)],
+    ids=["429", "5xx"],
+)
+def test_a_cancel_tiktok_rate_limits_changes_nothing(world: World, failure: TikTokApiError) -> None:
+    # Given a waiting request, and TikTok refusing the cancel for now
+    before = world.given_waiting(seq=3)
+    world.tiktok.cancels.then(failure)
+
+    # When the caller cancels it; Then TikTok's answer comes back and nothing changed here: ask again
+    with pytest.raises(TikTokApiError) as raised:
+        world.cancel()
+    assert raised.value.is_transient
+    assert world.record == before
+    assert GRANT in world.grants.items
+    assert (world.transfer.discarded, world.events.sent) == ([], [])
 
 
 def test_a_cancel_racing_another_end_answers_that_end_and_publishes_nothing(world: World) -> None:
     # Given a pending request whose user disconnects the app while its owner's cancel is at TikTok
     world.given_waiting(seq=3)
-    world.tiktok.checks.then(status("pending"))
 
     def meanwhile_revoked() -> None:
         world.records.end(REQUEST_ID, DownloadStatus.REVOKED)
@@ -695,44 +888,10 @@ def test_a_cancel_racing_another_end_answers_that_end_and_publishes_nothing(worl
     world.tiktok.cancels.then(None, meanwhile=meanwhile_revoked)
 
     # When the cancel finishes
-    record = world.lifecycle.cancel(CALLER, REMAINING_MS)
+    record = world.cancel()
 
     # Then the answer is the record as the other end left it, and no second event is published
     assert record.status is DownloadStatus.REVOKED
     assert world.record == record
     assert world.events.sent == []
     assert world.transfer.discarded == [REQUEST_ID]
-
-
-# -- authorization.removed ------------------------------------------------------------------------
-def test_a_revoked_user_s_record_ends_before_its_archive_is_deleted(world: World) -> None:
-    # Given a user's completed download (a download finishing during the purge must find its claim gone)
-    world.given_record(DownloadStatus.COMPLETED)
-
-    # When TikTok says the user removed the app
-    revoked = world.lifecycle.revoke_user(OPENID, reason=1)
-
-    # Then the record ended before the archive was deleted, the grant is gone, one event with the count
-    assert revoked == 1
-    assert world.journal.first("records.end") < world.journal.first("transfer.discard")
-    assert world.record.status is DownloadStatus.REVOKED
-    assert world.transfer.discarded == [REQUEST_ID]
-    assert world.grants.items == {}
-    assert world.events.detail_types == ["Authorization Removed"]
-
-
-def test_a_redelivered_revocation_deletes_again_but_publishes_nothing(world: World) -> None:
-    # Given a purge whose archive delete failed after the record was revoked (the message comes back)
-    world.given_record(DownloadStatus.COMPLETED)
-    world.transfer.faults.arm("discard", StorageError("S3 DeleteObject failed: SlowDown"))
-    with pytest.raises(StorageError):
-        world.lifecycle.revoke_user(OPENID, reason=1)
-    assert world.record.status is DownloadStatus.REVOKED
-
-    # When the message is delivered again
-    revoked = world.lifecycle.revoke_user(OPENID, reason=1)
-
-    # Then the archive is deleted this time; nothing is counted or published twice
-    assert revoked == 0
-    assert world.transfer.discarded == [REQUEST_ID]
-    assert world.events.detail_types == ["Authorization Removed"]

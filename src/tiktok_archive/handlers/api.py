@@ -18,6 +18,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.handlers.http_answers import answer_errors, json_answer
 from tiktok_archive.models.caller import caller_of
 from tiktok_archive.models.deadline import Deadline
@@ -33,7 +34,7 @@ from tiktok_archive.models.portability import (
     parse_open_id,
     refuse_unknown_fields,
 )
-from tiktok_archive.observability import hide, logger, metrics, tracer
+from tiktok_archive.observability import hide, logger
 from tiktok_archive.runtime import (
     download_service,
     lifecycle_queue,
@@ -148,9 +149,7 @@ def _json_body(*, required: bool) -> dict[str, Any]:
     return document
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
+@lambda_entry(correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point for the REST API."""
     app.append_context(deadline=start_invocation(context))  # type: ignore[no-untyped-call]

@@ -23,6 +23,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.handlers.queue_failures import settle
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import parse_json_object
@@ -38,7 +39,7 @@ from tiktok_archive.models.lifecycle import (
     StatusCheck,
     parse_lifecycle_message,
 )
-from tiktok_archive.observability import logger, metrics, tracer
+from tiktok_archive.observability import logger
 from tiktok_archive.runtime import (
     message_visibility,
     request_lifecycle,
@@ -112,9 +113,7 @@ def _work(message: LifecycleMessage) -> None:
         user_purge().revoke_at_tiktok(message, deadline)
 
 
-@logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
+@lambda_entry()
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Lambda entry point for the lifecycle queue."""
     _invocation.deadline = start_invocation(context)

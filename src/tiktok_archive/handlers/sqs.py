@@ -24,11 +24,12 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.handlers.queue_failures import settle
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import parse_json_object, parse_queued_job, parse_request_id
 from tiktok_archive.models.errors import TransferError
-from tiktok_archive.observability import hide, logger, metrics, tracer
+from tiktok_archive.observability import hide, logger
 from tiktok_archive.runtime import download_service, start_invocation
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -56,9 +57,7 @@ def download_message(record: SQSRecord) -> None:
         settle(error, record, request, postpone=True)
 
 
-@logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
+@lambda_entry()
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Lambda entry point for the download queue."""
     _deadline[:] = [start_invocation(context)]

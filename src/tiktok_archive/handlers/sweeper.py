@@ -13,15 +13,14 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tiktok_archive.observability import logger, metrics, tracer
+from tiktok_archive.handlers.entry import lambda_entry
+from tiktok_archive.observability import logger, metrics
 from tiktok_archive.runtime import request_lifecycle, start_invocation
 
 OVERDUE_FOR = timedelta(minutes=10)
 
 
-@logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
+@lambda_entry()
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     """Lambda entry point for the sweeper's schedule."""
     start_invocation(context)

@@ -16,10 +16,10 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.handlers.http_answers import answer_errors, json_answer
 from tiktok_archive.models.errors import WebhookSignatureError
 from tiktok_archive.models.webhook import SIGNATURE_HEADER, raw_body
-from tiktok_archive.observability import logger, metrics, tracer
 from tiktok_archive.runtime import start_invocation, webhook_receiver
 
 app = APIGatewayRestResolver()
@@ -52,9 +52,7 @@ def _signature_header(event: dict[str, Any]) -> str | None:
     return str(found[0]) if found else None
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
+@lambda_entry(correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point for TikTok's webhooks."""
     start_invocation(context)

@@ -22,7 +22,7 @@ from tiktok_archive.adapters.download_jobs import DownloadJobs, open_job_token
 from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
-from tiktok_archive.logic.grant_release import release_grant
+from tiktok_archive.logic.grant_release import release_grant, release_unneeded
 from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.ownership import (
     EXPIRED_MESSAGE,
@@ -117,7 +117,9 @@ class DownloadService:
         """
         with logged_as(request_id):
             request, owner = self._take(caller, request_id, handed, deadline)
-            return self._claimed_download(request, owner, deadline, link=True)
+            return self._letting_go(
+                owner, lambda: self._claimed_download(request, owner, deadline, link=True)
+            )
 
     def queue(self, caller: str, request_id: int, handed: HandedTokens, deadline: Deadline) -> Answer:
         """Queue ``request_id`` for the worker (``Prefer: respond-async``) once TikTok confirms the owner.
@@ -132,28 +134,32 @@ class DownloadService:
         """
         with logged_as(request_id):
             request, owner = self._take(caller, request_id, handed, deadline)
-            stored = self._ready_or_stored(request, owner, deadline)
-            if stored is not None:
-                return self._answer(stored)
-            jobs = self._jobs()
-            queued = self._records.enqueue(request_id, QUEUED_LEASE, owner)
-            if isinstance(queued, Held):
-                if not owner.may_act_on(queued.record):
-                    raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
-                if queued.record.status in ENDED:
-                    raise _ended(queued.record.status)  # as the synchronous path answers: nothing to queue
-                return self._answer(queued.record)
-            try:
-                if owner.grant_id is not None:
-                    jobs.send_for_grant(request_id)
-                    message_id = None
-                else:
-                    message_id = jobs.send(request_id, request.access_token)
-            except TransferError as error:
-                self._records.abandon(request_id, error)
-                raise
-            logger.info("download queued", extra={"message_id": message_id})
-            return Answer(queued)
+            return self._letting_go(owner, lambda: self._queued(request, owner, deadline))
+
+    def _queued(self, request: DownloadRequest, owner: Owner, deadline: Deadline) -> Answer:
+        request_id = request.request_id
+        stored = self._ready_or_stored(request, owner, deadline)
+        if stored is not None:
+            return self._answer(stored)
+        jobs = self._jobs()
+        queued = self._records.enqueue(request_id, QUEUED_LEASE, owner)
+        if isinstance(queued, Held):
+            if not owner.may_act_on(queued.record):
+                raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
+            if queued.record.status in ENDED:
+                raise _ended(queued.record.status)  # as the synchronous path answers: nothing to queue
+            return self._answer(queued.record)
+        try:
+            if owner.grant_id is not None:
+                jobs.send_for_grant(request_id)
+                message_id = None
+            else:
+                message_id = jobs.send(request_id, request.access_token)
+        except TransferError as error:
+            self._records.abandon(request_id, error)
+            raise
+        logger.info("download queued", extra={"message_id": message_id})
+        return Answer(queued)
 
     def _take(
         self, caller: str, request_id: int, handed: HandedTokens, deadline: Deadline
@@ -161,6 +167,26 @@ class DownloadService:
         holding = self._handover().take(caller, handed, deadline)
         owner = Owner(caller, holding.user_openid, holding.grant_id)
         return DownloadRequest(request_id, holding.access_token), owner
+
+    def _letting_go(self, owner: Owner, work: Callable[[], Answer]) -> Answer:
+        """``work``'s answer; the grant of the tokens just handed over goes if no request needs it then.
+
+        Tokens handed over with a request that is stored, ended, failed for good or another caller's are
+        not kept; a transient failure keeps them (the caller's retry joins the grant).
+        """
+        try:
+            answer = work()
+        except TransferError as error:
+            if not error.is_transient:
+                self._let_go(owner)
+            raise
+        if answer.record.status.final:
+            self._let_go(owner)
+        return answer
+
+    def _let_go(self, owner: Owner) -> None:
+        if owner.grant_id is not None:
+            release_unneeded(self._records, self._tokens(), owner.grant_id, owner.caller, owner.user_openid)
 
     # -- the worker ----------------------------------------------------------------------------------
     def download_job(self, job: QueuedJob, deadline: Deadline) -> Answer:
@@ -221,11 +247,15 @@ class DownloadService:
 
         Only for jobs whose token the service vouched for (the user's grant, or a token it sealed after
         TikTok confirmed the owner): a backend's message may carry anyone's token. A download that began
-        recorded its own failure; a record no longer ``queued`` is left as it is.
+        recorded its own failure (its grant goes if no request needs it any longer); a record no longer
+        ``queued`` is left as it is.
         """
         with logged_as(request_id):
             record = self._records.get(request_id)
-            if record is None or record.status is not DownloadStatus.QUEUED:
+            if record is None:
+                return
+            if record.status is not DownloadStatus.QUEUED:
+                self._release(record)
                 return
             if isinstance(error, RequestExpiredError):
                 ended = self._records.end(request_id, DownloadStatus.EXPIRED)

@@ -26,7 +26,7 @@ from tiktok_archive.observability import logger
 # A TikTok answer that says "this token's user does not own this request": the same 404 as an
 # unknown request_id, so that the answer reveals nothing about other users' downloads.
 NOT_OWNED = "invalid_params"
-NOT_FOUND_MESSAGE = "no download of this request_id is known for this token"
+NOT_FOUND_MESSAGE = "no download of this request_id is known to this caller"
 EXPIRED_MESSAGE = "TikTok's four-day download window for this request is over"
 # How long a caller waits before asking again about an archive TikTok is still preparing.
 NOT_READY_RETRY_AFTER_SECONDS = 60

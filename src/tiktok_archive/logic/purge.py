@@ -26,7 +26,7 @@ from datetime import datetime
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_records import DownloadRecords, Held
-from tiktok_archive.adapters.grants import Grants, user_grant_id
+from tiktok_archive.adapters.grants import Grants, request_grant_id, user_grant_id
 from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.grant_release import needs_grant
@@ -101,7 +101,7 @@ class UserPurge:
         purged = self._purge(records, before=None)
         grants = self._grants.of_user(open_id)
         grant_ids = {grant.grant_id for grant in grants} | {r.grant_id for r in records if r.grant_id}
-        deleted = sum(self._tokens.delete(grant_id) for grant_id in sorted(grant_ids))
+        deleted = purged.grants_deleted + sum(self._tokens.delete(grant_id) for grant_id in sorted(grant_ids))
         self._queue.send(PurgeAgain(open_id, None, reason, started), SECOND_PASS_AFTER)
         callers = {record.caller for record in records} | {grant.caller for grant in grants}
         if purged.revoked or deleted:
@@ -126,12 +126,13 @@ class UserPurge:
         grant_id = user_grant_id(caller, open_id)
         holds_tokens = self._grants.mark_erasing(grant_id)
         records = self._records.of_caller_user(caller, open_id)
-        unfinished = tuple(
-            record.request_id for record in records if record.grant_id == grant_id and needs_grant(record)
-        )
-        purged = self._purge(records, before=None)
         if holds_tokens:
+            # Queued before the records end: a delivery of this message that fails halfway through the
+            # purge comes back to records no longer unfinished, and would have nothing left to cancel.
+            # Every unfinished request of the user is theirs at TikTok: the grant's token cancels it.
+            unfinished = tuple(record.request_id for record in records if needs_grant(record))
             self._queue.send(RevokeAtTikTok(caller, open_id, unfinished))
+        purged = self._purge(records, before=None)
         self._queue.send(PurgeAgain(open_id, caller, None, started), SECOND_PASS_AFTER)
         self._announce(USER_ERASED_EVENT, open_id, records, purged.revoked, callers={caller})
         logger.info(
@@ -193,7 +194,7 @@ class UserPurge:
     def _purge(self, records: Iterable[DownloadRecord], *, before: datetime | None) -> Purged:
         """End each record ``revoked`` (the first pass: all; the second: those created ``before``)."""
         revoked: list[int] = []
-        aborted = 0
+        aborted = grants = 0
         for record in records:
             if before is not None and record.created_at > before:
                 continue  # made after the purge began: a new consent, not the purged user's past
@@ -206,9 +207,9 @@ class UserPurge:
                     if not isinstance(ended, Held) or ended.record.status is DownloadStatus.REVOKED:
                         revoked.append(record.request_id)
                 aborted += self._transfer.discard(record.request_id)
-                if record.grant_id is not None and record.user_openid is None:
-                    self._tokens.delete(record.grant_id)  # a request's own grant
-        return Purged(tuple(revoked), 0, aborted)
+                if record.grant_id == request_grant_id(record.request_id):
+                    grants += self._tokens.delete(record.grant_id)  # a request's own grant
+        return Purged(tuple(revoked), grants, aborted)
 
     def _cancel(self, grant_id: str, request_id: int, deadline: Deadline) -> None:
         with logged_as(request_id):
