@@ -22,6 +22,7 @@ import pytest
 from tests.harness.contract import Contract
 from tests.harness.demo import DEMO_REFRESH_TOKEN, DEMO_TOKEN
 from tests.harness.functions import RECORDER, UNUSED, LambdaFunctions
+from tests.harness.gateway import Gateway
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import APP_SECRET, REGION, Emulator, LocalStack, Resources, provision
 from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, refresh_token
@@ -376,10 +377,20 @@ def _against_contract(event: dict[str, Any], answer: dict[str, Any]) -> None:
     CONTRACT_PROBLEMS.extend(found)
 
 
-def call_api(event: dict[str, Any], remaining_ms: int = 28_000) -> ApiAnswer:
+def call_api(event: dict[str, Any], remaining_ms: int = 28_000, *, gateway: bool = True) -> ApiAnswer:
     """Invoke the API handler as Lambda would (``remaining_ms`` before its timeout), and decode its answer
-    (checked against the contract)."""
-    with functions().running("ApiFunction"):
+    (checked against the contract).
+
+    The event first passes API Gateway as the template configures it (``AWS_IAM`` on every route but the
+    webhook, the resource policy of the test's ``CallerRoleArns``): a request it would refuse gets its own
+    403 and never reaches the function. ``gateway=False`` reaches the function anyway (what a deployment
+    without that authorization would do: the function must still refuse)."""
+    lambdas = functions()
+    if gateway:
+        refused = Gateway(lambdas.template, lambdas.parameters, lambdas.local).refusal(event)
+        if refused is not None:
+            return ApiAnswer(refused["statusCode"], json.loads(refused["body"]), dict(refused["headers"]))
+    with lambdas.running("ApiFunction"):
         answer = api.lambda_handler(event, FakeLambdaContext("ApiFunction", remaining_ms))
     _against_contract(event, answer)
     body = json.loads(answer["body"])

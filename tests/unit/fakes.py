@@ -294,9 +294,7 @@ class FakeGrants(Grants):
             return None
         if current.refresh_lease_until is not None and not current.refresh_lease_until < now:
             return None
-        abandoned = grant.abandoned_refresh_at
-        if abandoned is None and grant.lease_abandoned(now) and grant.refresh_lease_until is not None:
-            abandoned = grant.refresh_lease_until - lease
+        abandoned = grant.abandoned_since(now, lease)
         owner = uuid.uuid4().hex
         self.items[grant.grant_id] = dataclasses.replace(
             current,

@@ -13,10 +13,10 @@ caller that handed the tokens over, and to the user TikTok named for them:
 
 Refresh tokens rotate: two refreshes racing with the same refresh token lose the user. So a refresh first
 takes the grant's lease with a conditional write (``refresh_owner``, ``refresh_lease_until``, and the
-``generation`` it read), and the new tokens are written back conditionally on that lease or that
-generation — before anyone uses the new access token. Every write of tokens makes a new ``generation``
-(a random id, never reused, even by a grant created again under the same id), so a write that lost the
-race can never pass for the winner's.
+``generation`` it read), and the new tokens are written back conditionally on that lease or on the
+refresh token it sent still being the grant's — before anyone uses the new access token. Every write of
+tokens (and a request joining the grant) makes a new ``generation`` (a random id, never reused, even by a
+grant created again under the same id), so a write that lost the race can never pass for the winner's.
 
 Items named ``handed <sha256>`` remember, for a week, which grant a handed-over refresh token was
 exchanged into: the same token handed over again (a backend retrying a request that timed out) joins
@@ -65,7 +65,8 @@ class Grant:
     """A grant as stored: sealed tokens (base64 KMS ciphertexts), their expiry, and the refresh lease.
 
     Attributes:
-        generation: changes with every write of tokens (a compare-and-swap token, never reused).
+        generation: changes with every write of tokens, and when a request joins the grant (a
+            compare-and-swap token, never reused).
         abandoned_refresh_at: when a refresh began that never stored its result nor gave its lease back
             (TikTok may have rotated the token; the tokens may still arrive).
         erasing: the caller asked to erase the user: the grant only serves to cancel and revoke at
@@ -88,12 +89,27 @@ class Grant:
     erasing: bool = False
 
     def being_refreshed(self, now: datetime) -> bool:
-        """Whether another invocation holds the refresh lease right now."""
-        return self.refresh_lease_until is not None and self.refresh_lease_until > now
+        """Whether another invocation holds the refresh lease right now.
+
+        To the whole second, as :meth:`Grants.take_refresh_lease`'s condition sees it: a lease is free only
+        once it lapsed before the current second (else a waiter would find it free, fail to take it, and
+        try again without pause until the second ends).
+        """
+        return self.refresh_lease_until is not None and self.refresh_lease_until >= now.replace(microsecond=0)
 
     def lease_abandoned(self, now: datetime) -> bool:
         """Whether a refresh took the lease and neither stored nor released it before it lapsed."""
         return self.refresh_owner is not None and not self.being_refreshed(now)
+
+    def abandoned_since(self, now: datetime, lease: timedelta) -> datetime | None:
+        """When the latest refresh that left the lease unfinished began (leases last ``lease``), or None.
+
+        The latest one, not the first: it is the one most likely still alive, about to store its tokens.
+        """
+        if not self.lease_abandoned(now) or self.refresh_lease_until is None:
+            return self.abandoned_refresh_at
+        latest = self.refresh_lease_until - lease
+        return latest if self.abandoned_refresh_at is None else max(self.abandoned_refresh_at, latest)
 
 
 @dataclass(frozen=True)
@@ -262,9 +278,7 @@ class Grants:
         """
         now = _now()
         owner = uuid.uuid4().hex
-        abandoned = grant.abandoned_refresh_at
-        if abandoned is None and grant.lease_abandoned(now) and grant.refresh_lease_until is not None:
-            abandoned = grant.refresh_lease_until - lease
+        abandoned = grant.abandoned_since(now, lease)
         values: dict[str, Any] = {
             ":owner": {"S": owner},
             ":until": lease_value(now, lease),
@@ -287,8 +301,10 @@ class Grants:
     def store_refreshed(self, grant: Grant, owner: str, tokens: SealedTokens) -> str | None:
         """Write a refresh's rotated tokens and release the lease.
 
-        Only while the lease is ours, or the grant is still at the generation the refresh started from
-        (nobody wrote tokens since: no new consent, no other refresh, no erasure).
+        Only while the lease is ours, or the grant still holds the refresh token the refresh sent (nobody
+        wrote tokens since: no new consent, no other refresh, no erasure). Not conditional on the
+        generation: a request joining the grant (:meth:`touch`) makes a new one without changing the
+        lineage, and the rotated tokens in hand are then the only live ones.
 
         Returns:
             the grant's new generation; None when the grant moved on meanwhile (nothing was written).
@@ -297,11 +313,11 @@ class Grants:
             RecordStoreError: DynamoDB failed (the rotated refresh token may then be lost: logged).
         """
         sets, values = _token_updates(tokens)
-        values.update({":owner": {"S": owner}, ":generation": {"S": grant.generation}})
+        values.update({":owner": {"S": owner}, ":sent": {"S": grant.sealed_refresh_token or ""}})
         stored = self._update(
             grant.grant_id,
             f"SET {', '.join(sets)} REMOVE {_LEASE_FIELDS}, abandoned_refresh_at",
-            "attribute_exists(grant_id) AND (refresh_owner = :owner OR generation = :generation)",
+            "attribute_exists(grant_id) AND (refresh_owner = :owner OR sealed_refresh_token = :sent)",
             values,
         )
         return str(values[":new_generation"]["S"]) if stored else None

@@ -9,8 +9,9 @@ is only compared with TikTok's; when they differ nothing is kept.
 
 The same refresh token handed over again (a backend retrying a request whose answer it lost) is not sent
 to TikTok, which would refuse it: the grant it went into the first time is joined (see
-``Grants.handed``). Without a refresh token the user stays unknown: the access token is kept only for the
-request it comes with, as long as it lives.
+``Grants.handed``). A token exchanged before is never sent again: when its grant is gone, or another
+caller hands it over, only the user's new consent helps. Without a refresh token the user stays unknown:
+the access token is kept only for the request it comes with, as long as it lives.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from tiktok_archive.observability import logger
 # A refresh token TikTok refused may be one that a concurrent handover of the same tokens just exchanged:
 # its grant is looked for this long before the refusal stands.
 WAIT_FOR_CONCURRENT_HANDOVER_SECONDS = 3.0
+_EXCHANGED_BEFORE = (
+    "this refresh token was exchanged at TikTok before (refresh tokens rotate) and the service holds its "
+    "tokens no longer for this caller; the user must consent again"
+)
 
 
 @dataclass(frozen=True)
@@ -73,23 +78,24 @@ class TokenHandover:
 
         Raises:
             OpenIdMismatchError: TikTok named another user than the caller's ``open_id``; nothing kept.
-            ReauthorizationRequiredError: TikTok refused the refresh token; nothing kept.
+            ReauthorizationRequiredError: TikTok refused the refresh token, or it was exchanged before
+                (by another caller, or into a grant since gone: it is not sent again); nothing kept.
             AppCredentialsError / TikTokApiError / TransferError: TikTok or AWS failed; nothing kept
                 (a lineage TikTok rotated but that could not be stored is logged as lost).
         """
         if handed.refresh_token is None:
             return Holding(handed.access_token, None, None, handed_access_token(handed.access_token))
         digest = hashlib.sha256(handed.refresh_token.encode()).hexdigest()
-        joined = self._join_handed(caller, digest, handed, deadline)
-        if joined is not None:
-            return joined
+        known = self._grants.handed(digest)
+        if known is not None:
+            return self._join_handed(caller, known, handed, deadline)
         try:
             fresh = self._tokens.refresh_handed(handed.refresh_token, deadline)
         except ReauthorizationRequiredError:
-            joined = self._wait_for_concurrent(caller, digest, handed, deadline)
-            if joined is None:
+            known = self._wait_for_concurrent(digest, deadline)
+            if known is None:
                 raise
-            return joined
+            return self._join_handed(caller, known, handed, deadline)
         return self._keep_fresh(caller, digest, handed, fresh)
 
     def keep_for_request(self, caller: str, holding: Holding, request_id: int) -> str:
@@ -132,32 +138,35 @@ class TokenHandover:
         return Holding(fresh.access_token, grant_id, user)
 
     def _join_handed(
-        self, caller: str, digest: str, handed: HandedTokens, deadline: Deadline
-    ) -> Holding | None:
-        """The holding of a refresh token exchanged before, when this caller's grant still has it."""
-        known = self._grants.handed(digest)
-        if known is None or known[1] != caller:
-            return None
-        grant = self._tokens.find(known[0])
+        self, caller: str, known: tuple[str, str], handed: HandedTokens, deadline: Deadline
+    ) -> Holding:
+        """The holding of a refresh token exchanged before (``known``: its grant and caller).
+
+        TikTok rotated that token: it is never sent again, so nothing but its grant can serve.
+
+        Raises:
+            ReauthorizationRequiredError: another caller exchanged it, or its grant is gone.
+            OpenIdMismatchError: the caller's ``open_id`` is not the grant's user.
+        """
+        grant_id, exchanged_by = known
+        grant = self._tokens.find(grant_id) if exchanged_by == caller else None
         if grant is None or grant.user_openid is None:
-            return None
+            raise ReauthorizationRequiredError(_EXCHANGED_BEFORE)
         if handed.open_id is not None and handed.open_id != grant.user_openid:
             raise OpenIdMismatchError(
                 "TikTok says these tokens belong to another user than open_id; nothing was changed"
             )
         logger.info("refresh token handed over again: the grant it went into is joined")
         if not self._grants.touch(grant.grant_id):
-            return None
+            raise ReauthorizationRequiredError(_EXCHANGED_BEFORE)
         token = self._tokens.access_token(grant.grant_id, deadline)
         return Holding(token, grant.grant_id, grant.user_openid)
 
-    def _wait_for_concurrent(
-        self, caller: str, digest: str, handed: HandedTokens, deadline: Deadline
-    ) -> Holding | None:
+    def _wait_for_concurrent(self, digest: str, deadline: Deadline) -> tuple[str, str] | None:
         """After TikTok refused the refresh token: a concurrent handover of it may be storing its grant."""
         waited = Deadline.after(min(WAIT_FOR_CONCURRENT_HANDOVER_SECONDS, max(0.0, deadline.remaining())))
         while True:
-            joined = self._join_handed(caller, digest, handed, deadline)
-            if joined is not None or waited.expired():
-                return joined
+            known = self._grants.handed(digest)
+            if known is not None or waited.expired():
+                return known
             time.sleep(0.25)

@@ -8,9 +8,10 @@ both in the user's grant, sealed with KMS, and hands out an access token that st
 The lineage rules (see docs/reliability.md, *Tokens*):
 
 - one refresh at a time: a refresh takes the grant's lease with a conditional write, calls TikTok
-  within the lease, and stores the rotated tokens — conditionally on its lease or generation — before
-  anyone uses the new access token. An invocation that finds the lease taken waits for the other's
-  result instead of replaying a refresh token that is about to stop working;
+  within the lease, and stores the rotated tokens — conditionally on its lease, or on the refresh token
+  it sent still being the grant's — before anyone uses the new access token. An invocation that finds
+  the lease taken waits for the other's result instead of replaying a refresh token that is about to
+  stop working;
 - a newer consent wins: tokens handed over again replace the lineage (a new generation), and a refresh
   of the older lineage still in flight loses its write;
 - only ``invalid_grant`` ends a grant, and only at the generation TikTok refused. When the refused
@@ -148,7 +149,7 @@ class TokenService:
             TokenRefreshInProgressError: another invocation's refresh did not finish in time (transient).
             AppCredentialsError / TikTokApiError / TransferError: the refresh failed otherwise.
         """
-        return self._token(self._grant(grant_id), deadline)[0]
+        return self._token(self._grant(grant_id), deadline)
 
     def with_access_token(self, grant_id: str, deadline: Deadline, use: Callable[[str], T]) -> T:
         """``use(token)`` with a fresh access token of the grant.
@@ -162,23 +163,25 @@ class TokenService:
         Raises:
             whatever :meth:`access_token` or ``use`` raises.
         """
-        token, generation = self._token(self._grant(grant_id), deadline)
+        token = self._token(self._grant(grant_id), deadline)
         try:
             return use(token)
         except TikTokApiError as error:
             if error.error_code != _INVALID_TOKEN:
                 raise
         latest = self._grant(grant_id)
-        if latest.generation != generation and latest.sealed_access_token:
-            # Another invocation refreshed the grant since our token was read: its token is the new one
-            # (refreshing again would only rotate the user's tokens once more).
+        stored = self._opened(latest) if latest.sealed_access_token else None
+        if stored is not None and stored != token:
+            # Another invocation refreshed the grant (or the user consented again) since our token was
+            # read: its token is the new one (refreshing again would only rotate the user's tokens once
+            # more). A new generation alone is no such sign: a request joining the grant makes one too.
             logger.info("TikTok refused the stored access token; using the one refreshed meanwhile")
-            return use(self._opened(latest)[0])
+            return use(stored)
         logger.info("TikTok refused the stored access token; refreshing it")
-        return use(self._token(latest, deadline, refresh=True)[0])
+        return use(self._token(latest, deadline, refresh=True))
 
-    def _token(self, grant: Grant, deadline: Deadline, *, refresh: bool = False) -> tuple[str, str]:
-        """An access token of ``grant`` and the generation it belongs to."""
+    def _token(self, grant: Grant, deadline: Deadline, *, refresh: bool = False) -> str:
+        """An access token of ``grant``."""
         if (
             not refresh
             and grant.sealed_access_token
@@ -190,7 +193,7 @@ class TokenService:
         return self._refreshed(grant, deadline)
 
     # -- refresh ---------------------------------------------------------------------------------
-    def _refreshed(self, grant: Grant, deadline: Deadline) -> tuple[str, str]:
+    def _refreshed(self, grant: Grant, deadline: Deadline) -> str:
         if not grant.sealed_refresh_token:
             raise ReauthorizationRequiredError(
                 "the user's access token expired and no refresh token was given; the user must consent again"
@@ -201,8 +204,8 @@ class TokenService:
         within_lease = Deadline.after(
             min(deadline.remaining(), REFRESH_LEASE.total_seconds() - STORE_WITHIN_SECONDS)
         )
-        refresh_token = self._open(grant.sealed_refresh_token, REFRESH_TOKEN_PURPOSE, grant.grant_id)
         try:
+            refresh_token = self._open(grant.sealed_refresh_token, REFRESH_TOKEN_PURPOSE, grant.grant_id)
             fresh = self._exchange(refresh_token, within_lease)
         except ReauthorizationRequiredError:
             return self._refused(grant, lease)
@@ -220,14 +223,18 @@ class TokenService:
             # A new consent or an erasure wrote the grant meanwhile: that stands. Our access token is
             # still valid for the work at hand; the older lineage it belongs to is dropped.
             logger.warning("refreshed tokens not stored: the grant moved on meanwhile")
-            return fresh.access_token, ""
+            return fresh.access_token
         logger.info("access token refreshed")
-        return fresh.access_token, generation
+        return fresh.access_token
 
-    def _refused(self, grant: Grant, lease: Lease) -> tuple[str, str]:
+    def _refused(self, grant: Grant, lease: Lease) -> str:
         """TikTok refused the refresh token: the grant ends — unless something else explains it."""
         latest = self._grants.get(grant.grant_id)
-        if latest is not None and latest.generation != grant.generation and latest.sealed_access_token:
+        if (
+            latest is not None
+            and latest.sealed_access_token
+            and latest.sealed_refresh_token != grant.sealed_refresh_token
+        ):
             return self._opened(latest)  # refreshed or consented again meanwhile: theirs stands
         if lease.abandoned_at is not None and _now() - lease.abandoned_at < ABANDONED_FOR:
             # An earlier refresh took the lease and never finished: it may have rotated this refresh
@@ -240,9 +247,12 @@ class TokenService:
             raise TokenRefreshInProgressError(
                 "an earlier refresh of this user's tokens did not finish; the work comes back later"
             )
-        if self._grants.erase_refused(grant):
+        # The grant still holds the refused refresh token: erased at the generation just read (a request
+        # joining the grant makes a new generation, not a new lineage), so a new consent since keeps it.
+        if self._grants.erase_refused(latest or grant):
             logger.warning("TikTok refused the refresh token; the grant is erased")
         else:
+            self._grants.release_refresh_lease(grant.grant_id, lease.owner)
             logger.info("TikTok refused the refresh token; the grant had moved on and is kept")
         raise ReauthorizationRequiredError(
             "TikTok refused to refresh the user's tokens (invalid_grant); the user must consent again"
@@ -282,15 +292,16 @@ class TokenService:
                 )
             raise
 
-    def _after_other_refresh(self, grant: Grant, deadline: Deadline) -> tuple[str, str]:
+    def _after_other_refresh(self, grant: Grant, deadline: Deadline) -> str:
         """Another invocation holds the lease: wait (briefly) for the tokens it stores."""
         waited = Deadline.after(min(WAIT_FOR_OTHER_REFRESH_SECONDS, max(0.0, deadline.remaining())))
         while True:
             latest = self._grant(grant.grant_id)
-            if latest.generation != grant.generation and latest.sealed_access_token:
-                return self._opened(latest)
-            if not latest.being_refreshed(_now()) and latest.generation == grant.generation:
-                # The other one gave up, or its lease lapsed: refresh ourselves.
+            if latest.sealed_access_token and latest.sealed_access_token != grant.sealed_access_token:
+                return self._opened(latest)  # the other's tokens, or a new consent's
+            if not latest.being_refreshed(_now()):
+                # The other one gave up, or its lease lapsed (or only a request joined the grant, making a
+                # new generation of the same tokens): refresh ourselves.
                 return self._refreshed(latest, deadline)
             if waited.expired():
                 raise TokenRefreshInProgressError("another invocation is refreshing this user's tokens")
@@ -303,9 +314,8 @@ class TokenService:
             raise ReauthorizationRequiredError("the service holds no tokens of this user; consent again")
         return grant
 
-    def _opened(self, grant: Grant) -> tuple[str, str]:
-        token = self._open(grant.sealed_access_token or "", ACCESS_TOKEN_PURPOSE, grant.grant_id)
-        return token, grant.generation
+    def _opened(self, grant: Grant) -> str:
+        return self._open(grant.sealed_access_token or "", ACCESS_TOKEN_PURPOSE, grant.grant_id)
 
     def _sealed(self, grant_id: str, fresh: TokenGrant) -> SealedTokens:
         now = _now()
