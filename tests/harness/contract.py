@@ -4,9 +4,10 @@
 is wrong with one answer (an empty list when it conforms):
 
 - the operation is found by matching the concrete path against the document's templated paths
-  (``/downloads/123`` → ``/downloads/{request_id}``; a literal segment wins over a template). The path is
-  relative to the server URL, so API Gateway's stage (``/v1``) is not part of it; a query string is
-  ignored. An undocumented path, or a method the path does not document, is a problem;
+  (``/downloads/123`` → ``/downloads/{request_id}``, ``/users/-000ab/requests`` →
+  ``/users/{open_id}/requests``; a literal segment wins over a template). The path is relative to the
+  server URL, so API Gateway's stage (``/v1``) is not part of it; a query string is ignored (answers are
+  checked, not requests). An undocumented path, or a method the path does not document, is a problem;
 - the response is the one documented for the status, else its range (``4XX``), else ``default``; an
   undocumented status is a problem;
 - every header the response marks ``required`` must be present (names are case-insensitive), and every
@@ -19,8 +20,11 @@ is wrong with one answer (an empty list when it conforms):
   be listed for this one: a known code answered with another status is a problem, while a code the
   document does not know (TikTok's unknown codes pass through) only has to match ``ErrorCode``'s pattern.
 
-``contract.validate_document()`` checks the document itself with openapi-spec-validator. ``Contract.load()``
-is cached per file while the file is unchanged.
+``contract.validate_document()`` checks the document itself with openapi-spec-validator;
+``contract.security(operation)`` and ``contract.parameters(operation)`` say what a request needs (the
+effective security requirements, e.g. ``[{"awsSigv4": []}]``, and the resolved parameters), for tests that
+compare the document with the template and the handlers. ``Contract.load()`` is cached per file while the
+file is unchanged.
 """
 
 from __future__ import annotations
@@ -177,6 +181,25 @@ class Contract:
             if operation.template == found and operation.method == method.upper():
                 return operation
         return None
+
+    def security(self, operation: Operation) -> list[Mapping[str, Sequence[str]]]:
+        """The security requirements of ``operation``: its own, else the document's; ``[]``: none needed.
+
+        Each requirement maps scheme names (``components.securitySchemes``) that must all be satisfied;
+        any one requirement of the list is enough.
+        """
+        own = operation.security
+        requirements = own if own is not None else self.document.get("security") or []
+        return [dict(requirement) for requirement in requirements]
+
+    def parameters(self, operation: Operation) -> dict[tuple[str, str], Node]:
+        """``operation``'s parameters by ``(in, name)``, resolved: the path item's, overridden by its own."""
+        item = self.resolve((self.document.get("paths") or {}).get(operation.template) or {})
+        found: dict[tuple[str, str], Node] = {}
+        for parameter in [*(item.get("parameters") or []), *(operation.spec.get("parameters") or [])]:
+            resolved = self.resolve(parameter)
+            found[(str(resolved["in"]), str(resolved["name"]))] = resolved
+        return found
 
     def response(self, operation: Operation, status: int | str) -> tuple[str, Node] | None:
         """The response documented for ``status`` (exact, then ``4XX``, then ``default``), resolved."""

@@ -1,9 +1,12 @@
 """docs/openapi.yaml is the API's contract: a valid document, the template's routes, the real answers.
 
 The answers checked here are made by the service's own code — ``DownloadRecord.to_body()`` in every
-status, ``Answer.to_body()`` with a link, every error class's ``to_body()``, and the API handlers' own
-refusals (which need neither AWS nor TikTok) — so a field, a status or an error code that changes in the
-code without the document fails here. Broken answers must be refused.
+status, ``Answer.to_body()`` with a link, a user's page of requests, every error class's ``to_body()``,
+and the API handlers' own answers (refusals, the list and the erasure, over in-memory fakes: neither AWS
+nor TikTok) — so a field, a status or an error code that changes in the code without the document fails
+here. Broken answers must be refused. The security the document declares is the template's (SigV4 on
+every route but TikTok's webhook), and the request bodies and parameters it describes are what the
+handlers take.
 """
 
 from __future__ import annotations
@@ -21,12 +24,25 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import (
+    BACKEND,
+    BACKEND_CALLER,
+    api_event,
+    delete_event,
+    erase_event,
+    get_event,
+    request_event,
+    user_requests_event,
+)
 from tests.harness.contract import DOCUMENT_PATH, REPO_ROOT, Contract, Operation
 from tests.harness.lambda_context import FakeLambdaContext
+from tests.unit.fakes import Clock, FakeDownloadRecords, FakeLifecycleQueue, FakeTransfer, Journal
 from tiktok_archive.handlers import api, webhook
-from tiktok_archive.logic.downloads import Answer
+from tiktok_archive.logic.queries import RecordQueries, UserRequests
 from tiktok_archive.models import errors
+from tiktok_archive.models.download import parse_request_id
 from tiktok_archive.models.download_record import (
+    Answer,
     DownloadRecord,
     DownloadStatus,
     Preparation,
@@ -34,7 +50,20 @@ from tiktok_archive.models.download_record import (
     RecordedError,
 )
 from tiktok_archive.models.errors import InvalidRequestError, TikTokApiError, TransferError
-from tiktok_archive.models.portability import parse_new_request
+from tiktok_archive.models.lifecycle import EraseUser
+from tiktok_archive.models.paging import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    format_position,
+    parse_page_size,
+    parse_position,
+)
+from tiktok_archive.models.portability import (
+    parse_handed_tokens,
+    parse_new_request,
+    parse_open_id,
+    refuse_unknown_fields,
+)
 from tiktok_archive.models.zip_manifest import DirectoryLocation, build_manifest
 from tiktok_archive.models.zip_tail import ZipTail
 
@@ -43,13 +72,26 @@ EVENTS = REPO_ROOT / "events"
 REQUEST_ID = 7234567890123456789
 INT64_MAX = 2**63 - 1
 AT = datetime(2026, 11, 27, 19, 4, 20, tzinfo=UTC)
+OPEN_ID = "-000DEMO0a1b2c3d4e5f60718293a4b5c6d"
+TOKEN = "act.DEMO7hQ2xK9pLm4Rt8Vw3Yz6Bc1Nf5Gj0Sd-Ua_Ei2Ok7Ph4Tl9Xm3Qr8Wv6Zy1Cb5Dg0Fn-Jp!4667.e1"
+REFRESH = "rft.DEMOr9Kq2Lx7Vn4Tb8Wm3Zc6Hd1Pf5Gs0Ja-Ue_Yi2Oo7Rh4Sl9Nk3Xe8Qv6Bt1Cy5Dw0Fm-Jg!4667.e1"
 NO_STORE = {"Cache-Control": "no-store", "Content-Type": "application/json"}
+GATEWAY = {"Content-Type": "application/json"}  # API Gateway's own answers carry no Cache-Control
+# Routes that answer a download record.
 RECORD_ROUTES = (
     ("GET", f"/downloads/{REQUEST_ID}"),
     ("DELETE", f"/downloads/{REQUEST_ID}"),
     ("POST", "/downloads"),
 )
-KEYED_ROUTES = (("POST", "/requests"), *RECORD_ROUTES)
+# Routes that call TikTok (the user's tokens from the body, or those the service holds to cancel).
+TIKTOK_ROUTES = (("POST", "/requests"), ("POST", "/downloads"), ("DELETE", f"/downloads/{REQUEST_ID}"))
+# Routes that ask TikTok nothing: no TikTok code, no 401, no 502 may ever be answered there.
+READ_ROUTES = (
+    ("GET", f"/downloads/{REQUEST_ID}"),
+    ("GET", f"/users/{OPEN_ID}/requests"),
+    ("DELETE", f"/users/{OPEN_ID}"),
+)
+SIGNED_ROUTES = (*TIKTOK_ROUTES, *READ_ROUTES)
 # TikTok's documented codes (models/errors.py passes them through with these statuses).
 TIKTOK_CODES = {
     "invalid_params": 400,
@@ -60,15 +102,8 @@ TIKTOK_CODES = {
     "internal_error": 502,
 }
 # Codes of the taxonomy that no API route answers: recorded in a failed record's ``error`` only
-# (reauthorization_required, preparation_timed_out), internal to the queues (handed_back,
-# token_refresh_in_progress: the API never refreshes a user's tokens), or the base class's default.
-NOT_ANSWERED_BY_A_ROUTE = {
-    "reauthorization_required",
-    "preparation_timed_out",
-    "handed_back",
-    "token_refresh_in_progress",
-    "transfer_failed",
-}
+# (preparation_timed_out), internal to the queues (handed_back), or the base class's default.
+NOT_ANSWERED_BY_A_ROUTE = {"preparation_timed_out", "handed_back", "transfer_failed"}
 
 
 @pytest.fixture(scope="module")
@@ -132,13 +167,14 @@ def _api_events(template: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, 
                 yield properties["Method"].upper(), properties["Path"], properties, name
 
 
-def _api_key_required(template: dict[str, Any], properties: dict[str, Any]) -> bool:
+def _authorizer(template: dict[str, Any], properties: dict[str, Any]) -> str:
+    """The route's authorizer: its own ``Auth.Authorizer``, else its API's ``DefaultAuthorizer``."""
     auth = properties.get("Auth") or {}
-    if "ApiKeyRequired" in auth:
-        return bool(auth["ApiKeyRequired"])
+    if "Authorizer" in auth:
+        return str(auth["Authorizer"])
     api_id = (properties.get("RestApiId") or {}).get("!Ref")
     api_auth = template["Resources"][api_id]["Properties"].get("Auth", {}) if api_id else {}
-    return bool(api_auth.get("ApiKeyRequired", False))
+    return str(api_auth.get("DefaultAuthorizer", "NONE"))
 
 
 def test_every_api_route_of_the_template_is_documented_and_the_document_has_no_other(
@@ -149,29 +185,38 @@ def test_every_api_route_of_the_template_is_documented_and_the_document_has_no_o
     assert contract.routes() == template_routes
 
 
-def _security(contract: Contract, operation: Operation) -> list[dict[str, Any]]:
-    own = operation.security
-    return list(own if own is not None else contract.document.get("security", []))
-
-
-def test_the_api_key_and_the_bearer_token_are_required_exactly_where_the_template_requires_the_key(
-    contract: Contract,
-) -> None:
+def test_sigv4_is_required_exactly_where_the_template_authorizes_with_aws_iam(contract: Contract) -> None:
     template = _template()
+    authorizers = set()
     for method, path, properties, _ in _api_events(template):
-        requirements = _security(contract, contract.operation(method, path))
-        if _api_key_required(template, properties):
-            assert requirements, f"{method} {path} documents no security"
-            assert all({"ApiKey", "TikTokBearer"} <= set(one) for one in requirements), (method, path)
+        authorizer = _authorizer(template, properties)
+        authorizers.add(authorizer)
+        requirements = contract.security(contract.operation(method, path))
+        if authorizer == "AWS_IAM":
+            assert requirements == [{"awsSigv4": []}], f"{method} {path} must require SigV4 (and only it)"
         else:
-            assert requirements == [], f"{method} {path} needs no API key: its security must be []"
+            assert (method, path, requirements) == ("POST", "/webhooks/tiktok", [])
+    assert authorizers == {"AWS_IAM", "NONE"}
 
 
-def test_the_security_schemes_say_what_api_gateway_and_the_handler_check(contract: Contract) -> None:
+def test_the_one_security_scheme_is_sigv4_as_aws_writes_it(contract: Contract) -> None:
     schemes = contract.document["components"]["securitySchemes"]
-    assert schemes["ApiKey"] == {**schemes["ApiKey"], "type": "apiKey", "in": "header", "name": "x-api-key"}
-    assert (schemes["TikTokBearer"]["type"], schemes["TikTokBearer"]["scheme"]) == ("http", "bearer")
-    assert "2,048 visible ASCII" in schemes["TikTokBearer"]["description"]
+    assert set(schemes) == {"awsSigv4"}
+    sigv4 = schemes["awsSigv4"]
+    assert {key: value for key, value in sigv4.items() if key != "description"} == {
+        "type": "apiKey",
+        "name": "Authorization",
+        "in": "header",
+        "x-amazon-apigateway-authtype": "awsSigv4",
+    }
+    assert "execute-api:Invoke" in sigv4["description"]
+    assert "caller_not_identified" in sigv4["description"]
+
+
+def test_the_document_no_longer_speaks_of_an_api_key_or_a_bearer_token() -> None:
+    text = DOCUMENT_PATH.read_text(encoding="utf-8").lower()
+    for gone in ("x-api-key", "bearer", "api key", "usage plan", "apikeyid"):
+        assert gone not in text, gone
 
 
 def test_the_servers_name_the_template_stage(contract: Contract) -> None:
@@ -219,7 +264,7 @@ def _examples(contract: Contract, media: dict[str, Any]) -> Iterator[tuple[str, 
 
 
 def _concrete(template: str) -> str:
-    return template.replace("{request_id}", str(REQUEST_ID))
+    return template.replace("{request_id}", str(REQUEST_ID)).replace("{open_id}", OPEN_ID)
 
 
 def test_every_answer_example_in_the_document_conforms_to_its_answer(contract: Contract) -> None:
@@ -266,28 +311,78 @@ def test_every_request_body_example_in_the_document_conforms_to_its_schema(contr
         ("1e3", False),
     ],
 )
-def test_the_download_request_schema_takes_what_the_handler_takes(
+def test_the_download_request_schema_takes_the_request_ids_the_handler_takes(
     contract: Contract, value: Any, valid: bool
 ) -> None:
-    problems = contract.check_schema("DownloadRequest", {"request_id": value})
+    assert _download_body_taken({"request_id": value, "access_token": TOKEN}) is valid
+    problems = contract.check_schema("DownloadRequest", {"request_id": value, "access_token": TOKEN})
+    assert (problems == []) is valid, problems
+
+
+def _download_body_taken(body: dict[str, Any]) -> bool:
+    """Whether ``POST /downloads`` takes ``body``, as its handler reads it (before any service)."""
+    try:
+        refuse_unknown_fields(body, api._DOWNLOAD_FIELDS)
+        parse_request_id(body.get("request_id"))
+        parse_handed_tokens(body)
+    except (InvalidRequestError, errors.MissingTokenError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("body", "valid"),
+    [
+        ({"request_id": "1", "access_token": TOKEN}, True),
+        ({"request_id": "1", "access_token": TOKEN, "refresh_token": REFRESH}, True),
+        ({"request_id": "1", "access_token": TOKEN, "refresh_token": REFRESH, "open_id": OPEN_ID}, True),
+        ({"request_id": "1", "access_token": TOKEN, "refresh_token": None, "open_id": None}, True),
+        ({"request_id": "1", "access_token": "act.3.x" + "y" * 2041}, True),
+        ({"request_id": "1"}, False),
+        ({"request_id": "1", "access_token": None}, False),
+        ({"request_id": "1", "access_token": ""}, False),
+        ({"request_id": "1", "access_token": "act.a b"}, False),
+        ({"request_id": "1", "access_token": "act.é"}, False),
+        ({"request_id": "1", "access_token": "a" * 2049}, False),
+        ({"request_id": "1", "access_token": 12345}, False),
+        ({"request_id": "1", "access_token": TOKEN, "open_id": OPEN_ID}, False),
+        ({"request_id": "1", "access_token": TOKEN, "refresh_token": None, "open_id": OPEN_ID}, False),
+        ({"request_id": "1", "access_token": TOKEN, "refresh_token": "rft. space"}, False),
+        ({"request_id": "1", "access_token": TOKEN, "refresh_token": REFRESH, "open_id": "o" * 257}, False),
+        ({"request_id": "1", "access_token": TOKEN, "prefer": "respond-async"}, False),
+        ({"request_id": "1", "access_token": TOKEN, "data_format": "json"}, False),
+    ],
+)
+def test_the_download_request_schema_takes_the_bodies_the_handler_takes(
+    contract: Contract, body: dict[str, Any], valid: bool
+) -> None:
+    assert _download_body_taken(body) is valid
+    problems = contract.check_schema("DownloadRequest", body)
     assert (problems == []) is valid, problems
 
 
 @pytest.mark.parametrize(
     ("body", "valid"),
     [
-        ({}, True),
-        ({"data_format": "text", "categories": ["video", "profile"]}, True),
-        ({"refresh_token": "rft.abc!1234.e1", "open_id": "-000abc"}, True),
-        ({"refresh_token": None, "open_id": None}, True),
-        ({"format": "json"}, False),
-        ({"data_format": "csv"}, False),
-        ({"categories": []}, False),
-        ({"categories": ["video", "video"]}, False),
-        ({"categories": ["music"]}, False),
-        ({"refresh_token": "rft. with a space"}, False),
-        ({"refresh_token": "r" * 2049}, False),
-        ({"open_id": "o" * 257}, False),
+        ({"access_token": TOKEN}, True),
+        ({"access_token": TOKEN, "data_format": "text", "categories": ["video", "profile"]}, True),
+        ({"access_token": TOKEN, "refresh_token": "rft.abc!1234.e1", "open_id": "-000abc"}, True),
+        ({"access_token": TOKEN, "refresh_token": "rft.abc!1234.e1"}, True),
+        ({"access_token": TOKEN, "refresh_token": None, "open_id": None}, True),
+        ({}, False),
+        ({"data_format": "json"}, False),
+        ({"access_token": "act. with a space"}, False),
+        ({"access_token": TOKEN, "format": "json"}, False),
+        ({"access_token": TOKEN, "request_id": "1"}, False),
+        ({"access_token": TOKEN, "data_format": "csv"}, False),
+        ({"access_token": TOKEN, "categories": []}, False),
+        ({"access_token": TOKEN, "categories": ["video", "video"]}, False),
+        ({"access_token": TOKEN, "categories": ["music"]}, False),
+        ({"access_token": TOKEN, "refresh_token": "rft. with a space"}, False),
+        ({"access_token": TOKEN, "refresh_token": "r" * 2049}, False),
+        ({"access_token": TOKEN, "refresh_token": REFRESH, "open_id": "o" * 257}, False),
+        ({"access_token": TOKEN, "open_id": "-000abc"}, False),
+        ({"access_token": TOKEN, "refresh_token": None, "open_id": "-000abc"}, False),
     ],
 )
 def test_the_new_request_schema_takes_what_parse_new_request_takes(
@@ -296,11 +391,62 @@ def test_the_new_request_schema_takes_what_parse_new_request_takes(
     try:
         parse_new_request(body)
         accepted = True
-    except InvalidRequestError:
+    except (InvalidRequestError, errors.MissingTokenError):
         accepted = False
     assert accepted is valid
     problems = contract.check_schema("NewRequest", body)
     assert (problems == []) is valid, problems
+
+
+# -- path and query parameters: what the handlers accept is what the document says -------------------
+def _parameter_schema(contract: Contract, method: str, template: str, where: str, name: str) -> Any:
+    return contract.parameters(contract.operation(method, template))[(where, name)]["schema"]
+
+
+@pytest.mark.parametrize(
+    "value", [OPEN_ID, "-", "o" * 256, "o" * 257, "", "a b", "ünïcode", "tab\there", "!#$%&'*+-.^_`|~"]
+)
+def test_the_open_id_path_parameter_takes_what_parse_open_id_takes(contract: Contract, value: str) -> None:
+    try:
+        parse_open_id(value)
+        taken = True
+    except InvalidRequestError:
+        taken = False
+    for method, template in (("GET", "/users/{open_id}/requests"), ("DELETE", "/users/{open_id}")):
+        schema = _parameter_schema(contract, method, template, "path", "open_id")
+        assert (contract.check_schema(schema, value) == []) is taken, (method, value)
+
+
+@pytest.mark.parametrize(
+    "value", ["1", "20", "100", "020", "0", "101", "-1", "+5", "1.5", "", " 5", "x", "٣"]
+)
+def test_the_limit_query_parameter_takes_what_parse_page_size_takes(contract: Contract, value: str) -> None:
+    schema = _parameter_schema(contract, "GET", "/users/{open_id}/requests", "query", "limit")
+    assert (schema["default"], schema["maximum"]) == (DEFAULT_PAGE, MAX_PAGE)
+    try:
+        parse_page_size(value)
+        taken = True
+    except InvalidRequestError:
+        taken = False
+    # A query parameter is text: the document's integer is its decimal digits.
+    as_sent: Any = int(value) if value.isascii() and value.isdigit() else value
+    assert (contract.check_schema(schema, as_sent) == []) is taken
+    assert parse_page_size(None) == DEFAULT_PAGE
+
+
+@pytest.mark.parametrize(
+    "position",
+    [("2026-11-27T19:04:20Z", REQUEST_ID), ("1970-01-01T00:00:00Z", 1), ("9999-12-31T23:59:59Z", INT64_MAX)],
+)
+def test_every_next_token_the_api_gives_is_a_next_the_document_takes_back(
+    contract: Contract, position: tuple[str, int]
+) -> None:
+    token = format_position(position)
+    assert token is not None
+    assert parse_position(token) == position
+    schema = _parameter_schema(contract, "GET", "/users/{open_id}/requests", "query", "next")
+    assert contract.check_schema(schema, token) == []
+    assert contract.check_schema(contract.schema("UserRequests")["properties"]["next"], token) == []
 
 
 # -- records, as the models write them -----------------------------------------------------------------
@@ -427,6 +573,29 @@ def test_an_async_download_answers_202_with_location_and_preference_applied(
     ]
 
 
+def test_a_page_of_a_users_requests_in_every_status_conforms(contract: Contract) -> None:
+    records = [_record(status) for status in DownloadStatus]
+    page = UserRequests(OPEN_ID, records, format_position(("2026-11-27T19:04:20Z", REQUEST_ID)))
+    path = f"/users/{OPEN_ID}/requests"
+    assert contract.check("GET", path, 200, NO_STORE, page.to_body()) == []
+    last = UserRequests(OPEN_ID, [], None).to_body()
+    assert last == {"open_id": OPEN_ID, "requests": [], "next": None}
+    assert contract.check("GET", path, 200, NO_STORE, last) == []
+
+
+def test_a_listed_request_never_carries_a_link(contract: Contract) -> None:
+    page = UserRequests(OPEN_ID, [], None).to_body()
+    page["requests"] = [_completed()]
+    (problem,) = contract.check("GET", f"/users/{OPEN_ID}/requests", 200, NO_STORE, page)
+    assert "$.requests[0]" in problem
+
+
+def test_the_erasure_answers_202_erasing(contract: Contract) -> None:
+    body = {"open_id": OPEN_ID, "status": "erasing"}
+    assert contract.check("DELETE", f"/users/{OPEN_ID}", 202, NO_STORE, body) == []
+    assert contract.check("DELETE", f"/users/{OPEN_ID}", 202, NO_STORE, {**body, "status": "erased"})
+
+
 @pytest.mark.parametrize("outcome", ["queued", "duplicate", "ignored"])
 def test_the_webhook_answers_conform(contract: Contract, outcome: str) -> None:
     assert contract.check("POST", "/webhooks/tiktok", 200, NO_STORE, {"status": outcome}) == []
@@ -513,21 +682,38 @@ def test_every_error_class_body_conforms_on_the_routes_that_answer_it(
 
 
 @pytest.mark.parametrize(("code", "status"), sorted(TIKTOK_CODES.items()))
-@pytest.mark.parametrize(("method", "path"), KEYED_ROUTES)
-def test_tiktoks_refusals_with_their_log_id_conform_on_every_keyed_route(
+@pytest.mark.parametrize(("method", "path"), TIKTOK_ROUTES)
+def test_tiktoks_refusals_with_their_log_id_conform_on_every_route_that_calls_tiktok(
     contract: Contract, code: str, status: int, method: str, path: str
 ) -> None:
     error = TikTokApiError(
         code, "TikTok's message", log_id="202611271904200102030405", upstream_status=status
     )
-    if code == "invalid_params" and method == "GET":
-        return  # Check Status's invalid_params answers 404 not_found (see test_logic_ownership)
-    headers = {**NO_STORE, "Retry-After": "60"}
-    assert contract.check(method, path, error.status, headers, error.to_body()) == []
+    problems = contract.check(method, path, error.status, {**NO_STORE, "Retry-After": "60"}, error.to_body())
+    if code == "invalid_params" and method == "DELETE":
+        # TikTok's cancel endpoint says the request already ended: the cancellation goes on (200).
+        (problem,) = problems
+        assert "error code 'invalid_params' is not documented" in problem
+    else:
+        assert problems == []
+
+
+@pytest.mark.parametrize(("method", "path"), READ_ROUTES)
+def test_the_routes_that_ask_tiktok_nothing_answer_no_tiktok_failure(
+    contract: Contract, method: str, path: str
+) -> None:
+    operation = contract.match(method, path)
+    assert operation is not None
+    assert not {"401", "409", "410", "502"} & set(operation.statuses), operation.label
+    listed = {code for candidate, _, codes in _listed(contract) if candidate == operation for code in codes}
+    tiktoks = set(TIKTOK_CODES) | {"reauthorization_required", "app_credentials_invalid", "open_id_mismatch"}
+    assert not listed & tiktoks, (operation.label, listed)
+    if operation.template.startswith("/users"):
+        assert "not_found" not in listed  # an unknown user is an empty list; an erasure is idempotent
 
 
 @pytest.mark.parametrize("upstream", [200, 302, 400, 401, 403, 404, 409, 429, 500, 503])
-@pytest.mark.parametrize(("method", "path"), KEYED_ROUTES)
+@pytest.mark.parametrize(("method", "path"), TIKTOK_ROUTES)
 def test_an_unknown_tiktok_code_passes_through_with_a_documented_status(
     contract: Contract, upstream: int, method: str, path: str
 ) -> None:
@@ -536,67 +722,170 @@ def test_an_unknown_tiktok_code_passes_through_with_a_documented_status(
 
 
 # -- the handlers' own answers (no AWS, no TikTok needed) -----------------------------------------------
+class _NotReached:
+    """A service the answer under test must not use (its factory may be called, its methods not)."""
+
+    def __getattr__(self, name: str) -> Any:
+        def reached(*_: Any, **__: Any) -> Any:
+            raise AssertionError(f"{name} was called: the handler should have answered before")
+
+        return reached
+
+
+@dataclasses.dataclass
+class _Services:
+    records: FakeDownloadRecords
+    queue: FakeLifecycleQueue
+
+
+@pytest.fixture
+def services(monkeypatch: pytest.MonkeyPatch) -> _Services:
+    """The API handler over in-memory fakes: its reads and the erasure's queue; nothing that calls TikTok."""
+    journal = Journal()
+    records = FakeDownloadRecords(Clock(), journal)
+    queue = FakeLifecycleQueue(journal)
+    queries = RecordQueries(records, FakeTransfer(journal))
+    monkeypatch.setattr(api, "record_queries", lambda: queries)
+    monkeypatch.setattr(api, "lifecycle_queue", lambda: queue)
+    monkeypatch.setattr(api, "request_lifecycle", _NotReached)
+    monkeypatch.setattr(api, "download_service", _NotReached)
+    return _Services(records, queue)
+
+
 def _event(name: str, **changes: Any) -> dict[str, Any]:
     event: dict[str, Any] = json.loads((EVENTS / f"{name}.json").read_text())
-    headers = changes.pop("headers", None)
-    if headers is not None:
-        event["headers"] = headers
-        event["multiValueHeaders"] = {name: [value] for name, value in headers.items()}
     event.update(changes)
     return event
 
 
-def _answer_problems(contract: Contract, app: Any, event: dict[str, Any]) -> tuple[int, list[str]]:
+def _answer(contract: Contract, app: Any, event: dict[str, Any]) -> tuple[int, list[str], Any]:
+    """The handler's answer to ``event``: its status, what the contract finds wrong with it, its body."""
     answer = app.resolve(event, FakeLambdaContext())
     headers: dict[str, list[str]] = {k: list(v) for k, v in (answer.get("multiValueHeaders") or {}).items()}
     for name, value in (answer.get("headers") or {}).items():
         headers.setdefault(name, []).append(value)
     status = int(answer["statusCode"])
-    return status, contract.check(event["httpMethod"], event["path"], status, headers, answer["body"])
+    problems = contract.check(event["httpMethod"], event["path"], status, headers, answer["body"])
+    return status, problems, json.loads(answer["body"])
 
 
-def _headers_of(name: str) -> dict[str, str]:
-    return dict(_event(name)["headers"])
+def _answer_problems(contract: Contract, app: Any, event: dict[str, Any]) -> tuple[int, list[str]]:
+    status, problems, _ = _answer(contract, app, event)
+    return status, problems
+
+
+def _with_bearer_header(event: dict[str, Any]) -> dict[str, Any]:
+    """The old way (``Authorization: Bearer``) is no way: the token is read from the body only."""
+    event["headers"]["Authorization"] = f"Bearer {TOKEN}"
+    event["multiValueHeaders"]["Authorization"] = [f"Bearer {TOKEN}"]
+    return event
 
 
 @pytest.mark.parametrize(
-    ("event", "status"),
+    ("event", "status", "code"),
     [
-        pytest.param(_event("api-missing-token"), 401, id="no-token"),
-        pytest.param(_event("api-invalid-request-id"), 400, id="float-request-id"),
-        pytest.param(_event("api-not-json"), 400, id="not-json"),
-        pytest.param(_event("api-download", body=None), 400, id="no-body"),
-        pytest.param(_event("api-download", body='{"request_id": 0}'), 400, id="request-id-0"),
-        pytest.param(_event("api-download-async", body='{"request_id": true}'), 400, id="async-bool-id"),
+        pytest.param(_event("api-missing-token"), 400, "missing_token", id="no-token"),
+        pytest.param(api_event("1", "act.a b"), 400, "missing_token", id="token-with-a-space"),
         pytest.param(
-            _event("api-download", headers={**_headers_of("api-download"), "Authorization": "Bearer a b"}),
-            401,
-            id="token-with-a-space",
+            _with_bearer_header(api_event("1", None)), 400, "missing_token", id="bearer-header-is-not-read"
         ),
-        pytest.param(_event("api-create-request", body='{"format": "json"}'), 400, id="new-unknown-field"),
-        pytest.param(_event("api-create-request", body='{"categories": []}'), 400, id="new-no-category"),
-        pytest.param(_event("api-create-request", body="[]"), 400, id="new-not-an-object"),
+        pytest.param(_event("api-invalid-request-id"), 400, "invalid_request", id="float-request-id"),
+        pytest.param(_event("api-not-json"), 400, "invalid_request", id="not-json"),
+        pytest.param(_event("api-download", body=None), 400, "invalid_request", id="no-body"),
+        pytest.param(api_event(0, TOKEN), 400, "invalid_request", id="request-id-0"),
         pytest.param(
-            _event("api-get-download", path="/downloads/abc", pathParameters={"request_id": "abc"}),
+            api_event(True, TOKEN, prefer="respond-async"), 400, "invalid_request", id="async-bool-id"
+        ),
+        pytest.param(
+            api_event(body=json.dumps({"request_id": "1", "access_token": TOKEN, "format": "json"})),
             400,
-            id="get-not-digits",
+            "invalid_request",
+            id="download-unknown-field",
+        ),
+        pytest.param(api_event("1", TOKEN, open_id=OPEN_ID), 400, "invalid_request", id="open-id-alone"),
+        pytest.param(
+            request_event({"format": "json"}, TOKEN), 400, "invalid_request", id="new-unknown-field"
+        ),
+        pytest.param(request_event({"categories": []}, TOKEN), 400, "invalid_request", id="new-no-category"),
+        pytest.param(request_event("[]", None), 400, "invalid_request", id="new-not-an-object"),
+        pytest.param(request_event({}, None), 400, "missing_token", id="new-no-token"),
+        pytest.param(
+            request_event({}, TOKEN, open_id=OPEN_ID), 400, "invalid_request", id="new-open-id-alone"
+        ),
+        pytest.param(get_event("abc"), 400, "invalid_request", id="get-not-digits"),
+        pytest.param(delete_event(INT64_MAX + 1), 400, "invalid_request", id="delete-past-int64"),
+        pytest.param(user_requests_event(OPEN_ID, limit="0"), 400, "invalid_request", id="list-limit-0"),
+        pytest.param(user_requests_event(OPEN_ID, limit="101"), 400, "invalid_request", id="list-limit-101"),
+        pytest.param(
+            user_requests_event(OPEN_ID, next_page="bm90IGEgdG9rZW4"),
+            400,
+            "invalid_request",
+            id="list-bad-next",
+        ),
+        pytest.param(user_requests_event("o" * 257), 400, "invalid_request", id="list-open-id-too-long"),
+        pytest.param(erase_event("o" * 257), 400, "invalid_request", id="erase-open-id-too-long"),
+        pytest.param(
+            api_event("1", TOKEN, caller=None), 403, "caller_not_identified", id="download-no-caller"
+        ),
+        pytest.param(request_event({}, TOKEN, caller=None), 403, "caller_not_identified", id="new-no-caller"),
+        pytest.param(get_event(REQUEST_ID, caller=None), 403, "caller_not_identified", id="get-no-caller"),
+        pytest.param(
+            delete_event(REQUEST_ID, caller=None), 403, "caller_not_identified", id="delete-no-caller"
         ),
         pytest.param(
-            _event("api-cancel-download", path=f"/downloads/{INT64_MAX + 1}"), 400, id="delete-past-int64"
+            user_requests_event(OPEN_ID, caller=None), 403, "caller_not_identified", id="list-no-caller"
         ),
-        pytest.param(
-            _event(
-                "api-get-download", headers={**_headers_of("api-get-download"), "Authorization": "Basic x"}
-            ),
-            401,
-            id="basic-auth",
-        ),
+        pytest.param(erase_event(OPEN_ID, caller=None), 403, "caller_not_identified", id="erase-no-caller"),
     ],
 )
-def test_the_api_handlers_refusals_conform(contract: Contract, event: dict[str, Any], status: int) -> None:
-    answered, problems = _answer_problems(contract, api.app, event)
-    assert answered == status
+def test_the_api_handlers_refusals_conform(
+    contract: Contract, services: _Services, event: dict[str, Any], status: int, code: str
+) -> None:
+    answered, problems, body = _answer(contract, api.app, event)
     assert problems == []
+    assert (answered, body["error"]["code"]) == (status, code)
+    assert services.records.items == {}
+    assert services.queue.messages == []
+
+
+def test_the_handlers_page_of_a_users_requests_conforms_and_shows_only_the_callers(
+    contract: Contract, services: _Services
+) -> None:
+    for offset, status in enumerate(DownloadStatus):
+        record = dataclasses.replace(
+            _record(status),
+            request_id=REQUEST_ID - offset,
+            created_at=AT + timedelta(minutes=offset),
+            caller=BACKEND_CALLER,
+            user_openid=OPEN_ID,
+        )
+        services.records.items[record.request_id] = record
+    other = dataclasses.replace(
+        _record(DownloadStatus.COMPLETED),
+        request_id=1,
+        caller="arn:aws:iam::123456789012:role/x",
+        user_openid=OPEN_ID,
+    )
+    services.records.items[other.request_id] = other
+    pages: list[dict[str, Any]] = []
+    next_page = None
+    while True:
+        event = user_requests_event(OPEN_ID, limit="3", next_page=next_page)
+        answered, problems, page = _answer(contract, api.app, event)
+        assert (answered, problems) == (200, [])
+        pages.append(page)
+        next_page = page["next"]
+        if next_page is None:
+            break
+    assert [len(page["requests"]) for page in pages] == [3, 3, 2]
+    listed = [request["request_id"] for page in pages for request in page["requests"]]
+    assert listed == [str(REQUEST_ID - offset) for offset in reversed(range(len(DownloadStatus)))]
+    assert "1" not in listed
+
+
+def test_the_handlers_erasure_answer_conforms(contract: Contract, services: _Services) -> None:
+    assert _answer_problems(contract, api.app, erase_event(OPEN_ID, caller=BACKEND)) == (202, [])
+    assert [message for message, _ in services.queue.messages] == [EraseUser(BACKEND_CALLER, OPEN_ID)]
 
 
 def test_the_webhook_handlers_refusal_of_an_oversized_body_conforms(contract: Contract) -> None:
@@ -656,7 +945,7 @@ def test_an_undocumented_field_and_a_null_timestamp_are_refused(contract: Contra
 
 
 def test_an_error_without_code_is_refused(contract: Contract) -> None:
-    body = {"error": {"message": "no download of this request_id is known for this token", "log_id": None}}
+    body = {"error": {"message": "no download of this request_id is known to this caller", "log_id": None}}
     assert _problems(contract, body, 404) == [
         "GET /downloads/{request_id} 404: body: $.error: 'code' is a required property"
     ]
@@ -670,8 +959,11 @@ def test_an_error_with_an_extra_field_or_a_bad_log_id_is_refused(contract: Contr
 
 def test_a_known_error_code_under_another_status_is_refused(contract: Contract) -> None:
     body = errors.DownloadNotFoundError("m").to_body()
-    (problem,) = _problems(contract, body, 502)
+    (problem,) = _problems(contract, body, 503)
     assert "error code 'not_found' is not documented for this answer" in problem
+    # The old answer to a missing token (401) is refused: it is 400 now.
+    (problem,) = contract.check("POST", "/downloads", 401, NO_STORE, errors.MissingTokenError("m").to_body())
+    assert "error code 'missing_token' is not documented for this answer" in problem
 
 
 @pytest.mark.parametrize(
@@ -680,8 +972,14 @@ def test_a_known_error_code_under_another_status_is_refused(contract: Contract) 
         ("POST", "/requests", 410),
         ("POST", "/requests", 200),
         ("GET", f"/downloads/{REQUEST_ID}", 202),
+        ("GET", f"/downloads/{REQUEST_ID}", 401),
         ("GET", f"/downloads/{REQUEST_ID}", 409),
+        ("GET", f"/downloads/{REQUEST_ID}", 502),
         ("DELETE", f"/downloads/{REQUEST_ID}", 507),
+        ("GET", f"/users/{OPEN_ID}/requests", 404),
+        ("GET", f"/users/{OPEN_ID}/requests", 401),
+        ("DELETE", f"/users/{OPEN_ID}", 200),
+        ("DELETE", f"/users/{OPEN_ID}", 404),
         ("POST", "/webhooks/tiktok", 404),
         ("POST", "/webhooks/tiktok", 403),
         ("POST", "/downloads", 418),
@@ -722,10 +1020,43 @@ def test_cache_control_must_be_no_store(contract: Contract) -> None:
     assert "header Cache-Control" in problem
 
 
-def test_api_gateways_own_refusal_of_a_missing_api_key_is_documented(contract: Contract) -> None:
-    gateway = {"Content-Type": "application/json"}
-    for method, path in KEYED_ROUTES:
-        assert contract.check(method, path, 403, gateway, b'{"message":"Forbidden"}') == []
+GATEWAY_REFUSALS = [
+    b'{"message":"Missing Authentication Token"}',
+    b'{"message":"The security token included in the request is invalid."}',
+    b'{"message":"The request signature we calculated does not match the signature you provided. Check your'
+    b" AWS Secret Access Key and signing method. Consult the service documentation for details.\\n\\nThe"
+    b" Canonical String for this request should have been\\n'GET\\n/v1/downloads/7234567890123456789'\"}",
+    b'{"message":"Signature expired: 20261127T175000Z is now earlier than 20261127T175500Z'
+    b' (20261127T180000Z - 5 min.)"}',
+    b'{"Message":"User: arn:aws:sts::123456789012:assumed-role/another-backend/other-91c2 is not authorized'
+    b" to perform: execute-api:Invoke on resource: arn:aws:execute-api:eu-west-1:123456789012:abc123/v1/GET"
+    b'/downloads/7234567890123456789 with an explicit deny"}',
+]
+
+
+@pytest.mark.parametrize("body", GATEWAY_REFUSALS)
+@pytest.mark.parametrize(("method", "path"), SIGNED_ROUTES)
+def test_api_gateways_own_sigv4_and_iam_refusals_are_documented(
+    contract: Contract, method: str, path: str, body: bytes
+) -> None:
+    assert contract.check(method, path, 403, GATEWAY, body) == []
+
+
+@pytest.mark.parametrize(("method", "path"), [*SIGNED_ROUTES, ("POST", "/webhooks/tiktok")])
+def test_api_gateways_own_throttling_is_documented_on_every_route(
+    contract: Contract, method: str, path: str
+) -> None:
+    assert contract.check(method, path, 429, GATEWAY, b'{"message":"Too Many Requests"}') == []
+
+
+def test_a_gateway_message_is_one_message(contract: Contract) -> None:
+    assert contract.check_schema("GatewayMessage", {"message": "m", "Message": "m"})
+    assert contract.check_schema("GatewayMessage", {})
+    assert contract.check_schema("GatewayMessage", {"msg": "m"})
+    # Only the routes that call TikTok pass its 429 on; the others are throttled by API Gateway alone.
+    body = errors.TikTokApiError("rate_limit_exceeded", "m", log_id=None, upstream_status=429).to_body()
+    for method, path in READ_ROUTES:
+        assert contract.check(method, path, 429, NO_STORE, body), (method, path)
 
 
 def test_a_body_that_is_not_json_or_of_another_type_is_refused(contract: Contract) -> None:

@@ -57,7 +57,6 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import (
     AppCredentialsError,
     DeadlineExceededError,
-    MissingTokenError,
     ReauthorizationRequiredError,
     RecordStoreError,
     TikTokApiError,
@@ -1056,8 +1055,8 @@ def test_a_sealed_token_lifted_into_another_grant_does_not_open(world: World) ->
     other = user_grant_id(CALLER, "someone-else")
     world.grants.items[other] = dataclasses.replace(world.grants.items[GRANT], grant_id=other)
 
-    # When a token of that grant is asked for; Then it does not open
-    with pytest.raises(MissingTokenError):
+    # When a token of that grant is asked for; Then it does not open, and only a new consent helps
+    with pytest.raises(ReauthorizationRequiredError, match="cannot be opened"):
         world.service.access_token(other, deadline())
 
 

@@ -20,7 +20,8 @@ grant created again under the same id), so a write that lost the race can never 
 
 Items named ``handed <sha256>`` remember, for a week, which grant a handed-over refresh token was
 exchanged into: the same token handed over again (a backend retrying a request that timed out) joins
-that grant instead of being sent to TikTok, which would refuse it.
+that grant instead of being sent to TikTok, which would refuse it. The grant lists its ``handed``
+digests, and goes with them: a deleted grant (an erased user) leaves no item naming it.
 """
 
 from __future__ import annotations
@@ -244,6 +245,10 @@ class Grants:
             )
         except (ClientError, BotoCoreError) as error:
             raise store_error("PutItem", error) from None
+        # The grant lists it, so that deleting the grant deletes it too.
+        self._update(
+            grant_id, "ADD handed :digest", "attribute_exists(grant_id)", {":digest": {"SS": [digest]}}
+        )
 
     def touch(self, grant_id: str) -> bool:
         """A new request joins the grant: a new generation, so that a release racing with it keeps the grant.
@@ -412,13 +417,18 @@ class Grants:
         if values:
             request["ExpressionAttributeValues"] = values
         try:
-            self._client.delete_item(**request)
+            old = self._client.delete_item(**request, ReturnValues="ALL_OLD").get("Attributes", {})
         except ClientError as error:
             if is_condition_failure(error):
                 return False
             raise store_error("DeleteItem", error) from None
         except BotoCoreError as error:
             raise store_error("DeleteItem", error) from None
+        for digest in sorted(old.get("handed", {}).get("SS", [])):
+            try:
+                self._client.delete_item(TableName=self._table, Key=_key(_handed_id(digest)))
+            except (ClientError, BotoCoreError) as error:
+                raise store_error("DeleteItem", error) from None
         return True
 
 

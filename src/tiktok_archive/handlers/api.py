@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
@@ -75,8 +76,8 @@ def create_download() -> Response[str]:
 @app.get("/downloads/<request_id>")
 def get_download(request_id: str) -> Response[str]:
     """The caller's record, with a fresh link once the archive is stored (TikTok is not asked)."""
-    caller = _caller()
-    answer = record_queries().describe(caller, parse_request_id(request_id))
+    caller, wanted = _caller(), parse_request_id(request_id)
+    answer = record_queries().describe(caller, wanted)
     return json_answer(HTTPStatus.OK, answer.to_body())
 
 
@@ -94,30 +95,25 @@ def create_request() -> Response[str]:
 @app.delete("/downloads/<request_id>")
 def cancel_download(request_id: str) -> Response[str]:
     """Cancel the caller's request: at TikTok while it can be, and here for good (no link ever again)."""
-    caller = _caller()
-    record = request_lifecycle().cancel(caller, parse_request_id(request_id), _deadline())
+    caller, wanted = _caller(), parse_request_id(request_id)
+    record = request_lifecycle().cancel(caller, wanted, _deadline())
     return json_answer(HTTPStatus.OK, record.to_body())
 
 
 @app.get("/users/<open_id>/requests")
 def list_user_requests(open_id: str) -> Response[str]:
     """The caller's requests of one user, newest first, a page at a time (``limit``, ``next``)."""
-    caller = _caller()
+    caller, user = _caller(), _open_id(open_id)
     event = app.current_event
-    page = record_queries().user_requests(
-        caller,
-        parse_open_id(open_id),
-        parse_page_size(event.get_query_string_value("limit")),
-        event.get_query_string_value("next"),
-    )
+    limit = parse_page_size(event.get_query_string_value("limit"))
+    page = record_queries().user_requests(caller, user, limit, event.get_query_string_value("next"))
     return json_answer(HTTPStatus.OK, page.to_body())
 
 
 @app.delete("/users/<open_id>")
 def erase_user(open_id: str) -> Response[str]:
     """Erase a user under the caller: the work is queued at once; ``User Erased`` says when it is done."""
-    caller = _caller()
-    user = parse_open_id(open_id)
+    caller, user = _caller(), _open_id(open_id)
     lifecycle_queue().send(EraseUser(caller, user))
     logger.info("user's erasure queued")
     return json_answer(HTTPStatus.ACCEPTED, {"open_id": user, "status": "erasing"})
@@ -128,6 +124,11 @@ def _caller() -> str:
     caller = caller_of(app.current_event.request_context.identity.user_arn)
     logger.append_keys(caller=caller)
     return caller
+
+
+def _open_id(segment: str) -> str:
+    """A path's ``open_id`` (percent-encoding undone: an id with ``/`` or ``+`` comes encoded)."""
+    return parse_open_id(unquote(segment))
 
 
 def _deadline() -> Deadline:

@@ -374,9 +374,11 @@ class RequestLifecycle:
                 lambda token: self._tiktok.cancel_request(DownloadRequest(request_id, token), deadline),
             )
         except TikTokApiError as error:
-            if error.error_code != NOT_OWNED:
-                raise
-            logger.info("TikTok had already ended the request", extra={"tiktok_log_id": error.log_id})
+            if error.is_transient:
+                raise  # TikTok is busy or failing: nothing changed, the caller asks again
+            # Already ended at TikTok (invalid_params), or the held tokens refused (a scope withdrawn, a
+            # token TikTok will not take): cancelled here all the same; TikTok expires its request.
+            logger.info("not cancelled at TikTok; cancelled here", extra=error.log_fields())
             return
         except ReauthorizationRequiredError:
             logger.warning("the user's tokens are gone: the request is cancelled here, TikTok expires it")

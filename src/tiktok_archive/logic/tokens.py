@@ -38,6 +38,7 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.errors import (
     AppCredentialsError,
+    MissingTokenError,
     ReauthorizationRequiredError,
     TikTokApiError,
     TokenRefreshInProgressError,
@@ -331,7 +332,15 @@ class TokenService:
         return self._vault.seal(token, purpose, {"grant_id": grant_id})
 
     def _open(self, sealed: str, purpose: str, grant_id: str) -> str:
-        return self._vault.open(sealed, purpose, {"grant_id": grant_id})
+        try:
+            return self._vault.open(sealed, purpose, {"grant_id": grant_id})
+        except MissingTokenError:
+            # KMS refuses the stored ciphertext (not this grant's, or damaged): nothing can be done with
+            # these tokens but a new consent. (KMS being unreachable is TokenVaultError, transient.)
+            logger.error("the grant's sealed tokens do not open", extra={"grant_id": grant_id})
+            raise ReauthorizationRequiredError(
+                "the tokens the service holds for this user cannot be opened; the user must consent again"
+            ) from None
 
 
 def handed_access_token(access_token: str) -> TokenGrant:
