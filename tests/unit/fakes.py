@@ -336,12 +336,17 @@ class FakeGrants(Grants):
         del self.items[grant.grant_id]
         return True
 
-    def delete(self, grant_id: str, *, generation: str | None = None) -> bool:
+    def delete(self, grant_id: str, *, generation: str | None = None, forget_handed: bool = False) -> bool:
         self._call("delete")
         current = self.items.get(grant_id)
         if current is None or (generation is not None and current.generation != generation):
             return False
         del self.items[grant_id]
+        # A purge takes the grant's handed-token items along (the adapter deletes those the grant lists).
+        for digest in [
+            d for d, (into, _) in self.handed_tokens.items() if forget_handed and into == grant_id
+        ]:
+            del self.handed_tokens[digest]
         return True
 
     def mark_erasing(self, grant_id: str) -> bool:

@@ -389,6 +389,34 @@ def test_the_tiktok_side_cancels_then_revokes_then_deletes_the_grant(world: Worl
     assert OTHER_GRANT in world.grants.items
 
 
+def test_an_erased_user_leaves_no_item_remembering_their_handed_tokens(world: World) -> None:
+    # Given the user's refresh token, once handed over, remembered with the grant it went into (the
+    # item names the user), and another caller's handed token of the same user
+    message = given_an_erasure(world)
+    world.grants.remember_handed("digest-of-the-erased", GRANT, BACKEND_CALLER)
+    world.grants.remember_handed("digest-of-the-others", OTHER_GRANT, OTHER_CALLER)
+    world.tiktok.cancels.then(None).then(None)
+    world.tiktok.revokes.then(True)
+
+    # When the erasure's TikTok side ends with the grant
+    world.purge.revoke_at_tiktok(message, world.deadline())
+
+    # Then the item naming the erased user went with it; the other caller's stays
+    assert world.grants.handed_tokens == {"digest-of-the-others": (OTHER_GRANT, OTHER_CALLER)}
+
+
+def test_a_disconnected_user_leaves_no_item_remembering_their_handed_tokens(world: World) -> None:
+    world.given_grant(GRANT, BACKEND_CALLER)
+    world.given_grant(OTHER_GRANT, OTHER_CALLER)
+    world.grants.remember_handed("digest-1", GRANT, BACKEND_CALLER)
+    world.grants.remember_handed("digest-2", OTHER_GRANT, OTHER_CALLER)
+
+    world.purge.authorization_removed(OPENID, 1)
+
+    assert world.grants.handed_tokens == {}
+    assert world.grants.items == {}
+
+
 def test_a_new_consent_since_the_erasure_is_not_revoked(world: World) -> None:
     # Given an erasure, then the user consenting again through the backend (the grant is adopted anew)
     message = given_an_erasure(world)

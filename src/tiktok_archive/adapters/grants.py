@@ -21,7 +21,7 @@ grant created again under the same id), so a write that lost the race can never 
 Items named ``handed <sha256>`` remember, for a week, which grant a handed-over refresh token was
 exchanged into: the same token handed over again (a backend retrying a request that timed out) joins
 that grant instead of being sent to TikTok, which would refuse it. The grant lists its ``handed``
-digests, and goes with them: a deleted grant (an erased user) leaves no item naming it.
+digests, and a purge deletes them with it: an erased user leaves no item naming them.
 """
 
 from __future__ import annotations
@@ -350,10 +350,12 @@ class Grants:
             grant.grant_id, "generation = :generation", {":generation": {"S": grant.generation}}
         )
 
-    def delete(self, grant_id: str, *, generation: str | None = None) -> bool:
+    def delete(self, grant_id: str, *, generation: str | None = None, forget_handed: bool = False) -> bool:
         """Delete the grant and its tokens (the user was erased, or no request needs it any longer).
 
         ``generation``: only if the grant is still at it (a new consent since keeps the grant).
+        ``forget_handed``: the items remembering its handed-over tokens go too (a purge: they name the
+        user); else they stay their week, so that a dead token handed again is refused without TikTok.
 
         Returns:
             whether a grant was deleted.
@@ -362,8 +364,9 @@ class Grants:
             RecordStoreError: DynamoDB failed.
         """
         if generation is None:
-            return self._delete(grant_id, "attribute_exists(grant_id)", None)
-        return self._delete(grant_id, "generation = :generation", {":generation": {"S": generation}})
+            return self._delete(grant_id, "attribute_exists(grant_id)", None, forget_handed)
+        values = {":generation": {"S": generation}}
+        return self._delete(grant_id, "generation = :generation", values, forget_handed)
 
     def mark_erasing(self, grant_id: str) -> bool:
         """Record that the caller erases the user: the grant serves only to cancel and revoke at TikTok.
@@ -408,7 +411,9 @@ class Grants:
             raise store_error("UpdateItem", error) from None
         return True
 
-    def _delete(self, grant_id: str, condition: str, values: dict[str, Any] | None) -> bool:
+    def _delete(
+        self, grant_id: str, condition: str, values: dict[str, Any] | None, forget_handed: bool = False
+    ) -> bool:
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": _key(grant_id),
@@ -424,7 +429,7 @@ class Grants:
             raise store_error("DeleteItem", error) from None
         except BotoCoreError as error:
             raise store_error("DeleteItem", error) from None
-        for digest in sorted(old.get("handed", {}).get("SS", [])):
+        for digest in sorted(old.get("handed", {}).get("SS", [])) if forget_handed else ():
             try:
                 self._client.delete_item(TableName=self._table, Key=_key(_handed_id(digest)))
             except (ClientError, BotoCoreError) as error:

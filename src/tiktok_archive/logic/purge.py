@@ -101,7 +101,9 @@ class UserPurge:
         purged = self._purge(records, before=None)
         grants = self._grants.of_user(open_id)
         grant_ids = {grant.grant_id for grant in grants} | {r.grant_id for r in records if r.grant_id}
-        deleted = purged.grants_deleted + sum(self._tokens.delete(grant_id) for grant_id in sorted(grant_ids))
+        deleted = purged.grants_deleted + sum(
+            self._tokens.delete(grant_id, forget_handed=True) for grant_id in sorted(grant_ids)
+        )
         self._queue.send(PurgeAgain(open_id, None, reason, started), SECOND_PASS_AFTER)
         callers = {record.caller for record in records} | {grant.caller for grant in grants}
         if purged.revoked or deleted:
@@ -165,7 +167,7 @@ class UserPurge:
             revoked = False  # the user's tokens no longer work: nothing is left to cancel or revoke
         latest = self._grants.get(grant_id)
         if latest is not None and latest.erasing:
-            self._tokens.delete(grant_id, generation=latest.generation)
+            self._tokens.delete(grant_id, generation=latest.generation, forget_handed=True)
         logger.info("user's authorization revoked at TikTok" if revoked else "user's tokens dropped")
         return revoked
 

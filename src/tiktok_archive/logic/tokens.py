@@ -132,13 +132,13 @@ class TokenService:
         """
         return self._grants.get(grant_id)
 
-    def delete(self, grant_id: str, *, generation: str | None = None) -> bool:
+    def delete(self, grant_id: str, *, generation: str | None = None, forget_handed: bool = False) -> bool:
         """Delete the grant's tokens (at ``generation`` only, when given); whether there were any.
 
         Raises:
             RecordStoreError: DynamoDB failed.
         """
-        return self._grants.delete(grant_id, generation=generation)
+        return self._grants.delete(grant_id, generation=generation, forget_handed=forget_handed)
 
     # -- using -----------------------------------------------------------------------------------
     def access_token(self, grant_id: str, deadline: Deadline) -> str:
