@@ -263,7 +263,9 @@ def _signed(event: dict[str, Any], caller: str | None) -> dict[str, Any]:
     return event
 
 
-def _with_tokens(document: dict[str, Any], token: str | None, refresh: str | None, open_id: str | None) -> str:
+def _with_tokens(
+    document: dict[str, Any], token: str | None, refresh: str | None, open_id: str | None
+) -> str:
     if token is not None:
         document["access_token"] = token
     if refresh is not None:
@@ -309,7 +311,7 @@ def request_event(
     """``events/api-create-request.json`` (``POST /requests``) for ``caller``: the ``body``'s fields with
     the user's ``token`` (and ``refresh_token``, ``open_id``) added, or a ``body`` text given whole."""
     event = copy.deepcopy(load_event("api-create-request.json"))
-    if isinstance(body, dict) or body is None and token is not None:
+    if isinstance(body, dict) or (body is None and token is not None):
         body = _with_tokens(dict(body or {}), token, refresh_token, open_id)
     event["body"] = body
     return _signed(event, caller)

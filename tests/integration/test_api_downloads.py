@@ -26,9 +26,11 @@ from tests.conftest import (
     new_request_id,
     open_uploads,
 )
-from tests.harness.local_stack import Emulator, LocalStack
+from tests.harness.local_stack import Emulator, LocalStack, Resources
 from tests.harness.s3_fault_proxy import S3FaultProxy
-from tests.harness.tokens import CHECK_STATUS_EXAMPLE
+
+ABSENT = object()
+REFRESH = object()  # a fresh refresh token, made in the test
 
 
 def fetch(url: str) -> tuple[bytes, dict[str, str]]:
@@ -59,7 +61,7 @@ def test_archive_spanning_several_parts_arrives_byte_for_byte_through_its_url(
     assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None
     # And the checksum is the CRC32 of those bytes, the same S3 stored with the object
     expected_crc = zlib.crc32(data).to_bytes(4, "big")
-    assert body["checksum"] == __import__("base64").b64encode(expected_crc).decode()
+    assert body["checksum"] == base64.b64encode(expected_crc).decode()
     head = s3.head_object(Bucket=bucket, Key=body["key"], ChecksumMode="ENABLED")
     assert head["ChecksumCRC32"] == body["checksum"]
     assert head["ContentType"] == "application/zip"
@@ -117,14 +119,16 @@ def test_url_lifetime_and_key_prefix_follow_the_settings(
 
 
 def test_sample_event_is_served(configure: Configure, emulator: Emulator, token: str) -> None:
-    # events/api-download.json as it is, with the demo's token registered for its request_id.
+    # events/api-download.json as it is (signed by the backend's role), with the demo's token, which
+    # its body carries, registered for its request_id.
     event = load_event("api-download.json")
-    sample_token = event["headers"]["Authorization"].split()[1]
-    emulator.register(json.loads(event["body"])["request_id"], sample_token, size=64 * 1024)
+    body = json.loads(event["body"])
+    emulator.register(body["request_id"], body["access_token"], size=64 * 1024)
 
     answer = call_api(event)
 
     assert answer.status == 200, answer.body
+    assert answer.body["request_id"] == body["request_id"]
 
 
 # -- bad input: a clear JSON error, and TikTok is never called ------------------------------------
@@ -188,18 +192,92 @@ def test_a_body_that_is_not_utf8_is_400_and_tiktok_is_never_called(
     assert_nothing_left(s3, bucket)
 
 
-@pytest.mark.parametrize("authorization", [None, "Basic dXNlcjpwYXNz", "Bearer", CHECK_STATUS_EXAMPLE])
-def test_missing_bearer_token_is_401_and_tiktok_is_never_called(
-    configure: Configure, emulator: Emulator, token: str, authorization: str | None
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param(ABSENT, id="absent"),
+        pytest.param(None, id="null"),
+        pytest.param("", id="empty"),
+        pytest.param(12345, id="number"),
+        pytest.param(["act.in-a-list"], id="list"),
+        pytest.param("Bearer act.with-a-space!1234.e1", id="bearer-prefix"),
+        pytest.param("act.tab\there!1234.e1", id="control-character"),
+        pytest.param("act.n\u00e4me!1234.e1", id="non-ascii"),
+    ],
+)
+def test_a_missing_or_malformed_body_token_is_400_missing_token_and_tiktok_is_never_called(
+    configure: Configure, emulator: Emulator, resources: Resources, token: str, given: object
+) -> None:
+    # Given a request TikTok would serve to the user's token
+    request_id = new_request_id()
+    emulator.register(request_id, token)
+    document: dict[str, Any] = {"request_id": str(request_id)}
+    if given is not ABSENT:
+        document["access_token"] = given
+    calls = sum(emulator.stats()["calls"].values())
+
+    # When the body's access_token is missing or not a token
+    answer = call_api(api_event(body=json.dumps(document)))
+
+    # Then the caller is told before anything is asked or written
+    assert (answer.status, answer.body["error"]["code"]) == (400, "missing_token"), answer.body
+    assert sum(emulator.stats()["calls"].values()) == calls
+    assert resources.item(request_id) is None
+
+
+@pytest.mark.parametrize("prefer", [None, "respond-async"])
+def test_a_bearer_header_is_not_a_token_any_more(
+    configure: Configure, emulator: Emulator, resources: Resources, token: str, prefer: str | None
+) -> None:
+    # Given a client of the old API: the user's token as "Authorization: Bearer", none in the body
+    # (API Gateway would not even pass it on: AWS_IAM wants the header for SigV4)
+    request_id = new_request_id()
+    emulator.register(request_id, token)
+    event = api_event(request_id, prefer=prefer)
+    event["headers"]["Authorization"] = f"Bearer {token}"
+    event["multiValueHeaders"]["Authorization"] = [f"Bearer {token}"]
+
+    answer = call_api(event)
+
+    # Then the header is not read: no token, 400, and TikTok never hears of it
+    assert (answer.status, answer.body["error"]["code"]) == (400, "missing_token")
+    assert emulator.checks(request_id) == 0
+    assert resources.item(request_id) is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"authorization": "x"}, "authorization"),
+        ({"token": "x", "prefer": "respond-async"}, "prefer, token"),
+        ({"open_id": "-000abc"}, "open_id"),  # open_id without the refresh_token TikTok would confirm it by
+        ({"refresh_token": "rft.has a space"}, "refresh_token"),
+        ({"refresh_token": 7}, "refresh_token"),
+        ({"refresh_token": REFRESH, "open_id": ""}, "open_id"),
+        ({"refresh_token": REFRESH, "open_id": "x" * 257}, "open_id"),
+    ],
+)
+def test_unknown_fields_or_malformed_handover_fields_are_400_before_anything(
+    configure: Configure,
+    emulator: Emulator,
+    resources: Resources,
+    token: str,
+    fields: dict[str, Any],
+    named: str,
 ) -> None:
     request_id = new_request_id()
     emulator.register(request_id, token)
+    document = {"request_id": str(request_id), "access_token": token, **fields}
+    if document.get("refresh_token") is REFRESH:
+        document["refresh_token"] = SECRETS.refresh_token()
+    calls = sum(emulator.stats()["calls"].values())
 
-    answer = call_api(api_event(request_id, authorization=authorization))
+    answer = call_api(api_event(body=json.dumps(document)))
 
-    assert answer.status == 401
-    assert answer.body["error"]["code"] == "missing_token"
-    assert emulator.downloads(request_id) == 0
+    assert (answer.status, answer.body["error"]["code"]) == (400, "invalid_request"), answer.body
+    assert named in answer.body["error"]["message"]
+    assert sum(emulator.stats()["calls"].values()) == calls
+    assert resources.item(request_id) is None
 
 
 # -- TikTok's refusals, passed on with their code and log_id --------------------------------------
@@ -327,11 +405,18 @@ def test_missing_bucket_setting_is_a_json_500_naming_the_variable(configure: Con
     assert "BUCKET_NAME" in answer.body["error"]["message"]
 
 
-def test_unknown_route_is_a_json_404(configure: Configure, token: str) -> None:
-    answer = call_api(api_event(1, token, path="/elsewhere"))
+def test_unknown_route_is_refused_by_api_gateway_and_a_json_404_in_the_function(
+    configure: Configure, token: str
+) -> None:
+    # API Gateway answers a route the API does not have itself; should one reach the function anyway,
+    # its answer is a JSON 404 naming the routes it has
+    refused = call_api(api_event(1, token, path="/elsewhere"))
+    answer = call_api(api_event(1, token, path="/elsewhere"), gateway=False)
 
+    assert (refused.status, refused.body) == (403, {"message": "Missing Authentication Token"})
     assert answer.status == 404
     assert answer.body["error"]["code"] == "not_found"
+    assert "POST /downloads" in answer.body["error"]["message"]
 
 
 # -- observability --------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import (
     MIB,
+    SECRETS,
     Configure,
     LogCapture,
     api_event,
@@ -27,6 +28,7 @@ from tests.conftest import (
 from tests.harness.emulator_control import Emulator
 from tests.harness.local_stack import LocalStack, Resources
 from tests.harness.s3_fault_proxy import S3FaultProxy, Stall
+from tests.harness.tokens import open_id
 
 API_TIMEOUT_MS = 28_000
 FOREVER = 120.0
@@ -51,6 +53,39 @@ def run_through(
         started = time.monotonic()
         answer = call_api(event, remaining_ms=API_TIMEOUT_MS)
         return answer, time.monotonic() - started
+
+
+def test_a_handover_whose_grant_cannot_be_stored_still_answers_within_the_one_deadline(
+    configure: Configure,
+    stack: LocalStack,
+    emulator: Emulator,
+    resources: Resources,
+    s3: Any,
+    bucket: str,
+    logs: LogCapture,
+) -> None:
+    # Given a user's ready archive, asked for with the refresh token handed over, and DynamoDB stalling
+    # every write: the grant (after TikTok rotated the token), then the record
+    user = emulator.add_user(open_id())
+    SECRETS.tokens.update({user["access_token"], user["refresh_token"]})
+    request_id = new_request_id()
+    emulator.register(request_id, user["access_token"])
+    stall = target("DynamoDB_20120810.UpdateItem", Stall(FOREVER, swallow=True))
+    event = api_event(request_id, user["access_token"], refresh_token=user["refresh_token"])
+
+    answer, elapsed = run_through(stack, configure, stall, event)
+    now = emulator.user(user["open_id"])
+    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
+
+    # Then the refresh, both tries to keep its tokens and the answer all fit the one invocation
+    assert elapsed < API_TIMEOUT_MS / 1000 - 0.5
+    assert (answer.status, answer.body["error"]["code"]) == (503, "record_store_error"), answer.body
+    assert now["refreshes"] == 1
+    assert logs.find("handed-over tokens not stored: the user's refresh token is lost")
+    # And nothing was downloaded or recorded on the strength of tokens the service could not keep
+    assert emulator.downloads(request_id) == 0
+    assert resources.item(request_id) is None
+    assert_nothing_left(s3, bucket)
 
 
 def test_a_stalled_dynamodb_claim_is_answered_in_time_and_nothing_is_stored(

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import (
     MIB,
+    SECRETS,
     Configure,
     LogCapture,
     api_event,
@@ -28,6 +29,7 @@ from tests.conftest import (
 )
 from tests.harness.local_stack import Emulator, LocalStack
 from tests.harness.s3_fault_proxy import S3FaultProxy
+from tests.harness.tokens import open_id
 
 
 def stored_bytes_match(answer_body: dict[str, Any], ready: dict[str, Any]) -> bool:
@@ -318,16 +320,25 @@ def test_deadline_during_a_slow_stream_answers_504_in_time_and_leaves_nothing(
     assert_nothing_left(s3, bucket)
 
 
+@pytest.mark.parametrize("handed", ["access token", "refresh token"])
 def test_no_time_left_at_all_answers_504_without_calling_tiktok(
-    configure: Configure, emulator: Emulator, s3: Any, bucket: str, token: str
+    configure: Configure, emulator: Emulator, s3: Any, bucket: str, handed: str
 ) -> None:
+    # Given a user's ready archive, asked for with only an access token or with the refresh token too
+    user = emulator.add_user(open_id())
+    SECRETS.tokens.update({user["access_token"], user["refresh_token"]})
     request_id = new_request_id()
-    emulator.register(request_id, token)
+    emulator.register(request_id, user["access_token"])
+    refresh = user["refresh_token"] if handed == "refresh token" else None
+    calls = sum(emulator.stats()["calls"].values())
 
-    answer = call_api(api_event(request_id, token), remaining_ms=9_000)  # less than the 10 s margin
+    # When the invocation starts with less time than the 10 s margin
+    answer = call_api(api_event(request_id, user["access_token"], refresh_token=refresh), remaining_ms=9_000)
 
+    # Then it is over at once: TikTok was not called at all, not even to exchange the refresh token
     assert (answer.status, answer.body["error"]["code"]) == (504, "deadline_exceeded")
-    assert emulator.downloads(request_id) == 0
+    assert sum(emulator.stats()["calls"].values()) == calls
+    assert emulator.user(user["open_id"])["refreshes"] == 0
     assert_nothing_left(s3, bucket)
 
 

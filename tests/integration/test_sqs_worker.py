@@ -1,4 +1,5 @@
-"""The SQS worker: partial batch responses, transient retried, permanent acknowledged."""
+"""The SQS worker: partial batch responses, transient retried, permanent acknowledged; a backend's own
+message makes a record of no API caller's, followed by its events."""
 
 from __future__ import annotations
 
@@ -7,17 +8,23 @@ import json
 from typing import Any
 
 from tests.conftest import (
+    BACKEND,
     MIB,
+    OTHER,
     Configure,
     LogCapture,
+    api_event,
+    call_api,
     call_worker,
+    delete_event,
+    get_event,
     load_event,
     new_request_id,
     open_uploads,
     sqs_record,
     stored_keys,
 )
-from tests.harness.local_stack import Emulator
+from tests.harness.local_stack import Emulator, Resources
 
 
 def message(request_id: object, token: object) -> str:
@@ -134,3 +141,50 @@ def test_sample_sqs_event_parses_into_a_download(configure: Configure, emulator:
     result = call_worker(event["Records"])
 
     assert result == {"batchItemFailures": []}
+
+
+def test_a_backends_message_makes_a_record_no_api_caller_sees_but_its_events_tell(
+    configure: Configure, emulator: Emulator, resources: Resources, s3: Any, bucket: str, token: str
+) -> None:
+    # Given two archives a backend asks for through the download queue (the user's token in clear),
+    # one of which TikTok refuses for good
+    stored, refused = new_request_id(), new_request_id()
+    ready = emulator.register(stored, token, size=6 * MIB)
+    emulator.register(refused, token, fault={"kind": "error", "status": 401, "code": "scope_not_authorized"})
+
+    # When the worker runs both messages
+    result = call_worker([sqs_record(message(str(i), token)) for i in (stored, refused)])
+
+    # Then the archive is stored, and each outcome is published, naming no caller and no link
+    assert result == {"batchItemFailures": []}
+    assert stored_keys(s3, bucket) == [f"archives/{stored}.zip"]
+    events = {e["detail"]["request_id"]: e for e in resources.events()}
+    done, failed = events[str(stored)], events[str(refused)]
+    assert (done["detail-type"], done["detail"]["status"]) == ("Download Completed", "completed")
+    assert (done["detail"]["key"], done["detail"]["size_bytes"]) == (
+        f"archives/{stored}.zip",
+        ready["size_bytes"],
+    )
+    assert (failed["detail-type"], failed["detail"]["error"]["code"]) == (
+        "Download Failed",
+        "scope_not_authorized",
+    )
+    assert done["detail"]["caller"] is failed["detail"]["caller"] is None
+    assert "url" not in json.dumps(list(events.values()))
+    # And the records belong to no API caller: neither the backend's role nor another caller may read,
+    # cancel or take them — not even with the user's token — and nothing of them changes
+    items = {i: resources.item(i) for i in (stored, refused)}
+    assert all(item is not None and "caller" not in item for item in items.values())
+    for request_id in (stored, refused):
+        answers = [
+            call_api(get_event(request_id, BACKEND)),
+            call_api(get_event(request_id, OTHER)),
+            call_api(delete_event(request_id, BACKEND)),
+            call_api(api_event(request_id, token)),
+            call_api(api_event(request_id, token, prefer="respond-async")),
+        ]
+        assert [(a.status, a.body["error"]["code"]) for a in answers] == [(404, "not_found")] * 5
+    assert {i: resources.item(i) for i in (stored, refused)} == items
+    assert stored_keys(s3, bucket) == [f"archives/{stored}.zip"]
+    assert emulator.downloads(stored) == 1
+    assert resources.events() == []

@@ -8,6 +8,7 @@ pages), refresh tokens 180 days (365 on older pages) and rotate on every refresh
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -100,6 +101,7 @@ class NewRequest:
 HANDOVER_FIELDS = frozenset({"access_token", "refresh_token", "open_id"})
 _NEW_REQUEST_FIELDS = HANDOVER_FIELDS | {"data_format", "categories"}
 MAX_OPEN_ID_LENGTH = 256
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 
 
 def is_open_id(value: object) -> bool:
@@ -119,10 +121,17 @@ def parse_open_id(value: object) -> str:
 
 
 def refuse_unknown_fields(document: dict[str, Any], known: frozenset[str]) -> None:
-    """Raise :class:`InvalidRequestError` naming the fields of ``document`` that are not ``known``."""
+    """Raise :class:`InvalidRequestError` naming the fields of ``document`` that are not ``known``.
+
+    Only names that look like field names are echoed: a token put where a name goes (``{"rft.…": …}``)
+    must not come back in an answer a backend logs.
+    """
     unknown = sorted(set(document) - known)
     if unknown:
-        raise InvalidRequestError(f"unknown field(s): {', '.join(unknown)[:200]}")
+        named = [name for name in unknown if _FIELD_NAME.fullmatch(name)]
+        others = len(unknown) - len(named)
+        listed = ", ".join(named)[:200] + (f"{', ' if named else ''}{others} more" if others else "")
+        raise InvalidRequestError(f"unknown field(s): {listed}")
 
 
 def parse_handed_tokens(document: dict[str, Any]) -> HandedTokens:
