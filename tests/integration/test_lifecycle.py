@@ -1,18 +1,16 @@
-"""From consent to archive through the real handlers: POST /requests, the status schedule on the
-lifecycle queue, token refresh, the download from the user's grant, GET, DELETE and the events.
+"""From consent to archive through the real handlers: POST /requests (the user's tokens in the body), the
+status schedule on the lifecycle queue, token refresh, the download from the user's grant, GET, DELETE and
+the events.
 
 TikTok is the emulator (its clock moved, never slept on); AWS is moto server. Status checks are real
 delayed SQS messages (1 s, doubling to 2 s, in tests); each test receives them and hands them to the
-lifecycle function as Lambda would.
+lifecycle function as Lambda would. The backend (``BACKEND``) signs every call; reads ask TikTok nothing.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
-    SECRETS,
+    BACKEND_CALLER,
+    OTHER,
     Configure,
     acknowledge,
     api_event,
@@ -30,7 +29,6 @@ from tests.conftest import (
     call_sweeper,
     call_worker,
     delete_event,
-    functions,
     get_event,
     new_request_id,
     open_uploads,
@@ -40,24 +38,25 @@ from tests.conftest import (
     stored_keys,
 )
 from tests.harness.emulator_control import Emulator
-from tests.harness.local_stack import REPO_ROOT, Resources
-from tests.harness.tokens import open_id as new_open_id
+from tests.harness.local_stack import Resources
+from tests.integration.custody_support import (
+    add_request,
+    consent,
+    grant,
+    grants_of_user,
+    in_queue,
+    lifecycle_in_another_container,
+    record,
+    status_of,
+    stored_refresh_token,
+    tokens_now,
+    worker_in_another_container,
+)
+from tiktok_archive.adapters.grants import user_grant_id
 
 MIB = 1024 * 1024
 # Waiting requests of the scale test (LIFECYCLE_COUNT=100 for a quick run while developing).
 COUNT = int(os.environ.get("LIFECYCLE_COUNT", "1000"))
-
-
-def consent(emulator: Emulator, **user: Any) -> dict[str, Any]:
-    """A user who granted the app a portability scope: their open_id and fresh tokens."""
-    granted = emulator.add_user(new_open_id(), **user)
-    SECRETS.tokens.update({granted["access_token"], granted["refresh_token"]})
-    return granted
-
-
-def add_request(user: dict[str, Any], **body: Any) -> Any:
-    body = {"refresh_token": user["refresh_token"], "open_id": user["open_id"], **body}
-    return call_api(request_event(body, user["access_token"]))
 
 
 def check_until(resources: Resources, predicate: Any, rounds: int = 6) -> list[dict[str, Any]]:
@@ -74,31 +73,17 @@ def check_until(resources: Resources, predicate: Any, rounds: int = 6) -> list[d
 
 
 def item(resources: Resources, request_id: int) -> dict[str, Any]:
-    found = resources.item(request_id)
-    assert found is not None
-    return found
-
-
-def status_of(resources: Resources, request_id: int) -> str:
-    return str(item(resources, request_id).get("status", {}).get("S"))
+    return record(resources, request_id)
 
 
 def grant_item(resources: Resources, user: dict[str, Any]) -> dict[str, Any]:
-    answer = resources.client("dynamodb").get_item(
-        TableName=resources.local.ref("GrantsTable"), Key={"grant_id": {"S": f"user:{user['open_id']}"}}
-    )
-    found: dict[str, Any] = answer.get("Item", {})
-    return found
+    """The user's grant under the backend, as stored ({} when none)."""
+    return grant(resources, BACKEND_CALLER, user["open_id"])
 
 
-def stored_refresh_token(resources: Resources, user: dict[str, Any]) -> str:
-    """The refresh token the service holds for ``user`` (opened with the stack's key, as a function would)."""
-    grant = grant_item(resources, user)
-    plaintext = resources.client("kms").decrypt(
-        CiphertextBlob=base64.b64decode(grant["sealed_refresh_token"]["S"]),
-        EncryptionContext={"purpose": "tiktok-archive refresh token", "grant_id": grant["grant_id"]["S"]},
-    )["Plaintext"]
-    return str(plaintext.decode())
+def kept_refresh_token(resources: Resources, user: dict[str, Any]) -> str:
+    """The refresh token the service holds for ``user`` under the backend."""
+    return stored_refresh_token(resources, user_grant_id(BACKEND_CALLER, user["open_id"]))
 
 
 # -- POST /requests ------------------------------------------------------------------------------------
@@ -109,9 +94,11 @@ def test_a_request_is_added_at_tiktok_and_answered_202_waiting(
 
     answer = add_request(user, categories=["video", "activity"])
 
-    # Then TikTok has the request, and the caller the record of it, waiting, with where to look
+    # Then TikTok has the request, and the caller the record of it, waiting, with where to look, for
+    # the user TikTok named
     assert answer.status == 202, answer.body
     request_id = int(answer.body["request_id"])
+    assert answer.body["open_id"] == user["open_id"]
     assert answer.body["request_id"] in emulator.user(user["open_id"])["requests"]
     assert answer.headers["Location"] == f"/v1/downloads/{request_id}"
     assert answer.body["status"] == "waiting"
@@ -123,6 +110,11 @@ def test_a_request_is_added_at_tiktok_and_answered_202_waiting(
     assert json.loads(check["body"]) == {"kind": "check", "request_id": str(request_id), "seq": 0}
     [event] = resources.events()
     assert (event["detail-type"], event["detail"]["request_id"]) == ("Request Added", str(request_id))
+    assert (event["detail"]["caller"], event["detail"]["open_id"]) == (BACKEND_CALLER, user["open_id"])
+    # And the service holds the user's only live lineage now: TikTok rotated the refresh token handed over
+    now = tokens_now(emulator, user["open_id"])
+    assert (now["refreshes"], now["refused_refreshes"]) == (1, 0)
+    assert kept_refresh_token(resources, user) == now["refresh_token"] != user["refresh_token"]
     # And the user's tokens are kept sealed only: no token in the grant, the record, the event
     written = json.dumps([grant_item(resources, user), item(resources, request_id), event])
     for token in (user["access_token"], user["refresh_token"]):
@@ -139,6 +131,7 @@ def test_a_request_is_added_at_tiktok_and_answered_202_waiting(
         {"categories": "all_data"},
         {"refresh_token": "rft.has a space"},
         {"open_id": 12},
+        {"open_id": "-000d1f5e2a"},  # an open_id is only compared with TikTok's: never alone
         {"surprise": True},
         "[1, 2]",
         "not json",
@@ -148,12 +141,28 @@ def test_a_bad_body_is_400_before_tiktok_is_called(
     configure: Configure, emulator: Emulator, resources: Resources, body: Any
 ) -> None:
     user = consent(emulator)
-    before = emulator.stats()["calls"].get("add", 0)
+    before = emulator.stats()["calls"]
 
     answer = call_api(request_event(body, user["access_token"]))
 
     assert (answer.status, answer.body["error"]["code"]) == (400, "invalid_request")
-    assert emulator.stats()["calls"].get("add", 0) == before
+    assert emulator.stats()["calls"] == before  # no Add, and no refresh of a handed-over token either
+    assert resources.client("dynamodb").scan(TableName=resources.table)["Items"] == []
+    assert grants_of_user(resources, user["open_id"]) == []
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"access_token": ""}, {"access_token": "act.has a space"}, {"access_token": 7}]
+)
+def test_a_request_without_a_well_formed_access_token_is_400_missing_token(
+    configure: Configure, emulator: Emulator, resources: Resources, body: dict[str, Any]
+) -> None:
+    before = emulator.stats()["calls"]
+
+    answer = call_api(request_event(json.dumps(body), None))
+
+    assert (answer.status, answer.body["error"]["code"]) == (400, "missing_token")
+    assert emulator.stats()["calls"] == before
     assert resources.client("dynamodb").scan(TableName=resources.table)["Items"] == []
 
 
@@ -173,6 +182,9 @@ def test_tiktoks_refusals_pass_through_and_keep_nothing(
     assert len(again.body["error"]["log_id"]) == 34
     assert len(resources.client("dynamodb").scan(TableName=resources.table)["Items"]) == 1
     assert resources.events() == []
+    # The user TikTok refused for good keeps no grant; the other's grant serves its waiting request
+    assert grants_of_user(resources, no_scope["open_id"]) == []
+    assert grant_item(resources, single) != {}
 
 
 # -- waiting, then the archive -----------------------------------------------------------------------
@@ -188,7 +200,7 @@ def test_from_consent_to_archive_without_anyone_polling(
     check_until(resources, lambda: int(item(resources, request_id)["checks"]["N"]) >= 2)
 
     # Then the record is waiting, TikTok's times are known, and the interval doubled (1 s, then 2 s)
-    waiting = call_api(get_event(request_id, user["access_token"])).body
+    waiting = call_api(get_event(request_id)).body
     assert waiting["status"] == "waiting"
     assert waiting["tiktok"]["status"] == "pending"
     assert waiting["tiktok"]["apply_time"]
@@ -208,7 +220,7 @@ def test_from_consent_to_archive_without_anyone_polling(
     assert call_worker(jobs) == {"batchItemFailures": []}
 
     # Then the archive is stored, announced, and GET hands out a link to exactly TikTok's bytes
-    done = call_api(get_event(request_id, user["access_token"])).body
+    done = call_api(get_event(request_id)).body
     assert done["status"] == "completed"
     with urllib.request.urlopen(done["url"], timeout=30) as response:
         assert len(response.read()) == done["size_bytes"]
@@ -217,6 +229,7 @@ def test_from_consent_to_archive_without_anyone_polling(
     assert completed["detail"]["open_id"] == user["open_id"]
     assert "url" not in json.dumps(completed)
     assert stored_keys(resources.client("s3"), bucket) == [f"archives/{request_id}.zip"]
+    assert grant_item(resources, user) == {}  # the user's tokens go with the last request that needed them
 
 
 @pytest.mark.parametrize(
@@ -235,9 +248,10 @@ def test_a_check_that_finds_the_request_ended_at_tiktok_ends_it_and_stops(
 
     assert [e["detail-type"] for e in resources.events()] == [detail_type]
     assert receive(resources, "LifecycleQueue", wait_seconds=3) == []  # the polling stopped
-    record = call_api(get_event(request_id, user["access_token"])).body
-    assert record["status"] == status
-    assert "url" not in record
+    answer = call_api(get_event(request_id)).body
+    assert answer["status"] == status
+    assert "url" not in answer
+    assert grant_item(resources, user) == {}  # no request needs the user's tokens any longer
 
 
 def test_a_rate_limited_check_slows_the_schedule_and_hands_the_batch_back(
@@ -248,7 +262,6 @@ def test_a_rate_limited_check_slows_the_schedule_and_hands_the_batch_back(
     ids = [int(add_request(user).body["request_id"]) for _ in range(3)]
     records = receive(resources, "LifecycleQueue")
     assert len(records) == 3
-    emulator.advance_clock(61)  # past the minute in which the later adds confirmed the user (a check each)
     emulator.set_rate_limit(1, endpoint="check")
     before = emulator.stats()["calls"]["check"]
 
@@ -279,45 +292,12 @@ def test_an_expired_access_token_is_refreshed_and_the_rotated_refresh_token_kept
     # When the schedule checks the request
     check_until(resources, lambda: int(item(resources, request_id)["checks"]["N"]) >= 1)
 
-    # Then the token was refreshed once, the check went through, and the service holds the rotated token
-    now = emulator.user(user["open_id"])
-    assert (now["refreshes"], now["refused_refreshes"]) == (1, 0)
-    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
-    assert stored_refresh_token(resources, user) == now["refresh_token"]
+    # Then the token was refreshed once more than at the handover, the check went through, and the
+    # service holds the rotated token
+    now = tokens_now(emulator, user["open_id"])
+    assert (now["refreshes"], now["refused_refreshes"]) == (2, 0)
+    assert kept_refresh_token(resources, user) == now["refresh_token"]
     assert item(resources, request_id)["status"]["S"] == "waiting"
-
-
-def test_a_caller_naming_another_users_open_id_replaces_none_of_their_tokens(
-    configure: Configure, emulator: Emulator, resources: Resources
-) -> None:
-    # Given a user with a waiting request (their grant holds their tokens), and a stranger: another
-    # TikTok user, with the API key and tokens of their own
-    user = consent(emulator, prepare_seconds=6 * 3600)
-    users_request = int(add_request(user).body["request_id"])
-    before = grant_item(resources, user)
-    stranger = consent(emulator, prepare_seconds=6 * 3600)
-
-    # When the stranger adds a request naming the user's open_id, with the stranger's refresh token
-    body = {"open_id": user["open_id"], "refresh_token": stranger["refresh_token"]}
-    answer = call_api(request_event(body, stranger["access_token"]))
-
-    # Then TikTok did not confirm the stranger as that user: the request is the stranger's, kept apart
-    # (linked to no user), and the user's grant is exactly as it was
-    assert answer.status == 202, answer.body
-    assert grant_item(resources, user) == before
-    strangers = item(resources, int(answer.body["request_id"]))
-    assert "user_openid" not in strangers
-    assert strangers["grant_id"]["S"] == f"request:{answer.body['request_id']}"
-    assert [e["detail"].get("open_id") for e in resources.events()] == [user["open_id"], None]
-    # And both requests go on with their own users' tokens, refreshed three hours later
-    emulator.advance_clock(3 * 3600)
-    check_until(resources, lambda: int(item(resources, users_request)["checks"]["N"]) >= 1)
-    for someone in (user, stranger):
-        now = emulator.user(someone["open_id"])
-        SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
-        assert now["refused_refreshes"] == 0
-    assert status_of(resources, users_request) == "waiting"
-    assert stored_refresh_token(resources, user) == emulator.user(user["open_id"])["refresh_token"]
 
 
 def test_racing_refreshes_of_one_user_keep_a_working_refresh_token(
@@ -334,12 +314,12 @@ def test_racing_refreshes_of_one_user_keep_a_working_refresh_token(
     others = [lifecycle_in_another_container(record) for record in records]
     outputs = [other.communicate(timeout=120) for other in others]
 
-    # Then TikTok refreshed once — nobody replayed a rotated token — and both checks went through
+    # Then TikTok refreshed once (besides the handover) — nobody replayed a rotated token — and both
+    # checks went through
     assert all(other.returncode == 0 for other in others), outputs
-    now = emulator.user(user["open_id"])
-    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
-    assert (now["refreshes"], now["refused_refreshes"]) == (1, 0)
-    assert stored_refresh_token(resources, user) == now["refresh_token"]
+    now = tokens_now(emulator, user["open_id"])
+    assert (now["refreshes"], now["refused_refreshes"]) == (2, 0)
+    assert kept_refresh_token(resources, user) == now["refresh_token"]
     assert sorted(int(item(resources, i)["checks"]["N"]) for i in ids) == [1, 1]
 
 
@@ -354,8 +334,8 @@ def test_a_refused_refresh_ends_the_request_reauthorization_required(
 
     check_until(resources, lambda: status_of(resources, request_id) == "failed")
 
-    record = item(resources, request_id)
-    assert (record["error_code"]["S"], record["error_transient"]["BOOL"]) == (
+    failed = item(resources, request_id)
+    assert (failed["error_code"]["S"], failed["error_transient"]["BOOL"]) == (
         "reauthorization_required",
         False,
     )
@@ -395,8 +375,8 @@ def test_delete_of_a_waiting_request_cancels_it_at_tiktok_and_stops_the_polling(
     request_id = int(add_request(user).body["request_id"])
     resources.events()
 
-    first = call_api(delete_event(request_id, user["access_token"]))
-    second = call_api(delete_event(request_id, user["access_token"]))
+    first = call_api(delete_event(request_id))
+    second = call_api(delete_event(request_id))
 
     assert (first.status, first.body["status"]) == (200, "cancelled")
     assert (second.status, second.body) == (200, first.body)  # idempotent
@@ -418,11 +398,11 @@ def test_delete_of_a_stored_archive_deletes_it_and_no_link_is_ever_handed_out(
     emulator.register(request_id, token, size=6 * MIB)
     assert call_api(api_event(request_id, token)).status == 200
 
-    cancelled = call_api(delete_event(request_id, token))
+    cancelled = call_api(delete_event(request_id))
 
     assert (cancelled.status, cancelled.body["status"]) == (200, "cancelled")
     assert_nothing_left(s3, bucket)
-    got = call_api(get_event(request_id, token))
+    got = call_api(get_event(request_id))
     assert (got.body["status"], "url" in got.body) == ("cancelled", False)
     again = call_api(api_event(request_id, token))
     assert (again.status, again.body["error"]["code"]) == (410, "request_cancelled")
@@ -434,69 +414,49 @@ def test_delete_of_a_stored_archive_deletes_it_and_no_link_is_ever_handed_out(
     assert emulator.downloads(request_id) == 1
 
 
-def test_delete_by_a_stranger_changes_nothing(
-    configure: Configure, emulator: Emulator, resources: Resources, token: str
+def test_delete_by_another_caller_changes_nothing(
+    configure: Configure, emulator: Emulator, resources: Resources, s3: Any, bucket: str, token: str
 ) -> None:
     request_id = new_request_id()
     emulator.register(request_id, token)
     assert call_api(api_event(request_id, token)).status == 200
-    stranger = SECRETS.token()
-    emulator.register(new_request_id(), stranger)
     before = resources.item(request_id)
 
-    answer = call_api(delete_event(request_id, stranger))
+    answer = call_api(delete_event(request_id, OTHER))
 
-    assert (answer.status, answer.body["error"]["code"]) == (404, "not_found")
+    # The same answer as for an id nobody knows; the archive and the record stay (see test_custody.py
+    # for every route and state)
+    assert (answer.status, answer.body) == (404, call_api(delete_event(new_request_id(), OTHER)).body)
     assert resources.item(request_id) == before
-
-
-def worker_in_another_container(record: dict[str, Any]) -> subprocess.Popen[str]:
-    return _invoke("sqs", "WorkerFunction", record)
-
-
-def lifecycle_in_another_container(record: dict[str, Any]) -> subprocess.Popen[str]:
-    return _invoke("lifecycle", "LifecycleFunction", record)
-
-
-def _invoke(trigger: str, function: str, record: dict[str, Any]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.harness.invoke", trigger, json.dumps({"Records": [record]})],
-        cwd=REPO_ROOT,
-        env={
-            **os.environ,
-            **functions().environment(function),
-            "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    assert stored_keys(s3, bucket) == [f"archives/{request_id}.zip"]
 
 
 def test_delete_during_a_running_download_stops_it_and_leaves_nothing(
     configure: Configure, emulator: Emulator, resources: Resources, s3: Any, bucket: str, token: str
 ) -> None:
-    # Given a download running in another container, slowly (24 MiB at 2 MiB/s)
+    # Given the backend's download queued (Prefer: respond-async), running in another container, slowly
+    # (24 MiB at 2 MiB/s)
     request_id = new_request_id()
     emulator.register(request_id, token, size=24 * MIB, bytes_per_second=2 * MIB)
-    body = json.dumps({"request_id": str(request_id), "access_token": token})
-    other = worker_in_another_container(sqs_record(body))
+    assert call_api(api_event(request_id, token, prefer="respond-async")).status == 202
+    [job] = receive(resources, "DownloadQueue")
+    other = worker_in_another_container(sqs_record(job["body"]))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and "progress_bytes" not in (resources.item(request_id) or {}):
         time.sleep(0.2)
 
-    # When GET shows its progress, and then the owner deletes it
-    running = call_api(get_event(request_id, token)).body
+    # When GET shows its progress, and then the backend deletes it
+    running = call_api(get_event(request_id)).body
     assert running["status"] == "in_progress"
     assert running["progress"]["bytes_received"] > 0
     assert running["progress"]["parts_uploaded"] >= 1
-    cancelled = call_api(delete_event(request_id, token))
+    cancelled = call_api(delete_event(request_id))
     out, err = other.communicate(timeout=60)
 
-    # Then the running download stopped at its next progress report and left nothing behind
+    # Then the running download stopped — the job is done with, not handed back — and left nothing behind
     assert cancelled.body["status"] == "cancelled"
     assert other.returncode == 0, err[-2000:]
-    assert json.loads(out.strip().splitlines()[-1]) == {"batchItemFailures": []}
+    assert json.loads(out.strip().splitlines()[-1]) == {"batchItemFailures": []}, out[-3000:]
     assert stored_keys(s3, bucket) == []
     assert open_uploads(s3, bucket) == []
     assert status_of(resources, request_id) == "cancelled"
@@ -510,31 +470,18 @@ def test_an_access_token_near_its_expiry_is_refreshed_before_use(
     request_id = int(add_request(user).body["request_id"])
     resources.client("dynamodb").update_item(
         TableName=resources.local.ref("GrantsTable"),
-        Key={"grant_id": {"S": f"user:{user['open_id']}"}},
+        Key={"grant_id": {"S": user_grant_id(BACKEND_CALLER, user["open_id"])}},
         UpdateExpression="SET access_expires_at = :soon",
         ExpressionAttributeValues={":soon": {"N": str(int(time.time()) + 600)}},
     )
 
     check_until(resources, lambda: int(item(resources, request_id)["checks"]["N"]) >= 1)
 
-    # Then it was refreshed before the check, though TikTok would still have taken it
-    now = emulator.user(user["open_id"])
-    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
-    assert now["refreshes"] == 1
+    # Then it was refreshed before the check (once more than at the handover), though TikTok would still
+    # have taken it
+    now = tokens_now(emulator, user["open_id"])
+    assert now["refreshes"] == 2
     assert int(grant_item(resources, user)["access_expires_at"]["N"]) > time.time() + 3600
-
-
-def in_queue(resources: Resources, queue: str) -> int:
-    """Messages in ``queue``: visible, received and not yet deleted, or still delayed."""
-    names = [
-        "ApproximateNumberOfMessages",
-        "ApproximateNumberOfMessagesNotVisible",
-        "ApproximateNumberOfMessagesDelayed",
-    ]
-    attributes = resources.client("sqs").get_queue_attributes(
-        QueueUrl=resources.local.ref(queue), AttributeNames=names
-    )["Attributes"]
-    return sum(int(attributes[name]) for name in names)
 
 
 @pytest.mark.slow
@@ -616,9 +563,9 @@ def test_a_queued_download_whose_token_expired_meanwhile_refreshes_it_in_the_wor
     # When the worker runs the job
     assert call_worker(receive(resources, "DownloadQueue")) == {"batchItemFailures": []}
 
-    # Then it refreshed the token itself, kept the rotated one, and stored the archive
-    now = emulator.user(user["open_id"])
-    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
-    assert now["refreshes"] == 1
-    assert stored_refresh_token(resources, user) == now["refresh_token"]
+    # Then it refreshed the token itself (once more than at the handover; no rotated token replayed),
+    # stored the archive, and let the grant go: no request of the user needs it any longer
+    now = tokens_now(emulator, user["open_id"])
+    assert (now["refreshes"], now["refused_refreshes"]) == (2, 0)
     assert status_of(resources, request_id) == "completed"
+    assert grant_item(resources, user) == {}

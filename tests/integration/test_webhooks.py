@@ -1,6 +1,6 @@
 """TikTok's webhooks through the real handlers: only a valid signature over the exact bytes does anything,
 a duplicate does nothing, ``portability.download.ready`` queues a waiting request's download at once, and
-``authorization.removed`` purges everything of the user.
+``authorization.removed`` purges everything of the user under every caller (the lifecycle function's work).
 
 Deliveries are signed as TikTok signs them (``tests/harness/tiktok_emulator.sign``, written from the
 reference), with the app secret the stack's secret holds.
@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
+    BACKEND_CALLER,
     MIB,
-    SECRETS,
+    OTHER,
+    OTHER_CALLER,
     Configure,
     acknowledge,
     api_event,
@@ -29,7 +31,6 @@ from tests.conftest import (
     new_request_id,
     open_uploads,
     receive,
-    request_event,
     stored_keys,
     webhook_event,
 )
@@ -37,6 +38,16 @@ from tests.harness.emulator_control import Emulator
 from tests.harness.local_stack import APP_SECRET, Resources
 from tests.harness.tiktok_emulator import sign, webhook_body
 from tests.harness.tokens import open_id as new_open_id
+from tests.integration.custody_support import (
+    added,
+    consent,
+    consent_again,
+    grants_of_user,
+    run_lifecycle_message,
+    second_pass,
+    take_messages,
+)
+from tiktok_archive.adapters.grants import user_grant_id
 
 SECRET = APP_SECRET["client_secret"]
 KEY = APP_SECRET["client_key"]
@@ -55,19 +66,6 @@ def signed(raw: bytes, *, secret: str = SECRET, at: float | None = None) -> str:
 def nothing_done(resources: Resources) -> bool:
     deliveries = resources.client("dynamodb").scan(TableName=resources.local.ref("WebhookDeliveriesTable"))
     return deliveries["Items"] == [] and receive(resources, "LifecycleQueue", wait_seconds=0) == []
-
-
-def consent(emulator: Emulator, **user: Any) -> dict[str, Any]:
-    granted = emulator.add_user(new_open_id(), **user)
-    SECRETS.tokens.update({granted["access_token"], granted["refresh_token"]})
-    return granted
-
-
-def add_request(user: dict[str, Any]) -> int:
-    body = {"refresh_token": user["refresh_token"], "open_id": user["open_id"]}
-    answer = call_api(request_event(body, user["access_token"]))
-    assert answer.status == 202, answer.body
-    return int(answer.body["request_id"])
 
 
 def run_lifecycle(resources: Resources) -> list[dict[str, Any]]:
@@ -170,7 +168,7 @@ def test_download_ready_queues_a_waiting_request_at_once_and_stops_its_checks(
 ) -> None:
     # Given a request TikTok is preparing, with its first status check pending
     user = consent(emulator, prepare_seconds=3600, archive_size=2 * MIB)
-    request_id = add_request(user)
+    request_id = added(user)
     resources.events()
 
     # When TikTok announces it ready (and it is), and the lifecycle does the work
@@ -189,7 +187,7 @@ def test_download_ready_queues_a_waiting_request_at_once_and_stops_its_checks(
     assert [e["detail-type"] for e in resources.events()] == ["Archive Ready"]
     [job] = receive(resources, "DownloadQueue")
     assert call_worker([job]) == {"batchItemFailures": []}
-    assert call_api(get_event(request_id, user["access_token"])).body["status"] == "completed"
+    assert call_api(get_event(request_id)).body["status"] == "completed"
 
 
 def test_download_ready_for_an_unknown_request_is_acknowledged_and_logged(
@@ -205,74 +203,95 @@ def test_download_ready_for_an_unknown_request_is_acknowledged_and_logged(
     assert receive(resources, "DownloadQueue", wait_seconds=0) == []
 
 
-def test_download_ready_for_a_stored_archive_does_nothing(
+def test_download_ready_for_a_stored_archive_downloads_nothing_and_records_tiktoks_user(
     configure: Configure, emulator: Emulator, resources: Resources, token: str
 ) -> None:
+    # Given an archive the backend downloaded with an access token alone (its user unknown to the service)
     request_id = new_request_id()
-    emulator.register(request_id, token)
+    owner = emulator.register(request_id, token)["owner"]
     assert call_api(api_event(request_id, token)).status == 200
     before = resources.item(request_id)
+    assert before is not None
+    assert "user_openid" not in before
     resources.events()
 
-    raw = delivery("portability.download.ready", {"request_id": request_id})
+    # When TikTok announces it ready, naming its user
+    raw = delivery("portability.download.ready", {"request_id": request_id}, owner)
     assert call_webhook(webhook_event(raw, signed(raw))).status == 200
     run_lifecycle(resources)
 
-    assert resources.item(request_id) == before
+    # Then nothing is downloaded, queued or published; the record only learns its user, as TikTok named
+    # it — so that the user's purge finds it
+    user_fields = {"user_openid": {"S": owner}, "caller_user": {"S": f"{BACKEND_CALLER} {owner}"}}
+    assert resources.item(request_id) == {**before, **user_fields}
     assert resources.events() == []
     assert receive(resources, "DownloadQueue", wait_seconds=0) == []
+    assert call_api(get_event(request_id)).body["open_id"] == owner
+    # And a later delivery naming someone else changes nothing: the first user TikTok named stays
+    raw = delivery("portability.download.ready", {"request_id": request_id}, new_open_id())
+    assert call_webhook(webhook_event(raw, signed(raw))).status == 200
+    run_lifecycle(resources)
+    assert resources.item(request_id) == {**before, **user_fields}
 
 
 # -- authorization.removed -------------------------------------------------------------------------------
-def test_authorization_removed_purges_everything_of_the_user(
+def test_authorization_removed_purges_everything_of_the_user_under_every_caller(
     configure: Configure, emulator: Emulator, resources: Resources, s3: Any, bucket: str
 ) -> None:
-    # Given a user with one archive stored and one request still waiting, and another user
+    # Given a user with one archive stored and one request still waiting under the backend, a request
+    # waiting under another caller (after a new consent), and another user
     user = consent(emulator, prepare_seconds=3600, archive_size=2 * MIB, scopes=["portability.all.ongoing"])
-    stored = add_request(user)
+    stored, waiting = added(user), added(user)
+    others = added(consent_again(emulator, user["open_id"]), OTHER)
     emulator.set_request_state(stored, "downloading")
     raw = delivery("portability.download.ready", {"request_id": stored}, user["open_id"])
     call_webhook(webhook_event(raw, signed(raw)))
     run_lifecycle(resources)
     [job] = receive(resources, "DownloadQueue")
     assert call_worker([job]) == {"batchItemFailures": []}
-    waiting = add_request(user)
     other = consent(emulator, prepare_seconds=3600)
-    kept = add_request(other)
+    kept = added(other)
     assert stored_keys(s3, bucket) == [f"archives/{stored}.zip"]
+    assert len(grants_of_user(resources, user["open_id"])) == 2
     resources.events()
 
     # When TikTok says the user disconnected the app (twice: deliveries are at least once)
     emulator.disconnect_user(user["open_id"])
     raw = delivery("authorization.removed", {"reason": 1}, user["open_id"])
     answers = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(2)]
-    for _ in range(3):
-        run_lifecycle(resources)
-
-    # Then the user's archive, schedule and tokens are gone, both records are tombstones, one event
+    work = take_messages(resources, "LifecycleQueue", "webhook")
     assert [a.body["status"] for a in answers] == ["queued", "duplicate"]
+    assert len(work) == 1
+    assert call_lifecycle(work) == {"batchItemFailures": []}
+
+    # Then the user's archive, schedules and tokens are gone under both callers, their records are
+    # tombstones, and each caller is told what it lost
     assert stored_keys(s3, bucket) == []
     assert open_uploads(s3, bucket) == []
-    for request_id in (stored, waiting):
+    for request_id in (stored, waiting, others):
         record = resources.item(request_id)
         assert record is not None
         assert record["status"]["S"] == "revoked"
         assert "key" not in record
-    grants = resources.client("dynamodb").scan(TableName=resources.local.ref("GrantsTable"))["Items"]
-    assert [g["grant_id"]["S"] for g in grants] == [f"user:{other['open_id']}"]
-    events = resources.events()
-    [removed] = [e for e in events if e["detail-type"] == "Authorization Removed"]
-    assert removed["detail"]["requests_revoked"] == 2
-    assert removed["detail"]["open_id"] == user["open_id"]
-    # And nothing else of that user: no link, and the other user's request untouched
-    got = call_api(get_event(stored, user["access_token"]))
-    assert "url" not in json.dumps(got.body)
+    assert grants_of_user(resources, user["open_id"], [stored, waiting, others]) == []
+    assert grants_of_user(resources, other["open_id"]) == [user_grant_id(BACKEND_CALLER, other["open_id"])]
+    removed = {e["detail"]["caller"]: e["detail"] for e in resources.events()}
+    assert sorted(removed) == sorted([BACKEND_CALLER, OTHER_CALLER])
+    assert sorted(removed[BACKEND_CALLER]["request_ids"]) == sorted([str(stored), str(waiting)])
+    assert removed[OTHER_CALLER]["request_ids"] == [str(others)]
+    assert {(d["open_id"], d["reason"]) for d in removed.values()} == {(user["open_id"], 1)}
+    # And nothing else of that user: no link; the other user's request untouched; no token anywhere
+    got = call_api(get_event(stored))
+    assert (got.body["status"], "url" in got.body) == ("revoked", False)
     other_record = resources.item(kept)
     assert other_record is not None
     assert other_record["status"]["S"] == "waiting"
     scanned = json.dumps(resources.client("dynamodb").scan(TableName=resources.table)["Items"])
     for token in (user["access_token"], user["refresh_token"]):
         assert token.partition(".")[2] not in scanned
+    # And the purge's second pass, 15 minutes later, finds nothing more
+    assert run_lifecycle_message(second_pass(resources, user["open_id"])) == {"batchItemFailures": []}
+    assert resources.events() == []
 
 
 def test_a_base64_delivery_signature_is_over_the_decoded_bytes(
