@@ -34,7 +34,7 @@ from tiktok_archive.adapters.s3_archive_store import PartListener
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic import downloads, handover, purge, requests, tokens
-from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.logic.transfer import ArchiveTransfer, TransferWatch
 from tiktok_archive.models import deadline as deadline_module
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive, format_utc
@@ -270,6 +270,7 @@ class FakeGrants(Grants):
             refresh_lease_until=None,
             abandoned_refresh_at=None,
             erasing=False,
+            adopted_at=self._clock.now(),
         )
         self.items[grant_id] = adopted
         return adopted
@@ -867,12 +868,19 @@ class FakeTransfer(ArchiveTransfer):
         return self.BUCKET, f"archives/{request_id}.zip"
 
     def run(
-        self, request: DownloadRequest, deadline: Deadline, on_part: PartListener | None = None
+        self, request: DownloadRequest, deadline: Deadline, watch: TransferWatch | None = None
     ) -> DownloadResult:
         self._journal.note("transfer.run")
         self.runs.append(request)
         if self.during is not None:
-            self.during(request, on_part)
+            try:
+                self.during(request, watch.part_done if watch is not None else None)
+            except TransferError:
+                # As the real transfer: a failure the watch says was a stop on purpose is that stop.
+                stop = watch.stopped() if watch is not None else None
+                if stop is not None:
+                    raise stop from None
+                raise
         bucket, key = self.location(request.request_id)
         url, expires_at = self.link(request.request_id)
         return DownloadResult(

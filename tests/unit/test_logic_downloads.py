@@ -362,11 +362,11 @@ def test_a_failure_on_a_request_cancelled_meanwhile_publishes_no_download_failed
 
     world.transfer.during = cancelled_then_broken
 
-    # When the download runs
-    with pytest.raises(UpstreamStreamBrokenError):
+    # When the download runs; Then it was stopped, not failed: the caller learns the request was cancelled
+    with pytest.raises(RequestCancelledError):
         world.download()
 
-    # Then the record stays cancelled (not failed) and no Download Failed event is published
+    # And the record stays cancelled (not failed) and no Download Failed event is published
     assert world.record.status is DownloadStatus.CANCELLED
     assert world.record.error is None
     assert world.events.sent == []

@@ -6,6 +6,7 @@ caller gets the rotated lineage. The same token handed over again is never sent 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from tiktok_archive.models.errors import (
     OpenIdMismatchError,
     ReauthorizationRequiredError,
     RecordStoreError,
+    TikTokApiError,
 )
 from tiktok_archive.models.portability import HandedTokens, TokenGrant
 
@@ -253,10 +255,43 @@ def test_the_same_refresh_token_handed_again_by_the_same_caller_joins_without_ca
 
     # Then the grant they went into is joined: TikTok is not sent the rotated token, the lineage is the
     # same, and the grant has a new generation (a release racing with the join keeps it)
-    assert again == first
+    assert again == dataclasses.replace(first, joined=True)
     assert world.tiktok.refreshes.count == 1
     assert world.stored() == ("access-new", "refresh-new")
     assert world.grants.items[GRANT].generation != before.generation
+
+
+def test_tokens_joined_again_act_with_a_refreshed_token_when_tiktok_refuses_the_stored_one(
+    world: World,
+) -> None:
+    # Given tokens handed over once, whose stored access token TikTok has since stopped taking (revoked
+    # early, or TikTok's clock ahead of ours)
+    world.tiktok.refreshes.then(exchanged()).then(exchanged("access-later", "refresh-later"))
+    world.handover.take(CALLER, HANDED, deadline())
+    holding = world.handover.take(CALLER, HANDED, deadline())
+    seen: list[str] = []
+
+    def add(token: str) -> int:
+        seen.append(token)
+        if token == "access-new":
+            raise TikTokApiError("access_token_invalid", "expired", log_id=None, upstream_status=401)
+        return 7
+
+    # When the caller's work runs with the joined holding
+    result = world.handover.act(holding, deadline(), add)
+
+    # Then TikTok's refusal made the service refresh the grant's own lineage and try once more
+    assert result == 7
+    assert seen == ["access-new", "access-later"]
+    assert world.stored() == ("access-later", "refresh-later")
+
+
+def test_tokens_just_exchanged_act_as_they_are(world: World) -> None:
+    world.tiktok.refreshes.then(exchanged())
+    holding = world.handover.take(CALLER, HANDED, deadline())
+
+    assert world.handover.act(holding, deadline(), lambda token: token) == "access-new"
+    assert world.journal.calls.count("vault.open") == 0
 
 
 def test_joining_a_grant_whose_access_token_expires_refreshes_the_grants_lineage(world: World) -> None:
@@ -269,7 +304,7 @@ def test_joining_a_grant_whose_access_token_expires_refreshes_the_grants_lineage
     holding = world.handover.take(CALLER, HANDED, deadline())
 
     # Then the grant's own refresh token was refreshed — the handed one never sent again
-    assert holding == Holding("access-later", GRANT, OPENID)
+    assert holding == Holding("access-later", GRANT, OPENID, joined=True)
     assert [call[1] for call in world.tiktok.refreshes.calls] == ["refresh-caller", "refresh-new"]
     assert world.stored() == ("access-later", "refresh-later")
 
@@ -332,7 +367,7 @@ def test_a_concurrent_handover_of_the_same_token_joins_the_first_ones_grant(worl
     holding = world.handover.take(CALLER, HANDED, deadline())
 
     # Then it finds the first one's grant within its wait and joins it
-    assert holding == Holding("access-new", GRANT, OPENID)
+    assert holding == Holding("access-new", GRANT, OPENID, joined=True)
     assert 0 < sum(world.clock.slept) <= WAIT_FOR_CONCURRENT_HANDOVER_SECONDS
     assert world.stored() == ("access-new", "refresh-new")
 

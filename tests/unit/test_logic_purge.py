@@ -361,8 +361,12 @@ def test_an_erasure_cancels_and_drops_a_request_grant_the_webhook_tied_to_the_us
 
 
 # -- the TikTok side of an erasure --------------------------------------------------------------------
-def given_an_erasure(world: World) -> RevokeAtTikTok:
+def given_an_erasure(world: World, *, shared: bool = False) -> RevokeAtTikTok:
+    """The backend's erasure of the user, its local part done; ``shared``: another caller of the stack
+    holds the user's tokens too."""
     world.given_the_users_data()
+    if not shared:
+        del world.grants.items[OTHER_GRANT]
     world.purge.erase(EraseUser(BACKEND_CALLER, OPENID))
     message = world.queue.messages[0][0]
     assert isinstance(message, RevokeAtTikTok)
@@ -385,6 +389,22 @@ def test_the_tiktok_side_cancels_then_revokes_then_deletes_the_grant(world: Worl
     assert world.tiktok.revokes.calls == [("app-secret", token)]
     assert world.journal.first("tiktok.revoke_tokens") < world.journal.first("grants.delete")
     assert world.journal.calls.index("tiktok.cancel_request") < world.journal.first("tiktok.revoke_tokens")
+    assert GRANT not in world.grants.items
+
+
+def test_an_authorization_another_caller_shares_is_not_revoked_at_tiktok(world: World) -> None:
+    # Given the erasure of a user whose tokens another caller of the stack holds as well
+    message = given_an_erasure(world, shared=True)
+    world.tiktok.cancels.then(None).then(None)
+
+    # When the TikTok side runs
+    revoked = world.purge.revoke_at_tiktok(message, world.deadline())
+
+    # Then the backend's own requests are cancelled and its grant dropped, but the user's authorization
+    # of the app — every token of it, the other caller's too — is not revoked
+    assert revoked is False
+    assert world.tiktok.cancels.count == 2
+    assert world.tiktok.revokes.count == 0
     assert GRANT not in world.grants.items
     assert OTHER_GRANT in world.grants.items
 
@@ -534,6 +554,28 @@ def test_the_second_pass_of_a_disconnect_covers_every_caller(world: World) -> No
     assert set(by_caller) == {BACKEND_CALLER, OTHER_CALLER}
     assert {detail_type for detail_type, _ in by_caller.values()} == {"Authorization Removed"}
     assert by_caller[OTHER_CALLER][1]["reason"] == 2
+
+
+def test_the_second_pass_of_a_disconnect_deletes_a_grant_the_index_hid_but_not_a_new_consent(
+    world: World,
+) -> None:
+    # Given a grant consented to before the purge began, which the first pass's index did not show,
+    # and another caller's grant the user consented to after it
+    missed = dataclasses.replace(world.given_grant(GRANT, BACKEND_CALLER), adopted_at=world.clock.now())
+    world.grants.items[GRANT] = missed
+    world.clock.advance(5)
+    started = world.clock.now()
+    world.clock.advance(60)
+    consented = dataclasses.replace(
+        world.given_grant(OTHER_GRANT, OTHER_CALLER), adopted_at=world.clock.now()
+    )
+    world.grants.items[OTHER_GRANT] = consented
+
+    # When the second pass runs
+    world.purge.again(PurgeAgain(OPENID, None, 1, started))
+
+    # Then the grant from before the purge is gone; the new consent stays
+    assert list(world.grants.items) == [OTHER_GRANT]
 
 
 def test_a_second_pass_that_finds_nothing_new_publishes_nothing(world: World) -> None:

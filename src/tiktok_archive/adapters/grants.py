@@ -72,6 +72,7 @@ class Grant:
             (TikTok may have rotated the token; the tokens may still arrive).
         erasing: the caller asked to erase the user: the grant only serves to cancel and revoke at
             TikTok.
+        adopted_at: when tokens were last handed over into it (a consent; refreshes do not change it).
 
     ``repr`` shows no ciphertext.
     """
@@ -88,6 +89,7 @@ class Grant:
     refresh_lease_until: datetime | None = None
     abandoned_refresh_at: datetime | None = None
     erasing: bool = False
+    adopted_at: datetime | None = None
 
     def being_refreshed(self, now: datetime) -> bool:
         """Whether another invocation holds the refresh lease right now.
@@ -209,7 +211,7 @@ class Grants:
         """
         now = _now()
         sets, values = _token_updates(tokens)
-        sets += ["caller = :caller", "created_at = if_not_exists(created_at, :now)"]
+        sets += ["caller = :caller", "created_at = if_not_exists(created_at, :now)", "adopted_at = :now"]
         values.update({":caller": {"S": caller}, ":now": epoch_value(now)})
         if user_openid is not None:
             sets.append("user_openid = :user")
@@ -487,4 +489,5 @@ def _grant(item: Item) -> Grant:
         refresh_lease_until=_moment(item, "refresh_lease_until"),
         abandoned_refresh_at=_moment(item, "abandoned_refresh_at"),
         erasing="erasing_at" in item,
+        adopted_at=_moment(item, "adopted_at"),
     )

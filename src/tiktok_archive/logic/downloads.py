@@ -23,7 +23,7 @@ from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, H
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic.grant_release import release_grant, release_unneeded
-from tiktok_archive.logic.handover import TokenHandover
+from tiktok_archive.logic.handover import Holding, TokenHandover
 from tiktok_archive.logic.ownership import (
     EXPIRED_MESSAGE,
     NOT_FOUND_MESSAGE,
@@ -116,9 +116,16 @@ class DownloadService:
             TransferError: the download failed; the record says so and an event was published.
         """
         with logged_as(request_id):
-            request, owner = self._take(caller, request_id, handed, deadline)
+            holding, owner = self._take(caller, handed, deadline)
             return self._letting_go(
-                owner, lambda: self._claimed_download(request, owner, deadline, link=True)
+                owner,
+                lambda: self._handover().act(
+                    holding,
+                    deadline,
+                    lambda token: self._claimed_download(
+                        DownloadRequest(request_id, token), owner, deadline, link=True
+                    ),
+                ),
             )
 
     def queue(self, caller: str, request_id: int, handed: HandedTokens, deadline: Deadline) -> Answer:
@@ -133,8 +140,15 @@ class DownloadService:
             ConfigurationError: the queue or the key is not configured.
         """
         with logged_as(request_id):
-            request, owner = self._take(caller, request_id, handed, deadline)
-            return self._letting_go(owner, lambda: self._queued(request, owner, deadline))
+            holding, owner = self._take(caller, handed, deadline)
+            return self._letting_go(
+                owner,
+                lambda: self._handover().act(
+                    holding,
+                    deadline,
+                    lambda token: self._queued(DownloadRequest(request_id, token), owner, deadline),
+                ),
+            )
 
     def _queued(self, request: DownloadRequest, owner: Owner, deadline: Deadline) -> Answer:
         request_id = request.request_id
@@ -161,12 +175,9 @@ class DownloadService:
         logger.info("download queued", extra={"message_id": message_id})
         return Answer(queued)
 
-    def _take(
-        self, caller: str, request_id: int, handed: HandedTokens, deadline: Deadline
-    ) -> tuple[DownloadRequest, Owner]:
+    def _take(self, caller: str, handed: HandedTokens, deadline: Deadline) -> tuple[Holding, Owner]:
         holding = self._handover().take(caller, handed, deadline)
-        owner = Owner(caller, holding.user_openid, holding.grant_id)
-        return DownloadRequest(request_id, holding.access_token), owner
+        return holding, Owner(caller, holding.user_openid, holding.grant_id)
 
     def _letting_go(self, owner: Owner, work: Callable[[], Answer]) -> Answer:
         """``work``'s answer; the grant of the tokens just handed over goes if no request needs it then.
@@ -286,7 +297,7 @@ class DownloadService:
             return self._held(claim.record, request, link=link)
         reporter = _ProgressReporter(self._records, claim)
         try:
-            result = self._transfer.run(request, deadline, reporter.part_done)
+            result = self._transfer.run(request, deadline, reporter)
         except TransferError as error:
             self._finish_failed(claim, error)
             raise
@@ -386,7 +397,9 @@ class _ProgressReporter:
     """Records a running download's progress at most every :data:`PROGRESS_EVERY_SECONDS`.
 
     It stops the download (an error raised into the transfer, which aborts the upload) when the record
-    says it was cancelled, revoked or taken over meanwhile.
+    says it was cancelled, revoked or taken over meanwhile; and tells a failed transfer whether the
+    record ended meanwhile (a cancellation or a purge aborts the upload from outside: a stop, not a
+    failure).
     """
 
     def __init__(self, records: DownloadRecords, claim: Claimed) -> None:
@@ -421,6 +434,13 @@ class _ProgressReporter:
             raise _ended(held.record.status)
         raise DownloadInProgressError("another invocation took this download over")
 
+    def stopped(self) -> TransferError | None:
+        try:
+            record = self._records.get(self._claim.record.request_id)
+        except RecordStoreError:
+            return None
+        return _ended(record.status) if record is not None and record.status in ENDED else None
+
 
 def _nothing_to_download(record: DownloadRecord) -> Answer:
     """A job's answer when the record is final: stored, or ended (nothing is downloaded again)."""
@@ -433,5 +453,7 @@ def _ended(status: DownloadStatus) -> TransferError:
     if status is DownloadStatus.EXPIRED:
         return RequestExpiredError(EXPIRED_MESSAGE)
     if status is DownloadStatus.REVOKED:
-        return RequestCancelledError("the user disconnected the app; this request's data was removed")
+        return RequestCancelledError(
+            "the user's data was removed (the user disconnected the app, or was erased), this request's too"
+        )
     return RequestCancelledError("this request was cancelled")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tiktok_archive.adapters.grants import Grants, request_grant_id, user_grant_id
 from tiktok_archive.logic.tokens import TokenService, handed_access_token
@@ -31,6 +33,7 @@ from tiktok_archive.models.errors import (
 from tiktok_archive.models.portability import HandedTokens, TokenGrant
 from tiktok_archive.observability import logger
 
+T = TypeVar("T")
 # A refresh token TikTok refused may be one that a concurrent handover of the same tokens just exchanged:
 # its grant is looked for this long before the refusal stands.
 WAIT_FOR_CONCURRENT_HANDOVER_SECONDS = 3.0
@@ -50,12 +53,15 @@ class Holding:
             :meth:`TokenHandover.keep_for_request`).
         user_openid: the user, as TikTok named them (None without a refresh token).
         unkept: tokens not yet in any grant (a request's own, kept once its ``request_id`` exists).
+        joined: the tokens were handed over before; ``access_token`` is the grant's stored one, which
+            TikTok may refuse although it looks fresh (see :meth:`TokenHandover.act`).
     """
 
     access_token: str = field(repr=False)
     grant_id: str | None
     user_openid: str | None
     unkept: TokenGrant | None = field(default=None, repr=False)
+    joined: bool = False
 
 
 class TokenHandover:
@@ -97,6 +103,17 @@ class TokenHandover:
                 raise
             return self._join_handed(caller, known, handed, deadline)
         return self._keep_fresh(caller, digest, handed, fresh)
+
+    def act(self, holding: Holding, deadline: Deadline, use: Callable[[str], T]) -> T:
+        """``use(token)`` with the holding's access token.
+
+        Tokens TikTok just issued are used as they are; a joined grant's stored token goes through
+        :meth:`TokenService.with_access_token`, refreshed and tried once more when TikTok refuses it
+        (``use`` must change nothing before TikTok accepted the token).
+        """
+        if holding.joined and holding.grant_id is not None:
+            return self._tokens.with_access_token(holding.grant_id, deadline, use)
+        return use(holding.access_token)
 
     def keep_for_request(self, caller: str, holding: Holding, request_id: int) -> str:
         """Keep tokens of an unknown user for the one request they came with; returns the grant's id.
@@ -160,7 +177,7 @@ class TokenHandover:
         if not self._grants.touch(grant.grant_id):
             raise ReauthorizationRequiredError(_EXCHANGED_BEFORE)
         token = self._tokens.access_token(grant.grant_id, deadline)
-        return Holding(token, grant.grant_id, grant.user_openid)
+        return Holding(token, grant.grant_id, grant.user_openid, joined=True)
 
     def _wait_for_concurrent(self, digest: str, deadline: Deadline) -> tuple[str, str] | None:
         """After TikTok refused the refresh token: a concurrent handover of it may be storing its grant."""

@@ -158,11 +158,20 @@ class UserPurge:
         if grant is None or not grant.erasing:
             logger.info("nothing to revoke: the grant is gone, or the user consented again since")
             return False
+        shared = any(other.caller != message.caller for other in self._grants.of_user(message.open_id))
         try:
             for request_id in message.cancel:
                 self._cancel(grant_id, request_id, deadline)
-            token = self._tokens.access_token(grant_id, deadline)
-            revoked = self._tiktok.revoke_tokens(self._app().get(), token, deadline)
+            if shared:
+                # TikTok revokes the user's authorization of the app, every token of it: other callers
+                # of this stack hold the user's tokens too, and one caller changes nothing of another's.
+                logger.warning(
+                    "the user's authorization is shared with another caller: not revoked at TikTok"
+                )
+                revoked = False
+            else:
+                token = self._tokens.access_token(grant_id, deadline)
+                revoked = self._tiktok.revoke_tokens(self._app().get(), token, deadline)
         except ReauthorizationRequiredError:
             revoked = False  # the user's tokens no longer work: nothing is left to cancel or revoke
         latest = self._grants.get(grant_id)
@@ -183,6 +192,11 @@ class UserPurge:
         else:
             records = self._records.of_caller_user(message.caller, message.open_id)
         purged = self._purge(records, before=message.started_at)
+        if message.caller is None:
+            # A grant the first pass's index did not show yet goes too — not one consented to since.
+            for grant in self._grants.of_user(message.open_id):
+                if grant.adopted_at is not None and grant.adopted_at <= message.started_at:
+                    self._tokens.delete(grant.grant_id, generation=grant.generation, forget_handed=True)
         if purged.revoked:
             logger.warning(
                 "the second pass of a purge found records the first did not",

@@ -132,8 +132,12 @@ class RequestLifecycle:
         """
         holding = self._handover.take(caller, new.tokens, deadline)
         try:
-            request_id = self._tiktok.add_request(
-                holding.access_token, new.data_format, list(new.categories), deadline
+            request_id = self._handover.act(
+                holding,
+                deadline,
+                lambda token: self._tiktok.add_request(
+                    token, new.data_format, list(new.categories), deadline
+                ),
             )
         except TransferError as error:
             # TikTok refused for good: a grant made for this request alone is not kept. A transient

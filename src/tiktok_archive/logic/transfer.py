@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
@@ -20,6 +20,9 @@ from tiktok_archive.models.errors import TransferError, UnexpectedError, Upstrea
 from tiktok_archive.models.zip_manifest import MAX_DIRECTORY_BYTES, build_manifest
 from tiktok_archive.models.zip_tail import ZipTail
 from tiktok_archive.observability import SERVICE, logger, metrics
+
+# The outcome of a download its record's end stopped (cancelled, purged): not a failure.
+STOPPED = "stopped"
 
 
 class ArchiveTransfer:
@@ -46,15 +49,17 @@ class ArchiveTransfer:
         self._url_ttl_seconds = url_ttl_seconds
 
     def run(
-        self, request: DownloadRequest, deadline: Deadline, on_part: PartListener | None = None
+        self, request: DownloadRequest, deadline: Deadline, watch: TransferWatch | None = None
     ) -> DownloadResult:
         """Download ``request``'s archive into ``{prefix}{request_id}.zip`` and presign it.
 
         The work stops at ``deadline`` (the invocation's, made once by its handler: Lambda's deadline less
         the margin that leaves time to abort and answer). Memory stays bounded by the store's part
         size and concurrency, whatever the archive's size. Every outcome is logged (the caller puts
-        ``request_id`` on the records) and counted by code. ``on_part`` is told the progress after each
-        part (see :meth:`S3ArchiveStore.write`).
+        ``request_id`` on the records) and counted by code. ``watch`` is told the progress after each
+        part (see :meth:`S3ArchiveStore.write`), and is asked, when the transfer fails, whether it was
+        stopped on purpose (the request was cancelled or its user purged meanwhile: its upload aborted
+        from outside) — a stop is logged and counted as one, not as a failure.
 
         Raises:
             TransferError: the one error that explains the failure; nothing partial is left in S3.
@@ -67,7 +72,9 @@ class ArchiveTransfer:
                 "download started",
                 extra={"key": key, "time_budget_seconds": round(max(0.0, deadline.remaining()), 3)},
             )
-            archive, tail = self._download(request, key, filename, deadline, on_part)
+            archive, tail = self._download(
+                request, key, filename, deadline, watch.part_done if watch else None
+            )
             manifest = self._manifest(key, tail)
             url, expires_at = self._store.presign(key, filename, self._url_ttl_seconds)
             duration = time.monotonic() - started
@@ -81,6 +88,11 @@ class ArchiveTransfer:
                 },
             )
         except TransferError as error:
+            stop = watch.stopped() if watch is not None else None
+            if stop is not None:
+                logger.info("download stopped: the request ended meanwhile", extra=stop.log_fields())
+                _count_outcome(STOPPED)
+                raise stop from None
             logger.error("download failed", extra=error.log_fields())
             _count_outcome(error.error_code)
             raise
@@ -184,10 +196,20 @@ class ArchiveTransfer:
         return manifest
 
 
-def _count_outcome(code: str) -> None:
-    """One ``Downloads`` count per outcome, by code (``ok`` or the error code).
+class TransferWatch(Protocol):
+    """Who follows a transfer: told each part's progress, and asked whether a failure was a stop."""
 
-    Failures also count in ``DownloadFailures``.
+    def part_done(self, parts: int, size: int) -> None:
+        """``parts`` parts (``size`` bytes) are stored; may raise to stop the transfer."""
+
+    def stopped(self) -> TransferError | None:
+        """The reason the transfer was stopped on purpose, if it was (else None: a real failure)."""
+
+
+def _count_outcome(code: str) -> None:
+    """One ``Downloads`` count per outcome, by code (``ok``, ``stopped`` or the error code).
+
+    Failures also count in ``DownloadFailures``; a stop on purpose does not.
     """
     with single_metric(
         name="Downloads",
@@ -198,6 +220,6 @@ def _count_outcome(code: str) -> None:
     ) as metric:
         metric.add_dimension(name="service", value=SERVICE)
         metric.add_dimension(name="outcome", value=code)
-    if code != "ok":
+    if code not in ("ok", STOPPED):
         # One metric without the outcome dimension, for an alarm on every kind of failure at once.
         metrics.add_metric(name="DownloadFailures", unit=MetricUnit.Count, value=1)
