@@ -1,6 +1,7 @@
 # Two commands matter: `make demo` (the whole job locally, no AWS account) and `make test`.
-# Each sets up its own virtualenv from the pinned requirements on first use.
+# Each sets up its own virtualenv from the pinned requirements on first use. `make` alone lists the rest.
 SHELL := /bin/bash
+.DEFAULT_GOAL := help
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,15 @@ LAMBDA_PIP_ENV := PIP_ONLY_BINARY=:all: PIP_IMPLEMENTATION=cp PIP_PYTHON_VERSION
 LOCK := $(BIN)/uv pip compile --quiet --no-config --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock"
 
-.PHONY: demo serve test faults bench lint format validate build deploy clean lock lock-check
+.PHONY: help demo serve test test-unit faults bench lint format validate build deploy deploy-guided outputs \
+	delete clean lock lock-check
+# The deployed stack (samconfig.toml names it too); `make deploy STACK=other` for a second one.
+STACK ?= tiktok-archive
+# Template parameters for `make deploy`, e.g. PARAMETERS="CallerRoleArns=arn:aws:iam::123456789012:role/Backend".
+PARAMETERS ?=
+
+help:  ## This list.
+	@awk 'BEGIN {FS = ":.*##"} /^[a-z-]+:.*##/ {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # The function's runtime first, exactly the lock (hash-checked), so the suite tests what `sam build` packages;
 # then the dev tools, pinned by constraints.txt and held to the lock's pins (a disagreement fails here).
@@ -46,11 +55,14 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 demo: $(BIN)/.installed  ## Run the whole job against moto server and the TikTok emulator.
 	PYTHONPATH=src $(BIN)/python -m tests.harness.demo
 
-serve: $(BIN)/.installed  ## The API on http://127.0.0.1:$$PORT for curl, with moto server and the TikTok emulator behind it.
+serve: $(BIN)/.installed  ## The API on a local port for curl (PORT=8080 to choose it), moto and the TikTok emulator behind it.
 	PYTHONPATH=src $(BIN)/python -m tests.harness.serve
 
-test: $(BIN)/.installed  ## The whole suite (what CI runs).
+test: $(BIN)/.installed  ## The whole suite (what CI runs; about 12 minutes).
 	$(BIN)/pytest
+
+test-unit: $(BIN)/.installed  ## The fast tier: logic, models and parsers with in-memory fakes (under a minute).
+	$(BIN)/pytest tests/unit
 
 faults: $(BIN)/.installed  ## Fault-injection suite: every fault kind, 3 random runs each, prints the table.
 	PYTHONPATH=src $(BIN)/python -m tests.harness.faults $(FAULTS_ARGS)
@@ -108,8 +120,21 @@ lock-check: $(BIN)/.installed  ## Fail when src/requirements.txt is stale (src/r
 build: $(SAM_VENV)/.installed  ## sam build (python3.13, arm64): the function gets exactly src/requirements.txt.
 	$(LAMBDA_PIP_ENV) $(SAM) build
 
-deploy: build  ## sam deploy --guided, into your own account.
-	$(SAM) deploy --guided
+deploy: build  ## Deploy into your own account (samconfig.toml; PARAMETERS="Name=value ..." to set some).
+	$(SAM) deploy --stack-name $(STACK) $(if $(PARAMETERS),--parameter-overrides $(PARAMETERS))
+
+deploy-guided: build  ## The same, asking for every parameter (sam deploy --guided).
+	$(SAM) deploy --guided --stack-name $(STACK)
+
+outputs: $(SAM_VENV)/.installed  ## The deployed stack's outputs (ApiUrl, WebhookUrl, the secret to fill ...).
+	$(SAM) list stack-outputs --stack-name $(STACK) --output table
+
+delete: $(SAM_VENV)/.installed  ## Remove the deployed stack, after emptying its archive bucket (asks first).
+	@bucket=$$($(SAM) list stack-outputs --stack-name $(STACK) --output json \
+		| $(SAM_VENV)/bin/python -c 'import json, sys; print(next(o["OutputValue"] for o in json.load(sys.stdin) if o["OutputKey"] == "ArchiveBucketName"))') && \
+	read -r -p "Delete stack $(STACK) and every archive in s3://$$bucket? [y/N] " answer && [ "$$answer" = y ] && \
+	$(SAM_VENV)/bin/python -c 'import boto3, sys; b = boto3.resource("s3").Bucket(sys.argv[1]); [u.abort() for u in b.multipart_uploads.all()]; b.objects.all().delete()' "$$bucket" && \
+	$(SAM) delete --stack-name $(STACK) --no-prompts
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache

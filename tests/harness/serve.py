@@ -24,12 +24,14 @@ import base64
 import contextlib
 import os
 import secrets
+import shlex
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -246,6 +248,8 @@ def main() -> int:
         stack.emulator.register(ready, user["access_token"], size=8 * 1024 * 1024)
         local = LocalApi(resources, lambdas)
         with serving(local, int(os.environ.get("PORT", "0"))) as front:
+            ENV_FILE.parent.mkdir(exist_ok=True)
+            ENV_FILE.write_text(environment(front.url, local.credentials, user, ready))
             print(usage(front.url, local.credentials, user, ready, time.monotonic() - started), flush=True)
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -254,8 +258,36 @@ def main() -> int:
                     pass
             except KeyboardInterrupt:
                 pass
+            finally:
+                ENV_FILE.unlink(missing_ok=True)
         lambdas.restore()
     return 0
+
+
+# What another terminal sources to talk to this server (the README's and docs' examples read it).
+ENV_FILE = Path(__file__).resolve().parents[2] / ".local" / "serve.env"
+
+
+def environment(url: str, credentials: Sequence[LocalCredential], user: Mapping[str, Any], ready: int) -> str:
+    """``ENV_FILE``'s text: the server's URL, both callers' local credentials, the user's tokens."""
+    backend, other = credentials[0], credentials[1]
+    values = {
+        "API_URL": url,
+        "AWS_ACCESS_KEY_ID": backend.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": backend.secret_access_key,
+        "OTHER_ACCESS_KEY_ID": other.access_key_id,
+        "OTHER_SECRET_ACCESS_KEY": other.secret_access_key,
+        "TOKEN": user["access_token"],
+        "REFRESH_TOKEN": user["refresh_token"],
+        "OPEN_ID": user["open_id"],
+        "READY_REQUEST_ID": str(ready),
+    }
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    header = [
+        "# written by make serve, removed when it stops: local values only",
+        "unset AWS_SESSION_TOKEN AWS_PROFILE",
+    ]
+    return "\n".join(header + lines) + "\n"
 
 
 # What the printed curl lines sign with: the backend's credentials, for API Gateway in eu-west-1.
