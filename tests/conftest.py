@@ -26,7 +26,7 @@ from tests.harness.gateway import Gateway
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import APP_SECRET, REGION, Emulator, LocalStack, Resources, provision
 from tests.harness.tokens import CHECK_STATUS_EXAMPLE, access_token, refresh_token
-from tiktok_archive.handlers import api, lifecycle, sqs, sweeper, webhook
+from tiktok_archive.handlers import api, lifecycle, sweeper, webhook, worker
 from tiktok_archive.observability import REDACTED, logger
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -419,7 +419,7 @@ def call_worker(records: list[dict[str, Any]], remaining_ms: int = 900_000) -> d
     """Invoke the SQS worker with a batch of records, ``remaining_ms`` before its timeout."""
     context = FakeLambdaContext("WorkerFunction", remaining_ms)
     with functions().running("WorkerFunction"):
-        result: dict[str, Any] = sqs.lambda_handler({"Records": records}, context)
+        result: dict[str, Any] = worker.lambda_handler({"Records": records}, context)
     return result
 
 

@@ -99,7 +99,7 @@ def _prepare(approach: str, spec: dict[str, Any]) -> Any:
     if approach == "handler":
         from tests.harness.lambda_context import FakeLambdaContext
         from tiktok_archive import runtime
-        from tiktok_archive.handlers import sqs
+        from tiktok_archive.handlers import worker
 
         # Clients are built before measuring, as the other approaches' are (in Lambda this happens
         # once per container, on the first invocation).
@@ -124,7 +124,7 @@ def _prepare(approach: str, spec: dict[str, Any]) -> Any:
         }
 
         def run_handler() -> None:
-            result = sqs.lambda_handler(event, FakeLambdaContext("WorkerFunction", 900_000))
+            result = worker.lambda_handler(event, FakeLambdaContext("WorkerFunction", 900_000))
             if result["batchItemFailures"]:
                 raise RuntimeError(f"the worker failed: {result}")
 

@@ -180,7 +180,7 @@ def import_times(repeats: int = 7) -> dict[str, float]:
         "AWS_DEFAULT_REGION": REGION,
     }
     times: dict[str, float] = {}
-    for module in ("boto3", "tiktok_archive.handlers.api", "tiktok_archive.handlers.sqs"):
+    for module in ("boto3", "tiktok_archive.handlers.api", "tiktok_archive.handlers.worker"):
         samples = []
         for _ in range(repeats):
             completed = subprocess.run(

@@ -45,7 +45,7 @@ from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import APP_SECRET, LocalStack, Resources, provision
 from tests.harness.tiktok_emulator import sign, webhook_body
 from tests.harness.tokens import access_token, refresh_token
-from tiktok_archive.handlers import api, lifecycle, sqs, webhook
+from tiktok_archive.handlers import api, lifecycle, webhook, worker
 from tiktok_archive.observability import logger
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -140,7 +140,7 @@ class Demo:
     def worker(self, event: dict[str, Any]) -> Any:
         queue_arn = self.lambdas.local.get_att("DownloadQueue", "Arn")  # the samples name a deployed one
         event = {**event, "Records": [{**r, "eventSourceARN": queue_arn} for r in event["Records"]]}
-        return self._run("WorkerFunction", sqs.lambda_handler, event, 900_000)
+        return self._run("WorkerFunction", worker.lambda_handler, event, 900_000)
 
     def drain(self, queue: str, function: str, handler: Handler, wait_seconds: int = 3) -> int:
         """Deliver ``queue``'s due messages to ``function`` as Lambda's SQS event source would."""
@@ -175,7 +175,7 @@ class Demo:
         return self.drain("LifecycleQueue", "LifecycleFunction", lifecycle.lambda_handler)
 
     def downloads(self) -> int:
-        return self.drain("DownloadQueue", "WorkerFunction", sqs.lambda_handler)
+        return self.drain("DownloadQueue", "WorkerFunction", worker.lambda_handler)
 
     def get(self, request_id: int, caller: str = BACKEND) -> tuple[int, dict[str, Any]]:
         """``GET /downloads/{request_id}`` (events/api-get-download.json) as ``caller``."""

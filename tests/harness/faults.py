@@ -41,7 +41,7 @@ from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, LocalStack, Resources, provision
 from tests.harness.s3_fault_proxy import S3FaultProxy
 from tests.harness.tokens import access_token
-from tiktok_archive.handlers import api, sqs
+from tiktok_archive.handlers import api, worker
 from tiktok_archive.observability import logger
 
 MIB = 1024 * 1024
@@ -310,7 +310,7 @@ def run_once(stack: LocalStack, scenario: Scenario, trigger: str, s3: Any) -> Ou
                     if fetched != ready["sha256"]:
                         code = "url served other bytes"
             else:
-                sqs.lambda_handler(
+                worker.lambda_handler(
                     _sqs_event(request_id, token, resources),
                     FakeLambdaContext("WorkerFunction", remaining_ms),
                 )

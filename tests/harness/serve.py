@@ -46,7 +46,7 @@ from tests.harness.gateway import (
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION, LocalStack, Resources, provision
 from tests.harness.tokens import access_token, open_id, refresh_token
-from tiktok_archive.handlers import api, lifecycle, sqs, webhook
+from tiktok_archive.handlers import api, lifecycle, webhook, worker
 
 # The two callers the local credentials stand for: the backend, and another principal of the account
 # that may call the API too (it sees none of the backend's records).
@@ -58,7 +58,7 @@ HANDLERS = {
     "ApiFunction": api.lambda_handler,
     "WebhookFunction": webhook.lambda_handler,
     "LifecycleFunction": lifecycle.lambda_handler,
-    "WorkerFunction": sqs.lambda_handler,
+    "WorkerFunction": worker.lambda_handler,
 }
 QUEUES = (("LifecycleQueue", "LifecycleFunction"), ("DownloadQueue", "WorkerFunction"))
 Answer = tuple[int, dict[str, str], bytes]

@@ -72,7 +72,7 @@ def test_functions_on_one_code_base_python_3_13_arm64(
     }
     assert handlers == {
         "tiktok_archive.handlers.api.lambda_handler",
-        "tiktok_archive.handlers.sqs.lambda_handler",
+        "tiktok_archive.handlers.worker.lambda_handler",
         "tiktok_archive.handlers.lifecycle.lambda_handler",
         "tiktok_archive.handlers.webhook.lambda_handler",
         "tiktok_archive.handlers.sweeper.lambda_handler",

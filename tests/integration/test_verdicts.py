@@ -22,7 +22,7 @@ from tests.conftest import (
 )
 from tests.harness.emulator_control import Emulator
 from tests.harness.local_stack import Resources
-from tiktok_archive.models.download import MAX_TOKEN_LENGTH
+from tiktok_archive.models.inputs import MAX_TOKEN_LENGTH
 
 
 def message(request_id: int, token: str) -> str:

@@ -3,7 +3,7 @@
 Each fake subclasses the adapter it stands for, so that ``mypy --strict`` holds it to the same method
 names and signatures, and overrides only what the services call (anything else reaches the real
 method, which fails loudly for want of a client). Conditional writes keep the adapters' conditions:
-a write that the real adapter would refuse answers ``Held`` (or ``None``/``False``) the same way, and
+a write that the real adapter would refuse answers ``Unchanged`` (or ``None``/``False``) the same way, and
 a condition on a missing item raises ``RecordStoreError`` as ``DownloadRecords`` does.
 
 Every fake notes its calls, by name, in a shared :class:`Journal`, so that a test can assert the order
@@ -27,7 +27,7 @@ import pytest
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.download_events import DETAIL_TYPES, DownloadEvents, event_detail
 from tiktok_archive.adapters.download_jobs import DownloadJobs
-from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
+from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Unchanged
 from tiktok_archive.adapters.grants import Grant, Grants, Lease, SealedTokens
 from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
 from tiktok_archive.adapters.s3_archive_store import PartListener
@@ -36,8 +36,9 @@ from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic import downloads, handover, purge, requests, tokens
 from tiktok_archive.logic.transfer import ArchiveTransfer, TransferWatch
 from tiktok_archive.models import deadline as deadline_module
+from tiktok_archive.models.clock import format_utc
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive, format_utc
+from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
 from tiktok_archive.models.download_record import (
     ENDED,
     DownloadRecord,
@@ -47,8 +48,8 @@ from tiktok_archive.models.download_record import (
     Progress,
     RecordedError,
 )
-from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, TransferError
-from tiktok_archive.models.lifecycle import LifecycleMessage, StatusCheck
+from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, ServiceError
+from tiktok_archive.models.messages import LifecycleMessage, StatusCheck
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
 
 T = TypeVar("T")
@@ -115,9 +116,9 @@ class Faults:
     """Errors to raise, once each, from the named methods of a fake (as a failing AWS call would)."""
 
     def __init__(self) -> None:
-        self._armed: dict[str, TransferError] = {}
+        self._armed: dict[str, ServiceError] = {}
 
-    def arm(self, method: str, error: TransferError) -> None:
+    def arm(self, method: str, error: ServiceError) -> None:
         self._armed[method] = error
 
     def check(self, method: str) -> None:
@@ -455,12 +456,12 @@ class FakeDownloadRecords(DownloadRecords):
         user_openid: str | None,
         preparation: Preparation,
         poll_interval: int,
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         self._call("create_waiting")
         if preparation.next_check_at is None or preparation.give_up_at is None:
             raise ValueError("a waiting request needs its schedule")
         if request_id in self.items:
-            return Held(self.items[request_id])
+            return Unchanged(self.items[request_id])
         now = self._clock.now()
         return self._put(
             DownloadRecord(
@@ -493,11 +494,11 @@ class FakeDownloadRecords(DownloadRecords):
         collect_time: datetime | None,
         next_check_at: datetime,
         poll_interval: int,
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         self._call("advance_schedule")
         record = self._existing(request_id)
         if record.status is not DownloadStatus.WAITING or record.poll_seq != seq:
-            return Held(record)
+            return Unchanged(record)
         checked = self._checked(record, seq, tiktok_status, apply_time, collect_time, next_check_at)
         return self._put(dataclasses.replace(checked, poll_interval=poll_interval))
 
@@ -509,11 +510,11 @@ class FakeDownloadRecords(DownloadRecords):
         apply_time: datetime | None,
         collect_time: datetime | None,
         lease: timedelta,
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         self._call("mark_ready")
         record = self._existing(request_id)
         if record.status is not DownloadStatus.WAITING or record.poll_seq != seq:
-            return Held(record)
+            return Unchanged(record)
         checked = self._checked(record, seq, "downloading", apply_time, collect_time, None)
         return self._put(
             dataclasses.replace(
@@ -524,11 +525,11 @@ class FakeDownloadRecords(DownloadRecords):
             )
         )
 
-    def queue_now(self, request_id: int, lease: timedelta) -> DownloadRecord | Held:
+    def queue_now(self, request_id: int, lease: timedelta) -> DownloadRecord | Unchanged:
         self._call("queue_now")
         record = self._existing(request_id)
         if record.status is not DownloadStatus.WAITING:
-            return Held(record)
+            return Unchanged(record)
         now = self._clock.now()
         prep = dataclasses.replace(record.preparation, next_check_at=None) if record.preparation else None
         return self._put(
@@ -569,10 +570,10 @@ class FakeDownloadRecords(DownloadRecords):
         request_id: int,
         status: DownloadStatus,
         *,
-        error: TransferError | None = None,
+        error: ServiceError | None = None,
         seq: int | None = None,
         tiktok_status: str | None = None,
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         self._call("end")
         record = self._existing(request_id)
         if seq is not None:
@@ -582,7 +583,7 @@ class FakeDownloadRecords(DownloadRecords):
         else:
             allowed = record.status not in ENDED
         if not allowed:
-            return Held(record)
+            return Unchanged(record)
         prep = record.preparation
         if prep is not None:
             prep = dataclasses.replace(
@@ -631,14 +632,16 @@ class FakeDownloadRecords(DownloadRecords):
             grant_id=base.grant_id or owner.grant_id,
         )
 
-    def claim(self, request_id: int, bucket: str, key: str, lease: timedelta, owner: Owner) -> Claimed | Held:
+    def claim(
+        self, request_id: int, bucket: str, key: str, lease: timedelta, owner: Owner
+    ) -> Claimed | Unchanged:
         self._call("claim")
         now = self._clock.now()
         record = self.items.get(request_id)
         if not self._owned(record, owner):
             if record is None:
                 raise RecordStoreError("the download record does not exist")
-            return Held(record)
+            return Unchanged(record)
         if record is not None:
             lapsed = record.lease_expires_at is not None and record.lease_expires_at < now
             claimable = (
@@ -649,7 +652,7 @@ class FakeDownloadRecords(DownloadRecords):
             if record.status not in claimable and not (
                 record.status is DownloadStatus.IN_PROGRESS and lapsed
             ):
-                return Held(record)
+                return Unchanged(record)
         base = self._owner_fields(
             record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0), owner
         )
@@ -674,21 +677,21 @@ class FakeDownloadRecords(DownloadRecords):
         )
         return Claimed(claimed, lease_owner)
 
-    def enqueue(self, request_id: int, lease: timedelta, owner: Owner) -> DownloadRecord | Held:
+    def enqueue(self, request_id: int, lease: timedelta, owner: Owner) -> DownloadRecord | Unchanged:
         self._call("enqueue")
         now = self._clock.now()
         record = self.items.get(request_id)
         if not self._owned(record, owner):
             if record is None:
                 raise RecordStoreError("the download record does not exist")
-            return Held(record)
+            return Unchanged(record)
         if record is not None:
             lapsed = record.lease_expires_at is not None and record.lease_expires_at < now
             free = record.status in (DownloadStatus.WAITING, DownloadStatus.FAILED)
             if not free and not (
                 record.status in (DownloadStatus.QUEUED, DownloadStatus.IN_PROGRESS) and lapsed
             ):
-                return Held(record)
+                return Unchanged(record)
         base = self._owner_fields(
             record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0), owner
         )
@@ -707,7 +710,7 @@ class FakeDownloadRecords(DownloadRecords):
             )
         )
 
-    def abandon(self, request_id: int, error: TransferError) -> None:
+    def abandon(self, request_id: int, error: ServiceError) -> None:
         self._journal.note("records.abandon")
         record = self.items.get(request_id)
         if record is not None and record.status is DownloadStatus.QUEUED:
@@ -717,12 +720,12 @@ class FakeDownloadRecords(DownloadRecords):
                 )
             )
 
-    def report_progress(self, claim: Claimed, progress: Progress) -> Held | None:
+    def report_progress(self, claim: Claimed, progress: Progress) -> Unchanged | None:
         self._call("report_progress")
         request_id = claim.record.request_id
         record = self._existing(request_id)
         if self.owners.get(request_id) != claim.owner or record.status is not DownloadStatus.IN_PROGRESS:
-            return Held(record)
+            return Unchanged(record)
         self.progress_reports.append(progress)
         self._put(dataclasses.replace(record, progress=progress, updated_at=progress.at))
         return None
@@ -752,7 +755,7 @@ class FakeDownloadRecords(DownloadRecords):
             )
         )
 
-    def fail(self, claim: Claimed, error: TransferError) -> DownloadRecord:
+    def fail(self, claim: Claimed, error: ServiceError) -> DownloadRecord:
         self._call("fail")
         request_id = claim.record.request_id
         record = self._existing(request_id)
@@ -771,7 +774,7 @@ class FakeDownloadRecords(DownloadRecords):
         )
 
 
-def _recorded(error: TransferError) -> RecordedError:
+def _recorded(error: ServiceError) -> RecordedError:
     return RecordedError(error.error_code, error.message[:1000], error.log_id, error.is_transient)
 
 
@@ -875,7 +878,7 @@ class FakeTransfer(ArchiveTransfer):
         if self.during is not None:
             try:
                 self.during(request, watch.part_done if watch is not None else None)
-            except TransferError:
+            except ServiceError:
                 # As the real transfer: a failure the watch says was a stop on purpose is that stop.
                 stop = watch.stopped() if watch is not None else None
                 if stop is not None:

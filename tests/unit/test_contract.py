@@ -40,7 +40,6 @@ from tests.unit.fakes import Clock, FakeDownloadRecords, FakeLifecycleQueue, Fak
 from tiktok_archive.handlers import api, webhook
 from tiktok_archive.logic.queries import RecordQueries, UserRequests
 from tiktok_archive.models import errors
-from tiktok_archive.models.download import parse_request_id
 from tiktok_archive.models.download_record import (
     Answer,
     DownloadRecord,
@@ -49,8 +48,9 @@ from tiktok_archive.models.download_record import (
     Progress,
     RecordedError,
 )
-from tiktok_archive.models.errors import InvalidRequestError, TikTokApiError, TransferError
-from tiktok_archive.models.lifecycle import EraseUser
+from tiktok_archive.models.errors import InvalidRequestError, ServiceError, TikTokApiError
+from tiktok_archive.models.inputs import parse_request_id
+from tiktok_archive.models.messages import EraseUser
 from tiktok_archive.models.paging import (
     DEFAULT_PAGE,
     MAX_PAGE,
@@ -602,9 +602,9 @@ def test_the_webhook_answers_conform(contract: Contract, outcome: str) -> None:
 
 
 # -- errors, as the taxonomy writes them ----------------------------------------------------------------
-def _error_classes() -> list[type[TransferError]]:
-    found: list[type[TransferError]] = []
-    pending: list[type[TransferError]] = [TransferError]
+def _error_classes() -> list[type[ServiceError]]:
+    found: list[type[ServiceError]] = []
+    pending: list[type[ServiceError]] = [ServiceError]
     while pending:
         cls = pending.pop()
         found.append(cls)
@@ -612,7 +612,7 @@ def _error_classes() -> list[type[TransferError]]:
     return sorted({cls for cls in found if cls is not TikTokApiError}, key=lambda cls: cls.__name__)
 
 
-def _error(cls: type[TransferError]) -> TransferError:
+def _error(cls: type[ServiceError]) -> ServiceError:
     if cls is errors.TokenRefreshInProgressError:
         return cls("another invocation is refreshing this user's tokens")
     return cls("what went wrong, for the caller")
@@ -668,7 +668,7 @@ def test_every_code_the_api_can_answer_is_listed_by_some_route(contract: Contrac
 
 @pytest.mark.parametrize("cls", _error_classes(), ids=lambda cls: cls.__name__)
 def test_every_error_class_body_conforms_on_the_routes_that_answer_it(
-    contract: Contract, cls: type[TransferError]
+    contract: Contract, cls: type[ServiceError]
 ) -> None:
     error = _error(cls)
     body = error.to_body()

@@ -11,16 +11,16 @@ import pytest
 
 from tests.conftest import BACKEND, BACKEND_CALLER, OTHER, OTHER_CALLER
 from tiktok_archive.models.caller import caller_of
-from tiktok_archive.models.download import (
+from tiktok_archive.models.download import DownloadRequest
+from tiktok_archive.models.errors import CallerNotIdentifiedError, InvalidRequestError, MissingTokenError
+from tiktok_archive.models.inputs import (
     INT64_MAX,
-    DownloadRequest,
     parse_access_token,
     parse_json_object,
     parse_request_id,
     prefers_async,
 )
-from tiktok_archive.models.errors import CallerNotIdentifiedError, InvalidRequestError, MissingTokenError
-from tiktok_archive.models.lifecycle import (
+from tiktok_archive.models.messages import (
     ArchiveReadyWork,
     AuthorizationRemovedWork,
     EraseUser,
@@ -347,3 +347,22 @@ def test_a_ready_webhook_naming_no_valid_user_still_queues_the_download() -> Non
         {"kind": "webhook", "event": "portability.download.ready", "request_id": "5", "user_openid": ""}
     )
     assert message == ArchiveReadyWork(5, None, None)
+
+
+@pytest.mark.parametrize("text", ["1" * 25, "9" * 10_000, "000" + "9" * 19])
+def test_a_request_id_of_too_many_digits_is_out_of_range_not_malformed(text: str) -> None:
+    # A decimal string of 25 (or 10,000) digits is a number, only too large
+    with pytest.raises(InvalidRequestError, match="between 1 and 9223372036854775807"):
+        parse_request_id(text)
+
+
+def test_a_request_id_given_with_leading_zeros_is_the_same_id() -> None:
+    assert parse_request_id("0007234567890123456789") == 7_234_567_890_123_456_789
+
+
+@pytest.mark.parametrize("digits", [25, 4301, 10_000])
+def test_a_huge_json_integer_is_out_of_range_not_invalid_json(digits: int) -> None:
+    # Python reads at most 4,300 digits; the body is valid JSON all the same
+    document = parse_json_object('{"request_id": ' + "7" * digits + "}")
+    with pytest.raises(InvalidRequestError, match="between 1 and 9223372036854775807"):
+        parse_request_id(document["request_id"])

@@ -44,7 +44,7 @@ from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Preparation
 from tiktok_archive.models.errors import StorageError, TikTokApiError
-from tiktok_archive.models.lifecycle import (
+from tiktok_archive.models.messages import (
     ArchiveReadyWork,
     AuthorizationRemovedWork,
     EraseUser,

@@ -33,7 +33,7 @@ from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.queries import RecordQueries
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import DownloadRequest, QueuedJob
+from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import Answer, DownloadRecord, DownloadStatus, Owner, Preparation
 from tiktok_archive.models.errors import (
     ArchiveTooLargeError,
@@ -43,11 +43,12 @@ from tiktok_archive.models.errors import (
     RecordStoreError,
     RequestCancelledError,
     RequestExpiredError,
+    ServiceError,
     TikTokApiError,
-    TransferError,
     UpstreamStreamBrokenError,
     UpstreamUnavailableError,
 )
+from tiktok_archive.models.messages import DownloadJob
 from tiktok_archive.models.portability import HandedTokens, RequestStatus, TokenGrant
 
 REQUEST_ID = 7_234_567_890_123_456_789
@@ -86,7 +87,7 @@ class World:
     def queue(self, handed: HandedTokens = TOKEN, caller: str = BACKEND_CALLER) -> Answer:
         return self.service.queue(caller, REQUEST_ID, handed, self.deadline())
 
-    def job(self, job: QueuedJob) -> Answer:
+    def job(self, job: DownloadJob) -> Answer:
         return self.service.download_job(job, self.deadline())
 
     def claim(self) -> Claimed:
@@ -184,10 +185,10 @@ def refreshed(open_id: str = OPENID) -> TokenGrant:
     return TokenGrant("access-fresh", 7200, "refresh-rotated", 180 * 86400, open_id, "portability.all.single")
 
 
-def sealed_job(world: World, token: str = "access-caller") -> QueuedJob:
+def sealed_job(world: World, token: str = "access-caller") -> DownloadJob:
     """The job ``DownloadJobs.send`` puts on the queue: the token sealed for this request."""
     sealed = world.vault.seal(token, ACCESS_TOKEN_PURPOSE, job_binding(REQUEST_ID))
-    return QueuedJob(REQUEST_ID, encrypted_access_token=sealed)
+    return DownloadJob(REQUEST_ID, encrypted_access_token=sealed)
 
 
 # -- progress -------------------------------------------------------------------------------------
@@ -426,7 +427,7 @@ def test_a_backends_queue_message_makes_a_record_no_api_caller_sees(world: World
     world.tiktok.checks.then(ready()).then(ready())
 
     # When the worker runs it
-    answer = world.job(QueuedJob(REQUEST_ID, access_token="access-backend"))
+    answer = world.job(DownloadJob(REQUEST_ID, access_token="access-backend"))
 
     # Then the archive is stored under a record without a caller: no API caller reads, cancels or
     # downloads it (the backend follows it by its events)
@@ -446,7 +447,7 @@ def test_a_backends_queue_message_leaves_an_api_callers_record_alone(world: Worl
 
     # When the worker runs that message
     with pytest.raises(DownloadNotFoundError) as raised:
-        world.job(QueuedJob(REQUEST_ID, access_token="access-user"))
+        world.job(DownloadJob(REQUEST_ID, access_token="access-user"))
 
     # Then the caller's record is as it was: a message's token changes nothing it does not own
     assert not raised.value.is_transient
@@ -458,8 +459,8 @@ def test_a_backends_message_with_a_token_tiktok_refuses_leaves_a_queued_record_a
     before = world.given_requested(status=DownloadStatus.QUEUED)
     world.tiktok.checks.then(None)  # TikTok does not confirm that token's user owns the request
 
-    with pytest.raises(TransferError):
-        world.job(QueuedJob(REQUEST_ID, access_token="access-stranger"))
+    with pytest.raises(ServiceError):
+        world.job(DownloadJob(REQUEST_ID, access_token="access-stranger"))
 
     assert world.record == before
     assert world.events.detail_types == []
@@ -487,7 +488,7 @@ def test_a_grant_job_downloads_with_the_users_grant_and_then_releases_it(world: 
     world.tiktok.checks.then(ready())
 
     # When the worker runs its job
-    answer = world.job(QueuedJob(REQUEST_ID, from_grant=True))
+    answer = world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     # Then it downloaded with the grant's token; the record stays the caller's; the grant goes
     assert world.transfer.runs == [DownloadRequest(REQUEST_ID, "access-stored")]
@@ -501,7 +502,7 @@ def test_a_grant_job_keeps_the_grant_another_request_of_the_user_needs(world: Wo
     world.given_requested(status=DownloadStatus.QUEUED)
     world.tiktok.checks.then(ready())
 
-    world.job(QueuedJob(REQUEST_ID, from_grant=True))
+    world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     assert world.record.status is DownloadStatus.COMPLETED
     assert GRANT in world.grants.items
@@ -518,7 +519,7 @@ def test_a_grant_job_acts_on_a_queued_a_lapsed_or_a_failed_request(
     )
     world.tiktok.checks.then(ready())
 
-    answer = world.job(QueuedJob(REQUEST_ID, from_grant=True))
+    answer = world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     assert answer.record.status is DownloadStatus.COMPLETED
 
@@ -534,7 +535,7 @@ def test_a_grant_job_for_a_request_not_ready_or_ended_does_nothing(
     before = world.given_requested(status=state)
 
     # When a job for it arrives (a stray duplicate)
-    answer = world.job(QueuedJob(REQUEST_ID, from_grant=True))
+    answer = world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     # Then nothing: no TikTok call, no token, no claim, no event
     assert answer.record == before
@@ -545,7 +546,7 @@ def test_a_grant_job_for_a_request_not_ready_or_ended_does_nothing(
 
 def test_a_grant_job_for_a_request_added_elsewhere_is_not_found(world: World) -> None:
     with pytest.raises(DownloadNotFoundError):
-        world.job(QueuedJob(REQUEST_ID, from_grant=True))
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
     assert world.records.items == {}
 
 
@@ -558,7 +559,7 @@ def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world:
 
     # When the worker runs the job
     with pytest.raises(ReauthorizationRequiredError):
-        world.job(QueuedJob(REQUEST_ID, from_grant=True))
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     # Then the record fails reauthorization_required and an event says so (README, Errors)
     assert world.record.status is DownloadStatus.FAILED
@@ -591,8 +592,8 @@ def test_a_queued_job_refused_for_good_before_its_download_ends_its_record_and_i
     world.tiktok.checks.then(answer)
 
     # When the worker runs the job
-    with pytest.raises(TransferError) as raised:
-        world.job(QueuedJob(REQUEST_ID, from_grant=True))
+    with pytest.raises(ServiceError) as raised:
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     # Then the record says how it ended and one event tells the backend; nothing was downloaded, and the
     # service holds the user's tokens no longer
@@ -615,7 +616,7 @@ def test_a_grant_job_whose_download_fails_for_good_releases_the_grant(world: Wor
 
     # When the worker runs its job
     with pytest.raises(ArchiveTooLargeError):
-        world.job(QueuedJob(REQUEST_ID, from_grant=True))
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     # Then the record says failed (for good), one event, and no request needs the grant any longer
     assert world.record.status is DownloadStatus.FAILED
@@ -633,7 +634,7 @@ def test_a_grant_job_whose_download_fails_for_now_keeps_the_grant_for_its_retry(
     world.transfer.during = broken
 
     with pytest.raises(UpstreamStreamBrokenError):
-        world.job(QueuedJob(REQUEST_ID, from_grant=True))
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     assert world.record.status is DownloadStatus.FAILED
     assert GRANT in world.grants.items
@@ -655,7 +656,7 @@ def test_a_grant_job_whose_token_tiktok_refuses_mid_download_is_retried_with_a_r
     world.transfer.during = refused_once
 
     # When the worker runs its job
-    answer = world.job(QueuedJob(REQUEST_ID, from_grant=True))
+    answer = world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
     # Then the grant was refreshed and the download made again with the new token
     assert answer.record.status is DownloadStatus.COMPLETED

@@ -23,8 +23,8 @@ from tiktok_archive.models.errors import (
     DownloadNotFoundError,
     RequestCancelledError,
     RequestExpiredError,
+    ServiceError,
     TikTokApiError,
-    TransferError,
 )
 from tiktok_archive.models.portability import RequestStatus
 from tiktok_archive.observability import logger
@@ -89,7 +89,7 @@ def test_a_pending_archive_is_not_ready_and_worth_asking_again_later() -> None:
 @pytest.mark.parametrize(
     ("status", "error"), [("expired", RequestExpiredError), ("cancelled", RequestCancelledError)]
 )
-def test_an_ended_request_is_refused_for_good(status: str, error: type[TransferError]) -> None:
+def test_an_ended_request_is_refused_for_good(status: str, error: type[ServiceError]) -> None:
     with pytest.raises(error) as raised:
         require_ready(RequestStatus(REQUEST_ID, status))
     assert raised.value.status == 410

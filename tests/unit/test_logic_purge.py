@@ -35,7 +35,7 @@ from tiktok_archive.models.errors import (
     StorageError,
     TikTokApiError,
 )
-from tiktok_archive.models.lifecycle import EraseUser, PurgeAgain, RevokeAtTikTok
+from tiktok_archive.models.messages import EraseUser, PurgeAgain, RevokeAtTikTok
 from tiktok_archive.models.portability import TokenGrant
 
 OPENID = "openid-1"

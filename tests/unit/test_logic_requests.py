@@ -36,12 +36,12 @@ from tiktok_archive.models.errors import (
     OpenIdMismatchError,
     ReauthorizationRequiredError,
     RecordStoreError,
+    ServiceError,
     TikTokApiError,
     TokenVaultError,
-    TransferError,
     UpstreamUnavailableError,
 )
-from tiktok_archive.models.lifecycle import ArchiveReadyWork
+from tiktok_archive.models.messages import ArchiveReadyWork
 from tiktok_archive.models.portability import HandedTokens, NewRequest, RequestStatus, TokenGrant
 
 REQUEST_ID = 7_234_567_890_123_456_789  # beyond 2^53: no double rounding on the way
@@ -428,7 +428,7 @@ def test_a_rate_limit_without_retry_after_slows_the_schedule(world: World) -> No
     [UpstreamUnavailableError("TikTok could not be reached"), TokenVaultError("KMS Decrypt failed")],
     ids=["network", "kms"],
 )
-def test_a_transient_failure_checks_again_at_the_same_interval(world: World, error: TransferError) -> None:
+def test_a_transient_failure_checks_again_at_the_same_interval(world: World, error: ServiceError) -> None:
     # Given a waiting request checked every 120 s, and a transient failure on the way to TikTok
     world.given_waiting(seq=3, interval=120)
     if isinstance(error, TokenVaultError):
@@ -683,7 +683,7 @@ def test_a_request_id_that_already_has_a_record_is_not_kept_twice(world: World) 
 def test_a_first_check_that_could_not_be_sent_still_answers_the_waiting_request(world: World) -> None:
     # Given TikTok accepting the request and SQS failing (the sweeper re-drives it later)
     world.tiktok.adds.then(REQUEST_ID)
-    world.queue.faults.arm("schedule_check", TransferError("SQS SendMessage failed"))
+    world.queue.faults.arm("schedule_check", ServiceError("SQS SendMessage failed"))
 
     record = world.add(ACCESS_ONLY)
 
@@ -838,7 +838,7 @@ def test_cancelling_a_request_the_service_never_kept_is_not_found(world: World) 
     ],
     ids=["already-ended-at-tiktok", "tokens-gone"],
 )
-def test_a_cancel_tiktok_cannot_make_still_cancels_here(world: World, tiktok_says: TransferError) -> None:
+def test_a_cancel_tiktok_cannot_make_still_cancels_here(world: World, tiktok_says: ServiceError) -> None:
     world.given_waiting(seq=3)
     world.tiktok.cancels.then(tiktok_says)
 

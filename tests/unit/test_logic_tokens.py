@@ -59,10 +59,10 @@ from tiktok_archive.models.errors import (
     DeadlineExceededError,
     ReauthorizationRequiredError,
     RecordStoreError,
+    ServiceError,
     TikTokApiError,
     TokenRefreshInProgressError,
     TokenVaultError,
-    TransferError,
     UpstreamUnavailableError,
 )
 from tiktok_archive.models.portability import AppCredentials, HandedTokens, TokenGrant
@@ -1323,7 +1323,7 @@ class LineageMachine(RuleBasedStateMachine):
             self.parked.append(invocation)
             return
         error = invocation.error
-        if error is not None and not isinstance(error, TransferError):
+        if error is not None and not isinstance(error, ServiceError):
             raise error  # the service may raise only its own errors
         if isinstance(error, AppCredentialsError):
             self.app_refused += 1

@@ -15,21 +15,20 @@ from hypothesis import strategies as st
 
 from tiktok_archive.adapters.tiktok.transport import json_object
 from tiktok_archive.models.caller import caller_of
-from tiktok_archive.models.download import (
-    MAX_TOKEN_LENGTH,
-    parse_access_token,
-    parse_json_object,
-    parse_queued_job,
-    parse_request_id,
-    prefers_async,
-)
 from tiktok_archive.models.errors import (
     CallerNotIdentifiedError,
     InvalidRequestError,
     MissingTokenError,
-    TransferError,
+    ServiceError,
 )
-from tiktok_archive.models.lifecycle import (
+from tiktok_archive.models.inputs import (
+    MAX_TOKEN_LENGTH,
+    parse_access_token,
+    parse_json_object,
+    parse_request_id,
+    prefers_async,
+)
+from tiktok_archive.models.messages import (
     MAX_SEQ,
     ArchiveReadyWork,
     AuthorizationRemovedWork,
@@ -38,6 +37,7 @@ from tiktok_archive.models.lifecycle import (
     PurgeAgain,
     RevokeAtTikTok,
     StatusCheck,
+    parse_download_job,
     parse_lifecycle_message,
 )
 from tiktok_archive.models.paging import MAX_PAGE, format_position, parse_page_size, parse_position
@@ -117,7 +117,7 @@ def secret_part(token: str) -> str:
 def test_json_body_parser_raises_only_the_services_errors(body: str | bytes | None) -> None:
     try:
         document = parse_json_object(body)
-    except TransferError as error:
+    except ServiceError as error:
         assert error.status == 400  # noqa: PT017 - a property over any input
     else:
         assert isinstance(document, dict)
@@ -128,7 +128,7 @@ def test_json_body_parser_raises_only_the_services_errors(body: str | bytes | No
 def test_request_id_parser_raises_only_the_services_errors(value: Any) -> None:
     try:
         request_id = parse_request_id(value)
-    except TransferError as error:
+    except ServiceError as error:
         assert error.status == 400  # noqa: PT017 - a property over any input
     else:
         assert 0 < request_id < 2**63
@@ -362,8 +362,8 @@ def test_queue_message_parser_raises_only_the_services_errors(document: Any) -> 
     if not isinstance(document, dict):
         document = {"access_token": document}
     try:
-        job = parse_queued_job(1, document)
-    except TransferError as error:
+        job = parse_download_job(1, document)
+    except ServiceError as error:
         assert not error.is_transient  # noqa: PT017 - a property over any input
     else:
         assert job.access_token or job.encrypted_access_token

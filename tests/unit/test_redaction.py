@@ -8,7 +8,8 @@ import logging
 
 from tests.harness.tokens import access_token, refresh_token
 from tiktok_archive.adapters.crc32 import crc32_base64
-from tiktok_archive.models.download import DownloadRequest, QueuedJob
+from tiktok_archive.models.download import DownloadRequest
+from tiktok_archive.models.messages import DownloadJob
 from tiktok_archive.models.portability import AppCredentials, TokenGrant
 from tiktok_archive.observability import (
     REDACTED,
@@ -90,8 +91,8 @@ def test_objects_holding_tokens_never_show_them() -> None:
     shown = " ".join(
         repr(value)
         for value in (
-            QueuedJob(42, access_token=token),
-            QueuedJob(42, encrypted_access_token="c2VhbGVk" * 8),
+            DownloadJob(42, access_token=token),
+            DownloadJob(42, encrypted_access_token="c2VhbGVk" * 8),
             DownloadRequest(42, token),
             TokenGrant(token, 7200, refresh, 15552000, "open-id", "portability.all.single"),
             AppCredentials("client-key", "client-secret-value"),

@@ -28,9 +28,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.models.errors import DeadlineExceededError, TransferError
+from tiktok_archive.models.errors import DeadlineExceededError, ServiceError
 
-E = TypeVar("E", bound=TransferError)
+E = TypeVar("E", bound=ServiceError)
 # Left at the end of an invocation for the handler to answer after the last AWS call.
 ANSWER_RESERVE_SECONDS = 0.5
 # S3 operations after which an abort may be needed: they must leave time for one abort try.

@@ -5,10 +5,8 @@ from the queue and sits there for days. So the token is sealed by the :class:`To
 the ``request_id``: a ciphertext lifted into another message for another request does not open. Only
 the API may seal for this purpose, only the worker may open.
 
-Message body: ``{"request_id": "<decimal>", "encrypted_access_token": "<base64>"}``, or
-``{"request_id": "<decimal>", "source": "grant"}`` for a request added with ``POST /requests`` (the
-user's stored grant provides the token). Messages sent by a backend itself may carry ``access_token``
-in clear instead (the queue is encrypted at rest).
+The messages are :class:`~tiktok_archive.models.messages.DownloadJob`'s (their shapes are there, with
+their parser).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, TokenVault
 from tiktok_archive.models.errors import QueueError, TokenVaultError
+from tiktok_archive.models.messages import DownloadJob
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -55,7 +54,7 @@ class DownloadJobs:
             sealed = self._vault.seal(access_token, ACCESS_TOKEN_PURPOSE, job_binding(request_id))
         except TokenVaultError as error:
             raise QueueError(error.message) from None
-        return self._send({"request_id": str(request_id), "encrypted_access_token": sealed})
+        return self._send(DownloadJob(request_id, encrypted_access_token=sealed))
 
     def send_for_grant(self, request_id: int) -> None:
         """Queue the download of a request whose token the user's stored grant provides.
@@ -63,11 +62,11 @@ class DownloadJobs:
         Raises:
             QueueError: SQS failed; nothing was queued.
         """
-        self._send({"request_id": str(request_id), "source": "grant"})
+        self._send(DownloadJob(request_id, from_grant=True))
 
-    def _send(self, body: dict[str, str]) -> str:
+    def _send(self, job: DownloadJob) -> str:
         try:
-            answer = self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(body))
+            answer = self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(job.body()))
         except (ClientError, BotoCoreError) as error:
             raise aws_failure(QueueError, "SQS SendMessage", error) from None
         return answer["MessageId"]

@@ -35,8 +35,8 @@ from tiktok_archive.adapters.dynamodb_items import (
     store_error,
     string_field,
 )
-from tiktok_archive.models.download import format_utc, parse_utc
-from tiktok_archive.models.download import utc_now as _now
+from tiktok_archive.models.clock import format_utc, parse_utc
+from tiktok_archive.models.clock import utc_now as _now
 from tiktok_archive.models.download_record import (
     ENDED,
     DownloadRecord,
@@ -47,7 +47,7 @@ from tiktok_archive.models.download_record import (
     RecordedError,
     caller_user,
 )
-from tiktok_archive.models.errors import RecordStoreError, TransferError
+from tiktok_archive.models.errors import RecordStoreError, ServiceError
 from tiktok_archive.observability import logger
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class Claimed:
 
 
 @dataclass(frozen=True)
-class Held:
+class Unchanged:
     """The write did not happen: the record is not in the state it needed (its state is ``record``)."""
 
     record: DownloadRecord
@@ -220,7 +220,7 @@ class DownloadRecords:
         user_openid: str | None,
         preparation: Preparation,
         poll_interval: int,
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         """Record a request TikTok just accepted: ``waiting``, its first check at ``next_check_at``.
 
         Raises:
@@ -267,7 +267,7 @@ class DownloadRecords:
         collect_time: datetime | None,
         next_check_at: datetime,
         poll_interval: int,
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         """Record a status check (number ``seq``) that found the request still being prepared.
 
         Raises:
@@ -289,7 +289,7 @@ class DownloadRecords:
         apply_time: datetime | None,
         collect_time: datetime | None,
         lease: timedelta,
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         """A status check (number ``seq``) found the archive ready: ``waiting`` → ``queued``.
 
         Raises:
@@ -304,7 +304,7 @@ class DownloadRecords:
         )
         return self._on_schedule(request_id, expression, values)
 
-    def queue_now(self, request_id: int, lease: timedelta) -> DownloadRecord | Held:
+    def queue_now(self, request_id: int, lease: timedelta) -> DownloadRecord | Unchanged:
         """TikTok announced the archive ready (a webhook): ``waiting`` → ``queued``, whatever the check.
 
         Raises:
@@ -329,10 +329,10 @@ class DownloadRecords:
         request_id: int,
         status: DownloadStatus,
         *,
-        error: TransferError | None = None,
+        error: ServiceError | None = None,
         seq: int | None = None,
         tiktok_status: str | None = None,
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         """End the download: ``expired``, ``cancelled``, ``revoked``, or ``failed`` for a waiting request.
 
         ``error`` says why it failed. The archive's location is forgotten, the claim and the schedule
@@ -403,10 +403,12 @@ class DownloadRecords:
                 )
 
     # -- a download ------------------------------------------------------------------------------
-    def claim(self, request_id: int, bucket: str, key: str, lease: timedelta, owner: Owner) -> Claimed | Held:
+    def claim(
+        self, request_id: int, bucket: str, key: str, lease: timedelta, owner: Owner
+    ) -> Claimed | Unchanged:
         """Take the download of ``request_id`` for ``lease``, unless it is final, held, or not ``owner``'s.
 
-        A ``Held`` record that ``owner`` may not act on belongs to someone else (see :class:`Owner`).
+        A ``Unchanged`` record that ``owner`` may not act on belongs to someone else (see :class:`Owner`).
 
         Raises:
             RecordStoreError: DynamoDB failed.
@@ -442,11 +444,11 @@ class DownloadRecords:
             "OR (#status = :in_progress AND lease_expires_at < :now_epoch))"
         )
         updated = self._conditional_update(request_id, expression, condition, values)
-        if isinstance(updated, Held):
+        if isinstance(updated, Unchanged):
             return updated
         return Claimed(updated, lease_owner)
 
-    def enqueue(self, request_id: int, lease: timedelta, owner: Owner) -> DownloadRecord | Held:
+    def enqueue(self, request_id: int, lease: timedelta, owner: Owner) -> DownloadRecord | Unchanged:
         """Mark ``request_id`` queued for the worker and ``owner``, unless it is final, held or another's.
 
         A queued record is claimable by any invocation; its lease only says how long a repeated async
@@ -481,11 +483,11 @@ class DownloadRecords:
         )
         return self._conditional_update(request_id, expression, condition, values)
 
-    def report_progress(self, claim: Claimed, progress: Progress) -> Held | None:
+    def report_progress(self, claim: Claimed, progress: Progress) -> Unchanged | None:
         """Record a running download's progress.
 
         Returns:
-            ``Held`` when the claim is no longer ours (the download was cancelled or revoked meanwhile,
+            ``Unchanged`` when the claim is no longer ours (the download was cancelled or revoked meanwhile,
             or taken over), else None.
 
         Raises:
@@ -505,7 +507,7 @@ class DownloadRecords:
         )
         condition = "lease_owner = :owner AND #status = :in_progress"
         updated = self._conditional_update(claim.record.request_id, expression, condition, values)
-        return updated if isinstance(updated, Held) else None
+        return updated if isinstance(updated, Unchanged) else None
 
     def complete(
         self, claim: Claimed, size_bytes: int, checksum: str, manifest: dict[str, Any] | None = None
@@ -539,7 +541,7 @@ class DownloadRecords:
         )
         return self._finish(claim, expression, values)
 
-    def fail(self, claim: Claimed, error: TransferError) -> DownloadRecord:
+    def fail(self, claim: Claimed, error: ServiceError) -> DownloadRecord:
         """Record why the download failed (it may be claimed again by a later request).
 
         Raises:
@@ -561,7 +563,7 @@ class DownloadRecords:
         )
         return self._finish(claim, expression, values)
 
-    def abandon(self, request_id: int, error: TransferError) -> None:
+    def abandon(self, request_id: int, error: ServiceError) -> None:
         """A queued download whose message could not be sent: record it failed (never raises)."""
         now = _now()
         values = {
@@ -610,14 +612,16 @@ class DownloadRecords:
                 sets.append(f"{field} = {value}")
         return ", ".join(sets)
 
-    def _on_schedule(self, request_id: int, expression: str, values: dict[str, Any]) -> DownloadRecord | Held:
+    def _on_schedule(
+        self, request_id: int, expression: str, values: dict[str, Any]
+    ) -> DownloadRecord | Unchanged:
         condition = "#status = :waiting AND poll_seq = :seq"
         return self._conditional_update(request_id, expression, condition, values)
 
     def _finish(self, claim: Claimed, expression: str, values: dict[str, Any]) -> DownloadRecord:
         request_id = claim.record.request_id
         updated = self._conditional_update(request_id, expression, "lease_owner = :owner", values)
-        if isinstance(updated, Held):
+        if isinstance(updated, Unchanged):
             # The claim lapsed and another invocation took the download over, or the owner cancelled
             # it meanwhile: that state stands; ours is only logged.
             logger.warning(
@@ -629,7 +633,7 @@ class DownloadRecords:
 
     def _conditional_update(
         self, request_id: int, expression: str, condition: str, values: dict[str, Any]
-    ) -> DownloadRecord | Held:
+    ) -> DownloadRecord | Unchanged:
         names = {name: field for name, field in _NAMES.items() if name in expression + condition}
         request: dict[str, Any] = {
             "TableName": self._table,
@@ -652,7 +656,7 @@ class DownloadRecords:
             record = _record(item) if item else self.get(request_id)
             if record is None:  # no such record (or deleted in between, TTL): nothing to hold on to
                 raise RecordStoreError("the download record does not exist") from None
-            return Held(record)
+            return Unchanged(record)
         except BotoCoreError as error:
             raise store_error("UpdateItem", error) from None
         return _record(answer["Attributes"])
@@ -694,7 +698,7 @@ def _required(moment: datetime | None) -> datetime:
     return moment
 
 
-def _error_values(error: TransferError) -> dict[str, Any]:
+def _error_values(error: ServiceError) -> dict[str, Any]:
     values: dict[str, Any] = {
         ":code": {"S": error.error_code},
         ":message": {"S": error.message[:1000]},

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tiktok_archive.adapters.aws_clients import aws_failure
-from tiktok_archive.models.errors import RecordStoreError, TransferError
+from tiktok_archive.models.errors import RecordStoreError, ServiceError
 
 Item = Mapping[str, Any]
 
@@ -24,7 +24,7 @@ def number_field(item: Item, name: str) -> int | None:
     return int(value) if value is not None else None
 
 
-def store_error(operation: str, error: BaseException) -> TransferError:
+def store_error(operation: str, error: BaseException) -> ServiceError:
     """``RecordStoreError("DynamoDB <operation> failed: …")`` (or ``deadline_exceeded``)."""
     return aws_failure(RecordStoreError, f"DynamoDB {operation}", error)
 

@@ -35,7 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import is_condition_failure
 from tiktok_archive.adapters.dynamodb_items import Item, epoch_value, lease_value, store_error, string_field
-from tiktok_archive.models.download import utc_now as _now
+from tiktok_archive.models.clock import utc_now as _now
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

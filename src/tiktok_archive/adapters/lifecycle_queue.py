@@ -3,7 +3,7 @@
 A waiting request is checked by a chain of delayed messages: each check sends the next one with
 ``DelaySeconds`` (SQS allows up to 900 s) before recording itself, so a lost record write repeats a check
 instead of losing the chain, and ``seq`` makes every check but the expected one stale. The messages'
-shapes are :mod:`tiktok_archive.models.lifecycle`'s; none holds a token.
+shapes are :mod:`tiktok_archive.models.messages`'s; none holds a token.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.models.errors import QueueError
-from tiktok_archive.models.lifecycle import LifecycleMessage, StatusCheck
+from tiktok_archive.models.messages import LifecycleMessage, StatusCheck
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

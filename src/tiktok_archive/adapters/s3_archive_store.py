@@ -33,13 +33,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tiktok_archive.adapters.aws_clients import aws_failure, time_left
 from tiktok_archive.adapters.crc32 import crc32_base64, crc32_combine
 from tiktok_archive.adapters.part_sizes import MAX_PARTS, part_size
+from tiktok_archive.models.clock import utc_now
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import StoredArchive, utc_now
+from tiktok_archive.models.download import StoredArchive
 from tiktok_archive.models.errors import (
     ArchiveTooLargeError,
     DeadlineExceededError,
+    ServiceError,
     StorageError,
-    TransferError,
 )
 from tiktok_archive.observability import logger, tracer
 
@@ -60,7 +61,7 @@ class ArchiveSource(Protocol):
         """Fill ``buffer`` from its start; fewer bytes only at the end, 0 after it.
 
         Raises:
-            TransferError: the source failed.
+            ServiceError: the source failed.
         """
         ...
 
@@ -99,7 +100,7 @@ class _PartBuffers:
         return buffer
 
 
-def _storage_error(operation: str, error: BaseException) -> TransferError:
+def _storage_error(operation: str, error: BaseException) -> ServiceError:
     return aws_failure(StorageError, f"S3 {operation}", error)
 
 
@@ -131,7 +132,7 @@ class _MultipartUpload:
         self._upload_id = upload_id
         self._slots = threading.BoundedSemaphore(concurrency)
         self._futures: list[Future[CompletedPartTypeDef]] = []
-        self._failure: TransferError | None = None
+        self._failure: ServiceError | None = None
 
     def submit(self, part_number: int, data: bytearray, crc: int, deadline: Deadline) -> None:
         """Queue one part (with its CRC32), blocking while the in-flight limit is reached.
@@ -321,7 +322,7 @@ class S3ArchiveStore:
         Raises:
             StorageError: S3 failed; nothing was stored and no upload is left open.
             DeadlineExceededError: S3 did not keep up before the deadline; likewise nothing is left.
-            TransferError: whatever ``source.readinto`` raised; likewise nothing is left behind.
+            ServiceError: whatever ``source.readinto`` raised; likewise nothing is left behind.
         """
         buffers = _PartBuffers()
         data = buffers.fill(source, self._part_size)

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import is_condition_failure
 from tiktok_archive.adapters.dynamodb_items import store_error
-from tiktok_archive.models.download import format_utc, utc_now
+from tiktok_archive.models.clock import format_utc, utc_now
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

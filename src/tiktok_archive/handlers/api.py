@@ -23,10 +23,10 @@ from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.handlers.http_answers import answer_errors, json_answer
 from tiktok_archive.models.caller import caller_of
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import parse_json_object, parse_request_id, prefers_async
 from tiktok_archive.models.download_record import DownloadStatus
 from tiktok_archive.models.errors import InvalidRequestError
-from tiktok_archive.models.lifecycle import EraseUser
+from tiktok_archive.models.inputs import parse_json_object, parse_request_id, prefers_async
+from tiktok_archive.models.messages import EraseUser
 from tiktok_archive.models.paging import parse_page_size
 from tiktok_archive.models.portability import (
     HANDOVER_FIELDS,

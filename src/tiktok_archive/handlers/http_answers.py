@@ -11,7 +11,7 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
-from tiktok_archive.models.errors import TransferError, UnexpectedError
+from tiktok_archive.models.errors import ServiceError, UnexpectedError
 from tiktok_archive.observability import logger
 
 # Answers carry a presigned URL or a user's error: no cache may keep them.
@@ -31,8 +31,8 @@ def json_answer(status: int, body: dict[str, Any], headers: dict[str, str] | Non
 def answer_errors(app: APIGatewayRestResolver, routes: str) -> None:
     """Register on ``app`` the answers to errors, bugs and unknown routes (``routes``: the known ones)."""
 
-    @app.exception_handler(TransferError)  # type: ignore[untyped-decorator]
-    def answer_transfer_error(error: TransferError) -> Response[str]:
+    @app.exception_handler(ServiceError)  # type: ignore[untyped-decorator]
+    def answer_transfer_error(error: ServiceError) -> Response[str]:
         # One short record per error answer; the failure itself was logged where it happened, or is a
         # rejected input that touched nothing.
         logger.info(

@@ -26,9 +26,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.handlers.queue_failures import settle
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import parse_json_object
-from tiktok_archive.models.errors import HandedBackError, TransferError
-from tiktok_archive.models.lifecycle import (
+from tiktok_archive.models.errors import HandedBackError, ServiceError
+from tiktok_archive.models.inputs import parse_json_object
+from tiktok_archive.models.messages import (
     TIKTOK_WORK,
     ArchiveReadyWork,
     AuthorizationRemovedWork,
@@ -73,7 +73,7 @@ def lifecycle_message(record: SQSRecord) -> None:
     """Work one lifecycle message.
 
     Raises:
-        TransferError: only transient ones, so that the message is delivered again.
+        ServiceError: only transient ones, so that the message is delivered again.
     """
     logger.set_correlation_id(record.message_id)
     try:
@@ -84,7 +84,7 @@ def lifecycle_message(record: SQSRecord) -> None:
                 message_visibility().postpone(record.queue_url, record.receipt_handle, int(pause) + 1)
                 raise HandedBackError("TikTok rate-limited this invocation; the message comes back later")
         _work(message)
-    except TransferError as error:
+    except ServiceError as error:
         if isinstance(error, HandedBackError):
             raise
         if error.upstream_status == 429 and error.redeliver_after:

@@ -6,19 +6,19 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from tiktok_archive.models.errors import TransferError
+from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.observability import logger
 from tiktok_archive.runtime import message_visibility
 
 
-def settle(error: TransferError, record: SQSRecord, fields: dict[str, Any], *, postpone: bool) -> None:
+def settle(error: ServiceError, record: SQSRecord, fields: dict[str, Any], *, postpone: bool) -> None:
     """Acknowledge a permanent failure (logged as an error); raise a transient one so it comes back.
 
     ``postpone``: a transient failure that says when to try again (TikTok's ``Retry-After``, a running
     download's claim) comes back then, not after the queue's whole visibility timeout.
 
     Raises:
-        TransferError: ``error``, when it is transient.
+        ServiceError: ``error``, when it is transient.
     """
     fields = {**error.log_fields(), "message_id": record.message_id, **fields}
     if not error.is_transient:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs, open_job_token
-from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Held
+from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Unchanged
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic.grant_release import release_grant, release_unneeded
@@ -33,8 +33,9 @@ from tiktok_archive.logic.ownership import (
 )
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.models.clock import utc_now
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import DownloadRequest, QueuedJob, utc_now
+from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import (
     ENDED,
     Answer,
@@ -49,9 +50,10 @@ from tiktok_archive.models.errors import (
     RecordStoreError,
     RequestCancelledError,
     RequestExpiredError,
-    TransferError,
+    ServiceError,
     UnexpectedError,
 )
+from tiktok_archive.models.messages import DownloadJob
 from tiktok_archive.models.portability import HandedTokens
 from tiktok_archive.observability import logger
 
@@ -113,7 +115,7 @@ class DownloadService:
             ArchiveNotReadyError / RequestExpiredError / RequestCancelledError: TikTok's status.
             DownloadInProgressError: another invocation holds the download (409, with Retry-After).
             OpenIdMismatchError / ReauthorizationRequiredError: the refresh token handed over.
-            TransferError: the download failed; the record says so and an event was published.
+            ServiceError: the download failed; the record says so and an event was published.
         """
         with logged_as(request_id):
             holding, owner = self._take(caller, handed, deadline)
@@ -157,7 +159,7 @@ class DownloadService:
             return self._answer(stored)
         jobs = self._jobs()
         queued = self._records.enqueue(request_id, QUEUED_LEASE, owner)
-        if isinstance(queued, Held):
+        if isinstance(queued, Unchanged):
             if not owner.may_act_on(queued.record):
                 raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
             if queued.record.status in ENDED:
@@ -169,7 +171,7 @@ class DownloadService:
                 message_id = None
             else:
                 message_id = jobs.send(request_id, request.access_token)
-        except TransferError as error:
+        except ServiceError as error:
             self._records.abandon(request_id, error)
             raise
         logger.info("download queued", extra={"message_id": message_id})
@@ -187,7 +189,7 @@ class DownloadService:
         """
         try:
             answer = work()
-        except TransferError as error:
+        except ServiceError as error:
             if not error.is_transient:
                 self._let_go(owner)
             raise
@@ -200,7 +202,7 @@ class DownloadService:
             release_unneeded(self._records, self._tokens(), owner.grant_id, owner.caller, owner.user_openid)
 
     # -- the worker ----------------------------------------------------------------------------------
-    def download_job(self, job: QueuedJob, deadline: Deadline) -> Answer:
+    def download_job(self, job: DownloadJob, deadline: Deadline) -> Answer:
         """The worker's side of a queued download (no link is handed out).
 
         A backend's own message (a token in clear) acts on a record no API caller made; a job the
@@ -209,7 +211,7 @@ class DownloadService:
         Raises:
             MissingTokenError: the message has no usable token (permanent).
             TokenVaultError: KMS could not open the token (transient).
-            TransferError: as :meth:`download`.
+            ServiceError: as :meth:`download`.
         """
         try:
             with logged_as(job.request_id):
@@ -227,7 +229,7 @@ class DownloadService:
                 return self._claimed_download(
                     DownloadRequest(job.request_id, token), owner, deadline, link=False
                 )
-        except TransferError as error:
+        except ServiceError as error:
             if not error.is_transient and (job.from_grant or job.encrypted_access_token):
                 self._end_queued(job.request_id, error)
             raise
@@ -253,7 +255,7 @@ class DownloadService:
             ),
         )
 
-    def _end_queued(self, request_id: int, error: TransferError) -> None:
+    def _end_queued(self, request_id: int, error: ServiceError) -> None:
         """A job the service queued itself failed for good before its download began: say so.
 
         Only for jobs whose token the service vouched for (the user's grant, or a token it sealed after
@@ -274,7 +276,7 @@ class DownloadService:
                 ended = self._records.end(request_id, DownloadStatus.CANCELLED)
             else:
                 ended = self._records.end(request_id, DownloadStatus.FAILED, error=error)
-            if not isinstance(ended, Held):
+            if not isinstance(ended, Unchanged):
                 logger.info("queued request ended", extra={"status": ended.status.value})
                 self._events.publish(ended)
                 self._release(ended)
@@ -290,7 +292,7 @@ class DownloadService:
         bucket, key = self._transfer.location(request.request_id)
         lease = timedelta(seconds=max(0.0, deadline.remaining()) + LEASE_GRACE_SECONDS)
         claim = self._records.claim(request.request_id, bucket, key, lease, owner)
-        if isinstance(claim, Held):
+        if isinstance(claim, Unchanged):
             if not owner.may_act_on(claim.record):
                 logger.info("the record of this request is another caller's")
                 raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
@@ -298,7 +300,7 @@ class DownloadService:
         reporter = _ProgressReporter(self._records, claim)
         try:
             result = self._transfer.run(request, deadline, reporter)
-        except TransferError as error:
+        except ServiceError as error:
             self._finish_failed(claim, error)
             raise
         except Exception:
@@ -383,7 +385,7 @@ class DownloadService:
         if record.grant_id is not None:
             release_grant(self._records, self._tokens(), record)
 
-    def _finish_failed(self, claim: Claimed, error: TransferError) -> None:
+    def _finish_failed(self, claim: Claimed, error: ServiceError) -> None:
         try:
             record = self._records.fail(claim, error)
         except RecordStoreError as store_error:
@@ -434,7 +436,7 @@ class _ProgressReporter:
             raise _ended(held.record.status)
         raise DownloadInProgressError("another invocation took this download over")
 
-    def stopped(self) -> TransferError | None:
+    def stopped(self) -> ServiceError | None:
         try:
             record = self._records.get(self._claim.record.request_id)
         except RecordStoreError:
@@ -448,7 +450,7 @@ def _nothing_to_download(record: DownloadRecord) -> Answer:
     return Answer(record)
 
 
-def _ended(status: DownloadStatus) -> TransferError:
+def _ended(status: DownloadStatus) -> ServiceError:
     """The error for a download asked of a request that ended (cancelled, revoked, expired)."""
     if status is DownloadStatus.EXPIRED:
         return RequestExpiredError(EXPIRED_MESSAGE)

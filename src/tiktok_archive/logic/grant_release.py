@@ -11,7 +11,7 @@ from __future__ import annotations
 from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
-from tiktok_archive.models.errors import TransferError
+from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.observability import logger
 
 _WORKING = frozenset({DownloadStatus.WAITING, DownloadStatus.QUEUED, DownloadStatus.IN_PROGRESS})
@@ -69,7 +69,7 @@ def release_unneeded(
             ):
                 return False
             deleted = tokens.delete(grant_id, generation=grant.generation)
-    except TransferError as error:
+    except ServiceError as error:
         logger.warning("grant not released; it expires with its refresh token", extra=error.log_fields())
         return False
     if deleted:

@@ -28,7 +28,7 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import (
     OpenIdMismatchError,
     ReauthorizationRequiredError,
-    TransferError,
+    ServiceError,
 )
 from tiktok_archive.models.portability import HandedTokens, TokenGrant
 from tiktok_archive.observability import logger
@@ -86,7 +86,7 @@ class TokenHandover:
             OpenIdMismatchError: TikTok named another user than the caller's ``open_id``; nothing kept.
             ReauthorizationRequiredError: TikTok refused the refresh token, or it was exchanged before
                 (by another caller, or into a grant since gone: it is not sent again); nothing kept.
-            AppCredentialsError / TikTokApiError / TransferError: TikTok or AWS failed; nothing kept
+            AppCredentialsError / TikTokApiError / ServiceError: TikTok or AWS failed; nothing kept
                 (a lineage TikTok rotated but that could not be stored is logged as lost).
         """
         if handed.refresh_token is None:
@@ -149,7 +149,7 @@ class TokenHandover:
         self._tokens.keep(grant_id, caller, user, fresh)
         try:
             self._grants.remember_handed(digest, grant_id, caller)
-        except TransferError as error:
+        except ServiceError as error:
             logger.warning("handed-over token not remembered", extra=error.log_fields())
         logger.info("user's tokens handed over", extra={"grant_id": grant_id})
         return Holding(fresh.access_token, grant_id, user)

@@ -25,7 +25,7 @@ from datetime import datetime
 
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.download_events import DownloadEvents
-from tiktok_archive.adapters.download_records import DownloadRecords, Held
+from tiktok_archive.adapters.download_records import DownloadRecords, Unchanged
 from tiktok_archive.adapters.grants import Grants, request_grant_id, user_grant_id
 from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
 from tiktok_archive.adapters.tiktok import TikTokClient
@@ -33,12 +33,12 @@ from tiktok_archive.logic.grant_release import needs_grant
 from tiktok_archive.logic.ownership import NOT_OWNED, logged_as
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.models.clock import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
-from tiktok_archive.models.download import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
 from tiktok_archive.models.errors import ReauthorizationRequiredError, TikTokApiError
-from tiktok_archive.models.lifecycle import EraseUser, PurgeAgain, RevokeAtTikTok
+from tiktok_archive.models.messages import EraseUser, PurgeAgain, RevokeAtTikTok
 from tiktok_archive.observability import logger
 
 SECOND_PASS_AFTER = MAX_DELAY_SECONDS
@@ -94,7 +94,7 @@ class UserPurge:
         """The user disconnected the app at TikTok: every caller's records and grants of theirs go.
 
         Raises:
-            TransferError: only transient failures of AWS (the message comes back and finishes the job).
+            ServiceError: only transient failures of AWS (the message comes back and finishes the job).
         """
         started = _now()
         records = self._records.of_user(open_id)
@@ -121,7 +121,7 @@ class UserPurge:
         """``caller`` erases ``open_id``: its records of the user go now, the TikTok side is queued.
 
         Raises:
-            TransferError: only transient failures of AWS (the message comes back and finishes the job).
+            ServiceError: only transient failures of AWS (the message comes back and finishes the job).
         """
         started = _now()
         caller, open_id = message.caller, message.open_id
@@ -150,7 +150,7 @@ class UserPurge:
             whether TikTok revoked the user's authorization (False: nothing left to revoke).
 
         Raises:
-            TikTokApiError / TransferError: transient ones (a rate limit, TikTok or AWS failing): the
+            TikTokApiError / ServiceError: transient ones (a rate limit, TikTok or AWS failing): the
                 message comes back; the cancellations already made are not made again.
         """
         grant_id = user_grant_id(message.caller, message.open_id)
@@ -185,7 +185,7 @@ class UserPurge:
         """Purge again what the first pass may not have seen: records created before it began.
 
         Raises:
-            TransferError: only transient failures of AWS.
+            ServiceError: only transient failures of AWS.
         """
         if message.caller is None:
             records = self._records.of_user(message.open_id)
@@ -220,7 +220,7 @@ class UserPurge:
                 # in case an earlier delete failed — deleting nothing is harmless).
                 if record.status is not DownloadStatus.REVOKED:
                     ended = self._records.end(record.request_id, DownloadStatus.REVOKED)
-                    if not isinstance(ended, Held) or ended.record.status is DownloadStatus.REVOKED:
+                    if not isinstance(ended, Unchanged) or ended.record.status is DownloadStatus.REVOKED:
                         revoked.append(record.request_id)
                 aborted += self._transfer.discard(record.request_id)
                 if record.grant_id == request_grant_id(record.request_id):

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
-from tiktok_archive.adapters.download_records import DownloadRecords, Held
+from tiktok_archive.adapters.download_records import DownloadRecords, Unchanged
 from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.downloads import QUEUED_LEASE
@@ -33,19 +33,19 @@ from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, logged_
 from tiktok_archive.logic.queries import RecordQueries
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
+from tiktok_archive.models.clock import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
-from tiktok_archive.models.download import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.download_record import ENDED, DownloadRecord, DownloadStatus, Preparation
 from tiktok_archive.models.errors import (
     DownloadNotFoundError,
     PreparationTimedOutError,
     ReauthorizationRequiredError,
     RecordStoreError,
+    ServiceError,
     TikTokApiError,
-    TransferError,
 )
-from tiktok_archive.models.lifecycle import ArchiveReadyWork
+from tiktok_archive.models.messages import ArchiveReadyWork
 from tiktok_archive.models.portability import NewRequest, RequestStatus, TikTokStatus
 from tiktok_archive.observability import logger
 
@@ -139,7 +139,7 @@ class RequestLifecycle:
                     token, new.data_format, list(new.categories), deadline
                 ),
             )
-        except TransferError as error:
+        except ServiceError as error:
             # TikTok refused for good: a grant made for this request alone is not kept. A transient
             # failure keeps it, so that the caller's retry (with the same, now rotated, tokens) joins it.
             if not error.is_transient:
@@ -149,7 +149,7 @@ class RequestLifecycle:
             logger.info("TikTok accepted the data request")
             try:
                 record = self._keep(caller, request_id, new, holding)
-            except TransferError as error:
+            except ServiceError as error:
                 logger.error("added request not kept", extra=error.log_fields())
                 raise type(error)(
                     f"TikTok accepted request_id {request_id}, but it could not be kept ({error.message}); "
@@ -157,7 +157,7 @@ class RequestLifecycle:
                 ) from None
             try:
                 self._queue.schedule_check(request_id, 0, self._schedule.initial)
-            except TransferError as error:
+            except ServiceError as error:
                 # The record is waiting with its next check due: the sweeper re-drives it.
                 logger.error("first status check not scheduled", extra=error.log_fields())
             self._events.publish(record)
@@ -179,7 +179,7 @@ class RequestLifecycle:
             ),
             poll_interval=self._schedule.initial,
         )
-        if isinstance(created, Held):  # TikTok handed out an id the service already knows
+        if isinstance(created, Unchanged):  # TikTok handed out an id the service already knows
             raise RecordStoreError(f"request_id {request_id} already has a record")
         return created
 
@@ -191,7 +191,7 @@ class RequestLifecycle:
             what happened; stale checks (another one is expected, or the request moved on) do nothing.
 
         Raises:
-            TransferError: only transient failures of AWS (the message comes back).
+            ServiceError: only transient failures of AWS (the message comes back).
         """
         with logged_as(request_id):
             record = self._records.get(request_id)
@@ -214,13 +214,13 @@ class RequestLifecycle:
                 deadline,
                 lambda token: self._tiktok.check_request(DownloadRequest(request_id, token), deadline),
             )
-        except TransferError as error:
+        except ServiceError as error:
             return self._check_failed(record, error)
         if status is None:
             return self._fail(record, DownloadNotFoundError(NOT_FOUND_MESSAGE))
         return self._follow(record, status)
 
-    def _check_failed(self, record: DownloadRecord, error: TransferError) -> CheckOutcome:
+    def _check_failed(self, record: DownloadRecord, error: ServiceError) -> CheckOutcome:
         """A check TikTok refused or that failed: the request fails, or is checked again later."""
         if isinstance(error, TikTokApiError) and error.error_code == NOT_OWNED:
             return self._fail(record, DownloadNotFoundError(NOT_FOUND_MESSAGE, log_id=error.log_id))
@@ -252,7 +252,7 @@ class RequestLifecycle:
                 collect_time=_moment(status.collect_time),
                 lease=READY_LEASE,
             )
-            if not isinstance(ready, Held):
+            if not isinstance(ready, Unchanged):
                 logger.info("archive ready at TikTok; download queued")
                 self._events.publish(ready)
             return CheckOutcome("ready")
@@ -261,7 +261,7 @@ class RequestLifecycle:
                 DownloadStatus.EXPIRED if status.status == TikTokStatus.EXPIRED else DownloadStatus.CANCELLED
             )
             ended = self._records.end(record.request_id, final, seq=seq, tiktok_status=status.status)
-            if not isinstance(ended, Held):
+            if not isinstance(ended, Unchanged):
                 logger.info("request ended at TikTok", extra={"tiktok_status": status.status})
                 self._events.publish(ended)
                 release_grant(self._records, self._tokens, ended)
@@ -283,10 +283,10 @@ class RequestLifecycle:
             poll_interval=interval,
         )
 
-    def _fail(self, record: DownloadRecord, error: TransferError) -> CheckOutcome:
+    def _fail(self, record: DownloadRecord, error: ServiceError) -> CheckOutcome:
         logger.warning("waiting request failed", extra=error.log_fields())
         ended = self._records.end(record.request_id, DownloadStatus.FAILED, error=error, seq=record.poll_seq)
-        if not isinstance(ended, Held):
+        if not isinstance(ended, Unchanged):
             self._events.publish(ended)
             release_grant(self._records, self._tokens, ended)
         return CheckOutcome("failed")
@@ -298,7 +298,7 @@ class RequestLifecycle:
         ``seq``: if the chain was only slow, one of the two checks finds the other done and is stale.
 
         Raises:
-            TransferError: only transient failures of AWS.
+            ServiceError: only transient failures of AWS.
         """
         late = self._records.overdue(_now() - overdue_for)
         for record in late:
@@ -319,7 +319,7 @@ class RequestLifecycle:
             ``"nothing"`` for one already queued, downloading, done or ended.
 
         Raises:
-            TransferError: only transient failures of AWS.
+            ServiceError: only transient failures of AWS.
         """
         request_id = work.request_id
         with logged_as(request_id):
@@ -333,7 +333,7 @@ class RequestLifecycle:
                 return "nothing"
             self._jobs().send_for_grant(request_id)
             queued = self._records.queue_now(request_id, READY_LEASE)
-            if isinstance(queued, Held):
+            if isinstance(queued, Unchanged):
                 return "nothing"
             logger.info("archive ready (webhook); download queued, status checks stopped")
             self._events.publish(queued)
@@ -349,7 +349,7 @@ class RequestLifecycle:
 
         Raises:
             DownloadNotFoundError: no record, or another caller's (the same answer); nothing changed.
-            TikTokApiError / TransferError: TikTok could not cancel (a rate limit, TikTok failing);
+            TikTokApiError / ServiceError: TikTok could not cancel (a rate limit, TikTok failing);
                 nothing changed: ask again.
         """
         with logged_as(request_id):
@@ -362,7 +362,7 @@ class RequestLifecycle:
                 self._cancel_at_tiktok(record.grant_id, request_id, deadline)
             ended = self._records.end(request_id, DownloadStatus.CANCELLED)
             self._transfer.discard(request_id)
-            if isinstance(ended, Held):
+            if isinstance(ended, Unchanged):
                 return ended.record
             logger.info("request cancelled", extra={"was": record.status.value})
             self._events.publish(ended)

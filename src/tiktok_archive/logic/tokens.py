@@ -34,15 +34,15 @@ from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.grants import Grant, Grants, Lease, SealedTokens
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE, TokenVault
+from tiktok_archive.models.clock import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.errors import (
     AppCredentialsError,
     MissingTokenError,
     ReauthorizationRequiredError,
+    ServiceError,
     TikTokApiError,
     TokenRefreshInProgressError,
-    TransferError,
 )
 from tiktok_archive.models.portability import AppCredentials, TokenGrant
 from tiktok_archive.observability import logger, metrics
@@ -103,7 +103,7 @@ class TokenService:
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
                 return self._grants.adopt(grant_id, caller, user_openid, self._sealed(grant_id, fresh))
-            except TransferError as error:
+            except ServiceError as error:
                 if attempt == STORE_ATTEMPTS:
                     if fresh.refresh_token:
                         logger.error(
@@ -120,7 +120,7 @@ class TokenService:
         Raises:
             ReauthorizationRequiredError: TikTok refused it (``invalid_grant``).
             AppCredentialsError: TikTok refused the app (counted); the secret is unusable.
-            TikTokApiError / TransferError: TikTok failed otherwise.
+            TikTokApiError / ServiceError: TikTok failed otherwise.
         """
         return self._exchange(refresh_token, deadline)
 
@@ -148,7 +148,7 @@ class TokenService:
             ReauthorizationRequiredError: no grant, no refresh token for an expiring access token, or
                 TikTok refused the refresh (the grant is erased).
             TokenRefreshInProgressError: another invocation's refresh did not finish in time (transient).
-            AppCredentialsError / TikTokApiError / TransferError: the refresh failed otherwise.
+            AppCredentialsError / TikTokApiError / ServiceError: the refresh failed otherwise.
         """
         return self._token(self._grant(grant_id), deadline)
 
@@ -263,7 +263,7 @@ class TokenService:
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
                 return self._grants.store_refreshed(grant, owner, self._sealed(grant.grant_id, fresh))
-            except TransferError as error:
+            except ServiceError as error:
                 if attempt == STORE_ATTEMPTS:
                     # TikTok rotated the refresh token and the new one could not be kept: the next
                     # refresh will be refused and the user asked to consent again.

@@ -16,7 +16,7 @@ from tiktok_archive.adapters.s3_archive_store import PartListener, S3ArchiveStor
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
-from tiktok_archive.models.errors import TransferError, UnexpectedError, UpstreamStreamBrokenError
+from tiktok_archive.models.errors import ServiceError, UnexpectedError, UpstreamStreamBrokenError
 from tiktok_archive.models.zip_manifest import MAX_DIRECTORY_BYTES, build_manifest
 from tiktok_archive.models.zip_tail import ZipTail
 from tiktok_archive.observability import SERVICE, logger, metrics
@@ -62,7 +62,7 @@ class ArchiveTransfer:
         from outside) — a stop is logged and counted as one, not as a failure.
 
         Raises:
-            TransferError: the one error that explains the failure; nothing partial is left in S3.
+            ServiceError: the one error that explains the failure; nothing partial is left in S3.
         """
         filename = f"{request.request_id}.zip"
         _, key = self.location(request.request_id)
@@ -87,7 +87,7 @@ class ArchiveTransfer:
                     "throughput_mib_s": round(archive.size_bytes / 1048576 / max(duration, 1e-6), 1),
                 },
             )
-        except TransferError as error:
+        except ServiceError as error:
             stop = watch.stopped() if watch is not None else None
             if stop is not None:
                 logger.info("download stopped: the request ended meanwhile", extra=stop.log_fields())
@@ -177,7 +177,7 @@ class ArchiveTransfer:
                 length = min(location.size, MAX_DIRECTORY_BYTES)
                 directory = self._store.read_range(key, location.offset, length)
             manifest = build_manifest(location, directory)
-        except TransferError as error:
+        except ServiceError as error:
             logger.warning("archive stored without its manifest", extra=error.log_fields())
             return None
         except Exception:  # noqa: BLE001 - a bug here must not undo a whole, stored archive
@@ -202,7 +202,7 @@ class TransferWatch(Protocol):
     def part_done(self, parts: int, size: int) -> None:
         """``parts`` parts (``size`` bytes) are stored; may raise to stop the transfer."""
 
-    def stopped(self) -> TransferError | None:
+    def stopped(self) -> ServiceError | None:
         """The reason the transfer was stopped on purpose, if it was (else None: a real failure)."""
 
 

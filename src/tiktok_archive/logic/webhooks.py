@@ -14,8 +14,8 @@ from collections.abc import Callable
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
 from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
-from tiktok_archive.models.errors import TransferError, WebhookSignatureMismatchError
-from tiktok_archive.models.lifecycle import ArchiveReadyWork, AuthorizationRemovedWork
+from tiktok_archive.models.errors import ServiceError, WebhookSignatureMismatchError
+from tiktok_archive.models.messages import ArchiveReadyWork, AuthorizationRemovedWork
 from tiktok_archive.models.webhook import (
     AUTHORIZATION_REMOVED,
     DOWNLOAD_READY,
@@ -86,7 +86,7 @@ class WebhookReceiver:
             return "duplicate"
         try:
             self._queue().send(work)
-        except TransferError:
+        except ServiceError:
             deliveries.forget(event.delivery_id)
             raise
         deliveries.queued(event.delivery_id)

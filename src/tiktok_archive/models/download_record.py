@@ -29,7 +29,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from tiktok_archive.models.download import format_utc
+from tiktok_archive.models.clock import format_utc
 
 
 class DownloadStatus(StrEnum):

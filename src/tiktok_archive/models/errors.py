@@ -1,6 +1,6 @@
 """The one error taxonomy of the service.
 
-Every failure a caller can see is a :class:`TransferError`. Each subclass fixes the answer's HTTP status
+Every failure a caller can see is a :class:`ServiceError`. Each subclass fixes the answer's HTTP status
 and whether trying again later can succeed (``transient``); the API handler maps any of them to a JSON
 response in one place and the SQS worker uses ``transient`` to decide between a retry and an
 acknowledgement. Messages are written for the caller and never hold the access token or a presigned URL.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
-class TransferError(Exception):
+class ServiceError(Exception):
     """Base of every error the service reports to a caller.
 
     Attributes:
@@ -79,7 +79,7 @@ class TransferError(Exception):
         }
 
 
-class InvalidRequestError(TransferError):
+class InvalidRequestError(ServiceError):
     """The caller's request is malformed (body, ``request_id``); nothing was called."""
 
     code = "invalid_request"
@@ -87,7 +87,7 @@ class InvalidRequestError(TransferError):
     transient = False
 
 
-class MissingTokenError(TransferError):
+class MissingTokenError(ServiceError):
     """No usable ``access_token`` was given (in the body or an SQS message); nothing was called."""
 
     code = "missing_token"
@@ -95,7 +95,7 @@ class MissingTokenError(TransferError):
     transient = False
 
 
-class CallerNotIdentifiedError(TransferError):
+class CallerNotIdentifiedError(ServiceError):
     """The request carries no caller verified by API Gateway (``AWS_IAM``); nothing was read or written."""
 
     code = "caller_not_identified"
@@ -103,7 +103,7 @@ class CallerNotIdentifiedError(TransferError):
     transient = False
 
 
-class OpenIdMismatchError(TransferError):
+class OpenIdMismatchError(ServiceError):
     """TikTok's refresh answer names another user than the ``open_id`` the caller gave; nothing was kept.
 
     The user is who TikTok says: a caller's ``open_id`` never decides whose grant tokens join.
@@ -125,7 +125,7 @@ _TIKTOK_CODE_STATUS: dict[str, tuple[int, bool]] = {
 }
 
 
-class TikTokApiError(TransferError):
+class TikTokApiError(ServiceError):
     """TikTok answered with its JSON error document; its code is passed through unchanged.
 
     Known codes map to a fixed status (see ``_TIKTOK_CODE_STATUS``). An unknown code is judged by the
@@ -170,13 +170,13 @@ class TikTokApiError(TransferError):
         return self._transient
 
 
-class UpstreamUnavailableError(TransferError):
+class UpstreamUnavailableError(ServiceError):
     """TikTok could not be reached, or did not answer before the connect or read timeout."""
 
     code = "upstream_unavailable"
 
 
-class UpstreamStreamBrokenError(TransferError):
+class UpstreamStreamBrokenError(ServiceError):
     """The archive stream broke (reset, early end, stall) after TikTok started answering."""
 
     code = "upstream_stream_broken"
@@ -192,7 +192,7 @@ class ArchiveTruncatedError(UpstreamStreamBrokenError):
     code = "archive_truncated"
 
 
-class UpstreamBadResponseError(TransferError):
+class UpstreamBadResponseError(ServiceError):
     """TikTok answered with neither an archive nor its JSON error.
 
     For example an HTML page, an empty body, or bytes that are not a zip.
@@ -201,7 +201,7 @@ class UpstreamBadResponseError(TransferError):
     code = "upstream_bad_response"
 
 
-class ArchiveInvalidError(TransferError):
+class ArchiveInvalidError(ServiceError):
     """The bytes received are not a whole zip archive.
 
     Its end-of-central-directory record is missing, or disagrees with the number of bytes received. The
@@ -211,7 +211,7 @@ class ArchiveInvalidError(TransferError):
     code = "archive_invalid"
 
 
-class DeadlineExceededError(TransferError):
+class DeadlineExceededError(ServiceError):
     """The invocation's time budget (its Lambda deadline less a safety margin) ran out.
 
     The upload was aborted before Lambda could kill the function; the same request can be sent again
@@ -222,7 +222,7 @@ class DeadlineExceededError(TransferError):
     http_status = 504
 
 
-class DownloadNotFoundError(TransferError):
+class DownloadNotFoundError(ServiceError):
     """No download of this ``request_id`` is visible with this token.
 
     Answered alike whether the record does not exist or TikTok does not confirm that the token's user
@@ -234,14 +234,14 @@ class DownloadNotFoundError(TransferError):
     transient = False
 
 
-class ArchiveNotReadyError(TransferError):
+class ArchiveNotReadyError(ServiceError):
     """TikTok is still preparing the archive (Check Status says ``pending``); ask again later."""
 
     code = "archive_not_ready"
     http_status = 409
 
 
-class RequestExpiredError(TransferError):
+class RequestExpiredError(ServiceError):
     """TikTok's four-day download window is over (Check Status says ``expired``): add a new request."""
 
     code = "request_expired"
@@ -249,7 +249,7 @@ class RequestExpiredError(TransferError):
     transient = False
 
 
-class RequestCancelledError(TransferError):
+class RequestCancelledError(ServiceError):
     """The request was cancelled (at TikTok, or with ``DELETE``); its archive is gone for good."""
 
     code = "request_cancelled"
@@ -257,7 +257,7 @@ class RequestCancelledError(TransferError):
     transient = False
 
 
-class ArchiveTooLargeError(TransferError):
+class ArchiveTooLargeError(ServiceError):
     """The archive does not fit in S3's 10,000 parts at the configured part size.
 
     Permanent: trying again streams the same bytes into the same limit; a larger ``PART_SIZE_MIB`` is the
@@ -269,42 +269,42 @@ class ArchiveTooLargeError(TransferError):
     transient = False
 
 
-class DownloadInProgressError(TransferError):
+class DownloadInProgressError(ServiceError):
     """Another invocation is downloading this ``request_id`` right now; ask again after ``retry_after``."""
 
     code = "download_in_progress"
     http_status = 409
 
 
-class RecordStoreError(TransferError):
+class RecordStoreError(ServiceError):
     """The download records (DynamoDB) could not be read or written; nothing was downloaded."""
 
     code = "record_store_error"
     http_status = 503
 
 
-class QueueError(TransferError):
+class QueueError(ServiceError):
     """The download could not be queued (SQS or KMS failed); the record says ``failed``."""
 
     code = "queue_error"
     http_status = 503
 
 
-class StorageError(TransferError):
+class StorageError(ServiceError):
     """S3 refused or failed a call; the multipart upload, if any, was aborted."""
 
     code = "storage_error"
     http_status = 503
 
 
-class UnexpectedError(TransferError):
+class UnexpectedError(ServiceError):
     """A bug; recorded and answered without any of its details."""
 
     code = "unexpected_error"
     http_status = 500
 
 
-class ConfigurationError(TransferError):
+class ConfigurationError(ServiceError):
     """The function's environment is invalid; the message names the variable.
 
     Transient on purpose: a queued message must not be acknowledged (and so dropped) because of a
@@ -315,7 +315,7 @@ class ConfigurationError(TransferError):
     http_status = 500
 
 
-class ReauthorizationRequiredError(TransferError):
+class ReauthorizationRequiredError(ServiceError):
     """The user's tokens cannot be renewed; only the user can fix it, by consenting again.
 
     TikTok refused to refresh them (``invalid_grant``: the refresh token expired, was revoked or was
@@ -328,7 +328,7 @@ class ReauthorizationRequiredError(TransferError):
     transient = False
 
 
-class AppCredentialsError(TransferError):
+class AppCredentialsError(ServiceError):
     """TikTok refused the app itself, or the secret holding its credentials is missing or malformed.
 
     An OAuth refusal that is the app's, not the user's (``invalid_client``, ``unauthorized_client``,
@@ -341,14 +341,14 @@ class AppCredentialsError(TransferError):
     http_status = 500
 
 
-class TokenVaultError(TransferError):
+class TokenVaultError(ServiceError):
     """KMS could not seal or open a token; nothing that needed it was done."""
 
     code = "token_vault_error"
     http_status = 503
 
 
-class TokenRefreshInProgressError(TransferError):
+class TokenRefreshInProgressError(ServiceError):
     """Another invocation is refreshing this user's tokens right now; the work comes back in a moment."""
 
     code = "token_refresh_in_progress"
@@ -358,7 +358,7 @@ class TokenRefreshInProgressError(TransferError):
         super().__init__(message, retry_after="5")
 
 
-class PreparationTimedOutError(TransferError):
+class PreparationTimedOutError(ServiceError):
     """TikTok did not prepare the archive in ``STATUS_POLL_GIVE_UP_HOURS``; the service stopped waiting."""
 
     code = "preparation_timed_out"
@@ -366,14 +366,14 @@ class PreparationTimedOutError(TransferError):
     transient = False
 
 
-class HandedBackError(TransferError):
+class HandedBackError(ServiceError):
     """A queued message not worked on because TikTok rate-limited the invocation; it comes back later."""
 
     code = "handed_back"
     http_status = 429
 
 
-class WebhookSignatureError(TransferError):
+class WebhookSignatureError(ServiceError):
     """A webhook delivery's ``TikTok-Signature`` is missing, malformed, stale or wrong; nothing was done.
 
     The message says which, and never holds the header or any secret.
@@ -398,7 +398,7 @@ class UnknownClientKeyError(WebhookSignatureError):
     code = "unknown_client_key"
 
 
-class WebhookPayloadError(TransferError):
+class WebhookPayloadError(ServiceError):
     """A webhook delivery's body (or its ``content``) is not TikTok's documented JSON; nothing was done."""
 
     code = "invalid_webhook"
@@ -406,7 +406,7 @@ class WebhookPayloadError(TransferError):
     transient = False
 
 
-class WebhookTooLargeError(TransferError):
+class WebhookTooLargeError(ServiceError):
     """A webhook delivery's body is larger than the service accepts; it was refused before any other work."""
 
     code = "webhook_too_large"

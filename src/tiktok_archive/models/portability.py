@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tiktok_archive.models.download import MAX_TOKEN_LENGTH, is_token_shaped, parse_access_token
 from tiktok_archive.models.errors import InvalidRequestError
+from tiktok_archive.models.inputs import MAX_TOKEN_LENGTH, is_token_shaped, parse_access_token
 
 DATA_FORMATS = ("json", "text")
 CATEGORIES = ("all_data", "video", "profile", "activity", "direct_message")

@@ -10,8 +10,7 @@ A handler reads a delivery in three steps, each refusing with one of the service
    (:class:`WebhookPayloadError`, 400; :class:`UnknownClientKeyError`, 401).
 
 TikTok delivers at least once and retries anything but a 200 for up to 72 hours, so every result carries a
-``delivery_id`` to deduplicate with. Nothing here performs I/O; :func:`sign` and :func:`delivery_body`
-build deliveries the way TikTok does, for tests and the demo.
+``delivery_id`` to deduplicate with. Nothing here performs I/O.
 """
 
 from __future__ import annotations
@@ -20,14 +19,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn, TypeAlias
 
-from tiktok_archive.models.download import INT64_MAX, is_int_in, load_json_object, parse_request_id
 from tiktok_archive.models.errors import (
     AppCredentialsError,
     InvalidRequestError,
@@ -37,6 +33,7 @@ from tiktok_archive.models.errors import (
     WebhookSignatureMismatchError,
     WebhookTooLargeError,
 )
+from tiktok_archive.models.inputs import INT64_MAX, is_int_in, load_json_object, parse_request_id
 from tiktok_archive.models.portability import MAX_OPEN_ID_LENGTH, is_open_id
 
 SIGNATURE_HEADER = "TikTok-Signature"
@@ -274,30 +271,6 @@ def parse_delivery(raw: bytes, *, client_key: str) -> WebhookEvent:
             raise WebhookPayloadError("content: reason must be an integer")
         return AuthorizationRemoved(user_openid, reason, create_time, delivery_id)
     return OtherEvent(event, user_openid, create_time, delivery_id)
-
-
-def sign(client_secret: str, timestamp: int, raw: bytes) -> str:
-    """The ``TikTok-Signature`` value TikTok would send with ``raw`` at ``timestamp``: ``t=…,s=<hex>``."""
-    return f"t={timestamp},s={_hmac(client_secret, str(timestamp), raw).hex()}"
-
-
-def delivery_body(
-    event: str,
-    user_openid: str | None,
-    content: Mapping[str, Any],
-    client_key: str,
-    create_time: int,
-) -> bytes:
-    """A delivery body as TikTok documents it, UTF-8 JSON.
-
-    ``content`` is serialized to a JSON string inside the body (a ``request_id`` int stays a JSON
-    integer in it); ``user_openid`` None leaves the field out, like the documented example.
-    """
-    document: dict[str, Any] = {"client_key": client_key, "event": event, "create_time": create_time}
-    if user_openid is not None:
-        document["user_openid"] = user_openid
-    document["content"] = json.dumps(dict(content))
-    return json.dumps(document).encode("utf-8")
 
 
 def _hmac(client_secret: str, timestamp_text: str, raw: bytes) -> bytes:

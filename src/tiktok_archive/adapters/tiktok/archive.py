@@ -38,7 +38,7 @@ from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.errors import (
     ArchiveTruncatedError,
     DeadlineExceededError,
-    TransferError,
+    ServiceError,
     UpstreamStreamBrokenError,
 )
 from tiktok_archive.models.zip_tail import ZipTail
@@ -105,7 +105,7 @@ class DownloadEndpoint:
             before, in this container) or answered another one.
 
         Raises:
-            TransferError: TikTok refused, or could not be reached (after the retries of any request).
+            ServiceError: TikTok refused, or could not be reached (after the retries of any request).
         """
         if self.ranges_ignored:
             return None
@@ -188,7 +188,7 @@ class ArchiveStream:
                 not be resumed (``ArchiveTruncatedError`` when it ended before its length or final chunk).
             ArchiveInvalidError: the body ended without the end records of a whole zip archive.
             DeadlineExceededError: the invocation's deadline came first.
-            TransferError: a resumption was refused by TikTok.
+            ServiceError: a resumption was refused by TikTok.
         """
         size = len(part)
         view = memoryview(part)
@@ -218,7 +218,7 @@ class ArchiveStream:
                 raise self._deadline_error()
             return piece
 
-    def _broken(self, error: Exception) -> TransferError:
+    def _broken(self, error: Exception) -> ServiceError:
         if self._timed_out:
             return self._deadline_error()
         where = f"after {self.received} bytes"
@@ -241,7 +241,7 @@ class ArchiveStream:
             "nothing was stored"
         )
 
-    def _resume_after(self, broken: TransferError) -> None:
+    def _resume_after(self, broken: ServiceError) -> None:
         """Continue the archive at the byte where it broke, or raise ``broken``."""
         if isinstance(broken, DeadlineExceededError) or self._budget.left <= 0 or self._deadline.expired():
             raise broken

@@ -28,8 +28,8 @@ from tiktok_archive.adapters.tiktok.transport import (
 from tiktok_archive.models.errors import (
     AppCredentialsError,
     ReauthorizationRequiredError,
+    ServiceError,
     TikTokApiError,
-    TransferError,
     UpstreamBadResponseError,
 )
 from tiktok_archive.models.portability import AppCredentials, TokenGrant, is_open_id
@@ -126,7 +126,7 @@ def _grant(document: dict[str, Any]) -> TokenGrant | None:
     )
 
 
-def _oauth_failure(status: int, document: dict[str, Any] | None) -> TransferError | None:
+def _oauth_failure(status: int, document: dict[str, Any] | None) -> ServiceError | None:
     """OAuth's error shape ``{"error": "<code>", "error_description", "log_id"}``, as the taxonomy's error."""
     code = document.get("error") if document else None
     if not isinstance(code, str) or document is None:

@@ -16,8 +16,9 @@ from tiktok_archive.adapters.tiktok.transport import (
     succeeded,
     tiktok_failure,
 )
-from tiktok_archive.models.download import INT64_MAX, DownloadRequest, is_int_in
+from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.errors import UpstreamBadResponseError
+from tiktok_archive.models.inputs import INT64_MAX, is_int_in
 from tiktok_archive.models.portability import RequestStatus
 from tiktok_archive.observability import tracer
 

@@ -20,8 +20,8 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from tiktok_archive.adapters.tiktok.budget import AttemptBudget, BudgetedRetry
 from tiktok_archive.models.errors import (
     DeadlineExceededError,
+    ServiceError,
     TikTokApiError,
-    TransferError,
     UpstreamBadResponseError,
     UpstreamUnavailableError,
 )
@@ -144,7 +144,7 @@ def unavailable(error: BaseException | None) -> UpstreamUnavailableError:
     )
 
 
-def tiktok_failure(response: urllib3.BaseHTTPResponse, body: bytes) -> TransferError:
+def tiktok_failure(response: urllib3.BaseHTTPResponse, body: bytes) -> ServiceError:
     """Turn an answer that is not what was asked for into the one error that says what happened.
 
     TikTok's error document (``{"error": {"code", "message", "log_id"}}``, any HTTP status, 200

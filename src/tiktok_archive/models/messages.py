@@ -1,6 +1,12 @@
-"""Messages of the lifecycle queue, each type with its producer (``body``) and its parser side by side.
+"""Every queue message, each type with its producer (``body``) and its parser side by side.
 
-Small JSON documents, never a token:
+The download queue: ``{"request_id", "access_token"}`` (a backend's own message, the token in clear
+inside the encrypted queue), ``{"request_id", "encrypted_access_token"}`` (queued by ``POST /downloads``
+with ``Prefer: respond-async``: the token sealed with KMS, bound to the ``request_id``) or
+``{"request_id", "source": "grant"}`` (queued by the service for a request whose user's grant provides the
+token). See :class:`DownloadJob`.
+
+The lifecycle queue: small JSON documents, never a token:
 
 - ``{"kind": "check", "request_id", "seq"}``: status check number ``seq`` of a waiting request;
 - ``{"kind": "webhook", "event": "portability.download.ready", "request_id", "user_openid"?,
@@ -16,20 +22,64 @@ Small JSON documents, never a token:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from tiktok_archive.models.caller import MAX_CALLER_LENGTH
-from tiktok_archive.models.download import INT64_MAX, format_utc, is_int_in, parse_request_id, parse_utc
-from tiktok_archive.models.errors import InvalidRequestError
+from tiktok_archive.models.clock import format_utc, parse_utc
+from tiktok_archive.models.errors import InvalidRequestError, MissingTokenError
+from tiktok_archive.models.inputs import INT64_MAX, is_int_in, parse_access_token, parse_request_id
 from tiktok_archive.models.portability import is_open_id
 from tiktok_archive.models.webhook import AUTHORIZATION_REMOVED, DOWNLOAD_READY
 
 MAX_SEQ = 1_000_000
+# A sealed token: KMS's ciphertext of at most 2,048 characters, in base64.
+MAX_SEALED_LENGTH = 8192
 MAX_CANCELS = 1000
 
 
+@dataclass(frozen=True)
+class DownloadJob:
+    """A download queue message: the request id and where its token is (see the module's docstring).
+
+    ``repr`` shows neither form of the token.
+    """
+
+    request_id: int
+    access_token: str | None = field(default=None, repr=False)
+    encrypted_access_token: str | None = field(default=None, repr=False)
+    from_grant: bool = False
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"request_id": str(self.request_id)}
+        if self.from_grant:
+            body["source"] = "grant"
+        elif self.encrypted_access_token is not None:
+            body["encrypted_access_token"] = self.encrypted_access_token
+        else:
+            body["access_token"] = self.access_token
+        return body
+
+
+def parse_download_job(request_id: int, document: dict[str, Any]) -> DownloadJob:
+    """The job of a download queue message whose ``request_id`` is already parsed.
+
+    Raises:
+        MissingTokenError: neither a well-formed ``access_token`` nor a non-empty
+            ``encrypted_access_token`` (and not a grant's job).
+    """
+    if document.get("source") == "grant":
+        return DownloadJob(request_id, from_grant=True)
+    encrypted = document.get("encrypted_access_token")
+    if encrypted is not None:
+        if not isinstance(encrypted, str) or not encrypted or len(encrypted) > MAX_SEALED_LENGTH:
+            raise MissingTokenError("encrypted_access_token must be a base64 string")
+        return DownloadJob(request_id, encrypted_access_token=encrypted)
+    return DownloadJob(request_id, access_token=parse_access_token(document.get("access_token")))
+
+
+# -- the lifecycle queue -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StatusCheck:
     """Check number ``seq`` of a waiting request."""

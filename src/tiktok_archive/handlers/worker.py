@@ -27,8 +27,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.handlers.queue_failures import settle
 from tiktok_archive.models.deadline import Deadline
-from tiktok_archive.models.download import parse_json_object, parse_queued_job, parse_request_id
-from tiktok_archive.models.errors import TransferError
+from tiktok_archive.models.errors import ServiceError
+from tiktok_archive.models.inputs import parse_json_object, parse_request_id
+from tiktok_archive.models.messages import parse_download_job
 from tiktok_archive.observability import hide, logger
 from tiktok_archive.runtime import download_service, start_invocation
 
@@ -42,17 +43,17 @@ def download_message(record: SQSRecord) -> None:
     """Run one message's download, within the invocation's deadline.
 
     Raises:
-        TransferError: only transient ones, so that the message is delivered again.
+        ServiceError: only transient ones, so that the message is delivered again.
     """
     logger.set_correlation_id(record.message_id)
     request_id: int | None = None
     try:
         document = parse_json_object(record.body)
         request_id = parse_request_id(document.get("request_id"))
-        job = parse_queued_job(request_id, document)
+        job = parse_download_job(request_id, document)
         hide(job.access_token)
         download_service().download_job(job, _deadline[-1])
-    except TransferError as error:
+    except ServiceError as error:
         request = {"request_id": None if request_id is None else str(request_id)}
         settle(error, record, request, postpone=True)
 
