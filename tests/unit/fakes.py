@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import json
 import uuid
@@ -40,7 +41,6 @@ from tiktok_archive.models.clock import format_utc
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
 from tiktok_archive.models.download_record import (
-    ENDED,
     DownloadRecord,
     DownloadStatus,
     Owner,
@@ -51,6 +51,7 @@ from tiktok_archive.models.download_record import (
 from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, ServiceError
 from tiktok_archive.models.messages import LifecycleMessage, StatusCheck
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
+from tiktok_archive.models.record_lifecycle import Event, Fields, ending, transition
 
 T = TypeVar("T")
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -376,7 +377,7 @@ def _with_tokens(current: Grant, tokens: SealedTokens) -> Grant:
 
 # -- DynamoDB: the downloads table -------------------------------------------------------------
 class FakeDownloadRecords(DownloadRecords):
-    """The downloads table in a dict, every change under the adapter's condition.
+    """The downloads table in a dict, every change decided by the lifecycle table, as the adapter's are.
 
     ``owners`` holds each claim's ``lease_owner`` (which a :class:`DownloadRecord` does not show).
     """
@@ -447,6 +448,43 @@ class FakeDownloadRecords(DownloadRecords):
         late.sort(key=lambda due: due[0])  # the index's order
         return [r for _, r in late[:limit]]
 
+    # -- writes: each one of the lifecycle table's transitions, decided by the table ------------------
+    def _apply(
+        self,
+        method: str,
+        event: Event,
+        request_id: int,
+        change: Callable[[DownloadRecord], DownloadRecord] = lambda record: record,
+        *,
+        seq: int | None = None,
+        lease_owner: str | None = None,
+        owner: Owner | None = None,
+    ) -> DownloadRecord | Unchanged:
+        """``event`` on ``request_id`` as the adapter writes it: allowed by the table (and ``owner``), the
+        table's fields cleared, its status set, then ``change`` (what the write sets besides)."""
+        self._call(method)
+        rule = transition(event)
+        now = self._clock.now()
+        record = self.items.get(request_id)
+        allowed = rule.allows(
+            record, now, seq=seq, lease_owner=lease_owner, held_by=self.owners.get(request_id)
+        )
+        if owner is not None and not self._owned(record, owner):
+            allowed = False
+        if not allowed:
+            if record is None:  # a condition on an item that does not exist: nothing to hold on to
+                raise RecordStoreError("the download record does not exist")
+            return Unchanged(record)
+        base = record or DownloadRecord(request_id, rule.target or DownloadStatus.QUEUED, now, now, 0)
+        if owner is not None:
+            base = self._owner_fields(base, owner)
+        base = _cleared(base, rule.clears)
+        if rule.clears & {Fields.LEASE, Fields.LEASE_OWNER}:
+            self.owners.pop(request_id, None)
+        if rule.target is not None:
+            base = dataclasses.replace(base, status=rule.target)
+        return self._put(change(dataclasses.replace(base, updated_at=now)))
+
     def create_waiting(
         self,
         request_id: int,
@@ -457,19 +495,15 @@ class FakeDownloadRecords(DownloadRecords):
         preparation: Preparation,
         poll_interval: int,
     ) -> DownloadRecord | Unchanged:
-        self._call("create_waiting")
         if preparation.next_check_at is None or preparation.give_up_at is None:
             raise ValueError("a waiting request needs its schedule")
-        if request_id in self.items:
-            return Unchanged(self.items[request_id])
-        now = self._clock.now()
-        return self._put(
-            DownloadRecord(
-                request_id=request_id,
-                status=DownloadStatus.WAITING,
-                created_at=now,
-                updated_at=now,
-                attempts=0,
+        return self._apply(
+            "create_waiting",
+            Event.ADD,
+            request_id,
+            lambda base: dataclasses.replace(
+                base,
+                created_at=self._clock.now(),
                 caller=caller,
                 user_openid=user_openid or None,
                 grant_id=grant_id,
@@ -481,7 +515,7 @@ class FakeDownloadRecords(DownloadRecords):
                 ),
                 poll_seq=0,
                 poll_interval=poll_interval,
-            )
+            ),
         )
 
     def advance_schedule(
@@ -495,12 +529,11 @@ class FakeDownloadRecords(DownloadRecords):
         next_check_at: datetime,
         poll_interval: int,
     ) -> DownloadRecord | Unchanged:
-        self._call("advance_schedule")
-        record = self._existing(request_id)
-        if record.status is not DownloadStatus.WAITING or record.poll_seq != seq:
-            return Unchanged(record)
-        checked = self._checked(record, seq, tiktok_status, apply_time, collect_time, next_check_at)
-        return self._put(dataclasses.replace(checked, poll_interval=poll_interval))
+        def change(base: DownloadRecord) -> DownloadRecord:
+            checked = self._checked(base, seq, tiktok_status, apply_time, collect_time, next_check_at)
+            return dataclasses.replace(checked, poll_interval=poll_interval)
+
+        return self._apply("advance_schedule", Event.CHECKED, request_id, change, seq=seq)
 
     def mark_ready(
         self,
@@ -511,37 +544,20 @@ class FakeDownloadRecords(DownloadRecords):
         collect_time: datetime | None,
         lease: timedelta,
     ) -> DownloadRecord | Unchanged:
-        self._call("mark_ready")
-        record = self._existing(request_id)
-        if record.status is not DownloadStatus.WAITING or record.poll_seq != seq:
-            return Unchanged(record)
-        checked = self._checked(record, seq, "downloading", apply_time, collect_time, None)
-        return self._put(
-            dataclasses.replace(
-                checked,
-                status=DownloadStatus.QUEUED,
-                lease_expires_at=self._clock.now() + lease + timedelta(seconds=1),
-                poll_interval=None,
-            )
-        )
+        def change(base: DownloadRecord) -> DownloadRecord:
+            checked = self._checked(base, seq, "downloading", apply_time, collect_time, None)
+            return dataclasses.replace(checked, lease_expires_at=self._lease(lease))
+
+        return self._apply("mark_ready", Event.READY, request_id, change, seq=seq)
 
     def queue_now(self, request_id: int, lease: timedelta) -> DownloadRecord | Unchanged:
-        self._call("queue_now")
-        record = self._existing(request_id)
-        if record.status is not DownloadStatus.WAITING:
-            return Unchanged(record)
-        now = self._clock.now()
-        prep = dataclasses.replace(record.preparation, next_check_at=None) if record.preparation else None
-        return self._put(
-            dataclasses.replace(
-                record,
-                status=DownloadStatus.QUEUED,
-                updated_at=now,
-                lease_expires_at=now + lease + timedelta(seconds=1),
-                poll_seq=record.poll_seq + 1,
-                preparation=prep,
-                poll_interval=None,
-            )
+        return self._apply(
+            "queue_now",
+            Event.READY_ANNOUNCED,
+            request_id,
+            lambda base: dataclasses.replace(
+                base, lease_expires_at=self._lease(lease), poll_seq=base.poll_seq + 1
+            ),
         )
 
     def _checked(
@@ -563,7 +579,10 @@ class FakeDownloadRecords(DownloadRecords):
                 collect_time=collect_time or prep.collect_time,
                 next_check_at=next_check_at,
             )
-        return dataclasses.replace(record, poll_seq=seq + 1, updated_at=self._clock.now(), preparation=prep)
+        return dataclasses.replace(record, poll_seq=seq + 1, preparation=prep)
+
+    def _lease(self, lease: timedelta) -> datetime:
+        return self._clock.now() + lease + timedelta(seconds=1)
 
     def end(
         self,
@@ -574,39 +593,15 @@ class FakeDownloadRecords(DownloadRecords):
         seq: int | None = None,
         tiktok_status: str | None = None,
     ) -> DownloadRecord | Unchanged:
-        self._call("end")
-        record = self._existing(request_id)
-        if seq is not None:
-            allowed = record.status is DownloadStatus.WAITING and record.poll_seq == seq
-        elif status is DownloadStatus.FAILED:
-            allowed = record.status in (DownloadStatus.WAITING, DownloadStatus.QUEUED)
-        else:
-            allowed = record.status not in ENDED
-        if not allowed:
-            return Unchanged(record)
-        prep = record.preparation
-        if prep is not None:
-            prep = dataclasses.replace(
-                prep,
-                next_check_at=None,
-                tiktok_status=tiktok_status if tiktok_status is not None else prep.tiktok_status,
+        def change(base: DownloadRecord) -> DownloadRecord:
+            prep = base.preparation
+            if prep is not None and tiktok_status is not None:
+                prep = dataclasses.replace(prep, tiktok_status=tiktok_status)
+            return dataclasses.replace(
+                base, error=_recorded(error) if error is not None else base.error, preparation=prep
             )
-        ended = dataclasses.replace(
-            record,
-            status=status,
-            updated_at=self._clock.now(),
-            error=_recorded(error) if error is not None else None,
-            lease_expires_at=None,
-            preparation=prep,
-            poll_interval=None,
-            progress=None,
-        )
-        if status is not DownloadStatus.FAILED:
-            ended = dataclasses.replace(
-                ended, bucket=None, key=None, size_bytes=None, checksum=None, manifest=None
-            )
-        self.owners.pop(request_id, None)
-        return self._put(ended)
+
+        return self._apply("end", ending(status, scheduled=seq is not None), request_id, change, seq=seq)
 
     def set_user(self, record: DownloadRecord, user_openid: str) -> None:
         self._journal.note("records.set_user")
@@ -616,7 +611,7 @@ class FakeDownloadRecords(DownloadRecords):
 
     @staticmethod
     def _owned(record: DownloadRecord | None, owner: Owner) -> bool:
-        """The adapter's ownership condition (see ``download_records._ownership``)."""
+        """The adapter's ownership condition (see ``record_conditions.ownership``)."""
         if owner.service:
             return record is not None
         return record is None or record.caller == owner.caller
@@ -635,143 +630,102 @@ class FakeDownloadRecords(DownloadRecords):
     def claim(
         self, request_id: int, bucket: str, key: str, lease: timedelta, owner: Owner
     ) -> Claimed | Unchanged:
-        self._call("claim")
-        now = self._clock.now()
-        record = self.items.get(request_id)
-        if not self._owned(record, owner):
-            if record is None:
-                raise RecordStoreError("the download record does not exist")
-            return Unchanged(record)
-        if record is not None:
-            lapsed = record.lease_expires_at is not None and record.lease_expires_at < now
-            claimable = (
-                DownloadStatus.WAITING,
-                DownloadStatus.QUEUED,
-                DownloadStatus.FAILED,
-            )
-            if record.status not in claimable and not (
-                record.status is DownloadStatus.IN_PROGRESS and lapsed
-            ):
-                return Unchanged(record)
-        base = self._owner_fields(
-            record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0), owner
-        )
-        prep = dataclasses.replace(base.preparation, next_check_at=None) if base.preparation else None
         lease_owner = uuid.uuid4().hex
-        self.owners[request_id] = lease_owner
-        claimed = self._put(
-            dataclasses.replace(
+
+        def change(base: DownloadRecord) -> DownloadRecord:
+            return dataclasses.replace(
                 base,
-                status=DownloadStatus.IN_PROGRESS,
-                lease_expires_at=now + lease + timedelta(seconds=1),
-                updated_at=now,
+                lease_expires_at=self._lease(lease),
                 attempts=base.attempts + 1,
                 bucket=bucket,
                 key=key,
                 poll_seq=base.poll_seq + 1,
-                error=None,
-                progress=None,
-                preparation=prep,
-                poll_interval=None,
             )
-        )
+
+        claimed = self._apply("claim", Event.CLAIM, request_id, change, owner=owner)
+        if isinstance(claimed, Unchanged):
+            return claimed
+        self.owners[request_id] = lease_owner
         return Claimed(claimed, lease_owner)
 
     def enqueue(self, request_id: int, lease: timedelta, owner: Owner) -> DownloadRecord | Unchanged:
-        self._call("enqueue")
-        now = self._clock.now()
-        record = self.items.get(request_id)
-        if not self._owned(record, owner):
-            if record is None:
-                raise RecordStoreError("the download record does not exist")
-            return Unchanged(record)
-        if record is not None:
-            lapsed = record.lease_expires_at is not None and record.lease_expires_at < now
-            free = record.status in (DownloadStatus.WAITING, DownloadStatus.FAILED)
-            if not free and not (
-                record.status in (DownloadStatus.QUEUED, DownloadStatus.IN_PROGRESS) and lapsed
-            ):
-                return Unchanged(record)
-        base = self._owner_fields(
-            record or DownloadRecord(request_id, DownloadStatus.QUEUED, now, now, 0), owner
-        )
-        prep = dataclasses.replace(base.preparation, next_check_at=None) if base.preparation else None
-        self.owners.pop(request_id, None)
-        return self._put(
-            dataclasses.replace(
-                base,
-                status=DownloadStatus.QUEUED,
-                lease_expires_at=now + lease + timedelta(seconds=1),
-                updated_at=now,
-                poll_seq=base.poll_seq + 1,
-                error=None,
-                preparation=prep,
-                poll_interval=None,
-            )
+        return self._apply(
+            "enqueue",
+            Event.QUEUE,
+            request_id,
+            lambda base: dataclasses.replace(
+                base, lease_expires_at=self._lease(lease), poll_seq=base.poll_seq + 1
+            ),
+            owner=owner,
         )
 
     def abandon(self, request_id: int, error: ServiceError) -> None:
-        self._journal.note("records.abandon")
-        record = self.items.get(request_id)
-        if record is not None and record.status is DownloadStatus.QUEUED:
-            self._put(
-                dataclasses.replace(
-                    record, status=DownloadStatus.FAILED, error=_recorded(error), lease_expires_at=None
-                )
+        with contextlib.suppress(RecordStoreError):
+            self._apply(
+                "abandon",
+                Event.ABANDON,
+                request_id,
+                lambda base: dataclasses.replace(base, error=_recorded(error)),
             )
 
     def report_progress(self, claim: Claimed, progress: Progress) -> Unchanged | None:
-        self._call("report_progress")
-        request_id = claim.record.request_id
-        record = self._existing(request_id)
-        if self.owners.get(request_id) != claim.owner or record.status is not DownloadStatus.IN_PROGRESS:
-            return Unchanged(record)
-        self.progress_reports.append(progress)
-        self._put(dataclasses.replace(record, progress=progress, updated_at=progress.at))
-        return None
+        def change(base: DownloadRecord) -> DownloadRecord:
+            self.progress_reports.append(progress)
+            return dataclasses.replace(base, progress=progress, updated_at=progress.at)
+
+        reported = self._apply(
+            "report_progress", Event.PROGRESS, claim.record.request_id, change, lease_owner=claim.owner
+        )
+        return reported if isinstance(reported, Unchanged) else None
 
     def complete(
         self, claim: Claimed, size_bytes: int, checksum: str, manifest: dict[str, Any] | None = None
     ) -> DownloadRecord:
-        self._call("complete")
-        request_id = claim.record.request_id
-        record = self._existing(request_id)
-        if self.owners.get(request_id) != claim.owner:
-            return record  # the claim was lost meanwhile: that state stands
-        now = self._clock.now()
-        self.owners.pop(request_id)
-        return self._put(
-            dataclasses.replace(
-                record,
-                status=DownloadStatus.COMPLETED,
+        def change(base: DownloadRecord) -> DownloadRecord:
+            return dataclasses.replace(
+                base,
                 size_bytes=size_bytes,
                 checksum=checksum,
-                completed_at=now,
-                updated_at=now,
+                completed_at=self._clock.now(),
                 manifest=manifest,
-                lease_expires_at=None,
-                error=None,
-                progress=None,
             )
+
+        done = self._apply(
+            "complete", Event.COMPLETE, claim.record.request_id, change, lease_owner=claim.owner
         )
+        return done.record if isinstance(done, Unchanged) else done  # a lost claim: that state stands
 
     def fail(self, claim: Claimed, error: ServiceError) -> DownloadRecord:
-        self._call("fail")
-        request_id = claim.record.request_id
-        record = self._existing(request_id)
-        if self.owners.get(request_id) != claim.owner:
-            return record
-        self.owners.pop(request_id)
-        return self._put(
-            dataclasses.replace(
-                record,
-                status=DownloadStatus.FAILED,
-                error=_recorded(error),
-                updated_at=self._clock.now(),
-                lease_expires_at=None,
-                progress=None,
-            )
+        failed = self._apply(
+            "fail",
+            Event.FAIL,
+            claim.record.request_id,
+            lambda base: dataclasses.replace(base, error=_recorded(error)),
+            lease_owner=claim.owner,
         )
+        return failed.record if isinstance(failed, Unchanged) else failed
+
+
+def _cleared(record: DownloadRecord, groups: frozenset[Fields]) -> DownloadRecord:
+    """``record`` without the fields of ``groups``, as the adapter's ``REMOVE`` leaves it."""
+    if Fields.LEASE in groups:
+        record = dataclasses.replace(record, lease_expires_at=None)
+    if Fields.SCHEDULE in groups:
+        prep = record.preparation
+        record = dataclasses.replace(
+            record,
+            poll_interval=None,
+            preparation=dataclasses.replace(prep, next_check_at=None) if prep is not None else None,
+        )
+    if Fields.PROGRESS in groups:
+        record = dataclasses.replace(record, progress=None)
+    if Fields.ERROR in groups:
+        record = dataclasses.replace(record, error=None)
+    if Fields.ARCHIVE in groups:
+        record = dataclasses.replace(
+            record, bucket=None, key=None, size_bytes=None, checksum=None, manifest=None
+        )
+    return record
 
 
 def _recorded(error: ServiceError) -> RecordedError:

@@ -12,6 +12,8 @@ Each :class:`Transition` says:
 - ``target``: the status it leads to (``None``: the status stays);
 - ``guard``: what else the write must match — :data:`SCHEDULE` (the status check the schedule expects,
   ``poll_seq``) or :data:`CLAIM` (the download's claim, ``lease_owner``);
+- ``clears``: the groups of fields it removes (:class:`Fields`): the lease, the schedule, the progress,
+  the last error, the stored archive's location — what each write sets besides is its own;
 - ``what``: why it happens, as the diagram labels it.
 
 Who may act on a record (its caller, a backend's queue message, the service) is a condition of its own,
@@ -31,6 +33,17 @@ SCHEDULE = "schedule"
 CLAIM = "claim"
 
 Source = DownloadStatus | str
+
+
+class Fields(StrEnum):
+    """Groups of a record's fields that transitions clear together."""
+
+    LEASE = "lease"  # who holds the download and until when
+    LEASE_OWNER = "lease_owner"  # who holds it (a queued record keeps its lease's end)
+    SCHEDULE = "schedule"  # the next status check
+    PROGRESS = "progress"  # a running download's progress
+    ERROR = "error"  # the last failure
+    ARCHIVE = "archive"  # where the archive is, its size, checksum and manifest
 
 
 class Event(StrEnum):
@@ -65,6 +78,7 @@ class Transition:
     what: str
     lapsed: tuple[DownloadStatus, ...] = ()
     guard: str | None = None
+    clears: frozenset[Fields] = frozenset()
 
     def allows(
         self,
@@ -97,15 +111,32 @@ _W, _Q, _P = DownloadStatus.WAITING, DownloadStatus.QUEUED, DownloadStatus.IN_PR
 _C, _F = DownloadStatus.COMPLETED, DownloadStatus.FAILED
 _NOT_ENDED = (_W, _Q, _P, _C, _F)
 
+_ENDING = frozenset({Fields.LEASE, Fields.SCHEDULE, Fields.PROGRESS, Fields.ERROR, Fields.ARCHIVE})
+_FAILING = frozenset({Fields.LEASE, Fields.SCHEDULE, Fields.PROGRESS})
+
 TRANSITIONS: dict[Event, Transition] = {
     t.event: t
     for t in (
         Transition(Event.ADD, (ABSENT,), _W, "POST /requests"),
         Transition(Event.CHECKED, (_W,), None, "status check: TikTok says pending", guard=SCHEDULE),
-        Transition(Event.READY, (_W,), _Q, "status check: TikTok says downloading", guard=SCHEDULE),
-        Transition(Event.READY_ANNOUNCED, (_W,), _Q, "webhook: download.ready"),
         Transition(
-            Event.EXPIRED_AT_TIKTOK, (_W,), DownloadStatus.EXPIRED, "status check: expired", guard=SCHEDULE
+            Event.READY,
+            (_W,),
+            _Q,
+            "status check: TikTok says downloading",
+            guard=SCHEDULE,
+            clears=frozenset({Fields.SCHEDULE}),
+        ),
+        Transition(
+            Event.READY_ANNOUNCED, (_W,), _Q, "webhook: download.ready", clears=frozenset({Fields.SCHEDULE})
+        ),
+        Transition(
+            Event.EXPIRED_AT_TIKTOK,
+            (_W,),
+            DownloadStatus.EXPIRED,
+            "status check: expired",
+            guard=SCHEDULE,
+            clears=_ENDING,
         ),
         Transition(
             Event.CANCELLED_AT_TIKTOK,
@@ -113,24 +144,53 @@ TRANSITIONS: dict[Event, Transition] = {
             DownloadStatus.CANCELLED,
             "status check: cancelled",
             guard=SCHEDULE,
+            clears=_ENDING,
         ),
-        Transition(Event.GIVEN_UP, (_W,), _F, "check refused, or given up", guard=SCHEDULE),
-        Transition(Event.JOB_FAILED, (_W, _Q), _F, "queued job failed for good"),
+        Transition(Event.GIVEN_UP, (_W,), _F, "check refused, or given up", guard=SCHEDULE, clears=_FAILING),
+        Transition(Event.JOB_FAILED, (_W, _Q), _F, "queued job failed for good", clears=_FAILING),
         Transition(
             Event.CLAIM,
             (ABSENT, _W, _Q, _F),
             _P,
             "a download claims it",
             lapsed=(_P,),
+            clears=frozenset({Fields.ERROR, Fields.PROGRESS, Fields.SCHEDULE}),
         ),
-        Transition(Event.QUEUE, (ABSENT, _W, _F), _Q, "POST /downloads, respond-async", lapsed=(_Q, _P)),
-        Transition(Event.ABANDON, (_Q,), _F, "job not sent"),
+        Transition(
+            Event.QUEUE,
+            (ABSENT, _W, _F),
+            _Q,
+            "POST /downloads, respond-async",
+            lapsed=(_Q, _P),
+            clears=frozenset({Fields.LEASE_OWNER, Fields.ERROR, Fields.SCHEDULE}),
+        ),
+        Transition(Event.ABANDON, (_Q,), _F, "job not sent", clears=frozenset({Fields.LEASE})),
         Transition(Event.PROGRESS, (_P,), None, "progress report", guard=CLAIM),
-        Transition(Event.COMPLETE, (_P,), _C, "archive stored", guard=CLAIM),
-        Transition(Event.FAIL, (_P,), _F, "download failed", guard=CLAIM),
-        Transition(Event.EXPIRE, _NOT_ENDED, DownloadStatus.EXPIRED, "TikTok's window closed"),
-        Transition(Event.CANCEL, _NOT_ENDED, DownloadStatus.CANCELLED, "DELETE /downloads/{id}"),
-        Transition(Event.REVOKE, _NOT_ENDED, DownloadStatus.REVOKED, "user removed or erased"),
+        Transition(
+            Event.COMPLETE,
+            (_P,),
+            _C,
+            "archive stored",
+            guard=CLAIM,
+            clears=frozenset({Fields.LEASE, Fields.ERROR, Fields.PROGRESS}),
+        ),
+        Transition(
+            Event.FAIL,
+            (_P,),
+            _F,
+            "download failed",
+            guard=CLAIM,
+            clears=frozenset({Fields.LEASE, Fields.PROGRESS}),
+        ),
+        Transition(
+            Event.EXPIRE, _NOT_ENDED, DownloadStatus.EXPIRED, "TikTok's window closed", clears=_ENDING
+        ),
+        Transition(
+            Event.CANCEL, _NOT_ENDED, DownloadStatus.CANCELLED, "DELETE /downloads/{id}", clears=_ENDING
+        ),
+        Transition(
+            Event.REVOKE, _NOT_ENDED, DownloadStatus.REVOKED, "user removed or erased", clears=_ENDING
+        ),
     )
 }
 
@@ -138,6 +198,29 @@ TRANSITIONS: dict[Event, Transition] = {
 def transition(event: Event) -> Transition:
     """The table's transition for ``event``."""
     return TRANSITIONS[event]
+
+
+def ending(status: DownloadStatus, *, scheduled: bool) -> Event:
+    """The event that ends a record in ``status``: by a status check (``scheduled``), or from outside.
+
+    Raises:
+        ValueError: ``status`` is not one a record is ended in.
+    """
+    events = {
+        (DownloadStatus.EXPIRED, True): Event.EXPIRED_AT_TIKTOK,
+        (DownloadStatus.CANCELLED, True): Event.CANCELLED_AT_TIKTOK,
+        (DownloadStatus.FAILED, True): Event.GIVEN_UP,
+        (DownloadStatus.FAILED, False): Event.JOB_FAILED,
+        (DownloadStatus.EXPIRED, False): Event.EXPIRE,
+        (DownloadStatus.CANCELLED, False): Event.CANCEL,
+        (DownloadStatus.REVOKED, False): Event.REVOKE,
+    }
+    try:
+        return events[(status, scheduled)]
+    except KeyError:
+        raise ValueError(
+            f"a record is not ended {status.value}{' by a check' if scheduled else ''}"
+        ) from None
 
 
 def mermaid() -> str:
