@@ -330,6 +330,18 @@ def start_invocation(context: Any) -> Deadline:
     return Deadline.for_invocation(remaining_ms, margin)
 
 
+def unit_of_work(deadline: Deadline) -> Deadline:
+    """A unit of work (one API request, one queue message) on the invocation's ``deadline``.
+
+    The same moment, and its own count of attempts (``ATTEMPTS_PER_UNIT``).
+    """
+    try:
+        attempts = settings().attempts_per_unit
+    except ConfigurationError:
+        attempts = Settings.attempts_per_unit
+    return deadline.unit(attempts)
+
+
 def reset() -> None:
     """Forget everything built so the next call reads the environment again (tests only)."""
     for built in (

@@ -77,6 +77,10 @@ class Settings:
             again after it.
         tiktok_max_attempts: tries of each TikTok request that fails before its first byte, and of a
             broken stream (``TIKTOK_MAX_ATTEMPTS``, 1–10, default 4).
+        attempts_per_unit: attempts one unit of work (an API request, a queue message) makes at most:
+            every try of every TikTok operation, and every store the service tries again itself
+            (``ATTEMPTS_PER_UNIT``, 1–100, default 3 × ``TIKTOK_MAX_ATTEMPTS``: a check, a refresh and
+            the download, each with its tries).
         deadline_margin_seconds: how long before Lambda's deadline an invocation stops, aborts and
             answers (``DEADLINE_MARGIN_SECONDS``, 1–300, default 10).
         s3_retry_mode: botocore's retry mode for S3 calls (``S3_RETRY_MODE``, ``standard`` or
@@ -115,6 +119,7 @@ class Settings:
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
     tiktok_max_attempts: int = 4
+    attempts_per_unit: int = 12
     deadline_margin_seconds: float = 10.0
     memory_mib: int | None = None
     s3_retry_mode: Literal["standard", "adaptive"] = "standard"
@@ -179,7 +184,8 @@ class Settings:
             ),
             connect_timeout_seconds=_int(env, "TIKTOK_CONNECT_TIMEOUT_SECONDS", 5, 1, 60),
             read_timeout_seconds=_int(env, "TIKTOK_READ_TIMEOUT_SECONDS", 30, 1, 300),
-            tiktok_max_attempts=_int(env, "TIKTOK_MAX_ATTEMPTS", 4, 1, 10),
+            tiktok_max_attempts=(attempts := _int(env, "TIKTOK_MAX_ATTEMPTS", 4, 1, 10)),
+            attempts_per_unit=_int(env, "ATTEMPTS_PER_UNIT", 3 * attempts, 1, 100),
             deadline_margin_seconds=_int(env, "DEADLINE_MARGIN_SECONDS", 10, 1, 300),
             s3_retry_mode=cast(
                 "Literal['standard', 'adaptive']",

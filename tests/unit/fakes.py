@@ -817,6 +817,7 @@ class FakeTransfer(ArchiveTransfer):
         self._size = size
         self.during: Callable[[DownloadRequest, PartListener | None], None] | None = None
         self.runs: list[DownloadRequest] = []
+        self.deadlines: list[Deadline] = []
         self.discarded: list[int] = []
         self.open_uploads: dict[int, int] = {}  # request_id → multipart uploads a crashed download left
         self.faults = Faults()
@@ -829,6 +830,7 @@ class FakeTransfer(ArchiveTransfer):
     ) -> DownloadResult:
         self._journal.note("transfer.run")
         self.runs.append(request)
+        self.deadlines.append(deadline)
         if self.during is not None:
             try:
                 self.during(request, watch.part_done if watch is not None else None)

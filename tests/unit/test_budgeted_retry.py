@@ -10,6 +10,7 @@ from tiktok_archive.adapters.tiktok.budget import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
     RETRY_AFTER_MAX_SECONDS,
+    AttemptBudget,
     BudgetedRetry,
 )
 from tiktok_archive.models.deadline import Deadline
@@ -68,3 +69,30 @@ def test_only_rate_limits_and_server_errors_are_retried() -> None:
         503,
         504,
     ]
+
+
+def test_the_operations_of_one_unit_of_work_share_its_attempts() -> None:
+    # Given a unit of work (one message) allowed 5 attempts, and three TikTok operations of it (a check,
+    # a refresh, the download) each allowed 4 tries
+    unit = Deadline.after(60).unit(5)
+    check, refresh, download = (AttemptBudget(4, unit) for _ in range(3))
+
+    # When the check spends 3 tries and the refresh 2
+    assert [check.take() for _ in range(3)] == [True] * 3
+    assert [refresh.take() for _ in range(2)] == [True] * 2
+
+    # Then the download gets none: the unit is spent, although its own budget is not
+    assert download.take() is False
+    assert (download.used, unit.attempts_left) == (0, 0)
+
+
+def test_a_message_delivered_again_is_a_new_unit_on_the_new_invocations_deadline() -> None:
+    first, second = Deadline.after(60).unit(2), Deadline.after(60).unit(2)
+    assert [first.take_attempt() for _ in range(3)] == [True, True, False]
+    assert second.attempts_left == 2
+
+
+def test_without_a_unit_attempts_are_not_counted_beyond_the_operations_own() -> None:
+    deadline = Deadline.after(60)
+    assert all(AttemptBudget(4, deadline).take() for _ in range(50))
+    assert deadline.attempts_left is None

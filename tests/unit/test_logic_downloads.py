@@ -703,3 +703,21 @@ def test_a_repeat_of_a_stored_download_with_a_refresh_token_keeps_no_grant(world
     # Then it gets a fresh link, and the service keeps no tokens no request needs
     assert answer.url == LINK
     assert world.grants.items == {}
+
+
+# -- one deadline per invocation ----------------------------------------------------------------------
+def test_a_slow_refresh_and_owner_check_do_not_move_the_transfers_deadline(world: World) -> None:
+    # Given an invocation with 40 s of work left, a queued request whose token must be refreshed first
+    # (TikTok takes 8 s to answer the refresh) and whose owner check is slow (8 s more)
+    world.given_requested(access_left=timedelta(minutes=5))
+    world.tiktok.refreshes.then(refreshed(), meanwhile=lambda: world.clock.advance(8))
+    world.tiktok.checks.then(ready(), meanwhile=lambda: world.clock.advance(8))
+    deadline = Deadline.after(40)
+
+    # When the worker runs the job
+    world.service.download_job(DownloadJob(REQUEST_ID, from_grant=True), deadline)
+
+    # Then the transfer got the invocation's own deadline, 16 s nearer — not a fresh 40 s from then
+    (given,) = world.transfer.deadlines
+    assert given is deadline
+    assert given.remaining() == pytest.approx(40 - 16)

@@ -68,7 +68,9 @@ class World:
 
     def users_grant(self, caller: str, user: str, access: str, refresh: str) -> Grant:
         """A grant of ``user`` under ``caller`` holding (access, refresh), as an earlier handover left it."""
-        return self.tokens.keep(user_grant_id(caller, user), caller, user, exchanged(access, refresh, user))
+        return self.tokens.keep(
+            user_grant_id(caller, user), caller, user, exchanged(access, refresh, user), deadline()
+        )
 
 
 def exchanged(
@@ -180,7 +182,7 @@ def test_tiktoks_answer_without_open_id_keeps_the_tokens_with_their_request(
     assert logs.find("TikTok's refresh answer names no user: the tokens stay with their request")
 
     # … whose own grant then holds both rotated tokens (the refresh token is not lost)
-    grant_id = world.handover.keep_for_request(CALLER, holding, 7)
+    grant_id = world.handover.keep_for_request(CALLER, holding, 7, deadline())
     assert grant_id == request_grant_id(7)
     assert world.stored(grant_id) == ("access-new", "refresh-new")
     assert world.grants.items[grant_id].user_openid is None
@@ -224,7 +226,7 @@ def test_an_access_token_alone_makes_no_grant_until_its_request_keeps_it(world: 
     assert world.grants.items == {}
 
     # When its request is made; Then the request's own grant holds the token for its assumed life
-    grant_id = world.handover.keep_for_request(CALLER, holding, 7)
+    grant_id = world.handover.keep_for_request(CALLER, holding, 7, deadline())
     grant = world.grants.items[grant_id]
     assert grant_id == request_grant_id(7)
     assert world.stored(grant_id) == ("access-alone", None)
@@ -237,7 +239,7 @@ def test_a_holding_with_a_users_grant_needs_no_grant_of_its_request(world: World
     holding = world.handover.take(CALLER, HANDED, deadline())
     kept = dict(world.grants.items)
 
-    assert world.handover.keep_for_request(CALLER, holding, 7) == GRANT
+    assert world.handover.keep_for_request(CALLER, holding, 7, deadline()) == GRANT
     assert world.grants.items == kept
 
 
@@ -358,7 +360,7 @@ def test_a_concurrent_handover_of_the_same_token_joins_the_first_ones_grant(worl
     world.tiktok.refreshes.then(invalid_grant())
 
     def the_first_stores() -> None:
-        world.tokens.keep(GRANT, CALLER, OPENID, exchanged())
+        world.tokens.keep(GRANT, CALLER, OPENID, exchanged(), deadline())
         world.grants.remember_handed(hashlib.sha256(b"refresh-caller").hexdigest(), GRANT, CALLER)
 
     world.clock.while_sleeping += [lambda: None, the_first_stores]
@@ -377,7 +379,7 @@ def test_a_concurrent_handover_by_another_caller_is_not_joined(world: World) -> 
 
     def the_other_stores() -> None:
         other = user_grant_id(OTHER_CALLER, OPENID)
-        world.tokens.keep(other, OTHER_CALLER, OPENID, exchanged())
+        world.tokens.keep(other, OTHER_CALLER, OPENID, exchanged(), deadline())
         world.grants.remember_handed(hashlib.sha256(b"refresh-caller").hexdigest(), other, OTHER_CALLER)
 
     world.clock.while_sleeping.append(the_other_stores)

@@ -159,7 +159,7 @@ class World:
 
     def new_consent(self, access: str = "access-consent", refresh: str = "refresh-consent") -> None:
         """A handover of the user's new consent: tokens TikTok just exchanged, kept in the grant."""
-        self.service.keep(GRANT, CALLER, OPENID, rotated(access, refresh))
+        self.service.keep(GRANT, CALLER, OPENID, rotated(access, refresh), deadline())
 
 
 def rotated(
@@ -956,7 +956,7 @@ def test_a_handed_refresh_token_refused_as_the_apps_is_counted(world: World) -> 
 
 def test_kept_tokens_are_sealed_for_their_grant_and_counted_from_now(world: World) -> None:
     # When tokens TikTok just issued are kept
-    grant = world.service.keep(GRANT, CALLER, OPENID, rotated("access-kept", "refresh-kept"))
+    grant = world.service.keep(GRANT, CALLER, OPENID, rotated("access-kept", "refresh-kept"), deadline())
 
     # Then they are sealed (no plain token in the grant) and open only as this grant's
     assert grant == world.grants.items[GRANT]
@@ -971,7 +971,7 @@ def test_kept_tokens_are_sealed_for_their_grant_and_counted_from_now(world: Worl
 
 def test_an_access_token_kept_alone_lives_its_assumed_lifetime(world: World) -> None:
     # When a request's access token is kept without a refresh token
-    grant = world.service.keep("request 7", CALLER, None, handed_access_token("access-alone"))
+    grant = world.service.keep("request 7", CALLER, None, handed_access_token("access-alone"), deadline())
 
     # Then the grant holds it alone, counted from now, for no user
     assert grant.sealed_refresh_token is None
@@ -1004,7 +1004,7 @@ def test_a_grant_lives_as_long_as_what_it_holds(
     monkeypatch.setattr(world.grants, "adopt", recording)
 
     # When they are kept; Then the grant lives a day past its refresh token (its access token, alone)
-    world.service.keep(GRANT, CALLER, OPENID, fresh)
+    world.service.keep(GRANT, CALLER, OPENID, fresh, deadline())
     assert [tokens.lives_until for tokens in written] == [world.clock.now() + lives_for]
 
 
@@ -1042,7 +1042,7 @@ def test_tokens_that_cannot_be_kept_are_reported_lost_when_a_refresh_token_was_a
     monkeypatch.setattr(world.grants, "adopt", failing)
 
     with pytest.raises(RecordStoreError):
-        world.service.keep(GRANT, CALLER, OPENID, rotated("access-consent", refresh))
+        world.service.keep(GRANT, CALLER, OPENID, rotated("access-consent", refresh), deadline())
     assert world.journal.calls.count("grants.adopt") == STORE_ATTEMPTS
     found = logs.find("handed-over tokens not stored: the user's refresh token is lost")
     assert bool(found) is lost

@@ -42,6 +42,7 @@ from tiktok_archive.runtime import (
     record_queries,
     request_lifecycle,
     start_invocation,
+    unit_of_work,
 )
 
 app = APIGatewayRestResolver()
@@ -153,5 +154,6 @@ def _json_body(*, required: bool) -> dict[str, Any]:
 @lambda_entry(correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point for the REST API."""
-    app.append_context(deadline=start_invocation(context))  # type: ignore[no-untyped-call]
+    # One request is one unit of work: the invocation's deadline and its own count of attempts.
+    app.append_context(deadline=unit_of_work(start_invocation(context)))  # type: ignore[no-untyped-call]
     return app.resolve(event, context)

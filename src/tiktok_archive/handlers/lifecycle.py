@@ -45,6 +45,7 @@ from tiktok_archive.runtime import (
     request_lifecycle,
     settings,
     start_invocation,
+    unit_of_work,
     user_purge,
 )
 
@@ -94,7 +95,7 @@ def lifecycle_message(record: SQSRecord) -> None:
 
 def _work(message: LifecycleMessage) -> None:
     """Hand ``message`` to the service that does its work."""
-    deadline = _invocation.deadline
+    deadline = unit_of_work(_invocation.deadline)  # each message: a unit of work of its own
     if isinstance(message, StatusCheck):
         _invocation.pace()
         outcome = request_lifecycle().check(message.request_id, message.seq, deadline)

@@ -102,7 +102,7 @@ class TokenHandover:
             if known is None:
                 raise
             return self._join_handed(caller, known, handed, deadline)
-        return self._keep_fresh(caller, digest, handed, fresh)
+        return self._keep_fresh(caller, digest, handed, fresh, deadline)
 
     def act(self, holding: Holding, deadline: Deadline, use: Callable[[str], T]) -> T:
         """``use(token)`` with the holding's access token.
@@ -115,7 +115,7 @@ class TokenHandover:
             return self._tokens.with_access_token(holding.grant_id, deadline, use)
         return use(holding.access_token)
 
-    def keep_for_request(self, caller: str, holding: Holding, request_id: int) -> str:
+    def keep_for_request(self, caller: str, holding: Holding, request_id: int, deadline: Deadline) -> str:
         """Keep tokens of an unknown user for the one request they came with; returns the grant's id.
 
         Raises:
@@ -124,10 +124,13 @@ class TokenHandover:
         if holding.grant_id is not None:
             return holding.grant_id
         grant_id = request_grant_id(request_id)
-        self._tokens.keep(grant_id, caller, None, holding.unkept or handed_access_token(holding.access_token))
+        kept = holding.unkept or handed_access_token(holding.access_token)
+        self._tokens.keep(grant_id, caller, None, kept, deadline)
         return grant_id
 
-    def _keep_fresh(self, caller: str, digest: str, handed: HandedTokens, fresh: TokenGrant) -> Holding:
+    def _keep_fresh(
+        self, caller: str, digest: str, handed: HandedTokens, fresh: TokenGrant, deadline: Deadline
+    ) -> Holding:
         user = fresh.open_id
         if handed.open_id is not None and user is not None and handed.open_id != user:
             # The caller mixed users up. Nothing of either user changes; the lineage TikTok just rotated
@@ -146,7 +149,7 @@ class TokenHandover:
             logger.warning("TikTok's refresh answer names no user: the tokens stay with their request")
             return Holding(fresh.access_token, None, None, fresh)
         grant_id = user_grant_id(caller, user)
-        self._tokens.keep(grant_id, caller, user, fresh)
+        self._tokens.keep(grant_id, caller, user, fresh, deadline)
         try:
             self._grants.remember_handed(digest, grant_id, caller)
         except ServiceError as error:

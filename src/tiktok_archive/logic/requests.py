@@ -148,7 +148,7 @@ class RequestLifecycle:
         with logged_as(request_id):
             logger.info("TikTok accepted the data request")
             try:
-                record = self._keep(caller, request_id, new, holding)
+                record = self._keep(caller, request_id, new, holding, deadline)
             except ServiceError as error:
                 logger.error("added request not kept", extra=error.log_fields())
                 raise type(error)(
@@ -163,8 +163,10 @@ class RequestLifecycle:
             self._events.publish(record)
             return record
 
-    def _keep(self, caller: str, request_id: int, new: NewRequest, holding: Holding) -> DownloadRecord:
-        grant_id = self._handover.keep_for_request(caller, holding, request_id)
+    def _keep(
+        self, caller: str, request_id: int, new: NewRequest, holding: Holding, deadline: Deadline
+    ) -> DownloadRecord:
+        grant_id = self._handover.keep_for_request(caller, holding, request_id, deadline)
         now = _now()
         created = self._records.create_waiting(
             request_id,

@@ -57,8 +57,9 @@ ASSUMED_ACCESS_LIFETIME = timedelta(hours=2)
 # store the rotated tokens: a refresh outliving its lease would let another replay the same token.
 REFRESH_LEASE = timedelta(seconds=60)
 STORE_WITHIN_SECONDS = 15.0
-# Sealing and storing the rotated tokens is tried this often: TikTok has already rotated them, and a
-# refresh token not stored is the user's lineage lost.
+# Sealing and storing tokens TikTok just rotated is tried this often (botocore retrying inside each), the
+# tries after the first drawn from the unit of work's attempts: a refresh token not stored is the user's
+# lineage lost.
 STORE_ATTEMPTS = 2
 # How long an invocation waits for another's refresh before handing its work back.
 WAIT_FOR_OTHER_REFRESH_SECONDS = 6.0
@@ -91,10 +92,13 @@ class TokenService:
         self._app = app
 
     # -- keeping ---------------------------------------------------------------------------------
-    def keep(self, grant_id: str, caller: str, user_openid: str | None, fresh: TokenGrant) -> Grant:
+    def keep(
+        self, grant_id: str, caller: str, user_openid: str | None, fresh: TokenGrant, deadline: Deadline
+    ) -> Grant:
         """Make ``fresh`` (tokens TikTok just issued, or an access token a caller handed over) the grant's.
 
-        Tried :data:`STORE_ATTEMPTS` times: tokens TikTok just rotated exist nowhere else.
+        Tried up to :data:`STORE_ATTEMPTS` times (within ``deadline``'s attempts): tokens TikTok just
+        rotated exist nowhere else.
 
         Raises:
             TokenVaultError / RecordStoreError: KMS or DynamoDB failed every time (logged as a lost
@@ -104,7 +108,7 @@ class TokenService:
             try:
                 return self._grants.adopt(grant_id, caller, user_openid, self._sealed(grant_id, fresh))
             except ServiceError as error:
-                if attempt == STORE_ATTEMPTS:
+                if attempt == STORE_ATTEMPTS or not deadline.take_attempt():
                     if fresh.refresh_token:
                         logger.error(
                             "handed-over tokens not stored: the user's refresh token is lost",
@@ -219,7 +223,7 @@ class TokenService:
                 "TikTok's refresh answer names another user than the grant's",
                 extra={"grant_id": grant.grant_id},
             )
-        generation = self._store_rotated(grant, lease.owner, fresh)
+        generation = self._store_rotated(grant, lease.owner, fresh, deadline)
         if generation is None:
             # A new consent or an erasure wrote the grant meanwhile: that stands. Our access token is
             # still valid for the work at hand; the older lineage it belongs to is dropped.
@@ -259,12 +263,12 @@ class TokenService:
             "TikTok refused to refresh the user's tokens (invalid_grant); the user must consent again"
         )
 
-    def _store_rotated(self, grant: Grant, owner: str, fresh: TokenGrant) -> str | None:
+    def _store_rotated(self, grant: Grant, owner: str, fresh: TokenGrant, deadline: Deadline) -> str | None:
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
                 return self._grants.store_refreshed(grant, owner, self._sealed(grant.grant_id, fresh))
             except ServiceError as error:
-                if attempt == STORE_ATTEMPTS:
+                if attempt == STORE_ATTEMPTS or not deadline.take_attempt():
                     # TikTok rotated the refresh token and the new one could not be kept: the next
                     # refresh will be refused and the user asked to consent again.
                     logger.error(

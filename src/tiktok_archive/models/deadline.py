@@ -1,4 +1,13 @@
-"""The invocation's time budget: Lambda's deadline less a safety margin, on the monotonic clock."""
+"""A unit of work's budget: the invocation's deadline, in time, and its calls to TikTok, in count.
+
+The handler makes one deadline per invocation (Lambda's deadline less a safety margin, on the monotonic
+clock) and gives each unit of work — an API request, a queue message — its own count of attempts on that
+deadline (:meth:`Deadline.unit`). Every try of every TikTok operation of the unit draws from it — the
+retries and resumptions of an operation, the refresh of a token and the call made again with it — and so
+does every store the service tries again itself (a rotated token's). AWS calls retry inside botocore,
+bounded by the invocation's end (``adapters/aws_clients``). A unit that runs out answers with what it
+has; a message delivered again is a new unit (so a message costs at most ``MaxReceiveCount`` units).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +23,27 @@ class Deadline:
     deadline, so no path can run into Lambda's own timeout, which kills the process without cleanup.
     """
 
-    def __init__(self, at: float) -> None:
+    def __init__(self, at: float, attempts: int | None = None) -> None:
         self._at = at
+        self._attempts = attempts
+
+    def unit(self, attempts: int) -> Deadline:
+        """A unit of work on this deadline (the same moment) that may make ``attempts`` attempts."""
+        return Deadline(self._at, max(1, attempts))
+
+    def take_attempt(self) -> bool:
+        """Spend one of the unit's attempts; False (nothing spent) when none is left."""
+        if self._attempts is None:
+            return True
+        if self._attempts <= 0:
+            return False
+        self._attempts -= 1
+        return True
+
+    @property
+    def attempts_left(self) -> int | None:
+        """The unit's attempts still allowed (None: not counted)."""
+        return self._attempts
 
     @classmethod
     def after(cls, seconds: float) -> Deadline:

@@ -37,9 +37,13 @@ RETRY_AFTER_MAX_SECONDS = 10.0
 class AttemptBudget:
     """How many requests one operation may still make, and the deadline every one of them must meet.
 
+    Each request also draws from the unit of work's count of attempts (``deadline.take_attempt``), so
+    the operations of one unit — a check, a refresh, the check made again, a download — are bounded
+    together as well as each alone.
+
     Args:
         attempts: requests allowed in all, the first one included (at least 1).
-        deadline: when every request and wait of the operation must have ended.
+        deadline: when every request and wait of the operation must have ended (and the unit's calls).
     """
 
     def __init__(self, attempts: int, deadline: Deadline) -> None:
@@ -53,8 +57,11 @@ class AttemptBudget:
         return self.limit - self.used
 
     def take(self) -> bool:
-        """Spend one request; False (nothing spent) when none is left or the deadline has passed."""
-        if self.used >= self.limit or self.deadline.expired():
+        """Spend one request; False (nothing spent) when none is left or the deadline has passed.
+
+        None is left when the operation spent its own, or the unit of work spent its attempts.
+        """
+        if self.used >= self.limit or self.deadline.expired() or not self.deadline.take_attempt():
             return False
         self.used += 1
         return True
