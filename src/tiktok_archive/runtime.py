@@ -1,101 +1,46 @@
-"""Per-container wiring: settings, clients and the transfer service, built once on first use.
+"""Per-container wiring: the use cases the handlers call, each built once on first use, and the deadline.
 
-Nothing here runs at import time; the first invocation builds the service and every later one in the
-same container reuses its connection pools and part-upload threads. Tests call ``reset()`` to rebuild
-with another environment.
+Nothing here runs at import time; the first invocation builds what it calls (and the adapters under it,
+:mod:`runtime_adapters`), and every later one in the same container reuses them. Tests call ``reset()``
+to rebuild with another environment.
 """
 
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
 from tiktok_archive.adapters import aws_clients
-from tiktok_archive.adapters.app_credentials import AppCredentialsSource
-from tiktok_archive.adapters.aws_clients import SMALL_CALLS, s3_limits
-from tiktok_archive.adapters.download_events import DownloadEvents
-from tiktok_archive.adapters.download_jobs import DownloadJobs
-from tiktok_archive.adapters.download_records import DownloadRecords
-from tiktok_archive.adapters.grants import Grants
-from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
-from tiktok_archive.adapters.queue_visibility import MessageVisibility
-from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
-from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
-from tiktok_archive.adapters.token_vault import TokenVault
-from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
-from tiktok_archive.logic.downloads import DownloadService
+from tiktok_archive.logic.add_request import AddRequest
+from tiktok_archive.logic.caller_downloads import CallerDownloads
+from tiktok_archive.logic.cancel_request import CancelRequest
+from tiktok_archive.logic.claimed_download import ClaimedDownload
 from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.purge import UserPurge
 from tiktok_archive.logic.queries import RecordQueries
-from tiktok_archive.logic.requests import RequestLifecycle, Schedule
+from tiktok_archive.logic.queued_downloads import QueuedDownloads
+from tiktok_archive.logic.status_checks import ArchiveReady, Schedule, StatusChecks
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.logic.webhooks import WebhookReceiver
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ConfigurationError
+from tiktok_archive.runtime_adapters import (
+    app_credentials,
+    archive_store,
+    download_events,
+    download_jobs,
+    download_records,
+    grants,
+    lifecycle_queue,
+    settings,
+    tiktok_client,
+    token_vault,
+    webhook_deliveries,
+)
+from tiktok_archive.runtime_adapters import reset as reset_adapters
 from tiktok_archive.settings import DEFAULT_DEADLINE_MARGIN_SECONDS, Settings
-
-
-@functools.cache
-def settings() -> Settings:
-    """The container's settings.
-
-    Raises:
-        ConfigurationError: the environment is invalid (the message names the variable).
-    """
-    return Settings.from_environment()
-
-
-@functools.cache
-def _small_calls_client(service: str) -> Any:
-    """One client per service for every adapter's small calls (DynamoDB, SQS, KMS …).
-
-    One connection pool and one creation cost per container, not one per adapter.
-    """
-    return aws_clients.client(service, SMALL_CALLS)
-
-
-@functools.cache
-def archive_store() -> S3ArchiveStore:
-    """The container's S3 writer: one client and one pool of part uploaders."""
-    config = settings()
-    limits = s3_limits(config.deadline_margin_seconds, config.s3_max_attempts)
-    s3_client = aws_clients.client(
-        "s3",
-        limits,
-        signature_version="s3v4",
-        # Every in-flight part needs its own connection, plus one for create/complete/presign.
-        max_pool_connections=config.upload_concurrency + 2,
-        # SlowDown, 500 and throttling answers are retried by botocore itself, per part.
-        retry_mode=config.s3_retry_mode,
-        tcp_keepalive=True,
-    )
-    executor = ThreadPoolExecutor(max_workers=config.upload_concurrency, thread_name_prefix="s3-part")
-    return S3ArchiveStore(
-        s3_client,
-        executor,
-        config.bucket_name,
-        config.part_size_bytes,
-        config.upload_concurrency,
-        longest_try=limits.longest_try,
-    )
-
-
-@functools.cache
-def tiktok_client() -> TikTokClient:
-    """The container's TikTok client and its connection pool."""
-    config = settings()
-    return TikTokClient(
-        config.tiktok_api_base_url,
-        build_pool(),
-        connect_timeout=config.connect_timeout_seconds,
-        read_timeout=config.read_timeout_seconds,
-        max_attempts=config.tiktok_max_attempts,
-    )
 
 
 @functools.cache
@@ -112,78 +57,6 @@ def transfer_service() -> ArchiveTransfer:
         key_prefix=config.object_key_prefix,
         url_ttl_seconds=config.presigned_url_ttl_seconds,
     )
-
-
-@functools.cache
-def token_vault() -> TokenVault:
-    """The KMS key that seals tokens (built on first use).
-
-    Raises:
-        ConfigurationError: ``TOKEN_KMS_KEY_ID`` is not set.
-    """
-    config = settings()
-    if not config.token_kms_key_id:
-        raise ConfigurationError("TOKEN_KMS_KEY_ID is required to seal and open tokens")
-    return TokenVault(_small_calls_client("kms"), config.token_kms_key_id)
-
-
-@functools.cache
-def download_jobs() -> DownloadJobs:
-    """The queue of async downloads (built on first use).
-
-    Raises:
-        ConfigurationError: ``DOWNLOAD_QUEUE_URL`` or ``TOKEN_KMS_KEY_ID`` is not set.
-    """
-    config = settings()
-    if not config.download_queue_url:
-        raise ConfigurationError(
-            "DOWNLOAD_QUEUE_URL is required for queued downloads (Prefer: respond-async)"
-        )
-    return DownloadJobs(_small_calls_client("sqs"), token_vault(), config.download_queue_url)
-
-
-@functools.cache
-def download_records() -> DownloadRecords:
-    """The downloads table."""
-    config = settings()
-    return DownloadRecords(
-        _small_calls_client("dynamodb"),
-        config.downloads_table_name,
-        timedelta(days=config.record_retention_days),
-    )
-
-
-@functools.cache
-def download_events() -> DownloadEvents:
-    """The event bus."""
-    return DownloadEvents(_small_calls_client("events"), settings().event_bus_name)
-
-
-@functools.cache
-def app_credentials() -> AppCredentialsSource:
-    """The TikTok app's credentials (built on first use: only refreshes and webhooks need them).
-
-    Raises:
-        ConfigurationError: ``TIKTOK_APP_SECRET_ARN`` is not set.
-    """
-    config = settings()
-    if not config.app_secret_arn:
-        raise ConfigurationError("TIKTOK_APP_SECRET_ARN is required to refresh tokens and verify webhooks")
-    provider = SecretsProvider(boto3_client=_small_calls_client("secretsmanager"))
-    return AppCredentialsSource(provider, config.app_secret_arn)
-
-
-@functools.cache
-def grants() -> Grants:
-    """Users' grants (built on first use).
-
-    Raises:
-        ConfigurationError: ``GRANTS_TABLE_NAME`` is not set.
-    """
-    config = settings()
-    if not config.grants_table_name:
-        raise ConfigurationError("GRANTS_TABLE_NAME is required to keep the users' tokens handed over")
-    return Grants(_small_calls_client("dynamodb"), config.grants_table_name)
 
 
 @functools.cache
@@ -207,56 +80,9 @@ def token_handover() -> TokenHandover:
 
 
 @functools.cache
-def lifecycle_queue() -> LifecycleQueue:
-    """The queue of status checks and webhook work.
-
-    Raises:
-        ConfigurationError: ``LIFECYCLE_QUEUE_URL`` is not set.
-    """
-    config = settings()
-    if not config.lifecycle_queue_url:
-        raise ConfigurationError(
-            "LIFECYCLE_QUEUE_URL is required to follow requests added with POST /requests"
-        )
-    return LifecycleQueue(_small_calls_client("sqs"), config.lifecycle_queue_url)
-
-
-@functools.cache
 def webhook_receiver() -> WebhookReceiver:
     """TikTok's webhook deliveries, verified, recorded and queued."""
     return WebhookReceiver(app_credentials, webhook_deliveries, lifecycle_queue)
-
-
-@functools.cache
-def webhook_deliveries() -> WebhookDeliveries:
-    """The deliveries table.
-
-    Raises:
-        ConfigurationError: ``WEBHOOK_DELIVERIES_TABLE_NAME`` is not set.
-    """
-    config = settings()
-    if not config.webhook_deliveries_table_name:
-        raise ConfigurationError("WEBHOOK_DELIVERIES_TABLE_NAME is required to take TikTok's webhooks")
-    return WebhookDeliveries(_small_calls_client("dynamodb"), config.webhook_deliveries_table_name)
-
-
-@functools.cache
-def download_service() -> DownloadService:
-    """The container's download service (records, ownership, events around the transfer).
-
-    Raises:
-        ConfigurationError: the environment is invalid (the message names the variable).
-    """
-    return DownloadService(
-        transfer_service(),
-        download_records(),
-        tiktok_client(),
-        download_events(),
-        download_jobs,
-        token_vault,
-        token_service,
-        token_handover,
-    )
 
 
 @functools.cache
@@ -284,37 +110,100 @@ def user_purge() -> UserPurge:
     )
 
 
+# -- the use cases -------------------------------------------------------------------------------
 @functools.cache
-def request_lifecycle() -> RequestLifecycle:
-    """The container's request lifecycle service (add, follow, cancel).
+def claimed_download() -> ClaimedDownload:
+    """One download under its record's claim (the core of both the API's and the worker's downloads)."""
+    return ClaimedDownload(
+        transfer_service(), download_records(), tiktok_client(), download_events(), token_service
+    )
+
+
+@functools.cache
+def caller_downloads() -> CallerDownloads:
+    """``POST /downloads``: now, or queued (the queue, the key and the grants built on first need)."""
+    return CallerDownloads(
+        claimed_download(), download_records(), download_jobs, token_service, token_handover
+    )
+
+
+@functools.cache
+def queued_downloads() -> QueuedDownloads:
+    """The worker's jobs (the key and the grants built on first need: a backend's own jobs need neither)."""
+    return QueuedDownloads(
+        claimed_download(), download_records(), download_events(), token_vault, token_service
+    )
+
+
+@functools.cache
+def add_request() -> AddRequest:
+    """``POST /requests``.
 
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
-    config = settings()
-    return RequestLifecycle(
+    return AddRequest(
         tiktok_client(),
         download_records(),
         token_service(),
         token_handover(),
         download_events(),
         lifecycle_queue(),
-        download_jobs,
-        transfer_service(),
-        Schedule(
-            config.status_poll_initial_seconds,
-            max(config.status_poll_initial_seconds, config.status_poll_max_seconds),
-            timedelta(hours=config.status_poll_give_up_hours),
-        ),
+        _schedule(),
     )
 
 
 @functools.cache
-def message_visibility() -> MessageVisibility:
-    """Changes a received message's visibility (the worker's redelivery timing)."""
-    return MessageVisibility(_small_calls_client("sqs"))
+def status_checks() -> StatusChecks:
+    """Waiting requests' status checks, and the sweeper's re-drive (the download queue built on first need).
+
+    Raises:
+        ConfigurationError: the environment is invalid (the message names the variable).
+    """
+    return StatusChecks(
+        tiktok_client(),
+        download_records(),
+        token_service(),
+        download_events(),
+        lifecycle_queue(),
+        download_jobs,
+        _schedule(),
+    )
 
 
+@functools.cache
+def archive_ready() -> ArchiveReady:
+    """TikTok's ``ready`` webhook's work: the download queued (the queue built on first need)."""
+    return ArchiveReady(download_records(), download_events(), download_jobs)
+
+
+@functools.cache
+def cancel_request() -> CancelRequest:
+    """``DELETE /downloads/{request_id}``.
+
+    Raises:
+        ConfigurationError: the environment is invalid (the message names the variable).
+    """
+    return CancelRequest(
+        tiktok_client(),
+        download_records(),
+        record_queries(),
+        token_service(),
+        download_events(),
+        transfer_service(),
+    )
+
+
+def _schedule() -> Schedule:
+    config = settings()
+    return Schedule(
+        config.status_poll_initial_seconds,
+        max(config.status_poll_initial_seconds, config.status_poll_max_seconds),
+        timedelta(hours=config.status_poll_give_up_hours),
+    )
+
+
+# -- the invocation ------------------------------------------------------------------------------
 def start_invocation(context: Any) -> Deadline:
     """The invocation's one deadline (handlers call this first, once, and pass it down).
 
@@ -345,26 +234,19 @@ def unit_of_work(deadline: Deadline) -> Deadline:
 def reset() -> None:
     """Forget everything built so the next call reads the environment again (tests only)."""
     for built in (
-        record_queries,
+        cancel_request,
+        archive_ready,
+        status_checks,
+        add_request,
+        queued_downloads,
+        caller_downloads,
+        claimed_download,
         user_purge,
-        token_handover,
-        grants,
+        record_queries,
         webhook_receiver,
-        webhook_deliveries,
-        request_lifecycle,
-        lifecycle_queue,
+        token_handover,
         token_service,
-        app_credentials,
-        download_events,
-        download_records,
-        download_service,
-        download_jobs,
-        token_vault,
         transfer_service,
-        tiktok_client,
-        archive_store,
-        message_visibility,
-        _small_calls_client,
-        settings,
     ):
         built.cache_clear()
+    reset_adapters()

@@ -103,7 +103,7 @@ def _prepare(approach: str, spec: dict[str, Any]) -> Any:
 
         # Clients are built before measuring, as the other approaches' are (in Lambda this happens
         # once per container, on the first invocation).
-        runtime.download_service()
+        runtime.queued_downloads()
 
         event = {
             "Records": [

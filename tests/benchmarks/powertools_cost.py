@@ -54,6 +54,7 @@ from botocore.exceptions import ClientError
 from tiktok_archive.adapters import webhook_deliveries
 from tiktok_archive.models.errors import QueueError, ServiceError
 from tiktok_archive.models.portability import parse_new_request
+from tiktok_archive.models.webhook_errors import DeliveryInFlightError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK = REPO_ROOT / "src" / "requirements.txt"
@@ -378,8 +379,11 @@ def idempotency_behaviour() -> None:
 
         def hand_made(delivery_id: str) -> str:
             """logic/webhooks.py's steps after the signature and the parse."""
-            if not deliveries.arrived(delivery_id, "portability.download.ready"):
+            arrival = deliveries.arrived(delivery_id, "portability.download.ready")
+            if arrival is webhook_deliveries.Arrival.DONE:
                 return "duplicate"
+            if arrival is webhook_deliveries.Arrival.IN_FLIGHT:
+                raise DeliveryInFlightError("in flight")
             try:
                 send()
             except ServiceError:

@@ -28,13 +28,24 @@ import pytest
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.download_events import DETAIL_TYPES, DownloadEvents, event_detail
 from tiktok_archive.adapters.download_jobs import DownloadJobs
-from tiktok_archive.adapters.download_records import Claimed, DownloadRecords, Unchanged
-from tiktok_archive.adapters.grants import Grant, Grants, Lease, SealedTokens
+from tiktok_archive.adapters.download_records import DownloadRecords
+from tiktok_archive.adapters.grant_items import Exchanged, Exchanging, Grant, Lease, SealedTokens
+from tiktok_archive.adapters.grants import Grants
 from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
+from tiktok_archive.adapters.record_writes import Claimed, Unchanged
 from tiktok_archive.adapters.s3_archive_store import PartListener
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
-from tiktok_archive.logic import downloads, handover, purge, requests, tokens
+from tiktok_archive.logic import (
+    add_request,
+    claimed_download,
+    grant_vault,
+    handover,
+    purge,
+    status_checks,
+    token_refresh,
+    tokens,
+)
 from tiktok_archive.logic.transfer import ArchiveTransfer, TransferWatch
 from tiktok_archive.models import deadline as deadline_module
 from tiktok_archive.models.clock import format_utc
@@ -90,11 +101,14 @@ class Clock:
 def freeze_time(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     """Make ``logic/`` and :class:`Deadline` read (and sleep on) ``clock`` instead of the real time."""
     monkeypatch.setattr(tokens, "_now", clock.now)
-    monkeypatch.setattr(tokens, "time", clock)
+    monkeypatch.setattr(token_refresh, "_now", clock.now)
+    monkeypatch.setattr(token_refresh, "time", clock)
+    monkeypatch.setattr(grant_vault, "_now", clock.now)
     monkeypatch.setattr(handover, "time", clock)
     monkeypatch.setattr(purge, "_now", clock.now)
-    monkeypatch.setattr(requests, "_now", clock.now)
-    monkeypatch.setattr(downloads, "time", clock)
+    monkeypatch.setattr(add_request, "_now", clock.now)
+    monkeypatch.setattr(status_checks, "_now", clock.now)
+    monkeypatch.setattr(claimed_download, "time", clock)
     monkeypatch.setattr(deadline_module, "time", clock)
 
 
@@ -243,6 +257,7 @@ class FakeGrants(Grants):
         self._journal = journal
         self.items: dict[str, Grant] = {}
         self.handed_tokens: dict[str, tuple[str, str]] = {}
+        self.exchanging: dict[str, tuple[str, datetime]] = {}  # digest → (mark's owner, lapses at)
         self.faults = Faults()
 
     def _call(self, method: str) -> None:
@@ -257,9 +272,28 @@ class FakeGrants(Grants):
         self._call("of_user")
         return [grant for grant in self.items.values() if grant.user_openid == user_openid]
 
-    def handed(self, digest: str) -> tuple[str, str] | None:
+    def handed(self, digest: str) -> Exchanged | Exchanging | None:
         self._call("handed")
-        return self.handed_tokens.get(digest)
+        return self._registry(digest)
+
+    def _registry(self, digest: str) -> Exchanged | Exchanging | None:
+        if digest in self.handed_tokens:
+            return Exchanged(*self.handed_tokens[digest])
+        mark = self.exchanging.get(digest)
+        return Exchanging() if mark is not None and mark[1] > self._clock.now() else None
+
+    def begin_exchange(self, digest: str, lease: timedelta) -> str | None:
+        self._call("begin_exchange")
+        if self._registry(digest) is not None:  # the adapter's condition: nothing, or a lapsed item
+            return None
+        owner = uuid.uuid4().hex
+        self.exchanging[digest] = (owner, self._clock.now() + lease)
+        return owner
+
+    def end_exchange(self, digest: str, owner: str) -> None:
+        self._journal.note("grants.end_exchange")
+        if digest in self.exchanging and self.exchanging[digest][0] == owner:  # only its own mark
+            del self.exchanging[digest]
 
     def adopt(self, grant_id: str, caller: str, user_openid: str | None, tokens: SealedTokens) -> Grant:
         self._call("adopt")
@@ -279,6 +313,7 @@ class FakeGrants(Grants):
 
     def remember_handed(self, digest: str, grant_id: str, caller: str) -> None:
         self._call("remember_handed")
+        self.exchanging.pop(digest, None)
         self.handed_tokens[digest] = (grant_id, caller)
 
     def touch(self, grant_id: str) -> bool:

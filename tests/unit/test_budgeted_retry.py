@@ -86,6 +86,22 @@ def test_the_operations_of_one_unit_of_work_share_its_attempts() -> None:
     assert (download.used, unit.attempts_left) == (0, 0)
 
 
+def test_a_refresh_within_its_lease_still_draws_from_the_units_attempts() -> None:
+    # Given a unit of work allowed 3 attempts, and a refresh that must end within 5 s (its lease)
+    unit = Deadline.after(60).unit(3)
+    within_lease = unit.within(5)
+    assert 4 < within_lease.remaining() <= 5
+    assert unit.within(120).remaining() == pytest.approx(unit.remaining(), abs=0.1)  # never later
+
+    # When the refresh spends 2 tries
+    refresh = AttemptBudget(4, within_lease)
+    assert [refresh.take() for _ in range(2)] == [True, True]
+
+    # Then the unit has one left, for the call made again with the new token
+    assert (unit.attempts_left, within_lease.attempts_left) == (1, 1)
+    assert [AttemptBudget(4, unit).take() for _ in range(2)] == [True, False]
+
+
 def test_a_message_delivered_again_is_a_new_unit_on_the_new_invocations_deadline() -> None:
     first, second = Deadline.after(60).unit(2), Deadline.after(60).unit(2)
     assert [first.take_attempt() for _ in range(3)] == [True, True, False]

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import (
-    BACKEND,
-    BACKEND_CALLER,
+from tests.conftest import BACKEND, BACKEND_CALLER
+from tests.harness.contract import DOCUMENT_PATH, REPO_ROOT, Contract, Operation
+from tests.harness.events import (
     api_event,
     delete_event,
     erase_event,
@@ -34,7 +34,6 @@ from tests.conftest import (
     request_event,
     user_requests_event,
 )
-from tests.harness.contract import DOCUMENT_PATH, REPO_ROOT, Contract, Operation
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.unit.fakes import Clock, FakeDownloadRecords, FakeLifecycleQueue, FakeTransfer, Journal
 from tiktok_archive.handlers import api, webhook
@@ -48,7 +47,7 @@ from tiktok_archive.models.download_record import (
     Progress,
     RecordedError,
 )
-from tiktok_archive.models.errors import InvalidRequestError, ServiceError, TikTokApiError
+from tiktok_archive.models.errors import InvalidRequestError, ServiceError
 from tiktok_archive.models.inputs import parse_request_id
 from tiktok_archive.models.messages import EraseUser
 from tiktok_archive.models.paging import (
@@ -64,6 +63,7 @@ from tiktok_archive.models.portability import (
     parse_open_id,
     refuse_unknown_fields,
 )
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 from tiktok_archive.models.zip_manifest import DirectoryLocation, build_manifest
 from tiktok_archive.models.zip_tail import ZipTail
 
@@ -747,8 +747,9 @@ def services(monkeypatch: pytest.MonkeyPatch) -> _Services:
     queries = RecordQueries(records, FakeTransfer(journal))
     monkeypatch.setattr(api, "record_queries", lambda: queries)
     monkeypatch.setattr(api, "lifecycle_queue", lambda: queue)
-    monkeypatch.setattr(api, "request_lifecycle", _NotReached)
-    monkeypatch.setattr(api, "download_service", _NotReached)
+    monkeypatch.setattr(api, "add_request", _NotReached)
+    monkeypatch.setattr(api, "cancel_request", _NotReached)
+    monkeypatch.setattr(api, "caller_downloads", _NotReached)
     return _Services(records, queue)
 
 
@@ -1054,7 +1055,7 @@ def test_a_gateway_message_is_one_message(contract: Contract) -> None:
     assert contract.check_schema("GatewayMessage", {})
     assert contract.check_schema("GatewayMessage", {"msg": "m"})
     # Only the routes that call TikTok pass its 429 on; the others are throttled by API Gateway alone.
-    body = errors.TikTokApiError("rate_limit_exceeded", "m", log_id=None, upstream_status=429).to_body()
+    body = TikTokApiError("rate_limit_exceeded", "m", log_id=None, upstream_status=429).to_body()
     for method, path in READ_ROUTES:
         assert contract.check(method, path, 429, NO_STORE, body), (method, path)
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tiktok_archive.models.errors import (
-    ConfigurationError,
-    StorageError,
+from tiktok_archive.models.errors import ConfigurationError, StorageError
+from tiktok_archive.models.tiktok_errors import (
     TikTokApiError,
     UpstreamBadResponseError,
     UpstreamStreamBrokenError,

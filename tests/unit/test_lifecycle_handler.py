@@ -1,8 +1,9 @@
 """The lifecycle queue's handler over in-memory services: which messages a TikTok rate limit holds back.
 
-The handler's runtime wiring (``request_lifecycle()``, ``user_purge()``, ``message_visibility()``,
-``settings()``) is replaced by the real services over the unit fakes; the batch goes through Powertools'
-``process_partial_response`` as in Lambda, so the answer is the exact ``batchItemFailures``.
+The handler's runtime wiring (``status_checks()``, ``archive_ready()``, ``user_purge()``,
+``message_visibility()``, ``settings()``) is replaced by the real use cases over the unit fakes; the batch
+goes through Powertools' ``process_partial_response`` as in Lambda, so the answer is the exact
+``batchItemFailures``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.batch import process_partial_response
 
-from tests.conftest import BACKEND_CALLER, sqs_record
+from tests.conftest import BACKEND_CALLER
+from tests.harness.events import sqs_record
 from tests.harness.lambda_context import FakeLambdaContext
 from tests.unit.fakes import (
     Clock,
@@ -33,17 +35,17 @@ from tests.unit.fakes import (
     Journal,
     freeze_time,
 )
-from tiktok_archive.adapters.grants import Grant, user_grant_id
+from tiktok_archive.adapters.grant_items import Grant
+from tiktok_archive.adapters.grants import user_grant_id
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
 from tiktok_archive.handlers import lifecycle as handler
 from tiktok_archive.handlers import queue_failures
-from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.purge import UserPurge
-from tiktok_archive.logic.requests import RequestLifecycle, Schedule
+from tiktok_archive.logic.status_checks import ArchiveReady, Schedule, StatusChecks
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Preparation
-from tiktok_archive.models.errors import StorageError, TikTokApiError
+from tiktok_archive.models.errors import StorageError
 from tiktok_archive.models.messages import (
     ArchiveReadyWork,
     AuthorizationRemovedWork,
@@ -54,6 +56,7 @@ from tiktok_archive.models.messages import (
     StatusCheck,
 )
 from tiktok_archive.models.portability import RequestStatus
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 
 OPENID = "openid-1"
 ERASED = "openid-erased"
@@ -127,7 +130,7 @@ class World:
         records = []
         for name, message in messages:
             body = message if isinstance(message, str) else json.dumps(message.body())
-            record = sqs_record(body, message_id=str(uuid.uuid4()), queue="LifecycleQueue")
+            record = sqs_record(body, message_id=str(uuid.uuid4()))
             record["receiptHandle"] = name
             self.ids[record["messageId"]] = name
             records.append(record)
@@ -158,20 +161,12 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     app = FakeAppCredentials()
     tokens = TokenService(grants, vault, tiktok, lambda: app)
     schedule = Schedule(initial=60, longest=480, give_up_after=timedelta(days=7))
-    lifecycle = RequestLifecycle(
-        tiktok,
-        records,
-        tokens,
-        TokenHandover(tokens, grants),
-        events,
-        queue,
-        lambda: jobs,
-        transfer,
-        schedule,
-    )
+    checks = StatusChecks(tiktok, records, tokens, events, queue, lambda: jobs, schedule)
+    ready = ArchiveReady(records, events, lambda: jobs)
     purge = UserPurge(records, grants, tokens, transfer, events, queue, tiktok, lambda: app)
     visibility = Visibility()
-    monkeypatch.setattr(handler, "request_lifecycle", lambda: lifecycle)
+    monkeypatch.setattr(handler, "status_checks", lambda: checks)
+    monkeypatch.setattr(handler, "archive_ready", lambda: ready)
     monkeypatch.setattr(handler, "user_purge", lambda: purge)
     monkeypatch.setattr(handler, "message_visibility", lambda: visibility)
     monkeypatch.setattr(queue_failures, "message_visibility", lambda: visibility)

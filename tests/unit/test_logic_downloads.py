@@ -1,5 +1,5 @@
-"""DownloadService and its progress reporter with in-memory collaborators: ownership, claims, outcomes,
-jobs."""
+"""The download use cases — a caller's (now or queued) and the worker's jobs — over one download under its
+claim, and its progress reporter, with in-memory collaborators: ownership, claims, outcomes, jobs."""
 
 from __future__ import annotations
 
@@ -24,19 +24,27 @@ from tests.unit.fakes import (
     freeze_time,
 )
 from tiktok_archive.adapters.download_jobs import job_binding
-from tiktok_archive.adapters.download_records import Claimed
-from tiktok_archive.adapters.grants import Grant, user_grant_id
+from tiktok_archive.adapters.grant_items import Grant
+from tiktok_archive.adapters.grants import user_grant_id
+from tiktok_archive.adapters.record_writes import Claimed
 from tiktok_archive.adapters.s3_archive_store import PartListener
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
-from tiktok_archive.logic.downloads import PROGRESS_EVERY_SECONDS, DownloadService, _ProgressReporter
+from tiktok_archive.logic.caller_downloads import CallerDownloads
+from tiktok_archive.logic.claimed_download import (
+    PROGRESS_EVERY_SECONDS,
+    ClaimedDownload,
+    _ProgressReporter,
+)
 from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.queries import RecordQueries
+from tiktok_archive.logic.queued_downloads import QueuedDownloads
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import Answer, DownloadRecord, DownloadStatus, Owner, Preparation
 from tiktok_archive.models.errors import (
     ArchiveTooLargeError,
+    DeadlineExceededError,
     DownloadInProgressError,
     DownloadNotFoundError,
     ReauthorizationRequiredError,
@@ -44,12 +52,14 @@ from tiktok_archive.models.errors import (
     RequestCancelledError,
     RequestExpiredError,
     ServiceError,
+)
+from tiktok_archive.models.messages import DownloadJob
+from tiktok_archive.models.portability import HandedTokens, RequestStatus, TokenGrant
+from tiktok_archive.models.tiktok_errors import (
     TikTokApiError,
     UpstreamStreamBrokenError,
     UpstreamUnavailableError,
 )
-from tiktok_archive.models.messages import DownloadJob
-from tiktok_archive.models.portability import HandedTokens, RequestStatus, TokenGrant
 
 REQUEST_ID = 7_234_567_890_123_456_789
 SIBLING_ID = 7_234_567_890_123_450_000
@@ -72,7 +82,8 @@ class World:
     events: FakeEvents
     jobs: FakeDownloadJobs
     transfer: FakeTransfer
-    service: DownloadService
+    caller_downloads: CallerDownloads
+    queued_downloads: QueuedDownloads
 
     @property
     def record(self) -> DownloadRecord:
@@ -82,13 +93,13 @@ class World:
         return Deadline.after(60)
 
     def download(self, handed: HandedTokens = TOKEN, caller: str = BACKEND_CALLER) -> Answer:
-        return self.service.download(caller, REQUEST_ID, handed, self.deadline())
+        return self.caller_downloads.download(caller, REQUEST_ID, handed, self.deadline())
 
     def queue(self, handed: HandedTokens = TOKEN, caller: str = BACKEND_CALLER) -> Answer:
-        return self.service.queue(caller, REQUEST_ID, handed, self.deadline())
+        return self.caller_downloads.queue(caller, REQUEST_ID, handed, self.deadline())
 
     def job(self, job: DownloadJob) -> Answer:
-        return self.service.download_job(job, self.deadline())
+        return self.queued_downloads.run(job, self.deadline())
 
     def claim(self) -> Claimed:
         claimed = self.records.claim(
@@ -164,17 +175,20 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     app = FakeAppCredentials()
     tokens = TokenService(grants, vault, tiktok, lambda: app)
     handover = TokenHandover(tokens, grants)
-    service = DownloadService(
-        transfer,
+    download = ClaimedDownload(transfer, records, tiktok, events, lambda: tokens)
+    return World(
+        clock,
+        journal,
         records,
+        grants,
+        vault,
         tiktok,
         events,
-        lambda: jobs,
-        lambda: vault,
-        lambda: tokens,
-        lambda: handover,
+        jobs,
+        transfer,
+        CallerDownloads(download, records, lambda: jobs, lambda: tokens, lambda: handover),
+        QueuedDownloads(download, records, events, lambda: vault, lambda: tokens),
     )
-    return World(clock, journal, records, grants, vault, tiktok, events, jobs, transfer, service)
 
 
 def ready() -> RequestStatus:
@@ -314,6 +328,25 @@ def test_a_transfer_stopped_by_a_cancellation_leaves_the_record_cancelled_and_pu
         world.download()
     assert world.record.status is DownloadStatus.CANCELLED
     assert world.events.sent == []
+
+
+def test_a_transfer_out_of_time_is_its_own_failure_when_the_stop_check_has_no_time_either(
+    world: World,
+) -> None:
+    # Given a download whose stream runs out of the invocation's time, and no time left to ask the store
+    # whether the request ended meanwhile (its read is refused, as the AWS bound refuses a late try)
+    world.tiktok.checks.then(ready())
+
+    def out_of_time(request: DownloadRequest, on_part: PartListener | None) -> None:
+        world.records.faults.arm("get", DeadlineExceededError("DynamoDB GetItem was not tried"))
+        raise DeadlineExceededError("the download did not finish in the invocation's time")
+
+    world.transfer.during = out_of_time
+
+    # When the download runs; Then the caller is told the transfer's own error, not the store's
+    with pytest.raises(DeadlineExceededError, match="did not finish"):
+        world.download()
+    assert world.record.status is DownloadStatus.FAILED
 
 
 def test_a_completion_that_finds_the_request_cancelled_discards_the_archive_and_raises(
@@ -715,7 +748,7 @@ def test_a_slow_refresh_and_owner_check_do_not_move_the_transfers_deadline(world
     deadline = Deadline.after(40)
 
     # When the worker runs the job
-    world.service.download_job(DownloadJob(REQUEST_ID, from_grant=True), deadline)
+    world.queued_downloads.run(DownloadJob(REQUEST_ID, from_grant=True), deadline)
 
     # Then the transfer got the invocation's own deadline, 16 s nearer — not a fresh 40 s from then
     (given,) = world.transfer.deadlines

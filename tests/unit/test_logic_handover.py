@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 
@@ -22,7 +23,8 @@ from tests.unit.fakes import (
     Journal,
     freeze_time,
 )
-from tiktok_archive.adapters.grants import Grant, request_grant_id, user_grant_id
+from tiktok_archive.adapters.grant_items import Grant
+from tiktok_archive.adapters.grants import request_grant_id, user_grant_id
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
 from tiktok_archive.logic.handover import WAIT_FOR_CONCURRENT_HANDOVER_SECONDS, Holding, TokenHandover
 from tiktok_archive.logic.tokens import ASSUMED_ACCESS_LIFETIME, TokenService, handed_access_token
@@ -32,15 +34,17 @@ from tiktok_archive.models.errors import (
     OpenIdMismatchError,
     ReauthorizationRequiredError,
     RecordStoreError,
-    TikTokApiError,
+    TokenRefreshInProgressError,
 )
 from tiktok_archive.models.portability import HandedTokens, TokenGrant
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 
 CALLER = "arn:aws:sts::123456789012:assumed-role/tiktok-archive-backend"
 OTHER_CALLER = "arn:aws:sts::123456789012:assumed-role/another-backend"
 OPENID = "openid-tiktok"
 GRANT = user_grant_id(CALLER, OPENID)
 HANDED = HandedTokens("access-caller", "refresh-caller")
+DIGEST = hashlib.sha256(b"refresh-caller").hexdigest()
 
 
 @dataclass
@@ -159,7 +163,7 @@ def test_the_callers_open_id_contradicted_by_tiktok_changes_nothing_for_either_u
     assert (raised.value.http_status, raised.value.error_code) == (400, "open_id_mismatch")
     assert GRANT not in world.grants.items
     assert world.grants.items[user_grant_id(CALLER, "openid-claimed")] == claimed
-    assert world.grants.handed_tokens == {}
+    assert (world.grants.handed_tokens, world.grants.exchanging) == ({}, {})
     assert logs.find(
         "handed-over tokens are another user's than the caller's open_id: nothing kept, "
         "the exchanged refresh token is dropped"
@@ -178,7 +182,7 @@ def test_tiktoks_answer_without_open_id_keeps_the_tokens_with_their_request(
     # Then no user's grant is made, nothing remembered; the rotated lineage waits for its request …
     assert (holding.access_token, holding.grant_id, holding.user_openid) == ("access-new", None, None)
     assert world.grants.items == {}
-    assert world.grants.handed_tokens == {}
+    assert (world.grants.handed_tokens, world.grants.exchanging) == ({}, {})
     assert logs.find("TikTok's refresh answer names no user: the tokens stay with their request")
 
     # … whose own grant then holds both rotated tokens (the refresh token is not lost)
@@ -188,17 +192,20 @@ def test_tiktoks_answer_without_open_id_keeps_the_tokens_with_their_request(
     assert world.grants.items[grant_id].user_openid is None
 
 
-def test_tiktok_refusing_the_handed_refresh_token_keeps_nothing(world: World) -> None:
-    # Given a handed refresh token TikTok refuses, and no concurrent handover of it
+def test_tiktok_refusing_the_handed_refresh_token_answers_at_once_and_keeps_nothing(world: World) -> None:
+    # Given a handed refresh token TikTok refuses, and no other handover of it
     world.tiktok.refreshes.then(invalid_grant())
 
-    # When the tokens are taken; Then only the user's new consent helps, after waiting for a concurrent
-    # handover that could have exchanged the same token
+    # When the tokens are taken; Then only the user's new consent helps, answered without waiting: no
+    # handover of the same token was exchanging it
     with pytest.raises(ReauthorizationRequiredError):
         world.handover.take(CALLER, HANDED, deadline())
-    assert sum(world.clock.slept) == pytest.approx(WAIT_FOR_CONCURRENT_HANDOVER_SECONDS)
-    assert world.grants.items == {}
+    assert world.clock.slept == []
     assert world.tiktok.refreshes.count == 1
+    # … and nothing is left: no grant, no mark of the exchange
+    assert world.grants.items == {}
+    assert (world.grants.handed_tokens, world.grants.exchanging) == ({}, {})
+    assert world.journal.calls[-1] == "grants.end_exchange"
 
 
 def test_tiktok_refusing_the_app_keeps_nothing_and_does_not_wait(world: World) -> None:
@@ -354,39 +361,121 @@ def test_a_refresh_token_handed_again_after_its_grant_was_released_is_not_sent_a
     assert world.grants.items == {}
 
 
-def test_a_concurrent_handover_of_the_same_token_joins_the_first_ones_grant(world: World) -> None:
-    # Given two handovers of the same tokens racing: the first one's exchange went through at TikTok,
-    # so TikTok refuses the second one's, and the first stores its grant while the second waits
-    world.tiktok.refreshes.then(invalid_grant())
+def the_first_handover_is_exchanging(world: World, lease: timedelta = timedelta(seconds=30)) -> str:
+    """Another handover of ``HANDED``'s refresh token marked it and is at TikTok; its mark's owner."""
+    owner = world.grants.begin_exchange(DIGEST, lease)
+    assert owner is not None
+    world.journal.calls.clear()
+    return owner
+
+
+def test_a_concurrent_handover_of_the_same_token_waits_for_the_first_and_joins_its_grant(
+    world: World,
+) -> None:
+    # Given a first handover of the same tokens exchanging them at TikTok, which stores its grant while
+    # the second one waits
+    the_first_handover_is_exchanging(world)
 
     def the_first_stores() -> None:
         world.tokens.keep(GRANT, CALLER, OPENID, exchanged(), deadline())
-        world.grants.remember_handed(hashlib.sha256(b"refresh-caller").hexdigest(), GRANT, CALLER)
+        world.grants.remember_handed(DIGEST, GRANT, CALLER)
 
     world.clock.while_sleeping += [lambda: None, the_first_stores]
 
     # When the second handover goes on
     holding = world.handover.take(CALLER, HANDED, deadline())
 
-    # Then it finds the first one's grant within its wait and joins it
+    # Then it never sent the token to TikTok: it waited for the first one's result and joined its grant
     assert holding == Holding("access-new", GRANT, OPENID, joined=True)
+    assert world.tiktok.refreshes.count == 0
     assert 0 < sum(world.clock.slept) <= WAIT_FOR_CONCURRENT_HANDOVER_SECONDS
     assert world.stored() == ("access-new", "refresh-new")
 
 
 def test_a_concurrent_handover_by_another_caller_is_not_joined(world: World) -> None:
-    world.tiktok.refreshes.then(invalid_grant())
+    the_first_handover_is_exchanging(world)
 
     def the_other_stores() -> None:
         other = user_grant_id(OTHER_CALLER, OPENID)
         world.tokens.keep(other, OTHER_CALLER, OPENID, exchanged(), deadline())
-        world.grants.remember_handed(hashlib.sha256(b"refresh-caller").hexdigest(), other, OTHER_CALLER)
+        world.grants.remember_handed(DIGEST, other, OTHER_CALLER)
 
     world.clock.while_sleeping.append(the_other_stores)
 
     with pytest.raises(ReauthorizationRequiredError):
         world.handover.take(CALLER, HANDED, deadline())
     assert GRANT not in world.grants.items
+    assert world.tiktok.refreshes.count == 0
+
+
+def test_a_concurrent_handover_still_exchanging_after_the_wait_is_answered_in_progress(world: World) -> None:
+    # Given a first handover of the same tokens that does not finish while the second one waits
+    the_first_handover_is_exchanging(world)
+
+    # When the second one goes on; Then it gives up after its wait: a transient 503 (the caller sends the
+    # same body again), TikTok not asked, nothing kept, the first one's mark left to it
+    with pytest.raises(TokenRefreshInProgressError) as raised:
+        world.handover.take(CALLER, HANDED, deadline())
+    assert (raised.value.status, raised.value.is_transient, raised.value.retry_after) == (503, True, "5")
+    assert sum(world.clock.slept) == pytest.approx(WAIT_FOR_CONCURRENT_HANDOVER_SECONDS)
+    assert world.tiktok.refreshes.count == 0
+    assert world.grants.items == {}
+    assert DIGEST in world.grants.exchanging
+
+
+def test_a_concurrent_handover_that_failed_leaves_the_token_to_the_waiting_one(world: World) -> None:
+    # Given a first handover whose exchange failed before TikTok acted (it drops its mark) while the
+    # second one waits
+    owner = the_first_handover_is_exchanging(world)
+    world.clock.while_sleeping.append(lambda: world.grants.end_exchange(DIGEST, owner))
+    world.tiktok.refreshes.then(exchanged())
+
+    # When the second one goes on; Then it exchanges the token itself and keeps the user's grant
+    holding = world.handover.take(CALLER, HANDED, deadline())
+    assert holding == Holding("access-new", GRANT, OPENID)
+    assert world.tiktok.refreshes.count == 1
+    assert world.remembered("refresh-caller") == (GRANT, CALLER)
+    assert world.grants.exchanging == {}
+
+
+def test_the_mark_of_a_handover_that_died_lapses(world: World) -> None:
+    # Given a handover that marked the token and died (its mark is never dropped)
+    the_first_handover_is_exchanging(world, lease=timedelta(seconds=40))
+    world.clock.advance(41)
+    world.tiktok.refreshes.then(invalid_grant())
+
+    # When the same tokens are handed over once its mark lapsed; Then the token is exchanged — TikTok
+    # refuses it if the dead handover had rotated it — and answered at once
+    with pytest.raises(ReauthorizationRequiredError):
+        world.handover.take(CALLER, HANDED, deadline())
+    assert world.tiktok.refreshes.count == 1
+    assert world.clock.slept == []
+
+
+def test_two_handovers_racing_to_mark_the_token_exchange_it_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two handovers of the same tokens that both found nothing in the registry, the other one
+    # marking the token just before this one's conditional put
+    mark = world.grants.begin_exchange
+
+    def the_other_marks_first(digest: str, lease: timedelta) -> str | None:
+        assert mark(digest, timedelta(seconds=30)) is not None
+        monkeypatch.setattr(world.grants, "begin_exchange", mark)
+        return mark(digest, lease)
+
+    monkeypatch.setattr(world.grants, "begin_exchange", the_other_marks_first)
+
+    def the_other_stores() -> None:
+        world.tokens.keep(GRANT, CALLER, OPENID, exchanged(), deadline())
+        world.grants.remember_handed(DIGEST, GRANT, CALLER)
+
+    world.clock.while_sleeping.append(the_other_stores)
+
+    # When this one goes on; Then its put was refused, it waited for the other's result and joined it
+    holding = world.handover.take(CALLER, HANDED, deadline())
+    assert holding == Holding("access-new", GRANT, OPENID, joined=True)
+    assert world.tiktok.refreshes.count == 0
 
 
 # -- AWS failing after TikTok rotated -------------------------------------------------------------
@@ -409,7 +498,7 @@ def test_a_store_failure_after_tiktok_rotated_is_logged_as_a_lost_lineage_and_ra
     # Then the loss is logged (the user must consent again), nothing is kept nor remembered
     assert logs.find("handed-over tokens not stored: the user's refresh token is lost")
     assert world.grants.items == {}
-    assert world.grants.handed_tokens == {}
+    assert (world.grants.handed_tokens, world.grants.exchanging) == ({}, {})
     assert "refresh-new" not in "\n".join(logs.lines)
 
 
@@ -421,7 +510,7 @@ def test_a_handed_token_not_remembered_still_leaves_the_grant(world: World, logs
 
     assert world.handover.take(CALLER, HANDED, deadline()) == Holding("access-new", GRANT, OPENID)
     assert world.stored() == ("access-new", "refresh-new")
-    assert world.grants.handed_tokens == {}
+    assert (world.grants.handed_tokens, world.grants.exchanging) == ({}, {})
     assert logs.find("handed-over token not remembered")
 
 

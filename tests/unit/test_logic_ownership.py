@@ -24,9 +24,9 @@ from tiktok_archive.models.errors import (
     RequestCancelledError,
     RequestExpiredError,
     ServiceError,
-    TikTokApiError,
 )
 from tiktok_archive.models.portability import RequestStatus
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 from tiktok_archive.observability import logger
 
 REQUEST_ID = 7_234_567_890_123_456_789

@@ -24,19 +24,17 @@ from tests.unit.fakes import (
     Journal,
     freeze_time,
 )
-from tiktok_archive.adapters.grants import Grant, request_grant_id, user_grant_id
+from tiktok_archive.adapters.grant_items import Grant
+from tiktok_archive.adapters.grants import request_grant_id, user_grant_id
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
 from tiktok_archive.logic.purge import SECOND_PASS_AFTER, UserPurge
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, RecordedError
-from tiktok_archive.models.errors import (
-    ReauthorizationRequiredError,
-    StorageError,
-    TikTokApiError,
-)
+from tiktok_archive.models.errors import ReauthorizationRequiredError, StorageError
 from tiktok_archive.models.messages import EraseUser, PurgeAgain, RevokeAtTikTok
 from tiktok_archive.models.portability import TokenGrant
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 
 OPENID = "openid-1"
 ANOTHER_USER = "openid-2"

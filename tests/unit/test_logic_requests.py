@@ -1,5 +1,5 @@
-"""RequestLifecycle with in-memory collaborators: add, the schedule of status checks, TikTok's webhook,
-cancel."""
+"""A request's use cases with in-memory collaborators: add it, the schedule of status checks, TikTok's
+webhook, cancel it."""
 
 from __future__ import annotations
 
@@ -24,10 +24,14 @@ from tests.unit.fakes import (
     Journal,
     freeze_time,
 )
-from tiktok_archive.adapters.grants import Grant, request_grant_id, user_grant_id
+from tiktok_archive.adapters.grant_items import Grant
+from tiktok_archive.adapters.grants import request_grant_id, user_grant_id
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
+from tiktok_archive.logic.add_request import AddRequest
+from tiktok_archive.logic.cancel_request import CancelRequest
 from tiktok_archive.logic.handover import TokenHandover
-from tiktok_archive.logic.requests import READY_LEASE, RequestLifecycle, Schedule
+from tiktok_archive.logic.queries import RecordQueries
+from tiktok_archive.logic.status_checks import READY_LEASE, ArchiveReady, Schedule, StatusChecks
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Preparation
@@ -37,12 +41,11 @@ from tiktok_archive.models.errors import (
     ReauthorizationRequiredError,
     RecordStoreError,
     ServiceError,
-    TikTokApiError,
     TokenVaultError,
-    UpstreamUnavailableError,
 )
 from tiktok_archive.models.messages import ArchiveReadyWork
 from tiktok_archive.models.portability import HandedTokens, NewRequest, RequestStatus, TokenGrant
+from tiktok_archive.models.tiktok_errors import TikTokApiError, UpstreamUnavailableError
 
 REQUEST_ID = 7_234_567_890_123_456_789  # beyond 2^53: no double rounding on the way
 SIBLING_ID = 7_234_567_890_123_450_000  # another request of the same user and caller
@@ -64,7 +67,10 @@ class World:
     queue: FakeLifecycleQueue
     jobs: FakeDownloadJobs
     transfer: FakeTransfer
-    lifecycle: RequestLifecycle
+    add_request: AddRequest
+    status_checks: StatusChecks
+    archive_ready: ArchiveReady
+    cancel_request: CancelRequest
 
     @property
     def record(self) -> DownloadRecord:
@@ -136,13 +142,13 @@ class World:
         return record
 
     def check(self, seq: int = 3) -> str:
-        return self.lifecycle.check(REQUEST_ID, seq, self.deadline()).action
+        return self.status_checks.check(REQUEST_ID, seq, self.deadline()).action
 
     def add(self, new: NewRequest, caller: str = BACKEND_CALLER) -> DownloadRecord:
-        return self.lifecycle.add(caller, new, self.deadline())
+        return self.add_request.add(caller, new, self.deadline())
 
     def cancel(self, caller: str = BACKEND_CALLER) -> DownloadRecord:
-        return self.lifecycle.cancel(caller, REQUEST_ID, self.deadline())
+        return self.cancel_request.cancel(caller, REQUEST_ID, self.deadline())
 
     def opened(self, grant_id: str, purpose: str = REFRESH_TOKEN_PURPOSE) -> str:
         grant = self.grants.items[grant_id]
@@ -166,10 +172,22 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     app = FakeAppCredentials()
     tokens = TokenService(grants, vault, tiktok, lambda: app)
     handover = TokenHandover(tokens, grants)
-    lifecycle = RequestLifecycle(
-        tiktok, records, tokens, handover, events, queue, lambda: jobs, transfer, SCHEDULE
+    return World(
+        clock,
+        journal,
+        records,
+        grants,
+        vault,
+        tiktok,
+        events,
+        queue,
+        jobs,
+        transfer,
+        AddRequest(tiktok, records, tokens, handover, events, queue, SCHEDULE),
+        StatusChecks(tiktok, records, tokens, events, queue, lambda: jobs, SCHEDULE),
+        ArchiveReady(records, events, lambda: jobs),
+        CancelRequest(tiktok, records, RecordQueries(records, transfer), tokens, events, transfer),
     )
-    return World(clock, journal, records, grants, vault, tiktok, events, queue, jobs, transfer, lifecycle)
 
 
 def status(value: str) -> RequestStatus:
@@ -266,7 +284,7 @@ def test_a_lost_chain_of_checks_is_re_driven_at_the_check_it_expects(world: Worl
     world.clock.advance(120 + 601)
 
     # When the sweeper looks for checks ten minutes late
-    redriven = world.lifecycle.redrive(timedelta(minutes=10))
+    redriven = world.status_checks.redrive(timedelta(minutes=10))
 
     # Then only the late one is checked again, now, as the check it expects
     assert redriven == 1
@@ -399,7 +417,7 @@ def test_a_rate_limited_check_comes_back_after_at_least_retry_after(
     world.tiktok.checks.then(tiktok_error("rate_limit_exceeded", 429, retry_after=retry_after))
 
     # When its check runs
-    outcome = world.lifecycle.check(REQUEST_ID, 3, world.deadline())
+    outcome = world.status_checks.check(REQUEST_ID, 3, world.deadline())
 
     # Then the next check waits at least Retry-After (at most SQS's 900 s), the request still waits,
     # and the outcome tells the handler to pause the rest of its batch
@@ -417,7 +435,7 @@ def test_a_rate_limit_without_retry_after_slows_the_schedule(world: World) -> No
     world.given_waiting(seq=3, interval=120)
     world.tiktok.checks.then(tiktok_error("rate_limit_exceeded", 429))
 
-    outcome = world.lifecycle.check(REQUEST_ID, 3, world.deadline())
+    outcome = world.status_checks.check(REQUEST_ID, 3, world.deadline())
 
     assert (outcome.action, outcome.rate_limited_for) == ("rate_limited", None)
     assert world.queue.checks == [(REQUEST_ID, 4, 240)]
@@ -695,7 +713,7 @@ def test_a_first_check_that_could_not_be_sent_still_answers_the_waiting_request(
 def test_a_ready_webhook_queues_the_waiting_requests_download_and_stops_its_checks(world: World) -> None:
     world.given_waiting(seq=3)
 
-    outcome = world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, OPENID, "delivery-1"))
+    outcome = world.archive_ready.queue(ArchiveReadyWork(REQUEST_ID, OPENID, "delivery-1"))
 
     assert outcome == "queued"
     assert world.jobs.for_grant == [REQUEST_ID]
@@ -711,7 +729,7 @@ def test_a_ready_webhook_naming_the_user_records_them_for_their_purge(world: Wor
     world.given_waiting(seq=3, user=None, grant_id=request_grant_id(REQUEST_ID))
 
     # When TikTok's webhook says whose archive is ready
-    world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, OPENID))
+    world.archive_ready.queue(ArchiveReadyWork(REQUEST_ID, OPENID))
 
     # Then the record carries the user TikTok named: the user's purge and the caller's list find it
     assert world.record.user_openid == OPENID
@@ -722,7 +740,7 @@ def test_a_ready_webhook_naming_the_user_records_them_for_their_purge(world: Wor
 def test_a_ready_webhook_never_changes_the_user_a_record_already_has(world: World) -> None:
     world.given_waiting(seq=3)
 
-    world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, "openid-2"))
+    world.archive_ready.queue(ArchiveReadyWork(REQUEST_ID, "openid-2"))
 
     assert world.record.user_openid == OPENID
 
@@ -731,14 +749,14 @@ def test_a_ready_webhook_never_changes_the_user_a_record_already_has(world: Worl
 def test_a_ready_webhook_for_a_request_past_waiting_does_nothing(world: World, state: DownloadStatus) -> None:
     before = world.given_record(state)
 
-    assert world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, OPENID)) == "nothing"
+    assert world.archive_ready.queue(ArchiveReadyWork(REQUEST_ID, OPENID)) == "nothing"
 
     assert world.record == before
     assert (world.jobs.for_grant, world.events.sent) == ([], [])
 
 
 def test_a_ready_webhook_for_an_unknown_request_is_acknowledged(world: World) -> None:
-    assert world.lifecycle.archive_ready(ArchiveReadyWork(REQUEST_ID, OPENID)) == "unknown"
+    assert world.archive_ready.queue(ArchiveReadyWork(REQUEST_ID, OPENID)) == "unknown"
     assert (world.records.items, world.jobs.for_grant, world.events.sent) == ({}, [], [])
 
 

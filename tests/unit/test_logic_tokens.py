@@ -38,18 +38,21 @@ from tests.unit.fakes import (
     Journal,
     freeze_time,
 )
-from tiktok_archive.adapters.grants import Grant, Lease, SealedTokens, user_grant_id
+from tiktok_archive.adapters.grant_items import Grant, Lease, SealedTokens
+from tiktok_archive.adapters.grants import user_grant_id
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
-from tiktok_archive.logic import tokens as tokens_module
+from tiktok_archive.logic import token_refresh
 from tiktok_archive.logic.handover import TokenHandover
-from tiktok_archive.logic.tokens import (
+from tiktok_archive.logic.token_refresh import (
     ABANDONED_FOR,
-    ASSUMED_ACCESS_LIFETIME,
-    FRESH_FOR,
     REFRESH_LEASE,
     STORE_ATTEMPTS,
     STORE_WITHIN_SECONDS,
     WAIT_FOR_OTHER_REFRESH_SECONDS,
+)
+from tiktok_archive.logic.tokens import (
+    ASSUMED_ACCESS_LIFETIME,
+    FRESH_FOR,
     TokenService,
     handed_access_token,
 )
@@ -60,12 +63,11 @@ from tiktok_archive.models.errors import (
     ReauthorizationRequiredError,
     RecordStoreError,
     ServiceError,
-    TikTokApiError,
     TokenRefreshInProgressError,
     TokenVaultError,
-    UpstreamUnavailableError,
 )
 from tiktok_archive.models.portability import AppCredentials, HandedTokens, TokenGrant
+from tiktok_archive.models.tiktok_errors import TikTokApiError, UpstreamUnavailableError
 
 CALLER = "arn:aws:sts::123456789012:assumed-role/tiktok-archive-backend"
 OPENID = "openid-1"
@@ -194,7 +196,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     clock = Clock()
     freeze_time(monkeypatch, clock)
     metrics = CountedMetrics()
-    monkeypatch.setattr(tokens_module, "metrics", metrics)
+    monkeypatch.setattr(token_refresh, "metrics", metrics)
     journal = Journal()
     grants = FakeGrants(clock, journal)
     vault = FakeVault(journal)
@@ -1093,7 +1095,7 @@ class Invocation:
         self.park_at = park_at
         self.started = started
         self.rotations: list[tuple[str, str]] = []  # (refresh token sent, the one TikTok answered)
-        self.registry_read: set[str] = set()  # the handed tokens' digests remembered when it began
+        self.registry_read: set[str] = set()  # the digests remembered (or marked) when it began
         self.stored_when_leased: set[str] = set()  # the refresh tokens ever stored when it took the lease
         self.error: BaseException | None = None
         self.done = False
@@ -1261,7 +1263,7 @@ class LineageMachine(RuleBasedStateMachine):
         self._patch = pytest.MonkeyPatch()
         freeze_time(self._patch, self.clock)
         self.metrics = CountedMetrics()
-        self._patch.setattr(tokens_module, "metrics", self.metrics)
+        self._patch.setattr(token_refresh, "metrics", self.metrics)
         journal = Journal()
         self.model = OAuthModel()
         self.grants = ObservedGrants(self.clock, journal, self)
@@ -1303,8 +1305,10 @@ class LineageMachine(RuleBasedStateMachine):
             if successor in self.running.stored_when_leased:
                 self.violations.append(f"replayed {token}: the service had stored its successor {successor}")
         elif hashlib.sha256(token.encode()).hexdigest() in self.running.registry_read:
-            # (A handover that read the registry before a concurrent one remembered the token cannot know.)
-            self.violations.append(f"sent {token} handed over again: the registry knew it was exchanged")
+            # (A handover that read the registry before a concurrent one marked the token cannot know.)
+            self.violations.append(
+                f"sent {token} handed over again: the registry knew it was (being) exchanged"
+            )
 
     def erased(self, grant: Grant) -> None:
         token = self._refresh_of(grant)
@@ -1338,7 +1342,9 @@ class LineageMachine(RuleBasedStateMachine):
 
     def _start(self, name: str, work: Callable[[], object], park_at: str | None) -> None:
         invocation = Invocation(name, work, park_at, self.clock.monotonic())
-        invocation.registry_read = set(self.grants.handed_tokens)
+        now = self.clock.now()
+        marked = {digest for digest, (_, until) in self.grants.exchanging.items() if until > now}
+        invocation.registry_read = set(self.grants.handed_tokens) | marked
         self._run(invocation)
 
     def _hand_over_a_consent(self, park_at: str | None, named: bool, access_lifetime: int) -> str:
@@ -1411,6 +1417,7 @@ class LineageMachine(RuleBasedStateMachine):
                 # DynamoDB
                 "get",
                 "handed",
+                "begin_exchange",
                 "adopt",
                 "remember_handed",
                 "touch",

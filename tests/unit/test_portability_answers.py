@@ -15,7 +15,7 @@ from tiktok_archive.adapters.tiktok.oauth import _grant
 from tiktok_archive.adapters.tiktok.portability import PortabilityEndpoints
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
-from tiktok_archive.models.errors import TikTokApiError
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 
 ASKED = 7234567890123456789
 
@@ -89,6 +89,7 @@ OPEN_ID = open_id()
         ("has space", None),
         (12345, None),
     ],
+    ids=["tiktoks", "256 characters", "257 characters", "a space", "a number"],  # the same in every -n worker
 )
 def test_a_refresh_answer_keeps_tiktoks_open_id_only_when_it_is_one(given: object, kept: str | None) -> None:
     answer = {

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tiktok_archive.adapters.download_records import Claimed, DownloadRecords
+from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.record_conditions import condition as table_condition
 from tiktok_archive.adapters.record_items import ATTRIBUTES
+from tiktok_archive.adapters.record_writes import Claimed
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Owner, Preparation, Progress
-from tiktok_archive.models.errors import UpstreamUnavailableError
 from tiktok_archive.models.record_lifecycle import TRANSITIONS, Event, mermaid
+from tiktok_archive.models.tiktok_errors import UpstreamUnavailableError
 
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 

@@ -12,27 +12,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiktok_archive.models import webhook
-from tiktok_archive.models.errors import (
-    AppCredentialsError,
+from tiktok_archive.models import webhook_signature
+from tiktok_archive.models.errors import AppCredentialsError
+from tiktok_archive.models.inputs import INT64_MAX
+from tiktok_archive.models.webhook import (
+    AUTHORIZATION_REMOVED,
+    DOWNLOAD_READY,
+    AuthorizationRemoved,
+    DownloadReady,
+    OtherEvent,
+    parse_delivery,
+)
+from tiktok_archive.models.webhook_errors import (
     UnknownClientKeyError,
     WebhookPayloadError,
     WebhookSignatureError,
     WebhookSignatureMismatchError,
     WebhookTooLargeError,
 )
-from tiktok_archive.models.inputs import INT64_MAX
-from tiktok_archive.models.webhook import (
-    AUTHORIZATION_REMOVED,
-    DOWNLOAD_READY,
-    MAX_BODY_BYTES,
-    AuthorizationRemoved,
-    DownloadReady,
-    OtherEvent,
-    parse_delivery,
-    raw_body,
-    verify_signature,
-)
+from tiktok_archive.models.webhook_signature import MAX_BODY_BYTES, raw_body, verify_signature
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -133,7 +131,7 @@ def test_a_timestamp_beyond_the_tolerance_is_refused_before_any_hmac(
 ) -> None:
     body = ready_body()
     header = sign(SECRET, NOW + offset, body)
-    monkeypatch.setattr(webhook, "_hmac", _must_not_be_called)
+    monkeypatch.setattr(webhook_signature, "_hmac", _must_not_be_called)
     with pytest.raises(WebhookSignatureError, match=why) as raised:
         verify_signature(header, body, SECRET, now=NOW)
     assert type(raised.value) is WebhookSignatureError
@@ -320,8 +318,8 @@ def test_a_body_over_64_kib_is_refused_before_it_is_decoded_or_hashed(
     body = b"x" * (10 * MAX_BODY_BYTES)
     event_body = base64.b64encode(body).decode() if is_base64_encoded else body.decode()
     # Given decoding, encoding and HMAC that fail if used
-    monkeypatch.setattr(webhook.base64, "b64decode", _must_not_be_called)
-    monkeypatch.setattr(webhook, "_hmac", _must_not_be_called)
+    monkeypatch.setattr(webhook_signature.base64, "b64decode", _must_not_be_called)
+    monkeypatch.setattr(webhook_signature, "_hmac", _must_not_be_called)
     # When the handler's first step runs on the event, Then it refuses with 413 and nothing else ran
     with pytest.raises(WebhookTooLargeError) as raised:
         raw_body(event_body, is_base64_encoded)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.harness.archives import build_from_spec
-from tiktok_archive.models.errors import ArchiveInvalidError
+from tiktok_archive.models.tiktok_errors import ArchiveInvalidError
 from tiktok_archive.models.zip_manifest import (
     MAX_DIRECTORY_BYTES,
     MAX_ENTRIES,

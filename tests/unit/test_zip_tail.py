@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from tests.harness.archives import build_archive
-from tiktok_archive.models.errors import ArchiveInvalidError
+from tiktok_archive.models.tiktok_errors import ArchiveInvalidError
 from tiktok_archive.models.zip_tail import TAIL_BYTES, ZipTail
 
 

@@ -2,16 +2,19 @@
 
 TikTok delivers at least once and retries for up to 72 hours; a delivery is recorded by its id (the
 SHA-256 of its body) with a conditional write the moment it is verified, and marked ``queued`` once its
-work is on the lifecycle queue. A second delivery finds it and does nothing — unless the first one
-never got its work queued (its invocation failed in between): then it is queued again. Items expire
-(TTL) four days after they arrived, past TikTok's retries.
+work is on the lifecycle queue. A second delivery finds it and does nothing once that work is queued.
+While it is not, the second one is told the first is in flight (it must not be acknowledged: the first
+invocation may still die before queueing); once the first is older than any invocation of the webhook
+function lives, it died in between, and the second one queues the work again. Items expire (TTL) four
+days after they arrived, past TikTok's retries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -23,8 +26,17 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 KEEP_FOR = timedelta(days=4)
-# A delivery recorded this long ago whose work is still not queued: its invocation died in between.
-STUCK_AFTER = timedelta(seconds=60)
+# A delivery recorded this long ago whose work is still not queued: its invocation died in between
+# (the webhook function's timeout is 10 s in template.yaml).
+STUCK_AFTER = timedelta(seconds=15)
+
+
+class Arrival(enum.Enum):
+    """What recording a delivery found."""
+
+    NEW = "new"  # first seen (or its first invocation died before queueing): queue its work
+    DONE = "done"  # seen, and its work queued: a duplicate
+    IN_FLIGHT = "in_flight"  # seen moments ago, its work not queued yet: ask TikTok to deliver it again
 
 
 class WebhookDeliveries:
@@ -39,8 +51,8 @@ class WebhookDeliveries:
         self._client = client
         self._table = table
 
-    def arrived(self, delivery_id: str, event: str) -> bool:
-        """Record the delivery; False when it arrived before and its work was queued (a duplicate).
+    def arrived(self, delivery_id: str, event: str) -> Arrival:
+        """Record the delivery, and say whether it is new, done or in flight.
 
         Raises:
             RecordStoreError: DynamoDB failed.
@@ -65,14 +77,17 @@ class WebhookDeliveries:
                     ":received": {"S": "received"},
                     ":stuck": {"N": str(int((now - STUCK_AFTER).timestamp()))},
                 },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
             if is_condition_failure(error):
-                return False
+                first: Any = error.response.get("Item") or {}
+                state = first.get("state", {}).get("S")
+                return Arrival.IN_FLIGHT if state == "received" else Arrival.DONE
             raise store_error("PutItem", error) from None
         except BotoCoreError as error:
             raise store_error("PutItem", error) from None
-        return True
+        return Arrival.NEW
 
     def queued(self, delivery_id: str) -> None:
         """Mark the delivery's work queued (never raises: a later duplicate would queue it again)."""

@@ -37,13 +37,14 @@ from tiktok_archive.models.portability import (
 )
 from tiktok_archive.observability import hide, logger
 from tiktok_archive.runtime import (
-    download_service,
-    lifecycle_queue,
+    add_request,
+    caller_downloads,
+    cancel_request,
     record_queries,
-    request_lifecycle,
     start_invocation,
     unit_of_work,
 )
+from tiktok_archive.runtime_adapters import lifecycle_queue
 
 app = APIGatewayRestResolver()
 answer_errors(
@@ -64,9 +65,9 @@ def create_download() -> Response[str]:
     request_id = parse_request_id(body.get("request_id"))
     handed = parse_handed_tokens(body)
     if not prefers_async(event.headers.get("Prefer")):
-        answer = download_service().download(caller, request_id, handed, _deadline())
+        answer = caller_downloads().download(caller, request_id, handed, _deadline())
         return json_answer(HTTPStatus.OK, answer.to_body())
-    answer = download_service().queue(caller, request_id, handed, _deadline())
+    answer = caller_downloads().queue(caller, request_id, handed, _deadline())
     if answer.record.status is DownloadStatus.COMPLETED:
         return json_answer(HTTPStatus.OK, answer.to_body())  # nothing left to wait for (RFC 7240 allows it)
     location = f"{event.request_context.path.rstrip('/')}/{request_id}"
@@ -88,7 +89,7 @@ def create_request() -> Response[str]:
     event = app.current_event
     caller = _caller()
     new = parse_new_request(_json_body(required=True))
-    record = request_lifecycle().add(caller, new, _deadline())
+    record = add_request().add(caller, new, _deadline())
     location = f"{event.request_context.path.rstrip('/').rsplit('/', 1)[0]}/downloads/{record.request_id}"
     return json_answer(HTTPStatus.ACCEPTED, record.to_body(), {"Location": location})
 
@@ -97,7 +98,7 @@ def create_request() -> Response[str]:
 def cancel_download(request_id: str) -> Response[str]:
     """Cancel the caller's request: at TikTok while it can be, and here for good (no link ever again)."""
     caller, wanted = _caller(), parse_request_id(request_id)
-    record = request_lifecycle().cancel(caller, wanted, _deadline())
+    record = cancel_request().cancel(caller, wanted, _deadline())
     return json_answer(HTTPStatus.OK, record.to_body())
 
 

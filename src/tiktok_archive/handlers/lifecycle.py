@@ -1,6 +1,7 @@
 """Lifecycle queue entry point: status checks of waiting requests, webhook work, and users' purges.
 
-Thin on purpose: each message is parsed and handed to :class:`RequestLifecycle` or :class:`UserPurge`.
+Thin on purpose: each message is parsed and handed to its use case (:class:`StatusChecks`,
+:class:`ArchiveReady`, :class:`UserPurge`).
 Two things are the trigger's own:
 
 - pacing: one invocation makes at most one status check per ``STATUS_POLL_PACE_MS``; with the template's
@@ -40,14 +41,8 @@ from tiktok_archive.models.messages import (
     parse_lifecycle_message,
 )
 from tiktok_archive.observability import logger
-from tiktok_archive.runtime import (
-    message_visibility,
-    request_lifecycle,
-    settings,
-    start_invocation,
-    unit_of_work,
-    user_purge,
-)
+from tiktok_archive.runtime import archive_ready, start_invocation, status_checks, unit_of_work, user_purge
+from tiktok_archive.runtime_adapters import message_visibility, settings
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -98,11 +93,11 @@ def _work(message: LifecycleMessage) -> None:
     deadline = unit_of_work(_invocation.deadline)  # each message: a unit of work of its own
     if isinstance(message, StatusCheck):
         _invocation.pace()
-        outcome = request_lifecycle().check(message.request_id, message.seq, deadline)
+        outcome = status_checks().check(message.request_id, message.seq, deadline)
         if outcome.rate_limited_for:
             _invocation.paused_until = time.monotonic() + outcome.rate_limited_for
     elif isinstance(message, ArchiveReadyWork):
-        request_lifecycle().archive_ready(message)
+        archive_ready().queue(message)
     elif isinstance(message, AuthorizationRemovedWork):
         user_purge().authorization_removed(message.user_openid, message.reason)
     elif isinstance(message, EraseUser):

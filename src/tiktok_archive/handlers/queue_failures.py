@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.observability import logger
-from tiktok_archive.runtime import message_visibility
+from tiktok_archive.runtime_adapters import message_visibility
 
 
 def settle(error: ServiceError, record: SQSRecord, fields: dict[str, Any], *, postpone: bool) -> None:

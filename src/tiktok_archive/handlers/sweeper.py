@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.observability import logger, metrics
-from tiktok_archive.runtime import request_lifecycle, start_invocation
+from tiktok_archive.runtime import start_invocation, status_checks
 
 OVERDUE_FOR = timedelta(minutes=10)
 
@@ -24,7 +24,7 @@ OVERDUE_FOR = timedelta(minutes=10)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     """Lambda entry point for the sweeper's schedule."""
     start_invocation(context)
-    redriven = request_lifecycle().redrive(OVERDUE_FOR)
+    redriven = status_checks().redrive(OVERDUE_FOR)
     metrics.add_metric(name="ChecksRedriven", unit=MetricUnit.Count, value=redriven)
     logger.info("sweep done", extra={"redriven": redriven})
     return {"redriven": redriven}

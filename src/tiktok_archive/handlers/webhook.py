@@ -18,8 +18,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tiktok_archive.handlers.entry import lambda_entry
 from tiktok_archive.handlers.http_answers import answer_errors, json_answer
-from tiktok_archive.models.errors import WebhookSignatureError
-from tiktok_archive.models.webhook import SIGNATURE_HEADER, raw_body
+from tiktok_archive.models.webhook_errors import WebhookSignatureError
+from tiktok_archive.models.webhook_signature import SIGNATURE_HEADER, raw_body
 from tiktok_archive.runtime import start_invocation, webhook_receiver
 
 app = APIGatewayRestResolver()

@@ -7,11 +7,13 @@ live lineage (the backend's copy is dead) and the grant is ``user <caller> <open
 joined when the caller already has one for that user (the newest lineage wins). A caller's ``open_id``
 is only compared with TikTok's; when they differ nothing is kept.
 
-The same refresh token handed over again (a backend retrying a request whose answer it lost) is not sent
-to TikTok, which would refuse it: the grant it went into the first time is joined (see
-``Grants.handed``). A token exchanged before is never sent again: when its grant is gone, or another
-caller hands it over, only the user's new consent helps. Without a refresh token the user stays unknown:
-the access token is kept only for the request it comes with, as long as it lives.
+A refresh token is sent to TikTok once only (see :class:`HandedRegistry`): before exchanging it, the
+handover marks it as being exchanged (a conditional put). The same token handed over again — a backend
+retrying a request whose answer it lost — joins the grant it went into instead; when it comes while the
+first handover is still exchanging it, it waits for that one's result. A token exchanged before is never
+sent again: when its grant is gone, or another caller hands it over, only the user's new consent helps.
+One that nobody exchanged and TikTok refuses is answered at once. Without a refresh token the user stays
+unknown: the access token is kept only for the request it comes with, as long as it lives.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TypeVar
 
+from tiktok_archive.adapters.grant_items import Exchanged
 from tiktok_archive.adapters.grants import Grants, request_grant_id, user_grant_id
 from tiktok_archive.logic.tokens import TokenService, handed_access_token
 from tiktok_archive.models.deadline import Deadline
@@ -29,14 +33,19 @@ from tiktok_archive.models.errors import (
     OpenIdMismatchError,
     ReauthorizationRequiredError,
     ServiceError,
+    TokenRefreshInProgressError,
 )
 from tiktok_archive.models.portability import HandedTokens, TokenGrant
 from tiktok_archive.observability import logger
 
 T = TypeVar("T")
-# A refresh token TikTok refused may be one that a concurrent handover of the same tokens just exchanged:
-# its grant is looked for this long before the refusal stands.
-WAIT_FOR_CONCURRENT_HANDOVER_SECONDS = 3.0
+# A handover marks the refresh token it exchanges until its deadline and this long after (a store begun
+# before the deadline may end in the invocation's margin): until then a concurrent handover of the same
+# token waits for its result. The mark of a handover that died lapses by itself.
+EXCHANGE_OUTLIVES_DEADLINE = timedelta(seconds=30)
+# How long a handover waits for a concurrent one's exchange of the same token before answering
+# ``token_refresh_in_progress`` (the caller sends the same body again).
+WAIT_FOR_CONCURRENT_HANDOVER_SECONDS = 6.0
 _EXCHANGED_BEFORE = (
     "this refresh token was exchanged at TikTok before (refresh tokens rotate) and the service holds its "
     "tokens no longer for this caller; the user must consent again"
@@ -86,23 +95,33 @@ class TokenHandover:
             OpenIdMismatchError: TikTok named another user than the caller's ``open_id``; nothing kept.
             ReauthorizationRequiredError: TikTok refused the refresh token, or it was exchanged before
                 (by another caller, or into a grant since gone: it is not sent again); nothing kept.
+            TokenRefreshInProgressError: another handover of the same refresh token is still exchanging
+                it after :data:`WAIT_FOR_CONCURRENT_HANDOVER_SECONDS`; nothing kept (ask again).
             AppCredentialsError / TikTokApiError / ServiceError: TikTok or AWS failed; nothing kept
                 (a lineage TikTok rotated but that could not be stored is logged as lost).
         """
         if handed.refresh_token is None:
             return Holding(handed.access_token, None, None, handed_access_token(handed.access_token))
         digest = hashlib.sha256(handed.refresh_token.encode()).hexdigest()
-        known = self._grants.handed(digest)
-        if known is not None:
-            return self._join_handed(caller, known, handed, deadline)
+        found = self._exchange_or_find(digest, deadline)
+        if isinstance(found, Exchanged):
+            return self._join_handed(caller, found, handed, deadline)
+        owner = found
         try:
             fresh = self._tokens.refresh_handed(handed.refresh_token, deadline)
-        except ReauthorizationRequiredError:
-            known = self._wait_for_concurrent(digest, deadline)
-            if known is None:
-                raise
-            return self._join_handed(caller, known, handed, deadline)
-        return self._keep_fresh(caller, digest, handed, fresh, deadline)
+            holding = self._keep_fresh(caller, handed, fresh, deadline)
+        except BaseException:
+            self._grants.end_exchange(digest, owner)  # nothing was kept: refused, mixed up, or lost
+            raise
+        if holding.grant_id is None:
+            self._grants.end_exchange(digest, owner)  # the tokens wait for their request's own grant
+            return holding
+        try:
+            self._grants.remember_handed(digest, holding.grant_id, caller)
+        except ServiceError as error:
+            logger.warning("handed-over token not remembered", extra=error.log_fields())
+            self._grants.end_exchange(digest, owner)
+        return holding
 
     def act(self, holding: Holding, deadline: Deadline, use: Callable[[str], T]) -> T:
         """``use(token)`` with the holding's access token.
@@ -128,8 +147,36 @@ class TokenHandover:
         self._tokens.keep(grant_id, caller, None, kept, deadline)
         return grant_id
 
+    def _exchange_or_find(self, digest: str, deadline: Deadline) -> Exchanged | str:
+        """Begin exchanging a handed-over refresh token (the mark's owner), or where it went before.
+
+        A concurrent handover of the same token is exchanging it: its result is waited for (the grant
+        it stored, or its mark dropped — then the token is ours to exchange).
+
+        Raises:
+            TokenRefreshInProgressError: the concurrent handover did not finish within the wait.
+            RecordStoreError: DynamoDB failed (nothing was sent to TikTok).
+        """
+        waited = Deadline.after(min(WAIT_FOR_CONCURRENT_HANDOVER_SECONDS, max(0.0, deadline.remaining())))
+        lease = timedelta(seconds=max(0.0, deadline.remaining())) + EXCHANGE_OUTLIVES_DEADLINE
+        while True:
+            found = self._grants.handed(digest)
+            if isinstance(found, Exchanged):
+                return found
+            if found is None:
+                owner = self._grants.begin_exchange(digest, lease)
+                if owner is not None:
+                    return owner
+                # Another handover of it began between our read and our mark: its result is awaited.
+            if waited.expired():
+                raise TokenRefreshInProgressError(
+                    "another request is handing over the same refresh token right now; send the same "
+                    "body again in a moment"
+                )
+            time.sleep(0.25)
+
     def _keep_fresh(
-        self, caller: str, digest: str, handed: HandedTokens, fresh: TokenGrant, deadline: Deadline
+        self, caller: str, handed: HandedTokens, fresh: TokenGrant, deadline: Deadline
     ) -> Holding:
         user = fresh.open_id
         if handed.open_id is not None and user is not None and handed.open_id != user:
@@ -150,15 +197,11 @@ class TokenHandover:
             return Holding(fresh.access_token, None, None, fresh)
         grant_id = user_grant_id(caller, user)
         self._tokens.keep(grant_id, caller, user, fresh, deadline)
-        try:
-            self._grants.remember_handed(digest, grant_id, caller)
-        except ServiceError as error:
-            logger.warning("handed-over token not remembered", extra=error.log_fields())
         logger.info("user's tokens handed over", extra={"grant_id": grant_id})
         return Holding(fresh.access_token, grant_id, user)
 
     def _join_handed(
-        self, caller: str, known: tuple[str, str], handed: HandedTokens, deadline: Deadline
+        self, caller: str, known: Exchanged, handed: HandedTokens, deadline: Deadline
     ) -> Holding:
         """The holding of a refresh token exchanged before (``known``: its grant and caller).
 
@@ -168,8 +211,7 @@ class TokenHandover:
             ReauthorizationRequiredError: another caller exchanged it, or its grant is gone.
             OpenIdMismatchError: the caller's ``open_id`` is not the grant's user.
         """
-        grant_id, exchanged_by = known
-        grant = self._tokens.find(grant_id) if exchanged_by == caller else None
+        grant = self._tokens.find(known.grant_id) if known.caller == caller else None
         if grant is None or grant.user_openid is None:
             raise ReauthorizationRequiredError(_EXCHANGED_BEFORE)
         if handed.open_id is not None and handed.open_id != grant.user_openid:
@@ -181,12 +223,3 @@ class TokenHandover:
             raise ReauthorizationRequiredError(_EXCHANGED_BEFORE)
         token = self._tokens.access_token(grant.grant_id, deadline)
         return Holding(token, grant.grant_id, grant.user_openid, joined=True)
-
-    def _wait_for_concurrent(self, digest: str, deadline: Deadline) -> tuple[str, str] | None:
-        """After TikTok refused the refresh token: a concurrent handover of it may be storing its grant."""
-        waited = Deadline.after(min(WAIT_FOR_CONCURRENT_HANDOVER_SECONDS, max(0.0, deadline.remaining())))
-        while True:
-            known = self._grants.handed(digest)
-            if known is not None or waited.expired():
-                return known
-            time.sleep(0.25)

@@ -18,9 +18,9 @@ from tiktok_archive.models.errors import (
     DownloadNotFoundError,
     RequestCancelledError,
     RequestExpiredError,
-    TikTokApiError,
 )
 from tiktok_archive.models.portability import RequestStatus, TikTokStatus
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 from tiktok_archive.observability import logger
 
 # A TikTok answer that says "this token's user does not own this request": the same 404 as an

@@ -25,9 +25,10 @@ from datetime import datetime
 
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.download_events import DownloadEvents
-from tiktok_archive.adapters.download_records import DownloadRecords, Unchanged
+from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.grants import Grants, request_grant_id, user_grant_id
 from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
+from tiktok_archive.adapters.record_writes import Unchanged
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.grant_release import needs_grant
 from tiktok_archive.logic.ownership import NOT_OWNED, logged_as
@@ -37,8 +38,9 @@ from tiktok_archive.models.clock import utc_now as _now  # tests freeze this mod
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
-from tiktok_archive.models.errors import ReauthorizationRequiredError, TikTokApiError
+from tiktok_archive.models.errors import ReauthorizationRequiredError
 from tiktok_archive.models.messages import EraseUser, PurgeAgain, RevokeAtTikTok
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 from tiktok_archive.observability import logger
 
 SECOND_PASS_AFTER = MAX_DELAY_SECONDS

@@ -16,7 +16,8 @@ from tiktok_archive.adapters.s3_archive_store import PartListener, S3ArchiveStor
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
-from tiktok_archive.models.errors import ServiceError, UnexpectedError, UpstreamStreamBrokenError
+from tiktok_archive.models.errors import ServiceError, UnexpectedError
+from tiktok_archive.models.tiktok_errors import UpstreamStreamBrokenError
 from tiktok_archive.models.zip_manifest import MAX_DIRECTORY_BYTES, build_manifest
 from tiktok_archive.models.zip_tail import ZipTail
 from tiktok_archive.observability import SERVICE, logger, metrics

@@ -3,8 +3,8 @@
 :class:`WebhookReceiver` is what ``POST /webhooks/tiktok`` does with a delivery: the signature is checked
 with the app's client secret (read again once when it does not match, in case the secret was rotated),
 the event parsed, the delivery recorded by its id (a duplicate stops there), and the work put on the
-lifecycle queue, where :class:`RequestLifecycle` does it. It answers within one DynamoDB write and one
-SQS message; nothing slow happens while TikTok waits for its 200.
+lifecycle queue, where :class:`ArchiveReady` (or :class:`UserPurge`) does it. It answers within one
+DynamoDB write and one SQS message; nothing slow happens while TikTok waits for its 200.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
-from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
-from tiktok_archive.models.errors import ServiceError, WebhookSignatureMismatchError
+from tiktok_archive.adapters.webhook_deliveries import Arrival, WebhookDeliveries
+from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.models.messages import ArchiveReadyWork, AuthorizationRemovedWork
 from tiktok_archive.models.webhook import (
     AUTHORIZATION_REMOVED,
@@ -22,8 +22,9 @@ from tiktok_archive.models.webhook import (
     AuthorizationRemoved,
     DownloadReady,
     parse_delivery,
-    verify_signature,
 )
+from tiktok_archive.models.webhook_errors import DeliveryInFlightError, WebhookSignatureMismatchError
+from tiktok_archive.models.webhook_signature import verify_signature
 from tiktok_archive.observability import logger
 
 
@@ -79,11 +80,17 @@ class WebhookReceiver:
             logger.info("webhook event not acted on", extra={"webhook_event": event.event})
             return "ignored"
         deliveries = self._deliveries()
-        if not deliveries.arrived(event.delivery_id, name):
+        arrival = deliveries.arrived(event.delivery_id, name)
+        if arrival is Arrival.DONE:
             logger.info(
                 "webhook delivered again; its work was done", extra={"delivery_id": event.delivery_id}
             )
             return "duplicate"
+        if arrival is Arrival.IN_FLIGHT:
+            raise DeliveryInFlightError(
+                "this delivery arrived moments ago and its work is being queued; deliver it again later",
+                retry_after="15",
+            )
         try:
             self._queue().send(work)
         except ServiceError:

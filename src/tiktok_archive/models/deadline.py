@@ -23,16 +23,27 @@ class Deadline:
     deadline, so no path can run into Lambda's own timeout, which kills the process without cleanup.
     """
 
-    def __init__(self, at: float, attempts: int | None = None) -> None:
+    def __init__(self, at: float, attempts: int | None = None, *, unit: Deadline | None = None) -> None:
         self._at = at
         self._attempts = attempts
+        self._unit = unit  # whose attempts this one draws (a shorter deadline of the same unit)
 
     def unit(self, attempts: int) -> Deadline:
         """A unit of work on this deadline (the same moment) that may make ``attempts`` attempts."""
         return Deadline(self._at, max(1, attempts))
 
+    def within(self, seconds: float) -> Deadline:
+        """The same unit, its deadline brought no later than ``seconds`` from now (its attempts shared).
+
+        For a part of the work that must end sooner (a refresh within its lease): what it tries draws
+        from the unit's count of attempts, as the rest of the unit's work does.
+        """
+        return Deadline(min(self._at, time.monotonic() + seconds), unit=self._unit or self)
+
     def take_attempt(self) -> bool:
         """Spend one of the unit's attempts; False (nothing spent) when none is left."""
+        if self._unit is not None:
+            return self._unit.take_attempt()
         if self._attempts is None:
             return True
         if self._attempts <= 0:
@@ -43,7 +54,7 @@ class Deadline:
     @property
     def attempts_left(self) -> int | None:
         """The unit's attempts still allowed (None: not counted)."""
-        return self._attempts
+        return self._unit.attempts_left if self._unit is not None else self._attempts
 
     @classmethod
     def after(cls, seconds: float) -> Deadline:

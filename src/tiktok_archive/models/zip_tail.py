@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from tiktok_archive.models.errors import ArchiveInvalidError
+from tiktok_archive.models.tiktok_errors import ArchiveInvalidError
 from tiktok_archive.models.zip_manifest import CENTRAL_HEADER_SIGNATURE, DirectoryLocation
 
 EOCD_SIGNATURE = b"PK\x05\x06"

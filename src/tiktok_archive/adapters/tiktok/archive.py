@@ -35,12 +35,8 @@ from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 from tiktok_archive.adapters.tiktok.budget import AttemptBudget
 from tiktok_archive.adapters.tiktok.transport import MAX_DOCUMENT_BYTES, Transport, tiktok_failure
 from tiktok_archive.models.download import DownloadRequest
-from tiktok_archive.models.errors import (
-    ArchiveTruncatedError,
-    DeadlineExceededError,
-    ServiceError,
-    UpstreamStreamBrokenError,
-)
+from tiktok_archive.models.errors import DeadlineExceededError, ServiceError
+from tiktok_archive.models.tiktok_errors import ArchiveTruncatedError, UpstreamStreamBrokenError
 from tiktok_archive.models.zip_tail import ZipTail
 from tiktok_archive.observability import logger, tracer
 

@@ -25,14 +25,9 @@ from tiktok_archive.adapters.tiktok.transport import (
     read_document,
     tiktok_failure,
 )
-from tiktok_archive.models.errors import (
-    AppCredentialsError,
-    ReauthorizationRequiredError,
-    ServiceError,
-    TikTokApiError,
-    UpstreamBadResponseError,
-)
+from tiktok_archive.models.errors import AppCredentialsError, ReauthorizationRequiredError, ServiceError
 from tiktok_archive.models.portability import AppCredentials, TokenGrant, is_open_id
+from tiktok_archive.models.tiktok_errors import TikTokApiError, UpstreamBadResponseError
 from tiktok_archive.observability import hide, tracer
 
 TOKEN_PATH = "/v2/oauth/token/"  # noqa: S105 - a path, not a password

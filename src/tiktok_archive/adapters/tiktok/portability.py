@@ -17,9 +17,9 @@ from tiktok_archive.adapters.tiktok.transport import (
     tiktok_failure,
 )
 from tiktok_archive.models.download import DownloadRequest
-from tiktok_archive.models.errors import UpstreamBadResponseError
 from tiktok_archive.models.inputs import INT64_MAX, is_int_in
 from tiktok_archive.models.portability import RequestStatus
+from tiktok_archive.models.tiktok_errors import UpstreamBadResponseError
 from tiktok_archive.observability import tracer
 
 ADD_PATH = "/v2/user/data/add/?fields=request_id"

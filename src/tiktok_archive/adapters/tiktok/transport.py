@@ -18,9 +18,8 @@ from urllib3.exceptions import HTTPError, MaxRetryError
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 
 from tiktok_archive.adapters.tiktok.budget import AttemptBudget, BudgetedRetry
-from tiktok_archive.models.errors import (
-    DeadlineExceededError,
-    ServiceError,
+from tiktok_archive.models.errors import DeadlineExceededError, ServiceError
+from tiktok_archive.models.tiktok_errors import (
     TikTokApiError,
     UpstreamBadResponseError,
     UpstreamUnavailableError,

@@ -1,18 +1,18 @@
-"""A portability request from consent to archive: add it, wait for TikTok, hand it to the download, cancel.
+"""Waiting for TikTok without anyone polling: a waiting request's status checks, and TikTok's ``ready``.
 
-:class:`RequestLifecycle` is the service behind ``POST /requests``, ``DELETE /downloads/{id}`` and the
-lifecycle queue. It knows nothing of API Gateway or SQS events, and nothing of how an archive is
-streamed (that is :class:`DownloadService`'s one download).
+Each added request is checked on a :class:`Schedule` — first after ``STATUS_POLL_INITIAL_SECONDS``,
+then twice as long after each check up to ``STATUS_POLL_MAX_SECONDS`` — by a chain of delayed queue
+messages, one message per check (see :class:`LifecycleQueue`). A check sends the next one before it
+records itself, so a failed write repeats a check rather than breaking the chain; the record's
+``poll_seq`` makes any other check stale. TikTok's answer moves the request on: ``downloading`` queues
+the download (once: the record's claim), ``expired`` / ``cancelled`` end it; a 429 slows its schedule;
+after ``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The sweeper re-drives a chain that was lost.
 
-Waiting without anyone polling: each added request is checked on a schedule — first after
-``STATUS_POLL_INITIAL_SECONDS``, then twice as long after each check up to ``STATUS_POLL_MAX_SECONDS`` —
-by a chain of delayed queue messages, one message per check (see :class:`LifecycleQueue`). A check sends
-the next one before it records itself, so a failed write repeats a check rather than breaking the
-chain; the record's ``poll_seq`` makes any other check stale. TikTok's answer moves the request on:
-``downloading`` queues the download (once: the record's claim), ``expired`` / ``cancelled`` end it; a 429
-slows its schedule; after ``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The user's tokens come from their
-grant, refreshed on the way (:class:`TokenService`); a request that ends releases its grant when no other
-request needs it (:func:`release_grant`).
+TikTok's ``portability.download.ready`` webhook ends the wait too (:class:`ArchiveReady`): the download
+is queued at once and the schedule's next check finds itself stale.
+
+The user's tokens come from their grant, refreshed on the way (:class:`TokenService`); a request that
+ends releases its grant when no other request needs it (:func:`release_grant`).
 """
 
 from __future__ import annotations
@@ -23,30 +23,22 @@ from datetime import UTC, datetime, timedelta
 
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
-from tiktok_archive.adapters.download_records import DownloadRecords, Unchanged
+from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
+from tiktok_archive.adapters.record_writes import Unchanged
 from tiktok_archive.adapters.tiktok import TikTokClient
-from tiktok_archive.logic.downloads import QUEUED_LEASE
-from tiktok_archive.logic.grant_release import release_grant, release_unneeded
-from tiktok_archive.logic.handover import Holding, TokenHandover
+from tiktok_archive.logic.grant_release import release_grant
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, logged_as
-from tiktok_archive.logic.queries import RecordQueries
+from tiktok_archive.logic.queued_downloads import QUEUED_LEASE
 from tiktok_archive.logic.tokens import TokenService
-from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.clock import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
-from tiktok_archive.models.download_record import ENDED, DownloadRecord, DownloadStatus, Preparation
-from tiktok_archive.models.errors import (
-    DownloadNotFoundError,
-    PreparationTimedOutError,
-    ReauthorizationRequiredError,
-    RecordStoreError,
-    ServiceError,
-    TikTokApiError,
-)
+from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
+from tiktok_archive.models.errors import DownloadNotFoundError, PreparationTimedOutError, ServiceError
 from tiktok_archive.models.messages import ArchiveReadyWork
-from tiktok_archive.models.portability import NewRequest, RequestStatus, TikTokStatus
+from tiktok_archive.models.portability import RequestStatus, TikTokStatus
+from tiktok_archive.models.tiktok_errors import TikTokApiError
 from tiktok_archive.observability import logger
 
 # A ready archive's job waits this long before a repeated trigger may queue it again.
@@ -77,18 +69,16 @@ class CheckOutcome:
     rate_limited_for: int | None = None
 
 
-class RequestLifecycle:
-    """Adds requests at TikTok, follows their preparation, and cancels them.
+class StatusChecks:
+    """Checks waiting requests at TikTok on their schedule, and re-drives checks the schedule lost.
 
     Args:
         tiktok: TikTok's portability endpoints.
         records: the downloads table.
         tokens: users' grants.
-        handover: takes the tokens a caller hands over.
         events: publishes state changes.
-        queue: the lifecycle queue (status checks).
+        queue: the lifecycle queue (the chain of checks).
         jobs: the download queue, built on first use.
-        transfer: deletes a cancelled request's stored archive.
         schedule: the status checks' timing.
     """
 
@@ -97,95 +87,19 @@ class RequestLifecycle:
         tiktok: TikTokClient,
         records: DownloadRecords,
         tokens: TokenService,
-        handover: TokenHandover,
         events: DownloadEvents,
         queue: LifecycleQueue,
         jobs: Callable[[], DownloadJobs],
-        transfer: ArchiveTransfer,
         schedule: Schedule,
     ) -> None:
         self._tiktok = tiktok
         self._records = records
         self._tokens = tokens
-        self._handover = handover
         self._events = events
         self._queue = queue
         self._jobs = jobs
-        self._transfer = transfer
         self._schedule = schedule
-        self._queries = RecordQueries(records, transfer)
 
-    # -- POST /requests ------------------------------------------------------------------------------
-    def add(self, caller: str, new: NewRequest, deadline: Deadline) -> DownloadRecord:
-        """Take the user's tokens, add a data request at TikTok, start waiting; the record is ``caller``'s.
-
-        Returns:
-            the ``waiting`` record.
-
-        Raises:
-            OpenIdMismatchError / ReauthorizationRequiredError: TikTok named another user, or refused
-                the refresh token (see :meth:`TokenHandover.take`); nothing was added.
-            TikTokApiError: TikTok refused the Add (``scope_permission_missed`` once a ``*.single``
-                scope was used …); nothing was added.
-            RecordStoreError / TokenVaultError: TikTok accepted the request but it could not be kept;
-                the message names the ``request_id`` so that it can still be downloaded.
-        """
-        holding = self._handover.take(caller, new.tokens, deadline)
-        try:
-            request_id = self._handover.act(
-                holding,
-                deadline,
-                lambda token: self._tiktok.add_request(
-                    token, new.data_format, list(new.categories), deadline
-                ),
-            )
-        except ServiceError as error:
-            # TikTok refused for good: a grant made for this request alone is not kept. A transient
-            # failure keeps it, so that the caller's retry (with the same, now rotated, tokens) joins it.
-            if not error.is_transient:
-                release_unneeded(self._records, self._tokens, holding.grant_id, caller, holding.user_openid)
-            raise
-        with logged_as(request_id):
-            logger.info("TikTok accepted the data request")
-            try:
-                record = self._keep(caller, request_id, new, holding, deadline)
-            except ServiceError as error:
-                logger.error("added request not kept", extra=error.log_fields())
-                raise type(error)(
-                    f"TikTok accepted request_id {request_id}, but it could not be kept ({error.message}); "
-                    f"POST /downloads with this request_id once TikTok has prepared it"
-                ) from None
-            try:
-                self._queue.schedule_check(request_id, 0, self._schedule.initial)
-            except ServiceError as error:
-                # The record is waiting with its next check due: the sweeper re-drives it.
-                logger.error("first status check not scheduled", extra=error.log_fields())
-            self._events.publish(record)
-            return record
-
-    def _keep(
-        self, caller: str, request_id: int, new: NewRequest, holding: Holding, deadline: Deadline
-    ) -> DownloadRecord:
-        grant_id = self._handover.keep_for_request(caller, holding, request_id, deadline)
-        now = _now()
-        created = self._records.create_waiting(
-            request_id,
-            caller=caller,
-            grant_id=grant_id,
-            user_openid=holding.user_openid,
-            preparation=Preparation(
-                data_format=new.data_format,
-                categories=new.categories,
-                next_check_at=now + timedelta(seconds=self._schedule.initial),
-                give_up_at=now + self._schedule.give_up_after,
-            ),
-            poll_interval=self._schedule.initial,
-        )
-        if isinstance(created, Unchanged):  # TikTok handed out an id the service already knows
-            raise RecordStoreError(f"request_id {request_id} already has a record")
-        return created
-
-    # -- the schedule ----------------------------------------------------------------------------
     def check(self, request_id: int, seq: int, deadline: Deadline) -> CheckOutcome:
         """Status check number ``seq`` of a waiting request (a lifecycle queue message).
 
@@ -309,9 +223,25 @@ class RequestLifecycle:
                 logger.warning("status check re-driven: the schedule had lost it")
         return len(late)
 
-    # -- TikTok's webhooks ---------------------------------------------------------------------------
-    def archive_ready(self, work: ArchiveReadyWork) -> str:
-        """TikTok announced the archive ready: a waiting request's download is queued now.
+
+class ArchiveReady:
+    """TikTok announced an archive ready (its webhook): the waiting request's download is queued now.
+
+    Args:
+        records: the downloads table.
+        events: publishes state changes.
+        jobs: the download queue, built on first use.
+    """
+
+    def __init__(
+        self, records: DownloadRecords, events: DownloadEvents, jobs: Callable[[], DownloadJobs]
+    ) -> None:
+        self._records = records
+        self._events = events
+        self._jobs = jobs
+
+    def queue(self, work: ArchiveReadyWork) -> str:
+        """Queue the download of the request TikTok announced ready, if it is waiting.
 
         A webhook that names the user records them on a request whose user was not known (TikTok's
         word: the user's purge then finds it).
@@ -340,56 +270,6 @@ class RequestLifecycle:
             logger.info("archive ready (webhook); download queued, status checks stopped")
             self._events.publish(queued)
             return "queued"
-
-    # -- DELETE /downloads/{id} ---------------------------------------------------------------------
-    def cancel(self, caller: str, request_id: int, deadline: Deadline) -> DownloadRecord:
-        """Cancel ``caller``'s request: at TikTok, with the tokens the service holds, and here for good.
-
-        The polling stops, the stored archive (if any) and open uploads are deleted, a running download
-        stops at its next progress report and leaves nothing, the record says ``cancelled`` and the grant
-        is released when no other request needs it. Idempotent: a second call answers the same.
-
-        Raises:
-            DownloadNotFoundError: no record, or another caller's (the same answer); nothing changed.
-            TikTokApiError / ServiceError: TikTok could not cancel (a rate limit, TikTok failing);
-                nothing changed: ask again.
-        """
-        with logged_as(request_id):
-            record = self._queries.owned(caller, request_id)
-            if record.status in ENDED:
-                if record.status is not DownloadStatus.EXPIRED:
-                    self._transfer.discard(request_id)  # in case an earlier delete failed
-                return record
-            if record.grant_id is not None and record.status is not DownloadStatus.COMPLETED:
-                self._cancel_at_tiktok(record.grant_id, request_id, deadline)
-            ended = self._records.end(request_id, DownloadStatus.CANCELLED)
-            self._transfer.discard(request_id)
-            if isinstance(ended, Unchanged):
-                return ended.record
-            logger.info("request cancelled", extra={"was": record.status.value})
-            self._events.publish(ended)
-            release_grant(self._records, self._tokens, ended)
-            return ended
-
-    def _cancel_at_tiktok(self, grant_id: str, request_id: int, deadline: Deadline) -> None:
-        """Cancel at TikTok with the user's tokens; a request TikTok already ended is fine."""
-        try:
-            self._tokens.with_access_token(
-                grant_id,
-                deadline,
-                lambda token: self._tiktok.cancel_request(DownloadRequest(request_id, token), deadline),
-            )
-        except TikTokApiError as error:
-            if error.is_transient:
-                raise  # TikTok is busy or failing: nothing changed, the caller asks again
-            # Already ended at TikTok (invalid_params), or the held tokens refused (a scope withdrawn, a
-            # token TikTok will not take): cancelled here all the same; TikTok expires its request.
-            logger.info("not cancelled at TikTok; cancelled here", extra=error.log_fields())
-            return
-        except ReauthorizationRequiredError:
-            logger.warning("the user's tokens are gone: the request is cancelled here, TikTok expires it")
-            return
-        logger.info("request cancelled at TikTok")
 
 
 def _moment(seconds: int | None) -> datetime | None:
