@@ -58,8 +58,11 @@ demo: $(BIN)/.installed  ## Run the whole job against moto server and the TikTok
 serve: $(BIN)/.installed  ## The API on a local port for curl (PORT=8080 to choose it), moto and the TikTok emulator behind it.
 	PYTHONPATH=src $(BIN)/python -m tests.harness.serve
 
-test: $(BIN)/.installed  ## The whole suite (what CI runs; about 12 minutes).
-	$(BIN)/pytest
+# `make test` runs on two processes (pytest-xdist), each with its own moto server and emulator;
+# TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
+test: $(BIN)/.installed  ## The whole suite on two processes (what CI runs; about MINUTES minutes).
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-unit: $(BIN)/.installed  ## The fast tier: logic, models and parsers with in-memory fakes (under a minute).
 	$(BIN)/pytest tests/unit

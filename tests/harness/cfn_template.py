@@ -510,6 +510,18 @@ _LAMBDA_RESERVED = frozenset(
     }
 )
 _SERVERLESS_FUNCTION = "AWS::Serverless::Function"
+
+
+@dataclass(frozen=True)
+class SqsEventSource:
+    """A function's ``Type: SQS`` event: Lambda polls ``queue`` (a logical id) for ``function``."""
+
+    function: str
+    queue: str
+    batch_size: int
+    reports_batch_item_failures: bool
+
+
 # SAM's transform wants S3 URIs for code; a local path is replaced, as `sam validate` does.
 _LOCAL_URI_PROPERTIES = {
     "AWS::Serverless::Function": "CodeUri",
@@ -694,6 +706,36 @@ class Template:
     def function_memory(self, name: str, parameters: Mapping[str, str] | None = None) -> int:
         """The function's MemorySize in MB: its own, else Globals', else Lambda's default of 128."""
         return self._integer_setting(name, "MemorySize", parameters, 128, (128, 10240))
+
+    def sqs_event_sources(self, parameters: Mapping[str, str] | None = None) -> list[SqsEventSource]:
+        """Every ``Type: SQS`` event of the functions that exist for ``parameters``, in template order.
+
+        ``Queue`` must be ``!GetAtt <queue>.Arn`` of a queue of the template; ``BatchSize`` is resolved
+        (SAM's default: 10); ``ReportBatchItemFailures`` says whether the function answers
+        ``batchItemFailures`` (else a failed invocation fails the whole batch).
+        """
+        resolver = self._resolver(None, parameters)
+        found = []
+        for function in self.functions(parameters):
+            properties = self._resource(function, _SERVERLESS_FUNCTION).get("Properties") or {}
+            for event_name, event in (properties.get("Events") or {}).items():
+                if event.get("Type") != "SQS":
+                    continue
+                where = f"{function}.Events.{event_name}"
+                spec = event.get("Properties") or {}
+                queue = spec.get("Queue")
+                if not (isinstance(queue, Mapping) and list(queue) == ["Fn::GetAtt"]):
+                    raise TemplateError(f"{where}.Queue: expected !GetAtt <queue>.Arn, got {queue!r}")
+                logical_id, attribute = queue["Fn::GetAtt"]
+                if attribute != "Arn":
+                    raise TemplateError(f"{where}.Queue: expected the queue's Arn, got {attribute!r}")
+                self._resource(logical_id, "AWS::SQS::Queue")
+                size = _as_string(resolver.resolve(spec.get("BatchSize", 10), where), where)
+                if not size.isdigit() or not 1 <= int(size) <= 10_000:
+                    raise TemplateError(f"{where}.BatchSize: {size!r} is not an integer in (1, 10000)")
+                reports = "ReportBatchItemFailures" in (spec.get("FunctionResponseTypes") or [])
+                found.append(SqsEventSource(function, logical_id, int(size), reports))
+        return found
 
     def function_environment(
         self, name: str, local: LocalResources, parameters: Mapping[str, str] | None = None

@@ -35,33 +35,23 @@ import time
 import urllib.request
 import uuid
 import zipfile
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from tests.harness.events import BACKEND, OTHER, load_event
 from tests.harness.functions import LambdaFunctions
 from tests.harness.gateway import Gateway
-from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import APP_SECRET, LocalStack, Resources, provision
+from tests.harness.sqs_pump import SqsPump
 from tests.harness.tiktok_emulator import sign, webhook_body
-from tests.harness.tokens import access_token, refresh_token
-from tiktok_archive.handlers import api, lifecycle, webhook, worker
+from tests.harness.tokens import DEMO_OPEN_ID, DEMO_REFRESH_TOKEN, DEMO_TOKEN, access_token, refresh_token
 from tiktok_archive.observability import logger
 
-EVENTS = Path(__file__).resolve().parents[2] / "events"
-DEMO_REFRESH_TOKEN = "rft.DEMOr9Kq2Lx7Vn4Tb8Wm3Zc6Hd1Pf5Gs0Ja-Ue_Yi2Oo7Rh4Sl9Nk3Xe8Qv6Bt1Cy5Dw0Fm-Jg!4667.e1"
-DEMO_OPEN_ID = "-000DEMO0a1b2c3d4e5f60718293a4b5c6d"
-DEMO_TOKEN = "act.DEMO7hQ2xK9pLm4Rt8Vw3Yz6Bc1Nf5Gj0Sd-Ua_Ei2Ok7Ph4Tl9Xm3Qr8Wv6Zy1Cb5Dg0Fn-Jp!4667.e1"
 API_REQUEST_ID = 7234567890123456789
 SQS_REQUEST_ID = 7234567890123456790
 SQS_RATE_LIMITED_REQUEST_ID = 7234567890123456791
 ASYNC_REQUEST_ID = 7234567890123456792
 ARCHIVE_BYTES = 20 * 1024 * 1024
-# The sample events' caller (a backend's role session), and another principal of the account.
-BACKEND = "arn:aws:sts::123456789012:assumed-role/tiktok-archive-backend/backend-7f3a"
-OTHER = "arn:aws:sts::123456789012:assumed-role/another-backend/other-91c2"
 HOUR = 3600
-Handler = Callable[[dict[str, Any], Any], Any]
 
 
 class DemoFailedError(Exception):
@@ -69,7 +59,7 @@ class DemoFailedError(Exception):
 
 
 def _event(name: str) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads((EVENTS / name).read_text())
+    document = load_event(name)
     document.setdefault("requestContext", {})["requestId"] = str(uuid.uuid4())
     return document
 
@@ -118,64 +108,33 @@ class Demo:
         self.resources = resources
         self.lambdas = lambdas
         self.gateway = Gateway(resources.template, lambdas.parameters, resources.local)
+        self.pump = SqsPump(resources, lambdas)
         self.user_requests: dict[str, int] = {}  # the demo user's requests, by what they are for
-
-    def _run(self, function: str, handler: Handler, event: dict[str, Any], remaining_ms: int) -> Any:
-        with self.lambdas.running(function):
-            return handler(event, FakeLambdaContext(function, remaining_ms))
 
     def api(self, event: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any]]:
         """API Gateway's checks (route, identity, resource policy), then the API function."""
         answer = self.gateway.refusal(event)
         if answer is None:
-            answer = self._run("ApiFunction", api.lambda_handler, event, 28_000)
+            answer = self.lambdas.invoke("ApiFunction", event)
         headers = {k: v[-1] for k, v in (answer.get("multiValueHeaders") or {}).items()}
         return answer["statusCode"], json.loads(answer["body"]), {**headers, **(answer.get("headers") or {})}
 
     def webhook(self, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        refused = self.gateway.refusal(event)
-        answer = refused or self._run("WebhookFunction", webhook.lambda_handler, event, 10_000)
+        answer = self.gateway.refusal(event) or self.lambdas.invoke("WebhookFunction", event)
         return answer["statusCode"], json.loads(answer["body"])
 
     def worker(self, event: dict[str, Any]) -> Any:
         queue_arn = self.lambdas.local.get_att("DownloadQueue", "Arn")  # the samples name a deployed one
         event = {**event, "Records": [{**r, "eventSourceARN": queue_arn} for r in event["Records"]]}
-        return self._run("WorkerFunction", worker.lambda_handler, event, 900_000)
-
-    def drain(self, queue: str, function: str, handler: Handler, wait_seconds: int = 3) -> int:
-        """Deliver ``queue``'s due messages to ``function`` as Lambda's SQS event source would."""
-        sqs_client = self.resources.client("sqs")
-        url = self.resources.local.ref(queue)
-        messages = sqs_client.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds
-        ).get("Messages", [])
-        if not messages:
-            return 0
-        template = _event("sqs-download.json")["Records"][0]
-        records = [
-            {
-                **template,
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "eventSourceARN": self.resources.local.get_att(queue, "Arn"),
-            }
-            for m in messages
-        ]
-        result = self._run(
-            function, handler, {"Records": records}, 900_000 if function == "WorkerFunction" else 60_000
-        )
-        failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
-        for record in records:
-            if record["messageId"] not in failed:
-                sqs_client.delete_message(QueueUrl=url, ReceiptHandle=record["receiptHandle"])
-        return len(records)
+        return self.lambdas.invoke("WorkerFunction", event)
 
     def checks(self) -> int:
-        return self.drain("LifecycleQueue", "LifecycleFunction", lifecycle.lambda_handler)
+        """One batch of the lifecycle queue's due messages, delivered as Lambda's SQS event source would."""
+        return self.pump.deliver("LifecycleQueue", wait_seconds=3)
 
     def downloads(self) -> int:
-        return self.drain("DownloadQueue", "WorkerFunction", worker.lambda_handler)
+        """One batch of the download queue's due jobs, delivered to the worker."""
+        return self.pump.deliver("DownloadQueue", wait_seconds=3)
 
     def get(self, request_id: int, caller: str = BACKEND) -> tuple[int, dict[str, Any]]:
         """``GET /downloads/{request_id}`` (events/api-get-download.json) as ``caller``."""

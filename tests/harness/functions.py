@@ -1,6 +1,8 @@
 """The stack's Lambda functions as tests and the demo run them: each with exactly its template
 environment, and each AWS call it makes checked against its template permissions.
 
+- :meth:`LambdaFunctions.invoke` runs a function's handler (the template's ``Handler``) on an event, with
+  a Lambda context counting down from its Timeout.
 - :meth:`LambdaFunctions.running` switches the process to one function's environment — template.yaml's
   Globals and the function's own variables, ``!Ref``/``!GetAtt``/``!Sub`` resolved to the local
   resources, plus what Lambda itself sets — so a variable the template does not give a function is
@@ -15,9 +17,10 @@ environment, and each AWS call it makes checked against its template permissions
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +28,12 @@ import boto3
 
 from tests.harness.cfn_template import LocalResources, Template
 from tests.harness.iam_policy import AwsCall, Requirement, evaluate, required_permissions, unused_permissions
+from tests.harness.lambda_context import FakeLambdaContext
 from tests.harness.local_stack import REGION
 from tiktok_archive import runtime
 
 ACCOUNT = "123456789012"
+Handler = Callable[[dict[str, Any], Any], Any]
 
 
 class AwsCallRecorder:
@@ -121,6 +126,11 @@ class LambdaFunctions:
         self.names = template.functions(self.parameters)
         self._current: str | None = None
         self._saved: dict[str, str | None] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._kinds = {
+            logical_id: resource.get("Type")
+            for logical_id, resource in template.document["Resources"].items()
+        }
 
     def environment(self, name: str) -> dict[str, str]:
         """Function ``name``'s whole environment as Lambda would give it, with the test's overrides."""
@@ -157,6 +167,29 @@ class LambdaFunctions:
             yield
         finally:
             RECORDER.function = None
+
+    def process_environment(self, name: str) -> dict[str, str]:
+        """A whole process environment for function ``name`` (a second container's): this process's,
+        without any variable of the template's functions, plus exactly the function's."""
+        keys = {key for each in self.names for key in self.environment(each)} | set(self.overrides)
+        kept = {key: value for key, value in os.environ.items() if key not in keys}
+        return {**kept, **self.environment(name)}
+
+    def handler(self, name: str) -> Handler:
+        """Function ``name``'s handler: the ``module.function`` its template ``Handler`` names."""
+        if name not in self._handlers:
+            module, _, attribute = self.environment(name)["_HANDLER"].rpartition(".")
+            self._handlers[name] = getattr(importlib.import_module(module), attribute)
+        return self._handlers[name]
+
+    def invoke(self, name: str, event: dict[str, Any], remaining_ms: int | None = None) -> Any:
+        """Invoke function ``name`` with ``event`` as Lambda would: its handler in its environment, with a
+        context whose remaining time counts down from ``remaining_ms`` (the template's Timeout when None)."""
+        if remaining_ms is None:
+            remaining_ms = self.template.function_timeout(name, self.parameters) * 1000
+        handler = self.handler(name)
+        with self.running(name):
+            return handler(event, FakeLambdaContext(name, remaining_ms))
 
     def _switch_to(self, name: str) -> None:
         keys = {key for each in self.names for key in self.environment(each)} | set(self.overrides)
@@ -229,7 +262,7 @@ class LambdaFunctions:
     def _resource_policy(self, requirement: Requirement) -> list[dict[str, Any]]:
         for logical_id, record in self.local.resources.items():
             arn = record.get("Arn", "")
-            kind = self.template.document["Resources"].get(logical_id, {}).get("Type")
+            kind = self._kinds.get(logical_id)
             if kind == "AWS::KMS::Key" and requirement.resource_arn == arn:
                 return self.template.key_policy(logical_id, self.local, self.parameters)
             if kind == "AWS::S3::Bucket" and requirement.resource_arn.startswith(arn):

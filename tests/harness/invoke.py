@@ -1,23 +1,28 @@
-"""Invoke a handler in a process of its own, as a second Lambda container would.
+"""Invoke a function in a process of its own, as a second Lambda container would.
 
-``python -m tests.harness.invoke api|worker|lifecycle '<event JSON>' [remaining_ms]`` prints the handler's
-result as one JSON line. Tests use it for deliveries that run at the same time as one in the test process.
+``python -m tests.harness.invoke '<event JSON>' [remaining_ms]``, run in the function's environment
+(:meth:`tests.harness.functions.LambdaFunctions.environment`): the handler is the one ``_HANDLER`` names,
+as Lambda's runtime finds it. Prints the handler's result as one JSON line. Tests use it for deliveries
+that run at the same time as one in the test process.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
 
 from tests.harness.lambda_context import FakeLambdaContext
-from tiktok_archive.handlers import api, lifecycle, worker
 
 
 def main(argv: list[str]) -> None:
-    trigger, event = argv[0], json.loads(argv[1])
-    remaining_ms = int(argv[2]) if len(argv) > 2 else 900_000
-    handler = {"api": api, "worker": worker, "sqs": worker, "lifecycle": lifecycle}[trigger].lambda_handler
-    result = handler(event, FakeLambdaContext(f"{trigger}-second-container", remaining_ms))
+    event = json.loads(argv[0])
+    remaining_ms = int(argv[1]) if len(argv) > 1 else 900_000
+    module, _, name = os.environ["_HANDLER"].rpartition(".")
+    handler = getattr(importlib.import_module(module), name)
+    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", "function")
+    result = handler(event, FakeLambdaContext(f"{function}-second-container", remaining_ms))
     print(json.dumps(result))
 
 

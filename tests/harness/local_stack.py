@@ -22,6 +22,7 @@ import boto3
 
 from tests.harness.cfn_template import LocalResources, Template
 from tests.harness.emulator_control import Emulator
+from tests.harness.tiktok_emulator import DEFAULT_CLIENT_KEY, DEFAULT_CLIENT_SECRET
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
@@ -58,9 +59,12 @@ def _free_port() -> int:
 
 
 class LocalStack:
-    """moto server and the TikTok emulator, each in its own process; use as a context manager."""
+    """moto server and the TikTok emulator, each in its own process; use as a context manager.
 
-    def __init__(self) -> None:
+    ``aws=False`` starts the emulator alone (the emulator's own tests need no AWS)."""
+
+    def __init__(self, *, aws: bool = True) -> None:
+        self._aws = aws
         self._processes: list[subprocess.Popen[str]] = []
         self.moto_url = ""
         self.emulator = Emulator("")
@@ -77,14 +81,17 @@ class LocalStack:
         self.close()
 
     def _start(self) -> None:
-        port = _free_port()
-        moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self._processes.append(moto)
+        moto = None
+        if self._aws:
+            port = _free_port()
+            moto = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            self._processes.append(moto)
+            self.moto_url = f"http://127.0.0.1:{port}"
         emulator = subprocess.Popen(
             [sys.executable, "-m", "tests.harness.tiktok_emulator", "--port", "0"],
             stdout=subprocess.PIPE,
@@ -97,8 +104,8 @@ class LocalStack:
         if not match:
             raise RuntimeError("the TikTok emulator did not start")
         self.emulator = Emulator(match.group(1))
-        self.moto_url = f"http://127.0.0.1:{port}"
-        _wait_until_up(self.moto_url + "/moto-api/", moto)
+        if moto is not None:
+            _wait_until_up(self.moto_url + "/moto-api/", moto)
         _wait_until_up(self.emulator.url + "/_emulator/health", emulator)
 
     def close(self) -> None:
@@ -256,7 +263,7 @@ def provision(
 
 
 # The app's credentials in the local secret (the emulator's defaults: see tiktok_emulator).
-APP_SECRET = {"client_key": "awtestclientkey0001", "client_secret": "test-client-secret-0001"}
+APP_SECRET = {"client_key": DEFAULT_CLIENT_KEY, "client_secret": DEFAULT_CLIENT_SECRET}
 
 
 def _create_table(dynamodb: Any, name: str, properties: dict[str, Any]) -> None:

@@ -43,10 +43,9 @@ from tests.harness.gateway import (
     LocalCredential,
     SigV4Verifier,
 )
-from tests.harness.lambda_context import FakeLambdaContext
-from tests.harness.local_stack import REGION, LocalStack, Resources, provision
+from tests.harness.local_stack import REGION, Emulator, LocalStack, Resources, provision
+from tests.harness.sqs_pump import SqsPump
 from tests.harness.tokens import access_token, open_id, refresh_token
-from tiktok_archive.handlers import api, lifecycle, webhook, worker
 
 # The two callers the local credentials stand for: the backend, and another principal of the account
 # that may call the API too (it sees none of the backend's records).
@@ -54,13 +53,6 @@ BACKEND_ARN = "arn:aws:sts::123456789012:assumed-role/tiktok-archive-backend/loc
 OTHER_ARN = "arn:aws:sts::123456789012:assumed-role/another-backend/local-other"
 BACKEND_KEY_ID = "AKIALOCALBACKEND0001"
 OTHER_KEY_ID = "AKIALOCALOTHER000002"
-HANDLERS = {
-    "ApiFunction": api.lambda_handler,
-    "WebhookFunction": webhook.lambda_handler,
-    "LifecycleFunction": lifecycle.lambda_handler,
-    "WorkerFunction": worker.lambda_handler,
-}
-QUEUES = (("LifecycleQueue", "LifecycleFunction"), ("DownloadQueue", "WorkerFunction"))
 Answer = tuple[int, dict[str, str], bytes]
 
 
@@ -100,6 +92,7 @@ class LocalApi:
         self.verifier = SigV4Verifier(self.credentials, region=REGION)
         # Handlers share module state (Powertools' resolver) and the process environment: one at a time.
         self.lock = threading.Lock()
+        self.pump = SqsPump(resources, lambdas, lock=self.lock)
         self._stop = threading.Event()
 
     def handle(self, method: str, target: str, headers: Mapping[str, Sequence[str]], body: bytes) -> Answer:
@@ -124,8 +117,8 @@ class LocalApi:
         event = self.gateway.event(
             method, path, query=parts.query, headers=headers, body=body, caller=caller, access_key=key_id
         )
-        with self.lock, self.lambdas.running(route.function):
-            answer = HANDLERS[route.function](event, FakeLambdaContext(route.function, 28_000))
+        with self.lock:
+            answer = self.lambdas.invoke(route.function, event)
         out_headers = {k: v[-1] for k, v in (answer.get("multiValueHeaders") or {}).items()}
         out_headers.update(answer.get("headers") or {})
         payload = answer.get("body") or ""
@@ -134,40 +127,7 @@ class LocalApi:
 
     # -- the queues, delivered as Lambda's SQS event sources would -------------------------------------
     def deliver_forever(self, every: float = 0.5) -> None:
-        while not self._stop.wait(every):
-            for queue, function in QUEUES:
-                with contextlib.suppress(Exception):  # a bad batch must not stop the loop; it is logged
-                    self.deliver(queue, function)
-
-    def deliver(self, queue: str, function: str) -> int:
-        """Deliver ``queue``'s due messages to ``function``; returns how many."""
-        client = self.resources.client("sqs")
-        url = self.resources.local.ref(queue)
-        messages = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
-        if not messages:
-            return 0
-        arn = self.resources.local.get_att(queue, "Arn")
-        records = [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-                "awsRegion": "eu-west-1",
-            }
-            for m in messages
-        ]
-        timeout_ms = self.resources.template.function_timeout(function) * 1000
-        with self.lock, self.lambdas.running(function):
-            result = HANDLERS[function]({"Records": records}, FakeLambdaContext(function, timeout_ms))
-        failed = {f["itemIdentifier"] for f in result["batchItemFailures"]}
-        for record in records:
-            if record["messageId"] not in failed:
-                client.delete_message(QueueUrl=url, ReceiptHandle=record["receiptHandle"])
-        return len(records)
+        self.pump.deliver_forever(self._stop, every)
 
     def stop(self) -> None:
         self._stop.set()
@@ -228,6 +188,24 @@ def serving(api_: LocalApi, port: int = 0, *, deliver: bool = True) -> Iterator[
         api_.stop()
         front.shutdown()
         front.server_close()
+        for thread in threads:  # a delivery under way finishes before the block ends
+            thread.join(timeout=120)
+
+
+# Template parameters `make serve` runs with: status checks 5 s after a request, then up to 30 s apart.
+SERVE_PARAMETERS = {"StatusPollInitialSeconds": "5", "StatusPollMaxSeconds": "30"}
+# The request TikTok already prepared for the local user (``READY_REQUEST_ID`` in ``ENV_FILE``).
+READY_REQUEST_ID = 7_234_567_890_123_456_789
+
+
+def local_user(emulator: Emulator) -> dict[str, Any]:
+    """The TikTok user ``make serve`` prints: fresh tokens, a request prepared 20 s after it is added,
+    and an 8 MiB archive already prepared as ``READY_REQUEST_ID``."""
+    user = emulator.add_user(
+        open_id(), access_token=access_token(), refresh_token=refresh_token(), prepare_seconds=20
+    )
+    emulator.register(READY_REQUEST_ID, user["access_token"], size=8 * 1024 * 1024)
+    return user
 
 
 def main() -> int:
@@ -238,17 +216,14 @@ def main() -> int:
         lambdas = LambdaFunctions(
             resources.template,
             resources.local,
-            {"StatusPollInitialSeconds": "5", "StatusPollMaxSeconds": "30", **stack.parameters()},
+            {**SERVE_PARAMETERS, **stack.parameters()},
             stack.environment(),
         )
-        user = stack.emulator.add_user(
-            open_id(), access_token=access_token(), refresh_token=refresh_token(), prepare_seconds=20
-        )
-        ready = 7_234_567_890_123_456_789
-        stack.emulator.register(ready, user["access_token"], size=8 * 1024 * 1024)
+        user = local_user(stack.emulator)
+        ready = READY_REQUEST_ID
         local = LocalApi(resources, lambdas)
         with serving(local, int(os.environ.get("PORT", "0"))) as front:
-            ENV_FILE.parent.mkdir(exist_ok=True)
+            ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
             ENV_FILE.write_text(environment(front.url, local.credentials, user, ready))
             print(usage(front.url, local.credentials, user, ready, time.monotonic() - started), flush=True)
             stop = threading.Event()
@@ -264,8 +239,11 @@ def main() -> int:
     return 0
 
 
-# What another terminal sources to talk to this server (the README's and docs' examples read it).
-ENV_FILE = Path(__file__).resolve().parents[2] / ".local" / "serve.env"
+# What another terminal sources to talk to this server (the README's and docs' examples read it);
+# SERVE_ENV_FILE puts it elsewhere (a second server, or a test's own file).
+ENV_FILE = Path(
+    os.environ.get("SERVE_ENV_FILE") or Path(__file__).resolve().parents[2] / ".local" / "serve.env"
+)
 
 
 def environment(url: str, credentials: Sequence[LocalCredential], user: Mapping[str, Any], ready: int) -> str:

@@ -22,6 +22,10 @@ ALPHANUMERIC_DASH = string.ascii_letters + string.digits + "_-"
 SUFFIXES = (".e1", ".va", ".e2")
 # TikTok's own example from the Check Status page, verbatim.
 CHECK_STATUS_EXAMPLE = "act.testTemp123testtemo123!5328.e2"
+# The sample events' user (events/*.json) and `make demo`'s: fixed, so the samples can name them.
+DEMO_TOKEN = "act.DEMO7hQ2xK9pLm4Rt8Vw3Yz6Bc1Nf5Gj0Sd-Ua_Ei2Ok7Ph4Tl9Xm3Qr8Wv6Zy1Cb5Dg0Fn-Jp!4667.e1"
+DEMO_REFRESH_TOKEN = "rft.DEMOr9Kq2Lx7Vn4Tb8Wm3Zc6Hd1Pf5Gs0Ja-Ue_Yi2Oo7Rh4Sl9Nk3Xe8Qv6Bt1Cy5Dw0Fm-Jg!4667.e1"
+DEMO_OPEN_ID = "-000DEMO0a1b2c3d4e5f60718293a4b5c6d"
 
 
 def tiktok_token(kind: str = "act", *, shape: str | None = None, rng: random.Random | None = None) -> str:
@@ -52,3 +56,8 @@ def refresh_token(shape: str | None = None) -> str:
 def open_id() -> str:
     """A TikTok-shaped ``open_id`` (an opaque id of the user for one app)."""
     return "-000" + secrets.token_hex(16)
+
+
+def new_request_id() -> int:
+    """A TikTok-shaped ``request_id``: a random positive int64 beyond 2^53 (double rounding would show)."""
+    return secrets.randbelow(2**63 - 2**60) + 2**60

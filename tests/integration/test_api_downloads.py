@@ -14,20 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    MIB,
-    SECRETS,
-    Configure,
-    LogCapture,
-    api_event,
-    assert_nothing_left,
-    call_api,
-    load_event,
-    new_request_id,
-    open_uploads,
-)
+from tests.conftest import SECRETS, LogCapture
+from tests.harness.events import api_event, load_event
 from tests.harness.local_stack import Emulator, LocalStack, Resources
 from tests.harness.s3_fault_proxy import S3FaultProxy
+from tests.harness.tokens import new_request_id
+from tests.integration.support import MIB, Configure, assert_nothing_left, call_api, open_uploads
 
 ABSENT = object()
 REFRESH = object()  # a fresh refresh token, made in the test

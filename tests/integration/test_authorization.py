@@ -21,23 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    BACKEND,
-    BACKEND_CALLER,
-    OTHER,
-    SECRETS,
-    ApiAnswer,
-    Configure,
-    LogCapture,
-    api_event,
-    call_api,
-    delete_event,
-    get_event,
-    new_request_id,
-    stored_keys,
-)
+from tests.conftest import BACKEND, BACKEND_CALLER, OTHER, SECRETS, LogCapture
 from tests.harness.emulator_control import Emulator
+from tests.harness.events import api_event, delete_event, get_event
 from tests.harness.local_stack import Resources
+from tests.harness.tokens import new_request_id
+from tests.integration.support import ApiAnswer, Configure, call_api, stored_keys
 from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE
 from tiktok_archive.models.download_record import Owner

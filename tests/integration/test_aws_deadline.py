@@ -14,21 +14,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    MIB,
-    SECRETS,
-    Configure,
-    LogCapture,
-    api_event,
-    assert_nothing_left,
-    call_api,
-    new_request_id,
-    open_uploads,
-)
+from tests.conftest import SECRETS, LogCapture
 from tests.harness.emulator_control import Emulator
+from tests.harness.events import api_event
 from tests.harness.local_stack import LocalStack, Resources
 from tests.harness.s3_fault_proxy import S3FaultProxy, Stall
-from tests.harness.tokens import open_id
+from tests.harness.tokens import new_request_id, open_id
+from tests.integration.support import MIB, Configure, assert_nothing_left, call_api, open_uploads
 
 API_TIMEOUT_MS = 28_000
 FOREVER = 120.0

@@ -41,13 +41,14 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
 
-from tests.conftest import Configure, LogCapture, functions
+from tests.conftest import LogCapture
 from tests.harness.contract import Contract
 from tests.harness.gateway import LocalCredential
 from tests.harness.local_stack import APP_SECRET, REGION, Emulator, Resources
 from tests.harness.serve import LocalApi, serving
 from tests.harness.tiktok_emulator import sign
 from tests.harness.tokens import access_token, open_id, refresh_token
+from tests.integration.support import Configure, functions
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml")

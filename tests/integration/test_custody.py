@@ -34,45 +34,39 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.conftest import (
-    BACKEND,
-    BACKEND_CALLER,
-    OTHER,
-    OTHER_CALLER,
-    ApiAnswer,
-    Configure,
-    acknowledge,
+from tests.conftest import BACKEND, BACKEND_CALLER, OTHER, OTHER_CALLER
+from tests.harness.emulator_control import Emulator
+from tests.harness.events import (
     api_event,
-    call_api,
-    call_webhook,
-    call_worker,
     delete_event,
     erase_event,
-    functions,
     get_event,
-    new_request_id,
-    receive,
     request_event,
-    sqs_record,
-    stored_keys,
     user_requests_event,
     webhook_event,
 )
-from tests.harness.emulator_control import Emulator
 from tests.harness.local_stack import APP_SECRET, Resources
 from tests.harness.tiktok_emulator import sign, webhook_body
+from tests.harness.tokens import new_request_id
 from tests.harness.tokens import open_id as new_open_id
-from tests.integration.custody_support import (
+from tests.integration.support import (
     DAY,
     HOUR,
     MIB,
     QUEUES,
+    ApiAnswer,
+    Configure,
+    acknowledge,
     add_request,
     added,
+    call_api,
+    call_webhook,
+    call_worker,
     calls_since,
     check_now,
     consent,
     consent_again,
+    functions,
     grant,
     grant_items,
     grants_of_user,
@@ -81,12 +75,15 @@ from tests.integration.custody_support import (
     in_queue,
     index_catches_up,
     objects,
+    receive,
     record,
     records,
     run_lifecycle_message,
     run_taken,
     second_pass,
+    sqs_record,
     status_of,
+    stored_keys,
     stored_refresh_token,
     take_messages,
     tiktok_calls,

@@ -11,9 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from datetime import timedelta
@@ -21,27 +18,24 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    BACKEND,
-    BACKEND_CALLER,
+from tests.conftest import BACKEND, BACKEND_CALLER, OTHER, SECRETS
+from tests.harness.events import api_event, delete_event, get_event, user_requests_event
+from tests.harness.local_stack import Emulator, LocalStack, Resources
+from tests.harness.tokens import new_request_id
+from tests.integration.support import (
     MIB,
-    OTHER,
-    SECRETS,
     Configure,
-    api_event,
     assert_nothing_left,
     call_api,
     call_worker,
-    delete_event,
-    functions,
-    get_event,
-    new_request_id,
+    consent,
+    grant_items,
     sqs_record,
     stored_keys,
-    user_requests_event,
+    stored_token,
+    tokens_now,
+    worker_in_another_container,
 )
-from tests.harness.local_stack import REPO_ROOT, Emulator, LocalStack, Resources
-from tests.harness.tokens import open_id as new_open_id
 from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
 from tiktok_archive.models.download_record import Owner
@@ -54,52 +48,6 @@ def fetch_digest(url: str) -> str:
 
 def message(request_id: int, token: str) -> str:
     return json.dumps({"request_id": str(request_id), "access_token": token})
-
-
-def worker_in_another_container(record: dict[str, Any]) -> subprocess.Popen[str]:
-    """The same message delivered to a second container, running while the test goes on."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.harness.invoke", "sqs", json.dumps({"Records": [record]})],
-        cwd=REPO_ROOT,
-        env={
-            **os.environ,
-            **functions().environment("WorkerFunction"),
-            "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def new_user(emulator: Emulator) -> dict[str, Any]:
-    """A TikTok user who consented (``open_id``, ``access_token``, ``refresh_token``), its tokens secrets."""
-    user = emulator.add_user(new_open_id())
-    SECRETS.tokens.update({user["access_token"], user["refresh_token"]})
-    return user
-
-
-def rotated(emulator: Emulator, user: dict[str, Any]) -> dict[str, Any]:
-    """The user's tokens as TikTok holds them now (rotated by the service's refresh), made secrets."""
-    now = emulator.user(user["open_id"])
-    SECRETS.tokens.update({now["access_token"], now["refresh_token"]})
-    return now
-
-
-def grants(resources: Resources) -> dict[str, dict[str, Any]]:
-    """The grants table's items, by ``grant_id``."""
-    table = resources.local.ref("GrantsTable")
-    items = resources.client("dynamodb").scan(TableName=table, ConsistentRead=True)["Items"]
-    return {item["grant_id"]["S"]: item for item in items}
-
-
-def opened(resources: Resources, grant: dict[str, Any], field: str, purpose: str) -> str:
-    """A token a grant holds, opened with the stack's key as a function would."""
-    plaintext = resources.client("kms").decrypt(
-        CiphertextBlob=base64.b64decode(grant[field]["S"]),
-        EncryptionContext={"purpose": purpose, "grant_id": grant["grant_id"]["S"]},
-    )["Plaintext"]
-    return str(plaintext.decode())
 
 
 def wait_for_status(resources: Resources, request_id: int, status: str, seconds: float = 20) -> None:
@@ -469,7 +417,7 @@ def test_a_refresh_token_handed_over_records_the_user_and_its_grant(
     configure: Configure, emulator: Emulator, resources: Resources
 ) -> None:
     # Given a TikTok user's ready archive, and the user's tokens as the backend holds them
-    user = new_user(emulator)
+    user = consent(emulator)
     open_id = user["open_id"]
     request_id = new_request_id()
     ready = emulator.register(request_id, user["access_token"], size=6 * MIB)
@@ -488,7 +436,7 @@ def test_a_refresh_token_handed_over_records_the_user_and_its_grant(
     # Then TikTok exchanged the refresh token at once (the backend's copy is dead now) and named the user
     assert accepted.status == 202, accepted.body
     assert accepted.body["open_id"] == open_id
-    now = rotated(emulator, user)
+    now = tokens_now(emulator, user["open_id"])
     assert emulator.user(open_id)["refreshes"] == 1
     assert now["refresh_token"] != user["refresh_token"]
     # And the record is the backend's and the user's, under the user's grant
@@ -502,11 +450,11 @@ def test_a_refresh_token_handed_over_records_the_user_and_its_grant(
     )
     assert item["caller_user"]["S"] == f"{BACKEND_CALLER} {open_id}"
     # And the grant holds the rotated lineage, sealed, and the handed token is remembered by its digest
-    kept = grants(resources)
+    kept = grant_items(resources)
     grant = kept[grant_id]
     assert (grant["caller"]["S"], grant["user_openid"]["S"]) == (BACKEND_CALLER, open_id)
-    assert opened(resources, grant, "sealed_refresh_token", REFRESH_TOKEN_PURPOSE) == now["refresh_token"]
-    assert opened(resources, grant, "sealed_access_token", ACCESS_TOKEN_PURPOSE) == now["access_token"]
+    assert stored_token(resources, grant["grant_id"]["S"], REFRESH_TOKEN_PURPOSE) == now["refresh_token"]
+    assert stored_token(resources, grant["grant_id"]["S"], ACCESS_TOKEN_PURPOSE) == now["access_token"]
     digest = hashlib.sha256(user["refresh_token"].encode()).hexdigest()
     assert kept[f"handed {digest}"]["into"]["S"] == grant_id
     # And the job names no token: the worker takes the grant's
@@ -541,18 +489,18 @@ def test_a_refresh_token_handed_over_records_the_user_and_its_grant(
     [event] = resources.events()
     assert event["detail-type"] == "Download Completed"
     assert (event["detail"]["caller"], event["detail"]["open_id"]) == (BACKEND_CALLER, open_id)
-    assert grant_id not in grants(resources)
+    assert grant_id not in grant_items(resources)
 
 
 def test_a_sync_download_with_a_refresh_token_keeps_the_user_and_lets_the_grant_go(
     configure: Configure, emulator: Emulator, resources: Resources
 ) -> None:
-    user = new_user(emulator)
+    user = consent(emulator)
     request_id = new_request_id()
     emulator.register(request_id, user["access_token"], size=64 * 1024)
 
     answer = call_api(api_event(request_id, user["access_token"], refresh_token=user["refresh_token"]))
-    rotated(emulator, user)
+    tokens_now(emulator, user["open_id"])
 
     # The user is TikTok's word (no open_id was given), the record keeps it; the grant had nothing left
     # to do once the archive was stored
@@ -561,14 +509,14 @@ def test_a_sync_download_with_a_refresh_token_keeps_the_user_and_lets_the_grant_
     item = resources.item(request_id)
     assert item is not None
     assert item["user_openid"]["S"] == user["open_id"]
-    assert not [g for g in grants(resources) if g.startswith("user ")]
+    assert not [g for g in grant_items(resources) if g.startswith("user ")]
 
 
 def test_the_backend_reads_and_cancels_its_download_after_the_users_token_expired(
     configure: Configure, emulator: Emulator, resources: Resources
 ) -> None:
     # Given a download the backend queued with the user's tokens handed over, whose job has not run
-    user = new_user(emulator)
+    user = consent(emulator)
     request_id = new_request_id()
     emulator.register(request_id, user["access_token"])
     queued = call_api(
@@ -588,7 +536,7 @@ def test_the_backend_reads_and_cancels_its_download_after_the_users_token_expire
     read = call_api(get_event(request_id))
     assert emulator.stats()["calls"] == calls  # a read asks TikTok nothing
     cancelled = call_api(delete_event(request_id))
-    rotated(emulator, user)
+    tokens_now(emulator, user["open_id"])
 
     # Then the read answered from the record, and the cancel reached TikTok with the grant's tokens
     # (refreshed once TikTok refused the expired one)
@@ -600,7 +548,7 @@ def test_the_backend_reads_and_cancels_its_download_after_the_users_token_expire
     [event] = resources.events()
     assert (event["detail-type"], event["detail"]["caller"]) == ("Request Cancelled", BACKEND_CALLER)
     # And the grant, which no request needs any more, is gone; the job that comes later does nothing
-    assert not [g for g in grants(resources) if g.startswith("user ")]
+    assert not [g for g in grant_items(resources) if g.startswith("user ")]
     assert call_worker([sqs_record(job["Body"])]) == {"batchItemFailures": []}
     assert emulator.downloads(request_id) == 0
     assert resources.item(request_id)["status"]["S"] == "cancelled"  # type: ignore[index]
@@ -610,7 +558,7 @@ def test_an_open_id_tiktok_contradicts_is_400_and_keeps_nothing(
     configure: Configure, emulator: Emulator, resources: Resources
 ) -> None:
     # Given the user's tokens, handed over by a backend that names another user
-    user, someone = new_user(emulator), new_user(emulator)
+    user, someone = consent(emulator), consent(emulator)
     request_id = new_request_id()
     emulator.register(request_id, user["access_token"])
 
@@ -623,12 +571,12 @@ def test_an_open_id_tiktok_contradicts_is_400_and_keeps_nothing(
             prefer="respond-async",
         )
     )
-    rotated(emulator, user)
+    tokens_now(emulator, user["open_id"])
 
     # Then nothing is kept for either user: no record, no grant, nothing queued or published
     assert (answer.status, answer.body["error"]["code"]) == (400, "open_id_mismatch"), answer.body
     assert resources.item(request_id) is None
-    assert grants(resources) == {}
+    assert grant_items(resources) == {}
     assert resources.queued_messages() == []
     assert resources.events() == []
     assert emulator.downloads(request_id) == 0
@@ -668,7 +616,7 @@ def test_no_token_in_any_table_item_event_or_queue_message(
     # Every path that writes: sync success, queued job, permanent failure, transient failure, a refresh
     # token handed over (grants), a backend's own message, and a cancel
     ok, queued, refused, flaky, handed, sent = (new_request_id() for _ in range(6))
-    user = new_user(emulator)
+    user = consent(emulator)
     emulator.register(ok, token)
     emulator.register(queued, token)
     emulator.register(refused, token, fault={"kind": "error", "status": 401, "code": "scope_not_authorized"})
@@ -684,7 +632,7 @@ def test_no_token_in_any_table_item_event_or_queue_message(
     )
     call_worker([sqs_record(message(sent, token))])
     call_api(delete_event(flaky))
-    now = rotated(emulator, user)
+    now = tokens_now(emulator, user["open_id"])
 
     dynamodb = resources.client("dynamodb")
     items = dynamodb.scan(TableName=resources.table)["Items"]

@@ -14,22 +14,20 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
+from tests.conftest import SECRETS, LogCapture
+from tests.harness.events import api_event
+from tests.harness.local_stack import Emulator, LocalStack
+from tests.harness.s3_fault_proxy import S3FaultProxy
+from tests.harness.tokens import new_request_id, open_id
+from tests.integration.support import (
     MIB,
-    SECRETS,
     Configure,
-    LogCapture,
-    api_event,
     assert_nothing_left,
     call_api,
     call_worker,
-    new_request_id,
     open_uploads,
     sqs_record,
 )
-from tests.harness.local_stack import Emulator, LocalStack
-from tests.harness.s3_fault_proxy import S3FaultProxy
-from tests.harness.tokens import open_id
 
 
 def stored_bytes_match(answer_body: dict[str, Any], ready: dict[str, Any]) -> bool:

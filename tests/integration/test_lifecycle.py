@@ -17,58 +17,49 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    BACKEND_CALLER,
-    OTHER,
+from tests.conftest import BACKEND_CALLER, OTHER
+from tests.harness.emulator_control import Emulator
+from tests.harness.events import api_event, delete_event, get_event, request_event
+from tests.harness.local_stack import Resources
+from tests.harness.tokens import new_request_id
+from tests.integration.support import (
+    MIB,
     Configure,
     acknowledge,
-    api_event,
+    add_request,
     assert_nothing_left,
     call_api,
     call_lifecycle,
     call_sweeper,
     call_worker,
-    delete_event,
-    get_event,
-    new_request_id,
-    open_uploads,
-    receive,
-    request_event,
-    sqs_record,
-    stored_keys,
-)
-from tests.harness.emulator_control import Emulator
-from tests.harness.local_stack import Resources
-from tests.integration.custody_support import (
-    add_request,
     consent,
+    deliver,
     grant,
     grants_of_user,
     in_queue,
     lifecycle_in_another_container,
+    open_uploads,
+    receive,
     record,
+    sqs_record,
     status_of,
+    stored_keys,
     stored_refresh_token,
     tokens_now,
     worker_in_another_container,
 )
 from tiktok_archive.adapters.grants import user_grant_id
 
-MIB = 1024 * 1024
 # Waiting requests of the scale test (LIFECYCLE_COUNT=100 for a quick run while developing).
 COUNT = int(os.environ.get("LIFECYCLE_COUNT", "1000"))
 
 
-def check_until(resources: Resources, predicate: Any, rounds: int = 6) -> list[dict[str, Any]]:
-    """Receive the lifecycle queue's checks and run them until ``predicate()`` holds; the results."""
-    results = []
+def check_until(resources: Resources, predicate: Any, rounds: int = 6) -> None:
+    """Deliver the lifecycle queue's checks as they come due until ``predicate()`` holds."""
     for _ in range(rounds):
-        records = receive(resources, "LifecycleQueue")
-        if records:
-            results.append(call_lifecycle(records))
-            acknowledge(resources, "LifecycleQueue", records, results[-1])
+        deliver(resources, "LifecycleQueue")
         if predicate():
-            return results
+            return
     raise AssertionError("the schedule never got there")
 
 
@@ -214,7 +205,7 @@ def test_from_consent_to_archive_without_anyone_polling(
     jobs = receive(resources, "DownloadQueue")
     assert [json.loads(j["body"]) for j in jobs] == [{"request_id": str(request_id), "source": "grant"}]
     assert [e["detail-type"] for e in resources.events()] == ["Archive Ready"]
-    assert receive(resources, "LifecycleQueue", wait_seconds=3) == []
+    assert in_queue(resources, "LifecycleQueue", received=False) == 0
 
     # When the worker runs the job with the user's stored tokens
     assert call_worker(jobs) == {"batchItemFailures": []}
@@ -247,7 +238,7 @@ def test_a_check_that_finds_the_request_ended_at_tiktok_ends_it_and_stops(
     check_until(resources, lambda: status_of(resources, request_id) == status)
 
     assert [e["detail-type"] for e in resources.events()] == [detail_type]
-    assert receive(resources, "LifecycleQueue", wait_seconds=3) == []  # the polling stopped
+    assert in_queue(resources, "LifecycleQueue", received=False) == 0  # the polling stopped
     answer = call_api(get_event(request_id)).body
     assert answer["status"] == status
     assert "url" not in answer
@@ -345,7 +336,7 @@ def test_a_refused_refresh_ends_the_request_reauthorization_required(
         "reauthorization_required",
     )
     assert grant_item(resources, user) == {}  # the dead tokens are gone
-    assert receive(resources, "LifecycleQueue", wait_seconds=3) == []
+    assert in_queue(resources, "LifecycleQueue", received=False) == 0
 
 
 def test_a_request_waiting_past_the_give_up_time_fails(
@@ -388,7 +379,7 @@ def test_delete_of_a_waiting_request_cancels_it_at_tiktok_and_stops_the_polling(
     check_records = receive(resources, "LifecycleQueue")
     assert call_lifecycle(check_records) == {"batchItemFailures": []}
     assert emulator.stats()["calls"].get("check", 0) == calls
-    assert receive(resources, "LifecycleQueue", wait_seconds=3) == []
+    assert in_queue(resources, "LifecycleQueue", received=False) == 0
 
 
 def test_delete_of_a_stored_archive_deletes_it_and_no_link_is_ever_handed_out(

@@ -14,20 +14,19 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
+from tests.conftest import LogCapture
+from tests.harness.events import api_event, get_event
+from tests.harness.local_stack import Emulator, LocalStack, Resources
+from tests.harness.s3_fault_proxy import S3FaultProxy
+from tests.harness.tokens import new_request_id
+from tests.integration.support import (
     Configure,
-    LogCapture,
-    api_event,
     assert_nothing_left,
     call_api,
     call_worker,
-    get_event,
-    new_request_id,
     open_uploads,
     sqs_record,
 )
-from tests.harness.local_stack import Emulator, LocalStack, Resources
-from tests.harness.s3_fault_proxy import S3FaultProxy
 
 
 def _zip_facts(s3: Any, bucket: str, key: str) -> list[zipfile.ZipInfo]:

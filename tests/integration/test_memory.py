@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from tests.benchmarks.run import run_child
-from tests.conftest import MIB, new_request_id
 from tests.harness.functions import LambdaFunctions
 from tests.harness.local_stack import Emulator, LocalStack, Resources
+from tests.harness.tokens import new_request_id
+from tests.integration.support import MIB
 
 PART_MIB = 8
 CONCURRENCY = 4

@@ -27,28 +27,19 @@ import pytest
 from aws_xray_sdk import global_sdk_config
 from aws_xray_sdk.core import xray_recorder
 
-from tests.conftest import (
-    BACKEND,
-    MIB,
-    SECRETS,
-    SIGV4_SECRETS,
-    ApiAnswer,
-    Configure,
-    LogCapture,
+from tests.conftest import BACKEND, SECRETS, SIGV4_SECRETS, LogCapture, find_secrets
+from tests.harness.events import (
     api_event,
-    call_api,
-    call_worker,
     delete_event,
     erase_event,
-    find_secrets,
     get_event,
-    new_request_id,
     request_event,
-    sqs_record,
     user_requests_event,
 )
 from tests.harness.local_stack import Emulator, Resources
+from tests.harness.tokens import new_request_id
 from tests.harness.tokens import open_id as new_open_id
+from tests.integration.support import MIB, ApiAnswer, Configure, call_api, call_worker, sqs_record
 from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.observability import WIRE_LOGGERS, logger
 

@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SECRETS, Configure, functions
+from tests.conftest import SECRETS
 from tests.harness.local_stack import Emulator, Resources
 from tests.harness.serve import LocalApi, serving, usage
 from tests.harness.tokens import open_id
+from tests.integration.support import Configure, functions
 
 CURL = shutil.which("curl")
 pytestmark = pytest.mark.skipif(CURL is None, reason="no curl on this machine")

@@ -7,24 +7,19 @@ import hashlib
 import json
 from typing import Any
 
-from tests.conftest import (
-    BACKEND,
+from tests.conftest import BACKEND, OTHER, LogCapture
+from tests.harness.events import api_event, delete_event, get_event, load_event
+from tests.harness.local_stack import Emulator, Resources
+from tests.harness.tokens import new_request_id
+from tests.integration.support import (
     MIB,
-    OTHER,
     Configure,
-    LogCapture,
-    api_event,
     call_api,
     call_worker,
-    delete_event,
-    get_event,
-    load_event,
-    new_request_id,
     open_uploads,
     sqs_record,
     stored_keys,
 )
-from tests.harness.local_stack import Emulator, Resources
 
 
 def message(request_id: object, token: object) -> str:

@@ -10,18 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    SECRETS,
-    Configure,
-    api_event,
-    assert_nothing_left,
-    call_api,
-    call_worker,
-    new_request_id,
-    sqs_record,
-)
+from tests.conftest import SECRETS
 from tests.harness.emulator_control import Emulator
+from tests.harness.events import api_event
 from tests.harness.local_stack import Resources
+from tests.harness.tokens import new_request_id
+from tests.integration.support import Configure, assert_nothing_left, call_api, call_worker, sqs_record
 from tiktok_archive.models.inputs import MAX_TOKEN_LENGTH
 
 

@@ -9,44 +9,40 @@ reference), with the app secret the stack's secret holds.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    BACKEND_CALLER,
+from tests.conftest import BACKEND_CALLER, OTHER, OTHER_CALLER
+from tests.harness.emulator_control import Emulator
+from tests.harness.events import api_event, get_event, webhook_event
+from tests.harness.local_stack import APP_SECRET, Resources
+from tests.harness.tiktok_emulator import sign, webhook_body
+from tests.harness.tokens import new_request_id
+from tests.harness.tokens import open_id as new_open_id
+from tests.integration.support import (
     MIB,
-    OTHER,
-    OTHER_CALLER,
     Configure,
-    acknowledge,
-    api_event,
+    added,
     call_api,
     call_lifecycle,
     call_webhook,
     call_worker,
-    get_event,
-    new_request_id,
-    open_uploads,
-    receive,
-    stored_keys,
-    webhook_event,
-)
-from tests.harness.emulator_control import Emulator
-from tests.harness.local_stack import APP_SECRET, Resources
-from tests.harness.tiktok_emulator import sign, webhook_body
-from tests.harness.tokens import open_id as new_open_id
-from tests.integration.custody_support import (
-    added,
     consent,
     consent_again,
+    deliver,
     grants_of_user,
+    open_uploads,
+    receive,
     run_lifecycle_message,
     second_pass,
+    stored_keys,
     take_messages,
 )
+from tiktok_archive.adapters import webhook_deliveries
 from tiktok_archive.adapters.grants import user_grant_id
 
 SECRET = APP_SECRET["client_secret"]
@@ -68,12 +64,9 @@ def nothing_done(resources: Resources) -> bool:
     return deliveries["Items"] == [] and receive(resources, "LifecycleQueue", wait_seconds=0) == []
 
 
-def run_lifecycle(resources: Resources) -> list[dict[str, Any]]:
-    """Receive and run the lifecycle queue's messages that are due now (work first, checks as well)."""
-    records = receive(resources, "LifecycleQueue", wait_seconds=2)
-    if records:
-        acknowledge(resources, "LifecycleQueue", records, call_lifecycle(records))
-    return records
+def run_lifecycle(resources: Resources) -> None:
+    """Deliver the lifecycle queue's messages that are due now (work first, checks as well)."""
+    deliver(resources, "LifecycleQueue", wait_seconds=2)
 
 
 # -- signatures ----------------------------------------------------------------------------------------
@@ -159,6 +152,42 @@ def test_duplicates_do_the_work_once(configure: Configure, resources: Resources)
     answers = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(3)]
 
     assert [a.body["status"] for a in answers] == ["queued", "duplicate", "duplicate"]
+    assert len(receive(resources, "LifecycleQueue")) == 1
+
+
+def test_a_delivery_whose_first_arrival_is_still_queueing_is_503_then_queued_once_that_one_died(
+    configure: Configure, resources: Resources
+) -> None:
+    # Given a delivery recorded moments ago by an invocation that has not queued its work yet
+    raw = delivery("portability.download.ready", {"request_id": new_request_id()})
+    dynamodb = resources.client("dynamodb")
+    table = resources.local.ref("WebhookDeliveriesTable")
+
+    def recorded(seconds_ago: float) -> None:
+        at = time.time() - seconds_ago
+        dynamodb.put_item(
+            TableName=table,
+            Item={
+                "delivery_id": {"S": hashlib.sha256(raw).hexdigest()},
+                "event": {"S": "portability.download.ready"},
+                "state": {"S": "received"},
+                "received_at": {"S": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))},
+                "received_epoch": {"N": str(int(at))},
+                "expires_at": {"N": str(int(at) + 4 * 86400)},
+            },
+        )
+
+    recorded(seconds_ago=1)
+
+    # When TikTok delivers it again; Then it is not acknowledged (that invocation may still die)
+    again = call_webhook(webhook_event(raw, signed(raw)))
+    assert (again.status, again.body["error"]["code"]) == (503, "delivery_in_flight")
+    assert receive(resources, "LifecycleQueue", wait_seconds=0) == []
+
+    # And once that invocation is older than any webhook invocation lives, the next delivery queues the work
+    recorded(seconds_ago=webhook_deliveries.STUCK_AFTER.total_seconds() + 5)
+    later = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(2)]
+    assert [a.body["status"] for a in later] == ["queued", "duplicate"]
     assert len(receive(resources, "LifecycleQueue")) == 1
 
 

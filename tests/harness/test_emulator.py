@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import urllib3
 
-from tests.conftest import SECRETS, new_request_id
+from tests.conftest import SECRETS
 from tests.harness import tokens
 from tests.harness.emulator_control import Emulator
 from tests.harness.tiktok_emulator import (
@@ -37,6 +37,7 @@ from tests.harness.tiktok_emulator import (
     sign,
     webhook_body,
 )
+from tests.harness.tokens import new_request_id
 
 ADD = "/v2/user/data/add/"
 CHECK = "/v2/user/data/check/"

@@ -1,41 +1,40 @@
-"""Shared ground of the custody tests: users who consent at the emulator, the service's state as it is
-stored (records, grants, archives, uploads, queues), and TikTok's side (the emulator's counts, its OAuth).
+"""The integration tier's ground: each function invoked as Lambda would (through API Gateway's model for
+the API), with exactly its template environment over the test's local resources (the ``configure`` fixture
+of this folder's conftest); users who consent at the emulator; the service's state as it is stored
+(records, grants, archives, uploads, queues); TikTok's side (the emulator's counts, its OAuth); and a
+function run in a second container.
 
 Everything here reads or drives the real handlers and the local servers; nothing replaces a part of the
 service. Where a helper hands a lifecycle message to the function directly instead of receiving it from
 SQS (a status check, a purge's second pass), it says so, and the body is exactly the one the service
-sends.
+sends. The events are :mod:`tests.harness.events`'s, the queues are delivered by
+:mod:`tests.harness.sqs_pump`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from tests.conftest import (
-    BACKEND,
-    SECRETS,
-    ApiAnswer,
-    acknowledge,
-    call_api,
-    call_lifecycle,
-    functions,
-    receive,
-    request_event,
-    sqs_record,
-)
+from tests.conftest import BACKEND, CONTRACT_PROBLEMS, SECRETS
+from tests.harness import events
+from tests.harness.contract import Contract
 from tests.harness.emulator_control import Emulator
-from tests.harness.functions import RECORDER
+from tests.harness.events import request_event
+from tests.harness.functions import RECORDER, LambdaFunctions
+from tests.harness.gateway import Gateway
 from tests.harness.local_stack import APP_SECRET, REPO_ROOT, Resources
+from tests.harness.sqs_pump import SqsPump
 from tests.harness.tokens import open_id as new_open_id
 from tiktok_archive.adapters.grants import request_grant_id, user_grant_id
 from tiktok_archive.adapters.token_vault import REFRESH_TOKEN_PURPOSE
@@ -44,6 +43,168 @@ MIB = 1024 * 1024
 HOUR = 3600
 DAY = 24 * HOUR
 QUEUES = ("DownloadQueue", "LifecycleQueue")
+Configure = Callable[..., None]
+# Template parameters every test starts from: the emulator as TikTok, and 5 MiB parts (S3's minimum)
+# so that multipart paths run on small archives.
+TEST_PARAMETERS = {
+    "PartSizeMiB": "5",
+    "UploadConcurrency": "3",
+    # Status checks come fast in tests (a real deployment: 60 s, doubling to 900 s) and unpaced.
+    "StatusPollInitialSeconds": "1",
+    "StatusPollMaxSeconds": "2",
+    "StatusPollPaceMs": "0",
+}
+# The functions of the running test (pushed and popped by the ``configure`` fixture).
+FUNCTIONS: list[LambdaFunctions] = []
+
+
+def functions() -> LambdaFunctions:
+    """The functions of the running test (set up by the ``configure`` fixture)."""
+    assert FUNCTIONS, "this test needs the configure fixture"
+    return FUNCTIONS[-1]
+
+
+# -- the API ----------------------------------------------------------------------------------------------
+@dataclass
+class ApiAnswer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def _against_contract(event: dict[str, Any], answer: dict[str, Any]) -> None:
+    """Check a handler's answer against docs/openapi.yaml; problems fail the test (``logs`` fixture).
+
+    A path the document does not have (tests of unknown routes) is left out: API Gateway answers those
+    itself when deployed."""
+    contract = Contract.load()
+    path = str(event.get("path") or "")
+    if contract.match(str(event.get("httpMethod") or ""), path) is None:
+        return
+    headers: dict[str, list[str]] = {k: list(v) for k, v in (answer.get("multiValueHeaders") or {}).items()}
+    for name, value in (answer.get("headers") or {}).items():
+        headers.setdefault(name, [value])
+    found = contract.check(event["httpMethod"], path, answer["statusCode"], headers, answer.get("body") or "")
+    CONTRACT_PROBLEMS.extend(found)
+
+
+_GATEWAYS: weakref.WeakKeyDictionary[LambdaFunctions, tuple[dict[str, str], Gateway]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _gateway(lambdas: LambdaFunctions) -> Gateway:
+    """API Gateway as the template configures it for the test's functions (their parameters now)."""
+    cached = _GATEWAYS.get(lambdas)
+    if cached is None or cached[0] != lambdas.parameters:
+        cached = _GATEWAYS[lambdas] = (
+            dict(lambdas.parameters),
+            Gateway(lambdas.template, lambdas.parameters, lambdas.local),
+        )
+    return cached[1]
+
+
+def call_api(event: dict[str, Any], remaining_ms: int = 28_000, *, gateway: bool = True) -> ApiAnswer:
+    """Invoke the API handler as Lambda would (``remaining_ms`` before its timeout), and decode its answer
+    (checked against the contract).
+
+    The event first passes API Gateway as the template configures it (``AWS_IAM`` on every route but the
+    webhook, the resource policy of the test's ``CallerRoleArns``): a request it would refuse gets its own
+    403 and never reaches the function. ``gateway=False`` reaches the function anyway (what a deployment
+    without that authorization would do: the function must still refuse)."""
+    lambdas = functions()
+    if gateway:
+        refused = _gateway(lambdas).refusal(event)
+        if refused is not None:
+            return ApiAnswer(refused["statusCode"], json.loads(refused["body"]), dict(refused["headers"]))
+    answer = lambdas.invoke("ApiFunction", event, remaining_ms)
+    _against_contract(event, answer)
+    body = json.loads(answer["body"])
+    if "url" in body:
+        SECRETS.saw_url(body["url"])
+    headers = {
+        k: v[-1] if isinstance(v, list) else v for k, v in (answer.get("multiValueHeaders") or {}).items()
+    }
+    headers.update(answer.get("headers") or {})
+    return ApiAnswer(answer["statusCode"], body, headers)
+
+
+def call_webhook(event: dict[str, Any]) -> ApiAnswer:
+    """Invoke the webhook function as API Gateway would."""
+    answer = functions().invoke("WebhookFunction", event)
+    _against_contract(event, answer)
+    return ApiAnswer(answer["statusCode"], json.loads(answer["body"]), answer.get("headers") or {})
+
+
+def call_sweeper() -> dict[str, Any]:
+    """Invoke the sweeper as its schedule would."""
+    event = {"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {}}
+    result: dict[str, Any] = functions().invoke("SweeperFunction", event)
+    return result
+
+
+# -- the queues -------------------------------------------------------------------------------------------
+def sqs_record(body: str, message_id: str | None = None, queue: str = "DownloadQueue") -> dict[str, Any]:
+    """A record of the test's own ``queue`` with ``body``, handed to a function directly (never received
+    from SQS: :func:`receive` gives received ones)."""
+    arn = functions().local.get_att(queue, "Arn") if FUNCTIONS else None
+    return events.sqs_record(body, message_id, arn)
+
+
+def call_worker(records: list[dict[str, Any]], remaining_ms: int | None = None) -> dict[str, Any]:
+    """Invoke the worker with a batch of records, ``remaining_ms`` before its timeout (its Timeout when
+    None)."""
+    result: dict[str, Any] = functions().invoke("WorkerFunction", {"Records": records}, remaining_ms)
+    return result
+
+
+def call_lifecycle(records: list[dict[str, Any]], remaining_ms: int | None = None) -> dict[str, Any]:
+    """Invoke the lifecycle function with a batch of records, ``remaining_ms`` before its timeout (its
+    Timeout when None)."""
+    result: dict[str, Any] = functions().invoke("LifecycleFunction", {"Records": records}, remaining_ms)
+    return result
+
+
+def pump(resources: Resources) -> SqsPump:
+    """The template's SQS event sources over the test's resources and functions."""
+    return SqsPump(resources, functions())
+
+
+def receive(
+    resources: Resources, queue: str, wait_seconds: int = 3, max_messages: int = 10
+) -> list[dict[str, Any]]:
+    """Up to ``max_messages`` of ``queue``'s messages visible within ``wait_seconds``, as Lambda's records
+    of that queue (real receipt handles), received and so hidden for the queue's visibility timeout."""
+    return pump(resources).receive(queue, wait_seconds, max_messages)
+
+
+def acknowledge(
+    resources: Resources, queue: str, records: list[dict[str, Any]], result: dict[str, Any]
+) -> None:
+    """Delete the messages the function did not report failed, as Lambda's SQS event source does."""
+    pump(resources).acknowledge(queue, records, result)
+
+
+def deliver(resources: Resources, queue: str, wait_seconds: int = 3) -> int:
+    """One batch of ``queue``'s due messages delivered to its function and acknowledged, as Lambda's SQS
+    event source would; how many messages it held."""
+    return pump(resources).deliver(queue, wait_seconds)
+
+
+# -- S3 ---------------------------------------------------------------------------------------------------
+def open_uploads(s3: Any, bucket: str) -> list[dict[str, Any]]:
+    uploads: list[dict[str, Any]] = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return uploads
+
+
+def stored_keys(s3: Any, bucket: str) -> list[str]:
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def assert_nothing_left(s3: Any, bucket: str) -> None:
+    """No object and no multipart upload (and so no orphaned part) in the bucket."""
+    assert stored_keys(s3, bucket) == []
+    assert open_uploads(s3, bucket) == []
 
 
 # -- users ---------------------------------------------------------------------------------------------
@@ -130,14 +291,21 @@ def grants_of_user(
     )
 
 
-def stored_refresh_token(resources: Resources, grant_id: str) -> str:
-    """The refresh token a grant holds, opened with the stack's key as a function would."""
+def stored_token(resources: Resources, grant_id: str, purpose: str = REFRESH_TOKEN_PURPOSE) -> str:
+    """A token a grant holds (its refresh token, or with ``ACCESS_TOKEN_PURPOSE`` its access token),
+    opened with the stack's key as a function would."""
     item = grant_items(resources)[grant_id]
+    field = "sealed_refresh_token" if purpose == REFRESH_TOKEN_PURPOSE else "sealed_access_token"
     plaintext = resources.client("kms").decrypt(
-        CiphertextBlob=base64.b64decode(item["sealed_refresh_token"]["S"]),
-        EncryptionContext={"purpose": REFRESH_TOKEN_PURPOSE, "grant_id": grant_id},
+        CiphertextBlob=base64.b64decode(item[field]["S"]),
+        EncryptionContext={"purpose": purpose, "grant_id": grant_id},
     )["Plaintext"]
     return str(plaintext.decode())
+
+
+def stored_refresh_token(resources: Resources, grant_id: str) -> str:
+    """The refresh token a grant holds, opened with the stack's key as a function would."""
+    return stored_token(resources, grant_id, REFRESH_TOKEN_PURPOSE)
 
 
 def _scan(resources: Resources, table: str) -> list[dict[str, Any]]:
@@ -166,17 +334,29 @@ def uploads(s3: Any, bucket: str) -> list[tuple[str, str]]:
     return sorted((u["Key"], u["UploadId"]) for u in found)
 
 
-def in_queue(resources: Resources, queue: str) -> int:
-    """Messages in ``queue``: visible, received and not yet deleted, or still delayed."""
+def in_queue(resources: Resources, queue: str, *, received: bool = True) -> int:
+    """Messages in ``queue``: visible, still delayed, or (unless ``received`` is False) received and not
+    yet deleted. ``in_queue(…, received=False) == 0``: nothing is due now or scheduled for later."""
     names = [
         "ApproximateNumberOfMessages",
-        "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed",
+        *(["ApproximateNumberOfMessagesNotVisible"] if received else []),
     ]
-    attributes = resources.client("sqs").get_queue_attributes(
-        QueueUrl=resources.local.ref(queue), AttributeNames=names
-    )["Attributes"]
-    return sum(int(attributes[name]) for name in names)
+    sqs = resources.client("sqs")
+
+    def count() -> int:
+        attributes = sqs.get_queue_attributes(QueueUrl=resources.local.ref(queue), AttributeNames=names)
+        return sum(int(attributes["Attributes"][name]) for name in names)
+
+    # The counts are approximate (moto's, like SQS's, are read one after the other while messages move
+    # between them): two reads in a row that agree.
+    last, now = count(), count()
+    for _ in range(10):
+        if now == last:
+            break
+        time.sleep(0.05)
+        last, now = now, count()
+    return now
 
 
 def sent_messages(resources: Resources, queue: str) -> list[tuple[dict[str, Any], int]]:
@@ -331,23 +511,21 @@ def calls_since(emulator: Emulator, before: dict[str, int]) -> dict[str, int]:
 # -- another container ----------------------------------------------------------------------------------
 def worker_in_another_container(record: dict[str, Any]) -> subprocess.Popen[str]:
     """The worker function run on ``record`` in a process of its own, as a second Lambda container."""
-    return _invoke("sqs", "WorkerFunction", record)
+    return _invoke("WorkerFunction", record)
 
 
 def lifecycle_in_another_container(record: dict[str, Any]) -> subprocess.Popen[str]:
     """The lifecycle function run on ``record`` in a process of its own."""
-    return _invoke("lifecycle", "LifecycleFunction", record)
+    return _invoke("LifecycleFunction", record)
 
 
-def _invoke(trigger: str, function: str, record: dict[str, Any]) -> subprocess.Popen[str]:
+def _invoke(function: str, record: dict[str, Any]) -> subprocess.Popen[str]:
+    lambdas = functions()
+    timeout_ms = lambdas.template.function_timeout(function, lambdas.parameters) * 1000
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.harness.invoke", trigger, json.dumps({"Records": [record]})],
+        [sys.executable, "-m", "tests.harness.invoke", json.dumps({"Records": [record]}), str(timeout_ms)],
         cwd=REPO_ROOT,
-        env={
-            **os.environ,
-            **functions().environment(function),
-            "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}",
-        },
+        env={**lambdas.process_environment(function), "PYTHONPATH": f"{REPO_ROOT / 'src'}:{REPO_ROOT}"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
