@@ -61,7 +61,7 @@ serve: $(BIN)/.installed  ## The API on a local port for curl (PORT=8080 to choo
 # `make test` runs on two processes (pytest-xdist), each with its own moto server and emulator;
 # TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
-test: $(BIN)/.installed  ## The whole suite on two processes (what CI runs; about MINUTES minutes).
+test: $(BIN)/.installed  ## The whole suite on two processes (what CI runs; about 6 minutes).
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-unit: $(BIN)/.installed  ## The fast tier: logic, models and parsers with in-memory fakes (under a minute).
