@@ -41,8 +41,9 @@ from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TO
 from tiktok_archive.handlers import lifecycle as handler
 from tiktok_archive.handlers import queue_failures
 from tiktok_archive.logic.purge import UserPurge
-from tiktok_archive.logic.status_checks import ArchiveReady, Schedule, StatusChecks
+from tiktok_archive.logic.status_checks import ArchiveReady, StatusChecks
 from tiktok_archive.logic.tokens import TokenService
+from tiktok_archive.models.check_schedule import Schedule
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Preparation
 from tiktok_archive.models.errors import StorageError
@@ -115,7 +116,7 @@ class World:
             preparation=Preparation(
                 "json",
                 ("all_data",),
-                next_check_at=now + timedelta(minutes=1),
+                next_check_at=now,
                 give_up_at=now + timedelta(days=7),
             ),
             poll_interval=60,
