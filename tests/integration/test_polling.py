@@ -44,7 +44,9 @@ from tiktok_archive.models.clock import format_utc, parse_utc, utc_now
 BACKLOG = 130  # lost checks: more than the sweeper's page of 100
 
 
-def set_schedule(resources: Resources, request_id: int, *, due_in: float, interval: int | None = None) -> None:
+def set_schedule(
+    resources: Resources, request_id: int, *, due_in: float, interval: int | None = None
+) -> None:
     """Write the record's next check ``due_in`` seconds from now (negative: late), as a schedule would."""
     values: dict[str, Any] = {":due": {"S": format_utc(utc_now() + timedelta(seconds=due_in))}}
     expression = "SET next_check_at = :due"

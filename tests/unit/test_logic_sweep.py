@@ -228,3 +228,22 @@ def test_a_chain_that_moved_meanwhile_is_left_to_itself(world: World) -> None:
     world.sweep()
     assert world.records.items[request_id].poll_seq == 1
     assert world.due_in(request_id) < 0
+
+
+# -- the figures the docs give ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("budget", "interval", "waiting_max"),
+    [
+        (CheckBudget(), 900, 9_000),  # without webhooks, at the longest interval: the README's figure
+        (CheckBudget(), 300, 3_000),
+        (CheckBudget(), 60, 600),
+        (CheckBudget(share_percent=100), 900, 15_000),
+    ],
+)
+def test_the_quota_allows_checks_a_minute_times_the_interval_in_minutes(
+    budget: CheckBudget, interval: int, waiting_max: int
+) -> None:
+    assert budget.waiting_max(interval) == waiting_max
+    # …and that many waiting requests have exactly that interval as their floor
+    assert budget.floor_seconds(waiting_max) == interval
+    assert budget.floor_seconds(waiting_max + 1) > interval
