@@ -114,6 +114,44 @@ def test_a_check_due_beyond_sqs_longest_delay_hops_until_due_and_only_then_asks_
     assert record(resources, request_id)["checks"]["N"] == "2"
 
 
+def test_a_hop_is_a_fresh_message_so_hops_spend_none_of_the_checks_receives(
+    configure: Configure, emulator: Emulator, resources: Resources
+) -> None:
+    # Given a waiting request whose record expects its check 8 s from now, and the check's message already
+    # received four times (the queue sends it to the dead-letter queue after MaxReceiveCount, 5)
+    user = consent(emulator, prepare_seconds=24 * HOUR)
+    request_id = added(user)
+    set_schedule(resources, request_id, due_in=8)
+    sqs = resources.client("sqs")
+    for _ in range(3):
+        [message] = take_messages(resources, "LifecycleQueue", "check")
+        sqs.change_message_visibility(
+            QueueUrl=resources.local.ref("LifecycleQueue"),
+            ReceiptHandle=message["receiptHandle"],
+            VisibilityTimeout=0,
+        )
+    [early] = take_messages(resources, "LifecycleQueue", "check")
+    assert early["attributes"]["ApproximateReceiveCount"] == "4"
+    before = tiktok_calls(emulator)
+
+    # When the lifecycle function gets it before its time
+    assert run_taken(resources, [early]) == {"batchItemFailures": []}
+
+    # Then it is gone, and the same check comes back when due as a new message, received once, and asks
+    # TikTok then
+    hop: list[dict[str, Any]] = []
+    waited = time.monotonic()
+    while not hop and time.monotonic() - waited < 20:
+        hop = take_messages(resources, "LifecycleQueue", "check", wait_seconds=2)
+    [again] = hop
+    assert again["body"] == early["body"]
+    assert again["messageId"] != early["messageId"]
+    assert again["attributes"]["ApproximateReceiveCount"] == "1"
+    assert calls_since(emulator, before) == {}
+    assert run_taken(resources, [again]) == {"batchItemFailures": []}
+    assert calls_since(emulator, before) == {"check": 1}
+
+
 @pytest.mark.parametrize(
     "parameters",
     [{"StatusPollMaxSeconds": "900"}, {"WebhooksConfigured": "true"}],
