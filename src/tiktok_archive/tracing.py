@@ -109,8 +109,10 @@ class DeferredTracer:
             tracer = self.active()
             if tracer is None:
                 return function(*args, **kwargs)
-            if not decorated or decorated[0][0] is not tracer:
-                decorated[:] = [(tracer, decorate(tracer, function))]
-            return decorated[0][1](*args, **kwargs)
+            current = decorated[0] if decorated else None
+            if current is None or current[0] is not tracer:
+                current = (tracer, decorate(tracer, function))
+                decorated[:] = [current]
+            return current[1](*args, **kwargs)
 
         return call
