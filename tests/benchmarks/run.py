@@ -37,7 +37,6 @@ from tests.harness.local_stack import REGION, REPO_ROOT, LocalStack, Resources, 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 PART_MIB = 8
-COLD_START_ROUNDS = 11
 CONCURRENCY = 4
 BUCKET = "bench-archives"
 # The emulator's user, TikTok-shaped; not a real secret.
@@ -342,7 +341,7 @@ def write_report(
     sizes: list[int],
     rounds: int,
     checks: list[tuple[bool, str]],
-    cold_starts: list[cold_start.Result],
+    cold_starts: list[str],
     elapsed: float,
 ) -> None:
     lines = [
@@ -411,7 +410,7 @@ def write_report(
         "",
         cold_start.SECTION,
         "",
-        *cold_start.report(cold_starts, COLD_START_ROUNDS),
+        *cold_starts,
     ]
     path.write_text("\n".join(lines))
 
@@ -421,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64,512,2048", help="archive sizes in MiB, comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per size (the median is reported)")
     parser.add_argument("--report", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--cold-start-rounds", type=int, help="paired cold-start rounds per function (default: 4 × --rounds)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(value) * MIB for value in args.sizes.split(",")]
     started = time.monotonic()
@@ -458,13 +460,15 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             stack.emulator.reset()
-    cold_starts = cold_start.cold_starts(COLD_START_ROUNDS)
+    cold_rounds = args.cold_start_rounds or 4 * args.rounds
+    cold_starts = cold_start.cold_starts(cold_rounds)
     summaries = summarize(runs)
     checks = targets(summaries, sizes) + cold_start.targets(cold_starts)
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     plot(runs, summaries, sizes, report.with_suffix(".png"))
-    write_report(report, summaries, sizes, args.rounds, checks, cold_starts, time.monotonic() - started)
+    cold_report = cold_start.report(cold_starts, cold_rounds)
+    write_report(report, summaries, sizes, args.rounds, checks, cold_report, time.monotonic() - started)
     print()
     for ok, text in checks:
         print(f"{'PASS' if ok else 'FAIL'} {text}")
