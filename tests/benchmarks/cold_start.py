@@ -303,7 +303,7 @@ def write_section(path: Path, lines: list[str]) -> None:
     text = path.read_text()
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
-    rest = text[end:] if end != -1 else "\n"
+    rest = text[end:] if end != -1 else ""
     path.write_text(text[:start] + "\n".join([SECTION, "", *lines]).rstrip("\n") + "\n" + rest)
 
 

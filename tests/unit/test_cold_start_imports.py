@@ -25,7 +25,11 @@ S3_TRANSFER = {
 # What a function's first call must not load: another function's chain.
 NOT_ITS_CHAIN = {
     "WebhookFunction": S3_TRANSFER
-    | {"tiktok_archive.adapters.tiktok", "tiktok_archive.logic.tokens", "tiktok_archive.adapters.download_records"},
+    | {
+        "tiktok_archive.adapters.tiktok",
+        "tiktok_archive.logic.tokens",
+        "tiktok_archive.adapters.download_records",
+    },
     "SweeperFunction": S3_TRANSFER,
 }
 LOADED = """
