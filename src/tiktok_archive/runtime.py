@@ -26,6 +26,7 @@ from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.logic.webhooks import WebhookReceiver
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ConfigurationError
+from tiktok_archive.models.tiktok_quota import Priority
 from tiktok_archive.runtime_adapters import (
     app_credentials,
     archive_store,
@@ -219,16 +220,17 @@ def start_invocation(context: Any) -> Deadline:
     return Deadline.for_invocation(remaining_ms, margin)
 
 
-def unit_of_work(deadline: Deadline) -> Deadline:
+def unit_of_work(deadline: Deadline, priority: Priority) -> Deadline:
     """A unit of work (one API request, one queue message) on the invocation's ``deadline``.
 
-    The same moment, and its own count of attempts (``ATTEMPTS_PER_UNIT``).
+    The same moment, its own count of attempts (``ATTEMPTS_PER_UNIT``), and its ``priority`` on
+    TikTok's shared quota (the handler knows what the unit is).
     """
     try:
         attempts = settings().attempts_per_unit
     except ConfigurationError:
         attempts = Settings.attempts_per_unit
-    return deadline.unit(attempts)
+    return deadline.unit(attempts, priority)
 
 
 def reset() -> None:

@@ -25,6 +25,7 @@ from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
 from tiktok_archive.adapters.queue_visibility import MessageVisibility
 from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
 from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
+from tiktok_archive.adapters.tiktok_quota import SharedQuota
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
 from tiktok_archive.models.errors import ConfigurationError
@@ -78,7 +79,7 @@ def archive_store() -> S3ArchiveStore:
 
 @functools.cache
 def tiktok_client() -> TikTokClient:
-    """The container's TikTok client and its connection pool."""
+    """The container's TikTok client and its connection pool, drawing on the shared quota (when set)."""
     config = settings()
     return TikTokClient(
         config.tiktok_api_base_url,
@@ -86,7 +87,16 @@ def tiktok_client() -> TikTokClient:
         connect_timeout=config.connect_timeout_seconds,
         read_timeout=config.read_timeout_seconds,
         max_attempts=config.tiktok_max_attempts,
+        quota=tiktok_quota(),
     )
+
+
+def tiktok_quota() -> SharedQuota | None:
+    """TikTok's quota shared by every invocation (None without ``TIKTOK_QUOTA_TABLE_NAME``)."""
+    config = settings()
+    if not config.quota_table_name:
+        return None
+    return SharedQuota(_small_calls_client("dynamodb"), config.quota_table_name, config.quota)
 
 
 @functools.cache

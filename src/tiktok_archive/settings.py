@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
 from tiktok_archive.models.errors import ConfigurationError
+from tiktok_archive.models.tiktok_quota import Priority, QuotaPlan
 
 MIB = 1024 * 1024
 # S3 refuses parts below 5 MiB (except the last) and above 5 GiB.
@@ -103,6 +104,11 @@ class Settings:
         status_poll_pace_ms: the least time between two TikTok calls of one lifecycle invocation
             (``STATUS_POLL_PACE_MS``, 0–10000, default 150): with the template's concurrency cap, what
             keeps many users' checks under TikTok's rate limit.
+        quota_table_name: the DynamoDB table of TikTok's quota, shared by every function that calls
+            TikTok (``TIKTOK_QUOTA_TABLE_NAME``; unset: calls are not budgeted).
+        quota: TikTok's calls a minute per endpoint (``TIKTOK_CALLS_PER_MINUTE``, 10–1,000,000, default
+            1000) and the share of them the service uses (``TIKTOK_QUOTA_SHARE_PERCENT``, 1–100,
+            default 90); see :mod:`tiktok_archive.models.tiktok_quota`.
     """
 
     bucket_name: str
@@ -132,6 +138,8 @@ class Settings:
     status_poll_max_seconds: int = 900
     status_poll_give_up_hours: int = 168
     status_poll_pace_ms: int = 150
+    quota_table_name: str = ""
+    quota: QuotaPlan = field(default_factory=QuotaPlan)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -201,7 +209,22 @@ class Settings:
             status_poll_give_up_hours=_int(env, "STATUS_POLL_GIVE_UP_HOURS", 168, 1, 8760),
             status_poll_pace_ms=_int(env, "STATUS_POLL_PACE_MS", 150, 0, 10_000),
             memory_mib=memory,
+            quota_table_name=env.get("TIKTOK_QUOTA_TABLE_NAME", "").strip(),
+            quota=_quota(env),
         )
+
+
+def _quota(env: Mapping[str, str]) -> QuotaPlan:
+    plan = QuotaPlan(
+        calls_per_minute=_int(env, "TIKTOK_CALLS_PER_MINUTE", 1000, 10, 1_000_000),
+        share_percent=_int(env, "TIKTOK_QUOTA_SHARE_PERCENT", 90, 1, 100),
+    )
+    if plan.cap(Priority.CHECK) < 1:
+        raise ConfigurationError(
+            "TIKTOK_CALLS_PER_MINUTE x TIKTOK_QUOTA_SHARE_PERCENT leaves status checks no call in a "
+            f"sub-window (a cap of {plan.window_cap}): raise either"
+        )
+    return plan
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:

@@ -40,6 +40,7 @@ from tiktok_archive.models.messages import (
     StatusCheck,
     parse_lifecycle_message,
 )
+from tiktok_archive.models.tiktok_quota import Priority
 from tiktok_archive.observability import logger
 from tiktok_archive.runtime import archive_ready, start_invocation, status_checks, unit_of_work, user_purge
 from tiktok_archive.runtime_adapters import message_visibility, settings
@@ -90,7 +91,10 @@ def lifecycle_message(record: SQSRecord) -> None:
 
 def _work(message: LifecycleMessage) -> None:
     """Hand ``message`` to the service that does its work."""
-    deadline = unit_of_work(_invocation.deadline)  # each message: a unit of work of its own
+    # Each message: a unit of work of its own. Status checks are the quota's lowest priority; the rest
+    # of what this queue does with TikTok is a purge's (cancels, revocations), its highest.
+    priority = Priority.CHECK if isinstance(message, StatusCheck) else Priority.PURGE
+    deadline = unit_of_work(_invocation.deadline, priority)
     if isinstance(message, StatusCheck):
         _invocation.pace()
         outcome = status_checks().check(message.request_id, message.seq, deadline)
