@@ -48,7 +48,7 @@ class SharedQuota:
         dynamodb: a boto3 DynamoDB client (bounded by the invocation, see ``aws_clients``).
         table_name: the quota table (``TIKTOK_QUOTA_TABLE_NAME``).
         plan: the quota's size and the service's share of it.
-        clock: epoch seconds now (tests and the simulation set it).
+        clock: epoch seconds now (tests and the simulation set it; the system's clock by default).
     """
 
     def __init__(
@@ -56,7 +56,7 @@ class SharedQuota:
         dynamodb: DynamoDBClient,
         table_name: str,
         plan: QuotaPlan,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._dynamodb = dynamodb
         self._table = table_name
@@ -75,7 +75,7 @@ class SharedQuota:
             None when the call may be made (counted, or DynamoDB failed: fail open); else the seconds to
             the next sub-window (nothing counted).
         """
-        now = self._clock()
+        now = self._clock() if self._clock is not None else time.time()
         cap = self._plan.cap(priority)
         if cap <= 0:
             return until_next_window(now)
