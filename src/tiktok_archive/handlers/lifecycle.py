@@ -5,8 +5,9 @@ Thin on purpose: each message is parsed and handed to its use case (:class:`Stat
 Two things are the trigger's own:
 
 - pacing: one invocation makes at most one status check per ``STATUS_POLL_PACE_MS``; with the template's
-  cap on concurrent invocations, that bounds the checks a minute whatever the number of waiting users
-  (see the README's arithmetic);
+  cap on concurrent invocations, that bounds the checks offered a minute whatever the number of waiting
+  users; how many reach TikTok is TikTok's shared quota's to say (checks at its lowest priority, the
+  purges' cancels and revocations at its highest; see docs/configuration.md);
 - a 429: the batch's other TikTok work (status checks, an erasure's revocation) is handed back to come in
   after TikTok's ``Retry-After`` (their visibility is changed), so one rate limit does not cost a call per
   message. Purges and webhook work call no TikTok endpoint: they are never held back.
