@@ -77,13 +77,15 @@ class Visibility:
 
     postponed: list[tuple[str, int]] = field(default_factory=list)
     sent_again: list[tuple[str, int]] = field(default_factory=list)  # (body, delay)
+    sqs_takes_sends: bool = True
 
     def postpone(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
         self.postponed.append((receipt_handle, seconds))
 
     def send_again(self, queue_url: str, body: str, seconds: int) -> bool:
-        self.sent_again.append((body, seconds))
-        return True
+        if self.sqs_takes_sends:
+            self.sent_again.append((body, seconds))
+        return self.sqs_takes_sends
 
 
 @dataclass
@@ -322,3 +324,17 @@ def test_a_revocation_the_quota_refuses_is_sent_again_and_acknowledged(world: Wo
     assert 10 <= delay <= 20
     assert world.visibility.postponed == []
     assert world.grants.items[ERASED_GRANT].erasing is True
+
+
+def test_a_deferred_message_sqs_will_not_take_again_comes_back_as_a_transient_failure(world: World) -> None:
+    # Given a revocation the quota refuses, and SQS refusing to take the message again
+    spent_quota(world, (Endpoint.REVOKE, 10))
+    world.given_grant(ERASED_GRANT, ERASED, erasing=True)
+    world.visibility.sqs_takes_sends = False
+
+    handed_back = world.batch(("revoke", RevokeAtTikTok(BACKEND_CALLER, ERASED, ())))
+
+    # Then the received message itself comes back, after the quota's delay: late, never lost
+    assert handed_back == ["revoke"]
+    [(name, seconds)] = world.visibility.postponed
+    assert (name, 10 <= seconds <= 20) == ("revoke", True)
