@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
 from tiktok_archive.adapters import aws_clients
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
-from tiktok_archive.adapters.aws_clients import SMALL_CALLS, s3_limits
+from tiktok_archive.adapters.aws_clients import QUOTA_CALLS, SMALL_CALLS, s3_limits
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords
@@ -96,7 +96,13 @@ def tiktok_quota() -> SharedQuota | None:
     config = settings()
     if not config.quota_table_name:
         return None
-    return SharedQuota(_small_calls_client("dynamodb"), config.quota_table_name, config.quota)
+    return SharedQuota(_quota_client(), config.quota_table_name, config.quota)
+
+
+@functools.cache
+def _quota_client() -> Any:
+    """The quota counter's DynamoDB client: short tries, since the counter fails open."""
+    return aws_clients.client("dynamodb", QUOTA_CALLS)
 
 
 @functools.cache
@@ -219,6 +225,7 @@ def reset() -> None:
         tiktok_client,
         archive_store,
         message_visibility,
+        _quota_client,
         _small_calls_client,
         settings,
     ):
