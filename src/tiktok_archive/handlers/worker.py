@@ -30,6 +30,7 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.models.inputs import parse_json_object, parse_request_id
 from tiktok_archive.models.messages import parse_download_job
+from tiktok_archive.models.tiktok_quota import Priority
 from tiktok_archive.observability import hide, logger
 from tiktok_archive.runtime import queued_downloads, start_invocation, unit_of_work
 
@@ -53,7 +54,7 @@ def download_message(record: SQSRecord) -> None:
         job = parse_download_job(request_id, document)
         hide(job.access_token)
         # Each message is a unit of work of its own on the invocation's deadline.
-        queued_downloads().run(job, unit_of_work(_deadline[-1]))
+        queued_downloads().run(job, unit_of_work(_deadline[-1], Priority.DOWNLOAD))
     except ServiceError as error:
         request = {"request_id": None if request_id is None else str(request_id)}
         settle(error, record, request, postpone=True)
