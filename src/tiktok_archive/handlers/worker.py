@@ -8,7 +8,9 @@ reported in ``batchItemFailures`` so SQS delivers the message again (when the fa
 TikTok's ``Retry-After``, a running download's claim — the message's visibility is changed to come back
 then); a permanent one (a malformed
 message, a refused token or scope, an unknown request) is recorded, logged as a structured error and
-acknowledged so it does not loop until the dead-letter queue. Each message is judged on its own.
+acknowledged so it does not loop until the dead-letter queue. A job TikTok's shared quota has no call
+for is no failure: it is sent again, delayed, and the message acknowledged (``settle``), so its receive
+count does not grow. Each message is judged on its own.
 """
 
 from __future__ import annotations
