@@ -3,10 +3,9 @@
 The spec names the approach, the archive (request id, token, size), the bucket and key, and the
 environment; the process imports only what that approach needs and builds its clients, notes its RSS,
 runs the transfer once while a thread samples RSS, and prints one JSON line: wall and CPU seconds (the
-process's user + system time less the sampling thread's own), RSS
-after imports, peak RSS (``VmHWM``), the RSS samples, the time S3 spent in ``CompleteMultipartUpload``
-(timed with botocore's own events on the default session every client here is made from), and how many
-bytes S3 holds.
+process's user + system time less the sampling thread's own), RSS after imports, peak RSS (``VmHWM``),
+the RSS samples, the time S3 spent in ``CompleteMultipartUpload`` (timed with botocore's own events on
+the default session every client here is made from), and how many bytes S3 holds.
 
 Approaches:
 

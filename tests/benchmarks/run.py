@@ -6,7 +6,8 @@ does, at full speed), then runs every approach once per round, each in a fresh p
 over all of them. It reports per size and approach the median wall time, throughput, CPU seconds per
 GiB, peak RSS and streaming memory (peak − RSS after imports), and for this project the overlap ratio
 wall ÷ max(download only, upload only) from the same round; it also runs the 128 MB function's
-derived settings and measures import time. It prints PASS/FAIL for each target, writes
+derived settings and measures import time, and models the cost per archive GiB by worker memory size
+(:func:`cost_model`). It prints PASS/FAIL for each target, writes
 ``docs/benchmarks.md`` and ``docs/benchmarks.png``, and exits 0 — targets are reported, never enforced.
 """
 
@@ -399,7 +400,8 @@ def cost_model(
         for r in runs
         if r.approach == "handler" and r.size == largest and r.wall > r.completion
     ]
-    usable = min(MAX_VCPUS_MODELLED, max(1.0, max(busy, default=1.0)))
+    busiest = max(busy, default=1.0)
+    usable = min(MAX_VCPUS_MODELLED, max(1.0, busiest))
     network_seconds = 1024 / ASSUMED_NETWORK_MIB_PER_SECOND
     rows = []
     for memory in MEMORY_SIZES_MB:
@@ -411,7 +413,7 @@ def cost_model(
         cpu_seconds = measured.cpu_per_gib
         wall = max(network_seconds, cpu_seconds / vcpus)
         rows.append(CostRow(memory, vcpus, part_mib, concurrency, cpu_seconds, wall, wall > network_seconds))
-    return rows, usable
+    return rows, busiest
 
 
 def recommended_memory(rows: list[CostRow]) -> CostRow | None:
@@ -428,7 +430,7 @@ def template_memory_default() -> int | None:
     return int(match.group(1)) if match else None
 
 
-def cost_lines(rows: list[CostRow], usable: float) -> list[str]:
+def cost_lines(rows: list[CostRow], busiest: float) -> list[str]:
     """The cost section of the report."""
     if not rows:
         return []
@@ -460,9 +462,10 @@ def cost_lines(rows: list[CostRow], usable: float) -> list[str]:
         "- CPU: this run's CPU s/GiB for this project at the largest archive (the 128 MB function's own "
         "run, 5 MiB parts, for 128 MB), taken to be the same on a Lambda arm64 vCPU as on this machine's "
         "cores — an assumption: Graviton's per-core speed, and zlib's CRC32 there, differ.",
-        f"- vCPUs: memory ÷ {MB_PER_VCPU} MB, capped at the {usable:.2f} cores the process kept busy here "
-        "(CPU ÷ wall time without the completion, best round; the reader and the uploaders are separate "
-        "threads, and Lambda gives 2 vCPUs at 3,538 MB).",
+        f"- vCPUs: memory ÷ {MB_PER_VCPU} MB, capped at what the process can keep busy: the cores it kept "
+        f"busy here ({busiest:.2f} = CPU ÷ wall time without the completion, best round), taken as at least "
+        f"1 (moto and the emulator shared this machine's cores) and at most {MAX_VCPUS_MODELLED:.0f} (the "
+        "reader and the uploaders are separate threads; Lambda gives 2 vCPUs at 3,538 MB).",
         f"- Network: {ASSUMED_NETWORK_MIB_PER_SECOND:.0f} MiB/s for the overlapped download and upload when "
         "CPU is not the bound — an assumption, not a measurement (neither TikTok's serving rate nor a "
         "function's bandwidth is documented). Wall time = max(network time, CPU time ÷ vCPUs).",
@@ -612,7 +615,9 @@ def write_report(
         "  the request body: no copy of the bytes in user space. What is left is the kernel's TCP receive",
         "  and send (on loopback the sender also pays for delivery), CRC32, http.client's per-chunk framing",
         "  (TikTok's chunks; 64 KiB from the emulator) and botocore's per-request work — the download and",
-        "  upload legs alone show the split. CPU excludes the benchmark's own RSS sampler thread.",
+        "  upload legs alone show the split. What the container built before its first transfer is frozen",
+        "  out of the cyclic collector (`gc.freeze()`), so a full collection during a transfer does not scan",
+        "  every module and client again. CPU excludes the benchmark's own RSS sampler thread.",
         "",
         *costs,
         "## Import time (cold start)",
@@ -675,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(summaries, sizes)
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
-    rows, usable = cost_model(runs, summaries, sizes)
+    rows, busiest = cost_model(runs, summaries, sizes)
     plot(runs, summaries, sizes, report.with_suffix(".png"))
     write_report(
         report,
@@ -685,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         checks,
         imports,
         time.monotonic() - started,
-        cost_lines(rows, usable),
+        cost_lines(rows, busiest),
     )
     print()
     for ok, text in checks:
