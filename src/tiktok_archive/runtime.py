@@ -16,6 +16,7 @@ each handler's import loads.
 from __future__ import annotations
 
 import functools
+import gc
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -66,12 +67,17 @@ def transfer_service() -> ArchiveTransfer:
     from tiktok_archive.logic.transfer import ArchiveTransfer
 
     config = settings()
-    return ArchiveTransfer(
+    service = ArchiveTransfer(
         tiktok_client(),
         archive_store(),
         key_prefix=config.object_key_prefix,
         url_ttl_seconds=config.presigned_url_ttl_seconds,
     )
+    # The modules and clients loaded so far live as long as the container: out of the cyclic collector's
+    # way, so that a full collection during a transfer scans what the transfer allocated, not them (one
+    # over the ~140,000 objects of the worker's imports cost 65 ms of CPU in a 512 MiB transfer).
+    gc.freeze()
+    return service
 
 
 @functools.cache

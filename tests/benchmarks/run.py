@@ -6,7 +6,8 @@ does, at full speed), then runs every approach once per round, each in a fresh p
 over all of them. It reports per size and approach the median wall time, throughput, CPU seconds per
 GiB, peak RSS and streaming memory (peak − RSS after imports), and for this project the overlap ratio
 wall ÷ max(download only, upload only) from the same round; it also runs the 128 MB function's
-derived settings and measures import time. It prints PASS/FAIL for each target, writes
+derived settings and measures import time, and models the cost per archive GiB by worker memory size
+(:func:`cost_model`). It prints PASS/FAIL for each target, writes
 ``docs/benchmarks.md`` and ``docs/benchmarks.png``, and exits 0 — targets are reported, never enforced.
 """
 
@@ -33,6 +34,7 @@ import boto3
 from tests.benchmarks import cold_start
 from tests.harness.functions import LambdaFunctions
 from tests.harness.local_stack import REGION, REPO_ROOT, LocalStack, Resources, provision
+from tiktok_archive.settings import memory_defaults
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -41,6 +43,28 @@ CONCURRENCY = 4
 BUCKET = "bench-archives"
 # The emulator's user, TikTok-shaped; not a real secret.
 TOKEN = "act.BENCH0000000000000000000000000000000000000000000000000000000000000000!1234.e1"
+# The CPU target of issue 17: this project's CPU per archive GiB against the managed transfer's.
+CPU_RATIO_TARGET = 0.6
+
+# Prices for the cost model, arm64 in us-east-1, as of 2026-12 (https://aws.amazon.com/lambda/pricing/,
+# https://aws.amazon.com/s3/pricing/): Lambda duration and requests, S3 Standard PUT/COPY/POST/LIST
+# requests (every UploadPart, CreateMultipartUpload and CompleteMultipartUpload is one).
+LAMBDA_ARM64_USD_PER_GB_SECOND = 0.0000133334
+LAMBDA_USD_PER_REQUEST = 0.20 / 1_000_000
+S3_USD_PER_PUT_REQUEST = 0.005 / 1_000
+# Lambda gives a function CPU in proportion to its memory: 1,769 MB is one vCPU's worth, 3,538 MB two
+# (https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html).
+MB_PER_VCPU = 1769
+MAX_VCPUS_MODELLED = 2.0
+MEMORY_SIZES_MB = (128, 256, 512, 1024, 1769, 2048, 3008)
+# Not measured: how fast TikTok serves an archive and S3 takes it inside AWS. One function's stream is
+# assumed to run at this rate when CPU is not what holds it back (the two legs overlap).
+ASSUMED_NETWORK_MIB_PER_SECOND = 100.0
+# The recommended memory leaves the CPU this factor of spare time (see recommended_memory).
+CPU_HEADROOM = 1.5
+# What the worker keeps for itself at the end of its 900 s (DeadlineMarginSeconds's default for it).
+WORKER_SECONDS = 900 - 60
+
 APPROACHES = (
     "whole_body",
     "boto3_default",
@@ -110,7 +134,11 @@ def measure(
     key = f"archives/{request_id}.zip"
     # The worker's environment from template.yaml: the 128 MB function derives its part size and
     # concurrency from its memory, the others are set as the template's parameters.
-    parameters = {"LogLevel": "WARNING", **stack.parameters()}
+    # One S3 try may last 62 s (the cap) instead of the default 29.75 s: moto completes a full-object
+    # checksum upload by re-reading every part (see the report), which for 2 GiB on a busy machine
+    # outlasts the default try; a retry then finds the upload gone. Amazon S3 derives that checksum
+    # from the parts' and needs no such allowance.
+    parameters = {"LogLevel": "WARNING", "WorkerDeadlineMarginSeconds": "130", **stack.parameters()}
     spec_approach = approach
     if approach == "handler_128":
         spec_approach = "handler"
@@ -271,9 +299,10 @@ def targets(summaries: dict[tuple[str, int], Summary], sizes: list[int]) -> list
         ratio = ours.cpu_per_gib / managed.cpu_per_gib
         checks.append(
             (
-                ratio <= 1.0,
-                f"{label}: CPU {ours.cpu_per_gib:.2f} s/GiB ≤ managed transfer's "
-                f"{managed.cpu_per_gib:.2f} s/GiB (ratio {ratio:.2f})",
+                ratio <= CPU_RATIO_TARGET,
+                f"{label}: CPU {ours.cpu_per_gib:.2f} s/GiB ≤ {CPU_RATIO_TARGET} × managed transfer's "
+                f"{managed.cpu_per_gib:.2f} s/GiB (ratio {ratio:.2f}; payload signing off for both, as "
+                "over HTTPS in Lambda)",
             )
         )
     flat = [s for s in sizes if s >= 512 * MIB]
@@ -298,6 +327,164 @@ def targets(summaries: dict[tuple[str, int], Summary], sizes: list[int]) -> list
                 )
             )
     return checks
+
+
+@dataclass
+class CostRow:
+    """What one archive GiB costs in a worker of ``memory_mb``, by the model of :func:`cost_model`."""
+
+    memory_mb: int
+    vcpus: float
+    part_mib: int
+    concurrency: int
+    cpu_seconds: float
+    wall_seconds: float
+    cpu_bound: bool
+
+    @property
+    def gb_seconds(self) -> float:
+        return self.memory_mb / 1024 * self.wall_seconds
+
+    @property
+    def lambda_usd(self) -> float:
+        # One invocation per archive: a 1 GiB archive's share of the request charge is one request.
+        return self.gb_seconds * LAMBDA_ARM64_USD_PER_GB_SECOND + LAMBDA_USD_PER_REQUEST
+
+    @property
+    def s3_requests(self) -> int:
+        return -(-1024 // self.part_mib) + 2  # the parts, CreateMultipartUpload, CompleteMultipartUpload
+
+    @property
+    def s3_usd(self) -> float:
+        return self.s3_requests * S3_USD_PER_PUT_REQUEST
+
+    @property
+    def largest_archive_gib(self) -> float:
+        return WORKER_SECONDS / self.wall_seconds
+
+
+def cost_model(
+    runs: list[Run], summaries: dict[tuple[str, int], Summary], sizes: list[int]
+) -> tuple[list[CostRow], float]:
+    """Per archive GiB and memory size: wall time, GB-seconds and dollars, and the vCPUs the process uses.
+
+    CPU seconds per GiB are this run's, at the largest archive: the 128 MB function's own run for 128 MB
+    (5 MiB parts), the 8 MiB-part handler's for every other size. A function gets ``memory / 1,769 MB``
+    vCPUs, at most what the process was seen to keep busy (its CPU ÷ wall time without the completion,
+    best round, between 1 and 2). Wall time is the longer of the network's time for the GiB and the CPU
+    time spread over those vCPUs.
+    """
+    largest = max(sizes)
+    busy = [
+        r.cpu / (r.wall - r.completion)
+        for r in runs
+        if r.approach == "handler" and r.size == largest and r.wall > r.completion
+    ]
+    busiest = max(busy, default=1.0)
+    usable = min(MAX_VCPUS_MODELLED, max(1.0, busiest))
+    network_seconds = 1024 / ASSUMED_NETWORK_MIB_PER_SECOND
+    rows = []
+    for memory in MEMORY_SIZES_MB:
+        measured = summaries.get(("handler_128" if memory == 128 else "handler", largest))
+        if measured is None:
+            continue
+        part_mib, concurrency = memory_defaults(memory)
+        vcpus = min(memory / MB_PER_VCPU, usable)
+        cpu_seconds = measured.cpu_per_gib
+        wall = max(network_seconds, cpu_seconds / vcpus)
+        rows.append(CostRow(memory, vcpus, part_mib, concurrency, cpu_seconds, wall, wall > network_seconds))
+    return rows, busiest
+
+
+def recommended_memory(rows: list[CostRow]) -> CostRow | None:
+    """The smallest memory whose stream the network bounds with :data:`CPU_HEADROOM` to spare.
+
+    Beyond the point where the network bounds the stream, more memory only costs more; below it, the
+    archive takes longer for about the same GB-seconds. The headroom keeps the choice network-bound when
+    a Lambda vCPU is slower than this machine's cores or the network faster than assumed, and keeps it
+    from flipping between runs whose CPU figures differ by a few percent.
+    """
+    network_seconds = 1024 / ASSUMED_NETWORK_MIB_PER_SECOND
+    fits = [row for row in rows if row.cpu_seconds / row.vcpus * CPU_HEADROOM <= network_seconds]
+    return min(fits, key=lambda row: row.memory_mb) if fits else None
+
+
+def template_memory_default() -> int | None:
+    """The worker's memory in template.yaml: the default of its ``FunctionMemorySize`` parameter."""
+    text = (REPO_ROOT / "template.yaml").read_text()
+    match = re.search(r"^  FunctionMemorySize:\n(?:    .*\n)*?    Default: (\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def cost_lines(rows: list[CostRow], busiest: float) -> list[str]:
+    """The cost section of the report."""
+    if not rows:
+        return []
+    best = recommended_memory(rows)
+    breakeven = MB_PER_VCPU * rows[-1].cpu_seconds / (1024 / ASSUMED_NETWORK_MIB_PER_SECOND)
+    lines = [
+        "## Cost per archive GiB (model)",
+        "",
+        "| worker memory (MB) | vCPUs | parts | CPU s/GiB | wall s/GiB | bound by | GB-s/GiB | "
+        "Lambda $/GiB | S3 requests/GiB | S3 $/GiB | total $/GiB | largest archive in 15 min (GiB) |",
+        "|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.memory_mb} | {row.vcpus:.2f} | {row.part_mib} MiB × {row.concurrency} | "
+            f"{row.cpu_seconds:.2f} | {row.wall_seconds:.1f} | {'CPU' if row.cpu_bound else 'network'} | "
+            f"{row.gb_seconds:.2f} | {row.lambda_usd:.7f} | {row.s3_requests} | {row.s3_usd:.5f} | "
+            f"{row.lambda_usd + row.s3_usd:.5f} | {row.largest_archive_gib:.0f} |"
+        )
+    lines += [
+        "",
+        "The model, and what it assumes:",
+        "",
+        f"- Prices: arm64 Lambda ${LAMBDA_ARM64_USD_PER_GB_SECOND:.10f} per GB-second and "
+        f"${LAMBDA_USD_PER_REQUEST * 1e6:.2f} per million requests; S3 ${S3_USD_PER_PUT_REQUEST * 1000:.3f} "
+        "per 1,000 PUT/POST requests (us-east-1, 2026-12; constants in `tests/benchmarks/run.py`). One "
+        "invocation per archive; S3 requests are one per part plus CreateMultipartUpload and "
+        "CompleteMultipartUpload. Storage, transfer out, DynamoDB, SQS and KMS are not in it.",
+        "- CPU: this run's CPU s/GiB for this project at the largest archive (the 128 MB function's own "
+        "run, 5 MiB parts, for 128 MB), taken to be the same on a Lambda arm64 vCPU as on this machine's "
+        "cores — an assumption: Graviton's per-core speed, and zlib's CRC32 there, differ.",
+        f"- vCPUs: memory ÷ {MB_PER_VCPU} MB, capped at what the process can keep busy: the cores it kept "
+        f"busy here ({busiest:.2f} = CPU ÷ wall time without the completion, best round), taken as at least "
+        f"1 (moto and the emulator shared this machine's cores) and at most {MAX_VCPUS_MODELLED:.0f} (the "
+        "reader and the uploaders are separate threads; Lambda gives 2 vCPUs at 3,538 MB).",
+        f"- Network: {ASSUMED_NETWORK_MIB_PER_SECOND:.0f} MiB/s for the overlapped download and upload when "
+        "CPU is not the bound — an assumption, not a measurement (neither TikTok's serving rate nor a "
+        "function's bandwidth is documented). Wall time = max(network time, CPU time ÷ vCPUs).",
+        f"- At this rate the stream stops being CPU-bound at about {breakeven:.0f} MB: below it, GB-seconds "
+        "stay about the same (a smaller function takes longer) but each archive takes longer and the "
+        "largest archive one 15-minute invocation moves shrinks; above it, GB-seconds grow with memory for "
+        "no gain. Halve the network rate and that point halves too.",
+    ]
+    if all(row.s3_usd > row.lambda_usd for row in rows):
+        lines.append("- S3's requests cost more than the Lambda time at every size here.")
+    small, large = min(rows, key=lambda row: row.part_mib), max(rows, key=lambda row: row.part_mib)
+    if small.part_mib != large.part_mib:
+        lines.append(
+            f"- Part size matters more than memory: {small.part_mib} MiB parts ({small.memory_mb} MB) take "
+            f"{small.s3_requests / large.s3_requests - 1:.0%} more S3 requests per GiB than "
+            f"{large.part_mib} MiB parts."
+        )
+    if best is not None:
+        default = template_memory_default()
+        lines.append(
+            f"- Recommended worker memory: **{best.memory_mb} MB**, the smallest size in the table whose "
+            f"CPU time ÷ vCPUs, × {CPU_HEADROOM}, still fits in the network time: a vCPU a third slower "
+            "than this machine's cores, or a network that much faster, leaves the stream network-bound. "
+            "The bare cost minimum is at the break-even point above, without that margin, and saves only "
+            "the Lambda share of the total"
+            + (
+                " — template.yaml's default."
+                if best.memory_mb == default
+                else f"; template.yaml's default is {default} MB."
+            )
+        )
+    lines.append("")
+    return lines
 
 
 def plot(runs: list[Run], summaries: dict[tuple[str, int], Summary], sizes: list[int], path: Path) -> None:
@@ -343,6 +530,7 @@ def write_report(
     checks: list[tuple[bool, str]],
     cold_starts: list[str],
     elapsed: float,
+    costs: list[str],
 ) -> None:
     lines = [
         "# Benchmarks",
@@ -400,14 +588,30 @@ def write_report(
         "  disk, for every approach. Amazon S3 derives a CRC full-object checksum from the part checksums.",
         "  The wall-time and overlap targets are therefore printed twice: as measured, and without the time",
         "  spent in that one request (timed from botocore's own events, for every approach alike).",
+        "- **The worker's S3 tries.** The runs give the worker a 130 s deadline margin, so that one S3",
+        "  try may last 62 s instead of the default 29.75 s: moto's completion of a 2 GiB upload on a busy",
+        "  machine can outlast the default try, and a retried completion then finds the upload gone.",
         "- **Memory at 64 MiB.** The archive has 8 parts in all, so the managed transfer never holds more",
         "  than the archive itself; the 0.5× memory target is about long streams (512 MiB and 2 GiB).",
         "- **Memory, ours.** 4 parts uploading and 1 being filled: 5 × 8 MiB, recycled, plus about 2 MiB",
         "  of reading and HTTP buffers — the same at 512 MiB and at 2 GiB. The 128 MB function derives",
         "  5 MiB × 2 from `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` and stays far inside 128 MB.",
-        "- **CPU.** Each byte is CRC'd once (the part CRCs are sent with the parts and combined into the",
-        "  object's); SigV4 still hashes every part over plain HTTP (moto), as for every approach.",
+        "- **CPU, and payload signing.** Over HTTPS, as in Lambda, botocore sends boto3's parts as",
+        "  `UNSIGNED-PAYLOAD` with the CRC32 it computes; over moto's plain HTTP it would SHA-256 every byte",
+        "  unless told not to. Every approach here runs with `payload_signing_enabled` off, which is what",
+        "  this project's S3 client sets for Lambda too: given the part's CRC32, botocore would otherwise",
+        "  SHA-256 each part even over HTTPS. (In Lambda boto3 sends its CRC32 as an aws-chunked trailer,",
+        "  which costs it more Python than the header it uses over HTTP here.)",
+        "- **CPU, ours.** The archive is received straight into the part buffer (http.client's `readinto`,",
+        "  chunked framing removed in place), CRC'd once a slice at a time as it arrives, and the buffer is",
+        "  the request body: no copy of the bytes in user space. What is left is the kernel's TCP receive",
+        "  and send (on loopback the sender also pays for delivery), CRC32, http.client's per-chunk framing",
+        "  (TikTok's chunks; 64 KiB from the emulator) and botocore's per-request work — the download and",
+        "  upload legs alone show the split. What the container built before its first transfer is frozen",
+        "  out of the cyclic collector (`gc.freeze()`), so a full collection during a transfer does not scan",
+        "  every module and client again. CPU excludes the benchmark's own RSS sampler thread.",
         "",
+        *costs,
         cold_start.SECTION,
         "",
         *cold_starts,
@@ -466,12 +670,28 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(summaries, sizes) + cold_start.targets(cold_starts)
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
+    rows, busiest = cost_model(runs, summaries, sizes)
     plot(runs, summaries, sizes, report.with_suffix(".png"))
     cold_report = cold_start.report(cold_starts, cold_rounds)
-    write_report(report, summaries, sizes, args.rounds, checks, cold_report, time.monotonic() - started)
+    write_report(
+        report,
+        summaries,
+        sizes,
+        args.rounds,
+        checks,
+        cold_report,
+        time.monotonic() - started,
+        cost_lines(rows, busiest),
+    )
     print()
     for ok, text in checks:
         print(f"{'PASS' if ok else 'FAIL'} {text}")
+    for row in rows:
+        print(
+            f"{row.memory_mb:5d} MB: {row.wall_seconds:6.1f} s/GiB "
+            f"({'CPU' if row.cpu_bound else 'network'}), {row.gb_seconds:6.2f} GB-s/GiB, "
+            f"${row.lambda_usd + row.s3_usd:.5f}/GiB"
+        )
     print(f"\nwrote {report} and {report.with_suffix('.png')} in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

@@ -34,7 +34,7 @@ def test_an_archive_beyond_s3s_last_part_is_permanent_and_aborts_the_upload(
         def __init__(self) -> None:
             self.left = 3 * 5 * 1024 * 1024 + 1
 
-        def readinto(self, buffer: bytearray) -> int:
+        def readinto(self, buffer: memoryview) -> int:
             count = min(len(buffer), self.left)
             self.left -= count
             return count

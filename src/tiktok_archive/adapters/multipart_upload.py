@@ -12,6 +12,7 @@ CRC32 and size, or aborts it so that no part outlives it. Every wait is bounded 
 from __future__ import annotations
 
 import threading
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import TYPE_CHECKING, Protocol, cast
@@ -33,11 +34,18 @@ if TYPE_CHECKING:
 ABORT_WAIT_SECONDS = 5.0
 
 
+# A part is filled and CRC'd a slice at a time, each slice CRC'd as soon as it arrived, while its bytes
+# are still in the CPU's cache: a CRC over a whole part would read it back from memory.
+FILL_SLICE_BYTES = 1024 * 1024
+
+
 class ArchiveSource(Protocol):
     """Anything that hands out the archive into buffers it is given."""
 
-    def readinto(self, buffer: bytearray) -> int:
+    def readinto(self, buffer: memoryview) -> int:
         """Fill ``buffer`` from its start; fewer bytes only at the end, 0 after it.
+
+        It keeps no reference to ``buffer``, which is reused once the part is uploaded.
 
         Raises:
             ServiceError: the source failed.
@@ -66,13 +74,22 @@ class PartBuffers:
         with self._lock:
             self._free.append(buffer)
 
-    def fill(self, source: ArchiveSource, size: int) -> bytearray:
-        """The next ``size`` bytes of ``source`` in a buffer (shorter only at the end, empty after it)."""
+    def fill(self, source: ArchiveSource, size: int) -> tuple[bytearray, int]:
+        """The next ``size`` bytes of ``source`` and their CRC32 (shorter only at the end, empty after it)."""
         buffer = self.take(size)
-        count = source.readinto(buffer)
-        if count < size:
-            del buffer[count:]
-        return buffer
+        filled, crc = 0, 0
+        with memoryview(buffer) as view:
+            while filled < size:
+                piece = view[filled : filled + FILL_SLICE_BYTES]
+                count = source.readinto(piece)
+                crc = zlib.crc32(piece[:count], crc)
+                piece.release()
+                filled += count
+                if count < FILL_SLICE_BYTES:
+                    break
+        if filled < size:
+            del buffer[filled:]
+        return buffer, crc
 
 
 def storage_error(operation: str, error: BaseException) -> ServiceError:

@@ -11,7 +11,7 @@ bound grows with it. Nothing touches the disk.
 Time: every wait — for a free upload slot, for the last parts — is bounded by the invocation's
 :class:`Deadline`; when it passes, the upload is aborted and ``DeadlineExceededError`` raised.
 
-Integrity: each part's CRC32 is computed once from its buffer and sent with it, so S3 refuses a part
+Integrity: each part's CRC32 is computed once, as its buffer fills, and sent with it, so S3 refuses a part
 that arrives altered; the whole object's CRC32 is combined from the parts' (no second pass over the
 bytes) and given to S3 as a full-object checksum (``ChecksumType=FULL_OBJECT``) together with the byte
 count (``MpuObjectSize``), so S3 itself refuses to complete an upload that differs from what we read.
@@ -20,7 +20,6 @@ count (``MpuObjectSize``), so S3 itself refuses to complete an upload that diffe
 from __future__ import annotations
 
 import contextlib
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -106,8 +105,7 @@ class S3ArchiveStore:
             ServiceError: whatever ``source.readinto`` raised; likewise nothing is left behind.
         """
         buffers = PartBuffers()
-        data = buffers.fill(source, self._part_size)
-        part_crc = zlib.crc32(data)
+        data, part_crc = buffers.fill(source, self._part_size)
         extra_args: dict[str, Any] = {
             "ContentType": CONTENT_TYPE,
             "ContentDisposition": content_disposition(filename),
@@ -155,8 +153,7 @@ class S3ArchiveStore:
                 del data
                 if on_part is not None:
                     on_part(part_number, size)
-                data = self._next_part(source, buffers, part_number)
-                part_crc = zlib.crc32(data)
+                data, part_crc = self._next_part(source, buffers, part_number)
             completing = True
             upload.complete(size, crc, deadline)
         except BaseException:
@@ -178,19 +175,19 @@ class S3ArchiveStore:
             return False
         return head.get("ContentLength") == size and head.get("ChecksumCRC32") == crc32_base64(crc)
 
-    def _next_part(self, source: ArchiveSource, buffers: PartBuffers, after: int) -> bytearray:
-        """The part that follows part ``after``, sized by the schedule; empty at the archive's end.
+    def _next_part(self, source: ArchiveSource, buffers: PartBuffers, after: int) -> tuple[bytearray, int]:
+        """The part after part ``after``, sized by the schedule, and its CRC32; empty at the end.
 
         Raises:
             ArchiveTooLargeError: bytes remain after S3's last possible part.
         """
         if after < MAX_PARTS:
             return buffers.fill(source, part_size(after + 1, self._part_size))
-        if source.readinto(bytearray(1)):
+        if source.readinto(memoryview(bytearray(1))):
             raise ArchiveTooLargeError(
                 f"the archive does not fit in S3's {MAX_PARTS} parts at this part size; raise PART_SIZE_MIB"
             )
-        return bytearray()
+        return bytearray(), 0
 
     def delete(self, key: str) -> None:
         """Delete the object ``key`` (nothing happens when there is none).

@@ -35,8 +35,9 @@ TAIL_BYTES = _EOCD.size + MAX_COMMENT + _ZIP64_LOCATOR.size + _ZIP64_EOCD.size +
 class ZipTail:
     """Keeps the last :data:`TAIL_BYTES` of a stream and validates them as a zip's end at the end.
 
-    Nothing is copied while streaming: it holds references to the last pieces fed (immutable
-    ``bytes``), at most one piece beyond ``TAIL_BYTES`` (about 192 KiB), and joins them only to verify.
+    It copies at most the last ``TAIL_BYTES`` of each piece fed (a ``bytes`` piece no longer than that is
+    kept as it is), holds at most ``2 × TAIL_BYTES`` (about 256 KiB), and joins them only to verify. A
+    piece may be a view of a buffer that is reused afterwards: nothing keeps a reference to it.
     """
 
     def __init__(self) -> None:
@@ -47,9 +48,13 @@ class ZipTail:
         self._end: bytes = b""  # after verify(): every byte still held, the last ones of the archive
 
     def feed(self, piece: bytes | bytearray | memoryview) -> None:
-        """Account for the next bytes of the stream (a ``bytes`` piece is kept, not copied)."""
-        kept = bytes(piece)  # the same object when it already is bytes
-        self.size += len(kept)
+        """Account for the next bytes of the stream, keeping a copy of the last ``TAIL_BYTES`` of them."""
+        length = len(piece)
+        self.size += length
+        if length >= TAIL_BYTES:
+            self._pieces.clear()
+            self._held = 0
+        kept = bytes(piece[-TAIL_BYTES:]) if length > TAIL_BYTES else bytes(piece)
         self._pieces.append(kept)
         self._held += len(kept)
         while self._held - len(self._pieces[0]) >= TAIL_BYTES:

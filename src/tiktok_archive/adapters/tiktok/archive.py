@@ -1,10 +1,14 @@
 """The download endpoint: TikTok's archive as a stream that repairs its own breaks.
 
-The archive body is read with ``HTTPResponse.read(n)`` only — never mixed with ``stream()``, whose
-chunked-transfer framing state is separate — and raw (``decode_content=False``: we send
-``Accept-Encoding: identity``, so the raw bytes are the archive). A part is filled in place, a bounded
-piece at a time: reading a whole part in one ``read`` would make http.client join a chunked body's
-pieces into a second copy of the part.
+The archive body is read raw (``decode_content=False``: we send ``Accept-Encoding: identity``, so the
+raw bytes are the archive) and straight into the caller's buffer: after urllib3's ``read`` of the first
+four bytes, the body is read with the ``readinto`` of the ``http.client`` response urllib3 wraps, which
+receives from the socket into the buffer and removes a chunked body's framing in place. urllib3's own
+``readinto`` would read a ``bytes`` object (http.client joins a chunked body's pieces into one) and copy
+it: two copies of every byte that this skips. Both read through the same ``http.client`` response with
+nothing buffered in between (urllib3 buffers only decoded content), so they share one framing state —
+unlike ``stream()``, which keeps its own and is never used here. Reads are bounded pieces
+(:data:`READ_PIECE_BYTES`), so that a break loses at most the piece it interrupted.
 
 Failures, and what each one costs — one request of the download's :class:`AttemptBudget` each, and
 every wait drawn on its deadline:
@@ -24,9 +28,11 @@ every wait drawn on its deadline:
 from __future__ import annotations
 
 import contextlib
+import http.client
 import re
 import threading
-from http.client import IncompleteRead
+from collections.abc import Callable
+from http.client import HTTPException, IncompleteRead
 from types import TracebackType
 
 import urllib3
@@ -42,7 +48,7 @@ from tiktok_archive.models.zip_tail import ZipTail
 from tiktok_archive.observability import logger, tracer
 
 DOWNLOAD_PATH = "/v2/user/data/download/"
-# Largest single read from the socket while filling a part: the transient copy it costs.
+# Largest single read from the socket while filling a part: what a break loses and reads again.
 READ_PIECE_BYTES = 1024 * 1024
 # A zip archive starts with a local file header; an archive with no entries is only its end record.
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
@@ -143,9 +149,9 @@ class ArchiveStream:
 
     ``readinto(buffer)`` fills the caller's buffer, completely except at the end of the archive. A break
     is repaired in place by a ranged request, paid from the download's budget, when TikTok supports one,
-    so the caller never sees it. Beyond the caller's buffer it holds at most one ``READ_PIECE_BYTES``
-    piece and the archive's last bytes (:class:`ZipTail`). Use it as a context manager: the connection
-    goes back to the pool only when the body was read to its end, and is discarded otherwise.
+    so the caller never sees it. Beyond the caller's buffer it holds only the archive's last bytes
+    (:class:`ZipTail`) and the HTTP client's small read buffer. Use it as a context manager: the
+    connection goes back to the pool only when the body was read to its end, and is discarded otherwise.
     """
 
     def __init__(
@@ -161,9 +167,11 @@ class ArchiveStream:
         self._budget = budget
         self._deadline = budget.deadline
         self._response = response
+        self._readinto = _body_reader(response)
         self._pending = signature
         self.tail = ZipTail()
         self.tail.feed(signature)
+        self._received = len(signature)
         self._length = _content_length(response)
         self.resumed = 0
         self._finished = False
@@ -176,9 +184,9 @@ class ArchiveStream:
     @property
     def received(self) -> int:
         """Archive bytes received so far."""
-        return self.tail.size
+        return self._received
 
-    def readinto(self, part: bytearray) -> int:
+    def readinto(self, part: bytearray | memoryview) -> int:
         """Fill ``part`` with the next bytes of the archive; fewer only at its end, 0 after it.
 
         Raises:
@@ -188,49 +196,66 @@ class ArchiveStream:
             DeadlineExceededError: the invocation's deadline came first.
             ServiceError: a resumption was refused by TikTok.
         """
-        size = len(part)
-        view = memoryview(part)
-        filled = len(self._pending)
-        view[:filled] = self._pending
-        self._pending = b""
-        while filled < size:
-            piece = self._read_piece(min(READ_PIECE_BYTES, size - filled))
-            if not piece:
-                self.tail.verify()
-                self._finished = True
-                break
-            view[filled : filled + len(piece)] = piece
-            filled += len(piece)
-            self.tail.feed(piece)
-        view.release()
+        if self._finished:
+            return 0
+        with memoryview(part) as view:
+            size = len(view)
+            start = len(self._pending)
+            view[:start] = self._pending
+            self._pending = b""
+            filled, ended = start, False
+            while filled < size and not ended:
+                count = self._read_piece(view[filled : filled + READ_PIECE_BYTES])
+                filled += count
+                ended = not count
+            # The tail copies what it keeps: the caller reuses the buffer.
+            self.tail.feed(view[start:filled])
+        if ended:
+            self.tail.verify()
+            self._finished = True
         return filled
 
-    def _read_piece(self, amount: int) -> bytes:
+    def _read_piece(self, piece: memoryview) -> int:
+        """Receive into ``piece``; 0 at the archive's end. A piece a break interrupted is read again."""
         while True:
             try:
-                piece = self._response.read(amount, decode_content=False)
-            except (ProtocolError, HTTPError, OSError) as error:
+                count = self._readinto(piece)
+            except (HTTPException, HTTPError, OSError) as error:
                 self._resume_after(self._broken(error))
                 continue
-            if not piece and self._timed_out:
+            if count:
+                self._received += count
+                return count
+            if self._timed_out:
                 raise self._deadline_error()
-            return piece
+            if self._length is not None and self._received < self._length:
+                # http.client ends a Content-Length body that stops short without an error.
+                self._resume_after(self._truncated())
+                continue
+            return 0
 
     def _broken(self, error: Exception) -> ServiceError:
         if self._timed_out:
             return self._deadline_error()
         where = f"after {self.received} bytes"
-        if isinstance(error, ReadTimeoutError):
+        # The socket's own timeout, or urllib3's name for it.
+        if isinstance(error, (TimeoutError, ReadTimeoutError)):
             return UpstreamStreamBrokenError(
                 f"the archive stream from TikTok stalled past the read timeout {where}"
             )
-        # http.client's IncompleteRead (chunked) or urllib3's subclass of it (Content-Length).
-        if isinstance(error, ProtocolError) and any(isinstance(a, IncompleteRead) for a in error.args):
-            return ArchiveTruncatedError(
-                f"the archive stream from TikTok ended {where}, before its declared length or final chunk"
-            )
+        # http.client's IncompleteRead (a chunked body cut short), alone or wrapped by urllib3.
+        if isinstance(error, IncompleteRead) or (
+            isinstance(error, ProtocolError) and any(isinstance(a, IncompleteRead) for a in error.args)
+        ):
+            return self._truncated()
         return UpstreamStreamBrokenError(
             f"the archive stream from TikTok broke {where}: {type(error).__name__}"
+        )
+
+    def _truncated(self) -> ArchiveTruncatedError:
+        return ArchiveTruncatedError(
+            f"the archive stream from TikTok ended after {self.received} bytes, before its declared "
+            "length or final chunk"
         )
 
     def _deadline_error(self) -> DeadlineExceededError:
@@ -261,6 +286,7 @@ class ArchiveStream:
             self._response.close()
             if response is not None:
                 self._response = response
+                self._readinto = _body_reader(response)
 
     def _interrupt(self) -> None:
         """The deadline came: stop the read in progress (called on the watchdog's thread)."""
@@ -285,6 +311,18 @@ class ArchiveStream:
                 self._response.release_conn()
             else:
                 self._response.close()
+
+
+def _body_reader(response: urllib3.BaseHTTPResponse) -> Callable[[memoryview], int]:
+    """The ``readinto`` that receives ``response``'s body straight into the caller's buffer.
+
+    That of the ``http.client`` response urllib3 wraps (urllib3 exposes it only as ``_fp``); urllib3's
+    own, which copies, for any other response.
+    """
+    raw = getattr(response, "_fp", None)
+    if isinstance(raw, http.client.HTTPResponse):
+        return raw.readinto
+    return response.readinto
 
 
 def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
