@@ -21,13 +21,14 @@ from types import TracebackType
 from typing import Any, Self
 
 import urllib3
+from aws_lambda_powertools.metrics import MetricUnit
 from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.tiktok_errors import TikTokBudgetExhaustedError
 from tiktok_archive.models.tiktok_quota import WINDOW_SECONDS, Endpoint, QuotaGate
-from tiktok_archive.observability import logger
+from tiktok_archive.observability import logger, metrics
 
 # Statuses that say "try again": rate limited, or TikTok's side failing before it answered.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -96,6 +97,8 @@ def budget_exhausted(endpoint: Endpoint, wait: float) -> TikTokBudgetExhaustedEr
     deferred together do not all come back at the same second.
     """
     seconds = max(1, math.ceil(wait))
+    # One count a refusal: how often the budget, not TikTok's 429, paces the work (the dashboard's).
+    metrics.add_metric(name="TikTokCallsDeferred", unit=MetricUnit.Count, value=1)
     # Jitter spreads deferred work apart; it is no secret.
     jitter = random.randint(0, WINDOW_SECONDS)  # noqa: S311
     return TikTokBudgetExhaustedError(
