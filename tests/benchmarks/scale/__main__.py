@@ -1,0 +1,172 @@
+"""``make bench-scale``: run the scale scenarios, print the checks, write docs/benchmarks.md's section.
+
+PYTHONPATH=src python -m tests.benchmarks.scale                      # 100,000 users, a week
+PYTHONPATH=src python -m tests.benchmarks.scale --users 2000 --days 1 --report /tmp/b.md   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .report import Figures, duration, plot, summarise, write_section
+from .sections import lines
+from .simulator import DAY, Scenario, run
+from .tiktok import ENDPOINTS
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+KEEPS_UP = 120.0  # seconds: checks keep up when their worst lateness grows less than this in an hour
+
+
+def scenarios(users: int, days: float, seed: int, quota: int) -> list[Scenario]:
+    """The week with and without webhooks, and every user at once (as fast as the API's throttle)."""
+    week = days * DAY
+    burst = users / 9  # POST /requests at 9 a second: under the stage's 10-a-second throttle
+    return [
+        Scenario("week, webhooks on", users, week, week + 3 * DAY, webhooks=True, seed=seed, quota=quota),
+        Scenario("week, webhooks off", users, week, week + 3 * DAY, webhooks=False, seed=seed, quota=quota),
+        Scenario(
+            "all at once, webhooks on", users, burst, burst + 2 * DAY, webhooks=True, seed=seed, quota=quota
+        ),
+    ]
+
+
+def check_capacity(base: Scenario, check_seconds: float) -> int:
+    """Status checks a minute the service can make: TikTok's quota, or the lifecycle's pace if lower.
+
+    An invocation starts a check at most every ``STATUS_POLL_PACE_MS``, and not before the last one ended
+    (``check_seconds``: TikTok's answer and the AWS calls around it).
+    """
+    pacing = base.lifecycle_concurrency * 60 / max(base.pace_ms / 1000, check_seconds)
+    return min(base.quota, int(pacing))
+
+
+def capacity_scenarios(base: Scenario, check_seconds: float) -> tuple[int, list[Scenario]]:
+    """Webhooks off: the most waiting requests the checks allow at the longest interval, and 1.2× it."""
+    most = check_capacity(base, check_seconds) * base.poll_longest // 60
+    runs = []
+    for label, users in (("N", most), ("1.2 N", int(most * 1.2))):
+        arrival = users / 9
+        runs.append(
+            Scenario(
+                f"polling only, {users:,} waiting ({label})",
+                users,
+                arrival,
+                arrival + 3 * 3600,
+                webhooks=False,
+                seed=base.seed,
+                quota=base.quota,
+                prep_median_hours=10_000,  # never ready while measured: every request keeps waiting
+                prep_sigma=0.0,
+                never_ready=0.0,
+                outages=0,
+            )
+        )
+    return most, runs
+
+
+def run_all(runs: list[Scenario], jobs: int) -> list[Figures]:
+    """Run ``runs`` on ``jobs`` processes; their figures, in order."""
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(run, runs))
+    figures = [summarise(result) for result in results]
+    for f in figures:
+        result = f.result
+        print(
+            f"{result.scenario.name}: {result.scenario.users:,} users, {result.wall_seconds:.0f} s, "
+            f"{result.events:,} events; peak calls/min {f.peak_calls}; 429s {f.refused:,}; "
+            f"ready→stored p50 {duration(f.p50)} p99 {duration(f.p99)}",
+            flush=True,
+        )
+    return figures
+
+
+def lateness(figures: Figures) -> tuple[float, float]:
+    """The worst lateness of a status check in the hour before last, and in the last hour.
+
+    At the most the checks allow, the backlog the adds left (each new request is checked after 1, 2, 4,
+    8 minutes before its longest interval) stays as it is; beyond it, it grows every hour.
+    """
+    late = figures.result.lateness
+    return max(late[-120:-60], default=0.0), max(late[-60:], default=0.0)
+
+
+def growth(figures: Figures) -> float:
+    before, last = lateness(figures)
+    return last - before
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000, help="users, one request each")
+    parser.add_argument("--days", type=float, default=7.0, help="the adds are spread over this many days")
+    parser.add_argument("--quota", type=int, default=1000, help="TikTok's calls a minute per endpoint")
+    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--report", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--jobs", type=int, default=2, help="scenarios run at once, one process each")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    main_runs = scenarios(args.users, args.days, args.seed, args.quota)
+    figures = run_all(main_runs, args.jobs)
+    most, capacity_runs = capacity_scenarios(main_runs[1], figures[1].result.check_seconds)
+    figures += run_all(capacity_runs, args.jobs)
+    checks = done_when(figures, most)
+    report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    plot(figures[:3], report.with_name("benchmarks-scale.png"))
+    write_section(report, section(figures, checks, most, args, time.monotonic() - started))
+    print()
+    for ok, text in checks:
+        print(f"{'PASS' if ok else 'FAIL'} {text}")
+    minutes = (time.monotonic() - started) / 60
+    print(f"\nwrote {report} and {report.with_name('benchmarks-scale.png')} in {minutes:.1f} min")
+    return 0
+
+
+def done_when(figures: list[Figures], most: int) -> list[tuple[bool, str]]:
+    burst, at_most, beyond = figures[2], figures[3], figures[4]
+    quota = burst.result.scenario.quota
+    p99 = burst.p99 if burst.p99 is not None else float("inf")
+    interval = burst.result.scenario.poll_longest
+    return [
+        (
+            burst.minutes_over == 0,
+            f"webhooks on, {burst.peak_waiting:,} waiting at the peak: every minute under TikTok's quota "
+            f"({burst.minutes_over} minutes over, {burst.refused:,} 429s; peak calls a minute "
+            + ", ".join(f"{e} {burst.peak_calls[e]:,}" for e in ENDPOINTS if burst.peak_calls[e])
+            + f"; quota {quota:,})",
+        ),
+        (p99 < 300, f"webhooks on, all at once: p99 ready → stored {duration(burst.p99)} < 5 min"),
+        (
+            at_most.minutes_over == 0 and growth(at_most) <= KEEPS_UP,
+            f"webhooks off, {most:,} waiting (check capacity × {interval // 60} min): under the quota "
+            f"({at_most.minutes_over} minutes over) and the checks keep up (worst lateness "
+            + " then ".join(duration(x) for x in lateness(at_most))
+            + " in the last two hours)",
+        ),
+        (
+            beyond.minutes_over > 0 or growth(beyond) > KEEPS_UP,
+            f"webhooks off, 1.2 × that ({beyond.result.scenario.users:,}): exceeds or defers "
+            f"({beyond.minutes_over} minutes over, worst lateness "
+            + " then ".join(duration(x) for x in lateness(beyond))
+            + " in the last two hours)",
+        ),
+    ]
+
+
+def section(
+    figures: list[Figures],
+    checks: list[tuple[bool, str]],
+    most: int,
+    args: argparse.Namespace,
+    elapsed: float,
+) -> list[str]:
+    return lines(figures, checks, most, args, elapsed, datetime.now(UTC))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
