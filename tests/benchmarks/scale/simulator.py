@@ -8,6 +8,7 @@ and returns what was measured (:class:`Result`). The use cases are built in one 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ from tiktok_archive.models.messages import TIKTOK_WORK, ArchiveReadyWork, Downlo
 from tiktok_archive.models.portability import HandedTokens, NewRequest
 from tiktok_archive.observability import logger
 
+from . import speed
 from .aws import (
     CountingJournal,
     IndexedRecords,
@@ -367,6 +369,7 @@ def run(scenario: Scenario) -> Result:
     monkeypatch = pytest.MonkeyPatch()
     try:
         freeze_time(monkeypatch, world.clock)
+        monkeypatch.setattr(dataclasses, "replace", speed.replace)
         simulation = Run(world, use_cases(world))
         spacing = scenario.arrival_seconds / max(1, scenario.users)
         for user in range(scenario.users):
