@@ -258,16 +258,16 @@ class SimTransfer(FakeTransfer):
     def __init__(self, journal: CountingJournal, tiktok: SimTikTok, throughput: float) -> None:
         super().__init__(journal)
         self._counts = journal
-        self._tiktok = tiktok
+        self._sim = tiktok
         self._throughput = throughput
         self.stored_bytes = 0
 
     def run(
         self, request: DownloadRequest, deadline: Deadline, watch: TransferWatch | None = None
     ) -> DownloadResult:
-        size = self._tiktok.download(request, deadline)
+        size = self._sim.download(request, deadline)
         seconds = size / self._throughput
-        self._tiktok.spent += seconds
+        self._sim.spent += seconds
         parts = max(1, math.ceil(size / PART_BYTES))
         self._counts.note("s3.create_multipart")
         self._counts.counts["s3.upload_part"] += parts
