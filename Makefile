@@ -123,8 +123,12 @@ lock-check: $(BIN)/.installed  ## Fail when src/requirements.txt is stale (src/r
 		exit 1; \
 	fi
 
-build: $(SAM_VENV)/.installed  ## sam build (python3.13, arm64): the function gets exactly src/requirements.txt.
+# Lambda's /var/task is read-only: a package without bytecode is compiled anew by every cold start (measured
+# in docs/benchmarks.md). So the build ships it, compiled by the runtime's Python (3.13), checked by hash of
+# the source rather than by file times, which zipping and deploying do not keep.
+build: $(SAM_VENV)/.installed  ## sam build (python3.13, arm64): exactly src/requirements.txt, compiled ahead.
 	$(LAMBDA_PIP_ENV) $(SAM) build
+	python3.13 -m compileall -q -j 0 --invalidation-mode unchecked-hash .aws-sam/build
 
 deploy: build  ## Deploy into your own account (samconfig.toml; PARAMETERS="Name=value ..." to set some).
 	$(SAM) deploy --stack-name $(STACK) $(if $(PARAMETERS),--parameter-overrides $(PARAMETERS))

@@ -20,15 +20,18 @@ from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.purge import UserPurge
 from tiktok_archive.logic.queries import RecordQueries
 from tiktok_archive.logic.queued_downloads import QueuedDownloads
-from tiktok_archive.logic.status_checks import ArchiveReady, Schedule, StatusChecks
+from tiktok_archive.logic.status_checks import ArchiveReady, StatusChecks
+from tiktok_archive.logic.sweep import Sweep
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.logic.webhooks import WebhookReceiver
+from tiktok_archive.models.check_schedule import CheckBudget, Schedule
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.runtime_adapters import (
     app_credentials,
     archive_store,
+    check_floor,
     download_events,
     download_jobs,
     download_records,
@@ -168,7 +171,20 @@ def status_checks() -> StatusChecks:
         lifecycle_queue(),
         download_jobs,
         _schedule(),
+        check_floor().seconds,
     )
+
+
+@functools.cache
+def sweep() -> Sweep:
+    """The sweeper's run: the checks' floor, and lost chains re-driven.
+
+    Raises:
+        ConfigurationError: the environment is invalid (the message names the variable).
+    """
+    config = settings()
+    budget = CheckBudget(config.tiktok_calls_per_minute, config.status_check_share_percent)
+    return Sweep(download_records(), lifecycle_queue(), check_floor(), budget)
 
 
 @functools.cache
@@ -196,10 +212,14 @@ def cancel_request() -> CancelRequest:
 
 def _schedule() -> Schedule:
     config = settings()
+    longest = config.status_poll_max_seconds
+    if config.webhooks_configured:
+        longest = config.status_poll_backstop_seconds
     return Schedule(
         config.status_poll_initial_seconds,
-        max(config.status_poll_initial_seconds, config.status_poll_max_seconds),
+        max(config.status_poll_initial_seconds, longest),
         timedelta(hours=config.status_poll_give_up_hours),
+        webhooks=config.webhooks_configured,
     )
 
 
@@ -236,6 +256,7 @@ def reset() -> None:
     for built in (
         cancel_request,
         archive_ready,
+        sweep,
         status_checks,
         add_request,
         queued_downloads,

@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from tiktok_archive.adapters import aws_clients
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
 from tiktok_archive.adapters.aws_clients import SMALL_CALLS, s3_limits
+from tiktok_archive.adapters.check_floor import CheckFloor
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords
@@ -129,6 +130,12 @@ def download_records() -> DownloadRecords:
 
 
 @functools.cache
+def check_floor() -> CheckFloor:
+    """The status checks' floor interval (the sweeper stores it, checks read it, cached)."""
+    return CheckFloor(_small_calls_client("dynamodb"), settings().downloads_table_name)
+
+
+@functools.cache
 def download_events() -> DownloadEvents:
     """The event bus."""
     return DownloadEvents(_small_calls_client("events"), settings().event_bus_name)
@@ -204,6 +211,7 @@ def reset() -> None:
         app_credentials,
         download_events,
         download_records,
+        check_floor,
         download_jobs,
         token_vault,
         tiktok_client,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
+from tiktok_archive.models.check_schedule import DEFAULT_CALLS_PER_MINUTE, DEFAULT_CHECK_SHARE_PERCENT
 from tiktok_archive.models.errors import ConfigurationError
 
 MIB = 1024 * 1024
@@ -20,6 +21,7 @@ MIN_PART_SIZE_MIB = 5
 MAX_PART_SIZE_MIB = 5 * 1024
 MAX_UPLOAD_CONCURRENCY = 32
 MAX_PRESIGNED_URL_TTL_SECONDS = 604_800  # SigV4 presigned URLs live at most 7 days.
+MAX_DELAY_SECONDS = 900  # SQS's longest message delay: the longest interval without webhooks.
 # Without AWS_LAMBDA_FUNCTION_MEMORY_SIZE (outside Lambda) and without explicit values.
 DEFAULT_PART_SIZE_MIB = 8
 DEFAULT_UPLOAD_CONCURRENCY = 4
@@ -97,7 +99,16 @@ class Settings:
         status_poll_initial_seconds: the first status check of an added request comes this long after
             it (``STATUS_POLL_INITIAL_SECONDS``, 1–900, default 60); each next one twice as long after…
         status_poll_max_seconds: …up to this (``STATUS_POLL_MAX_SECONDS``, 1–900, default 900: SQS's
-            longest delay).
+            longest delay)…
+        webhooks_configured: …or, when TikTok's webhooks announce the archives (``WEBHOOKS_CONFIGURED``,
+            ``true``/``false``, default false), up to the backstop…
+        status_poll_backstop_seconds: …this long (``STATUS_POLL_BACKSTOP_SECONDS``, 900–86400, default
+            21600): a check then only catches a lost webhook.
+        tiktok_calls_per_minute: TikTok's quota, calls a minute per endpoint (``TIKTOK_CALLS_PER_MINUTE``,
+            1–1000000, default 1000)…
+        status_check_share_percent: …of which the status checks may use this share
+            (``STATUS_CHECK_SHARE_PERCENT``, 1–100, default 60): no check interval is shorter than the
+            waiting requests' checks need to fit it.
         status_poll_give_up_hours: a request still being prepared after this long is given up
             (``STATUS_POLL_GIVE_UP_HOURS``, 1–8760, default 168).
         status_poll_pace_ms: the least time between two TikTok calls of one lifecycle invocation
@@ -132,6 +143,10 @@ class Settings:
     status_poll_max_seconds: int = 900
     status_poll_give_up_hours: int = 168
     status_poll_pace_ms: int = 150
+    webhooks_configured: bool = False
+    status_poll_backstop_seconds: int = 21_600
+    tiktok_calls_per_minute: int = DEFAULT_CALLS_PER_MINUTE
+    status_check_share_percent: int = DEFAULT_CHECK_SHARE_PERCENT
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -197,9 +212,19 @@ class Settings:
             lifecycle_queue_url=env.get("LIFECYCLE_QUEUE_URL", "").strip(),
             app_secret_arn=env.get("TIKTOK_APP_SECRET_ARN", "").strip(),
             status_poll_initial_seconds=_int(env, "STATUS_POLL_INITIAL_SECONDS", 60, 1, 900),
-            status_poll_max_seconds=_int(env, "STATUS_POLL_MAX_SECONDS", 900, 1, 900),
+            status_poll_max_seconds=_int(env, "STATUS_POLL_MAX_SECONDS", 900, 1, MAX_DELAY_SECONDS),
             status_poll_give_up_hours=_int(env, "STATUS_POLL_GIVE_UP_HOURS", 168, 1, 8760),
             status_poll_pace_ms=_int(env, "STATUS_POLL_PACE_MS", 150, 0, 10_000),
+            webhooks_configured=_choice(env, "WEBHOOKS_CONFIGURED", "false", ("true", "false")) == "true",
+            status_poll_backstop_seconds=_int(
+                env, "STATUS_POLL_BACKSTOP_SECONDS", 21_600, MAX_DELAY_SECONDS, 86_400
+            ),
+            tiktok_calls_per_minute=_int(
+                env, "TIKTOK_CALLS_PER_MINUTE", DEFAULT_CALLS_PER_MINUTE, 1, 1_000_000
+            ),
+            status_check_share_percent=_int(
+                env, "STATUS_CHECK_SHARE_PERCENT", DEFAULT_CHECK_SHARE_PERCENT, 1, 100
+            ),
             memory_mib=memory,
         )
 

@@ -253,3 +253,22 @@ def test_the_built_function_packages_exactly_the_lock(function: Path) -> None:
     locked = {(pin.name, pin.version) for pin in _pins_for(LAMBDA).values()}
     assert built - locked == set(), "built but not locked"
     assert locked - built == set(), "locked but not built"
+
+
+@pytest.mark.skipif(not _built_functions(), reason="no `make build` output newer than src/requirements.txt")
+@pytest.mark.parametrize("function", _built_functions(), ids=lambda path: path.name)
+def test_the_built_function_ships_its_bytecode_for_lambdas_python(function: Path) -> None:
+    """Every module of the package has bytecode for Lambda's Python, valid whatever the files' times.
+
+    Lambda's ``/var/task`` is read-only: without it, every cold start compiles every module it imports.
+    """
+    tag = "cpython-" + LAMBDA["python_version"].replace(".", "")
+    missing, by_time = [], []
+    for source in function.rglob("*.py"):
+        compiled = source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc"
+        if not compiled.is_file():
+            missing.append(source.relative_to(function))
+        elif int.from_bytes(compiled.read_bytes()[4:8], "little") != 0b01:  # PEP 552: unchecked hash
+            by_time.append(source.relative_to(function))
+    assert missing == [], f"{len(missing)} modules without bytecode, e.g. {missing[:3]}"
+    assert by_time == [], f"{len(by_time)} modules checked by file time, e.g. {by_time[:3]}"

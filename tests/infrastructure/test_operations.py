@@ -111,7 +111,7 @@ def test_every_function_alarms_on_errors_and_throttles(resources: dict[str, Any]
 
 def test_alarms_on_the_services_own_metrics_watch_metrics_the_code_emits(resources: dict[str, Any]) -> None:
     own = {a["MetricName"]: a for a in _alarms(resources).values() if a.get("Namespace") == "TikTokArchive"}
-    assert set(own) == {"DownloadFailures", "EventsNotPublished", "AppRefused"}
+    assert set(own) == {"DownloadFailures", "EventsNotPublished", "AppRefused", "SweepsUnfinished"}
     emitted = _emitted_metrics()
     for metric, alarm in own.items():
         assert metric in emitted, f"{metric} is alarmed on but never emitted"

@@ -361,14 +361,21 @@ def in_queue(resources: Resources, queue: str, *, received: bool = True) -> int:
 
 def sent_messages(resources: Resources, queue: str) -> list[tuple[dict[str, Any], int]]:
     """What the functions of this test sent to ``queue`` so far (bodies and their ``DelaySeconds``), as
-    the harness's recorder of AWS calls saw the SendMessage calls (read, not taken: the permission check
-    at the end of the test still judges them)."""
+    the harness's recorder of AWS calls saw the SendMessage and SendMessageBatch calls (read, not taken:
+    the permission check at the end of the test still judges them)."""
     url = resources.local.ref(queue)
-    return [
-        (json.loads(call.params["MessageBody"]), int(call.params.get("DelaySeconds", 0)))
-        for call in list(RECORDER.calls)
-        if call.operation == "SendMessage" and call.params.get("QueueUrl") == url
-    ]
+    sent = []
+    for call in list(RECORDER.calls):
+        if call.params.get("QueueUrl") != url:
+            continue
+        if call.operation == "SendMessage":
+            entries = [call.params]
+        elif call.operation == "SendMessageBatch":
+            entries = list(call.params["Entries"])
+        else:
+            continue
+        sent += [(json.loads(e["MessageBody"]), int(e.get("DelaySeconds", 0))) for e in entries]
+    return sent
 
 
 def second_pass(resources: Resources, open_id: str, caller: str | None = None) -> dict[str, Any]:

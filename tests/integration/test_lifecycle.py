@@ -530,7 +530,7 @@ def test_the_sweeper_redrives_a_request_whose_chain_of_checks_was_lost(
     other = int(add_request(user).body["request_id"])  # on time: not re-driven
 
     # When the sweeper runs
-    assert call_sweeper() == {"redriven": 1}
+    assert call_sweeper() == {"redriven": 1, "waiting": 2, "floor_seconds": 1, "finished": True}
 
     # Then the lost check is back with the expected seq, and it runs
     records = receive(resources, "LifecycleQueue")

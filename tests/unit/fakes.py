@@ -19,19 +19,21 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import pytest
 
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
+from tiktok_archive.adapters.check_floor import CheckFloor
 from tiktok_archive.adapters.download_events import DETAIL_TYPES, DownloadEvents, event_detail
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.grant_items import Exchanged, Exchanging, Grant, Lease, SealedTokens
 from tiktok_archive.adapters.grants import Grants
 from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
+from tiktok_archive.adapters.record_schedule import Position
 from tiktok_archive.adapters.record_writes import Claimed, Unchanged
 from tiktok_archive.adapters.s3_archive_store import PartListener
 from tiktok_archive.adapters.tiktok import TikTokClient
@@ -43,6 +45,7 @@ from tiktok_archive.logic import (
     handover,
     purge,
     status_checks,
+    sweep,
     token_refresh,
     tokens,
 )
@@ -108,6 +111,7 @@ def freeze_time(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     monkeypatch.setattr(purge, "_now", clock.now)
     monkeypatch.setattr(add_request, "_now", clock.now)
     monkeypatch.setattr(status_checks, "_now", clock.now)
+    monkeypatch.setattr(sweep, "_now", clock.now)
     monkeypatch.setattr(claimed_download, "time", clock)
     monkeypatch.setattr(deadline_module, "time", clock)
 
@@ -469,19 +473,45 @@ class FakeDownloadRecords(DownloadRecords):
         full = bool(page) and len(page) == limit
         return page, (format_utc(page[-1].created_at), page[-1].request_id) if full else None
 
-    def overdue(self, before: datetime, limit: int = 500) -> list[DownloadRecord]:
-        self._call("overdue")
-        # Only a waiting record is in the by-schedule index (every other write removes its bucket).
-        late = [
-            (r.preparation.next_check_at, r)
+    def _scheduled(self, before: datetime | None) -> list[DownloadRecord]:
+        """The by-schedule index: only waiting records (every other write removes their bucket), by their
+        next check, then by request id (DynamoDB's order within equal sort keys is its own)."""
+        waiting = [
+            r
             for r in self.items.values()
             if r.status is DownloadStatus.WAITING
             and r.preparation is not None
             and r.preparation.next_check_at is not None
-            and r.preparation.next_check_at < before
+            and (before is None or r.preparation.next_check_at < before)
         ]
-        late.sort(key=lambda due: due[0])  # the index's order
-        return [r for _, r in late[:limit]]
+        return sorted(waiting, key=lambda r: (r.preparation.next_check_at, r.request_id))  # type: ignore[union-attr]
+
+    def count_waiting(self, before: datetime | None = None) -> int:
+        self._call("count_waiting")
+        return len(self._scheduled(before))
+
+    def overdue(
+        self, before: datetime, after: Position | None = None, limit: int = 100
+    ) -> tuple[list[DownloadRecord], Position | None]:
+        self._call("overdue")
+        late = self._scheduled(before)
+        if after is not None:
+            position = (after["next_check_at"], after["request_id"])
+            late = [r for r in late if (r.preparation.next_check_at, r.request_id) > position]  # type: ignore[union-attr]
+        page = late[:limit]
+        # As DynamoDB: a full page has a position after it, even when nothing follows.
+        if not page or len(page) < limit:
+            return page, None
+        last = page[-1]
+        return page, {"next_check_at": last.preparation.next_check_at, "request_id": last.request_id}  # type: ignore[union-attr]
+
+    def reschedule(self, request_id: int, seq: int, next_check_at: datetime) -> DownloadRecord | Unchanged:
+        def change(base: DownloadRecord) -> DownloadRecord:
+            assert base.preparation is not None
+            prep = dataclasses.replace(base.preparation, next_check_at=next_check_at)
+            return dataclasses.replace(base, preparation=prep)
+
+        return self._apply("reschedule", Event.REDRIVEN, request_id, change, seq=seq)
 
     # -- writes: each one of the lifecycle table's transitions, decided by the table ------------------
     def _apply(
@@ -777,11 +807,19 @@ class FakeLifecycleQueue(LifecycleQueue):
         self.checks: list[tuple[int, int, int]] = []
         self.messages: list[tuple[LifecycleMessage, int]] = []
         self.faults = Faults()
+        self.refusing: set[int] = set()  # request ids whose checks a batch send refuses
 
     def schedule_check(self, request_id: int, seq: int, delay_seconds: int) -> None:
         self._journal.note("queue.schedule_check")
         self.faults.check("schedule_check")
         self.checks.append((request_id, seq, delay_seconds))
+
+    def schedule_checks(self, checks: Sequence[tuple[StatusCheck, int]]) -> set[StatusCheck]:
+        self._journal.note("queue.schedule_checks")
+        self.faults.check("schedule_checks")
+        refused = {check for check, _ in checks if check.request_id in self.refusing}
+        self.checks += [(c.request_id, c.seq, delay) for c, delay in checks if c not in refused]
+        return refused
 
     def send(self, message: LifecycleMessage, delay_seconds: int = 0) -> None:
         if isinstance(message, StatusCheck):
@@ -790,6 +828,24 @@ class FakeLifecycleQueue(LifecycleQueue):
         self._journal.note("queue.send")
         self.faults.check("send")
         self.messages.append((message, delay_seconds))
+
+
+class FakeCheckFloor(CheckFloor):
+    """The checks' floor as the sweeper last stored it (``stored``: every store, with its count)."""
+
+    def __init__(self, journal: Journal, seconds: int = 0) -> None:
+        self._journal = journal
+        self.floor = seconds
+        self.stored: list[tuple[int, int]] = []
+
+    def seconds(self) -> int:
+        self._journal.note("floor.seconds")
+        return self.floor
+
+    def store(self, waiting: int, floor_seconds: int) -> None:
+        self._journal.note("floor.store")
+        self.stored.append((waiting, floor_seconds))
+        self.floor = floor_seconds
 
 
 class FakeDownloadJobs(DownloadJobs):

@@ -8,6 +8,7 @@ goes through Powertools' ``process_partial_response`` as in Lambda, so the answe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -41,8 +42,9 @@ from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TO
 from tiktok_archive.handlers import lifecycle as handler
 from tiktok_archive.handlers import queue_failures
 from tiktok_archive.logic.purge import UserPurge
-from tiktok_archive.logic.status_checks import ArchiveReady, Schedule, StatusChecks
+from tiktok_archive.logic.status_checks import ArchiveReady, StatusChecks
 from tiktok_archive.logic.tokens import TokenService
+from tiktok_archive.models.check_schedule import Schedule
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Preparation
 from tiktok_archive.models.errors import StorageError
@@ -88,6 +90,7 @@ class World:
     tiktok: FakeTikTok
     transfer: FakeTransfer
     visibility: Visibility
+    queue: FakeLifecycleQueue
     ids: dict[str, str] = field(default_factory=dict)  # message id → what it is (for the answer)
 
     def given_grant(self, grant_id: str, user: str, *, erasing: bool = False) -> None:
@@ -115,7 +118,7 @@ class World:
             preparation=Preparation(
                 "json",
                 ("all_data",),
-                next_check_at=now + timedelta(minutes=1),
+                next_check_at=now,
                 give_up_at=now + timedelta(days=7),
             ),
             poll_interval=60,
@@ -171,7 +174,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(handler, "message_visibility", lambda: visibility)
     monkeypatch.setattr(queue_failures, "message_visibility", lambda: visibility)
     monkeypatch.setattr(handler, "settings", lambda: SimpleNamespace(status_poll_pace_ms=0))
-    return World(clock, records, grants, vault, tiktok, transfer, visibility)
+    return World(clock, records, grants, vault, tiktok, transfer, visibility, queue)
 
 
 def rate_limited(retry_after: str) -> TikTokApiError:
@@ -216,6 +219,27 @@ def test_after_a_429_only_tiktok_work_is_handed_back_and_purges_are_worked(world
     assert world.status(REMOVED_ID) is DownloadStatus.REVOKED
     assert world.status(ERASED_ID) is DownloadStatus.REVOKED
     assert world.grants.items[ERASED_GRANT].erasing is True
+
+
+def test_a_check_before_its_time_is_acknowledged_and_sent_on_even_after_a_429(world: World) -> None:
+    # Given a check TikTok answers 429, then a check whose record expects it in an hour (a hop of a
+    # backstop's interval)
+    world.given_grant(GRANT, OPENID)
+    world.given_waiting(LIMITED_ID)
+    world.given_waiting(NEXT_ID)
+    record = world.records.items[NEXT_ID]
+    assert record.preparation is not None
+    later = dataclasses.replace(record.preparation, next_check_at=world.clock.now() + timedelta(hours=1))
+    world.records.items[NEXT_ID] = dataclasses.replace(record, preparation=later)
+    world.tiktok.checks.then(rate_limited("30"))
+
+    # When the invocation works them: the early one first, then the rate-limited one
+    handed_back = world.batch(("early", StatusCheck(NEXT_ID, 0)), ("check-429", StatusCheck(LIMITED_ID, 0)))
+
+    # Then the early one is acknowledged, having sent itself on (900 s, the same check) without TikTok
+    assert handed_back == []
+    assert (NEXT_ID, 0, 900) in world.queue.checks
+    assert world.tiktok.checks.count == 1
 
 
 def test_a_rate_limited_revocation_holds_back_the_checks_after_it(world: World) -> None:

@@ -13,6 +13,7 @@ from tests.conftest import BACKEND_CALLER, OTHER_CALLER
 from tests.unit.fakes import (
     Clock,
     FakeAppCredentials,
+    FakeCheckFloor,
     FakeDownloadJobs,
     FakeDownloadRecords,
     FakeEvents,
@@ -31,8 +32,9 @@ from tiktok_archive.logic.add_request import AddRequest
 from tiktok_archive.logic.cancel_request import CancelRequest
 from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.queries import RecordQueries
-from tiktok_archive.logic.status_checks import READY_LEASE, ArchiveReady, Schedule, StatusChecks
+from tiktok_archive.logic.status_checks import READY_LEASE, ArchiveReady, StatusChecks
 from tiktok_archive.logic.tokens import TokenService
+from tiktok_archive.models.check_schedule import Schedule
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus, Preparation
 from tiktok_archive.models.errors import (
@@ -71,6 +73,7 @@ class World:
     status_checks: StatusChecks
     archive_ready: ArchiveReady
     cancel_request: CancelRequest
+    floor: FakeCheckFloor
 
     @property
     def record(self) -> DownloadRecord:
@@ -112,8 +115,10 @@ class World:
         grant_id: str = GRANT,
         caller: str = BACKEND_CALLER,
         give_up_in: timedelta = timedelta(days=6),
+        due_in: int = 0,
     ) -> DownloadRecord:
-        """A waiting request of ``caller``'s, expecting check number ``seq`` in ``interval`` s."""
+        """A waiting request of ``caller``'s, checked every ``interval`` s, expecting check number ``seq``
+        in ``due_in`` s (now, by default)."""
         if grant_id not in self.grants.items:
             self.given_grant(grant_id, user=user, caller=caller)
         now = self.clock.now()
@@ -125,7 +130,7 @@ class World:
             preparation=Preparation(
                 "json",
                 ("all_data",),
-                next_check_at=now + timedelta(seconds=interval),
+                next_check_at=now + timedelta(seconds=due_in),
                 give_up_at=now + give_up_in,
             ),
             poll_interval=interval,
@@ -169,6 +174,7 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     queue = FakeLifecycleQueue(journal)
     jobs = FakeDownloadJobs(journal)
     transfer = FakeTransfer(journal)
+    floor = FakeCheckFloor(journal)
     app = FakeAppCredentials()
     tokens = TokenService(grants, vault, tiktok, lambda: app)
     handover = TokenHandover(tokens, grants)
@@ -184,9 +190,10 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
         jobs,
         transfer,
         AddRequest(tiktok, records, tokens, handover, events, queue, SCHEDULE),
-        StatusChecks(tiktok, records, tokens, events, queue, lambda: jobs, SCHEDULE),
+        StatusChecks(tiktok, records, tokens, events, queue, lambda: jobs, SCHEDULE, floor.seconds),
         ArchiveReady(records, events, lambda: jobs),
         CancelRequest(tiktok, records, RecordQueries(records, transfer), tokens, events, transfer),
+        floor,
     )
 
 
@@ -259,6 +266,94 @@ def test_a_pending_request_is_checked_again_after_twice_the_interval_up_to_the_l
     assert world.events.sent == []
 
 
+@pytest.mark.parametrize(
+    ("webhooks", "floor", "interval", "next_interval"),
+    [
+        (False, 200, 60, 200),  # the budget's floor raises the back-off's 120 s
+        (False, 5000, 60, 480),  # …no further than the longest without webhooks: late, not sparser
+        (False, 100, 400, 480),  # a floor below the back-off changes nothing
+        (True, 5000, 60, 5000),  # with webhooks, as far as the budget needs: the message hops
+        (True, 0, 4000, 7200),  # with webhooks the back-off doubles up to the backstop
+    ],
+)
+def test_the_next_check_waits_at_least_the_budgets_floor(
+    world: World, webhooks: bool, floor: int, interval: int, next_interval: int
+) -> None:
+    # Given the sweeper's floor, a schedule with or without webhooks (backstop 2 h), and a pending request
+    schedule = dataclasses.replace(SCHEDULE, webhooks=webhooks, longest=7200 if webhooks else 480)
+    checks = StatusChecks(
+        world.tiktok, world.records, world.status_checks._tokens, world.events, world.queue,
+        lambda: world.jobs, schedule, world.floor.seconds,
+    )  # fmt: skip
+    world.floor.floor = floor
+    world.given_waiting(seq=3, interval=interval)
+    world.tiktok.checks.then(status("pending"))
+
+    # When its check runs
+    assert checks.check(REQUEST_ID, 3, world.deadline()).action == "waiting"
+
+    # Then the next check is due after the longer of the back-off and the floor, its message delayed
+    # as far as SQS allows
+    assert world.queue.checks == [(REQUEST_ID, 4, min(next_interval, 900))]
+    record = world.record
+    assert record.poll_interval == next_interval
+    assert record.preparation is not None
+    assert record.preparation.next_check_at == world.clock.now() + timedelta(seconds=next_interval)
+
+
+@pytest.mark.parametrize(
+    ("due_in", "give_up_in", "hop"),
+    [
+        (3 * 3600, 6 * 86400, 900),  # hours ahead: SQS's longest delay, then again
+        (400, 6 * 86400, 400),  # the rest of the way
+        (3 * 3600, 600, 600),  # never past the give-up time, when the check fails the request
+    ],
+)
+def test_a_check_that_comes_before_its_time_sends_itself_on_without_calling_tiktok(
+    world: World, due_in: int, give_up_in: int, hop: int
+) -> None:
+    # Given a waiting request whose next check the record expects later than its message came
+    world.given_waiting(seq=3, interval=7200, due_in=due_in, give_up_in=timedelta(seconds=give_up_in))
+    before = dict(world.records.items)
+
+    # When the message arrives
+    action = world.check(seq=3)
+
+    # Then the same check is sent again for the time left (at most SQS's 900 s), before anything
+    # else: no TikTok, no token, no write, no event
+    assert action == "early"
+    assert world.queue.checks == [(REQUEST_ID, 3, hop)]
+    assert world.journal.calls == ["records.get", "queue.schedule_check"]
+    assert world.tiktok.checks.calls == []
+    assert world.records.items == before
+    assert world.events.sent == []
+
+
+def test_a_check_a_few_seconds_early_is_on_time(world: World) -> None:
+    # Given a check whose record expects it in 5 s (its record was written just after its message was sent)
+    world.given_waiting(seq=3, interval=120, due_in=5)
+    world.tiktok.checks.then(status("pending"))
+
+    # When it arrives, it checks at TikTok
+    assert world.check(seq=3) == "waiting"
+    assert world.tiktok.checks.calls == [(REQUEST_ID, "access-stored")]
+
+
+def test_the_pace_holds_only_a_check_that_calls_tiktok(world: World) -> None:
+    # Given one early check and one due
+    world.given_waiting(seq=3, due_in=3600)
+    world.given_waiting(SIBLING_ID, seq=1)
+    world.tiktok.checks.then(RequestStatus(SIBLING_ID, "pending", apply_time=APPLY_TIME))
+    paced: list[int] = []
+
+    # When both run
+    world.status_checks.check(REQUEST_ID, 3, world.deadline(), pace=lambda: paced.append(REQUEST_ID))
+    world.status_checks.check(SIBLING_ID, 1, world.deadline(), pace=lambda: paced.append(SIBLING_ID))
+
+    # Then only the one that called TikTok waited for the pace
+    assert paced == [SIBLING_ID]
+
+
 def test_the_next_check_is_sent_before_the_record_is_advanced(world: World) -> None:
     # Given a pending request whose record write fails after the next check was sent
     world.given_waiting(seq=3)
@@ -275,20 +370,6 @@ def test_the_next_check_is_sent_before_the_record_is_advanced(world: World) -> N
     assert world.queue.checks == [(REQUEST_ID, 4, 240)]
     assert raised.value.is_transient
     assert world.record.poll_seq == 3
-
-
-def test_a_lost_chain_of_checks_is_re_driven_at_the_check_it_expects(world: World) -> None:
-    # Given a waiting request whose next check (in 120 s) never came, and one still on time
-    world.given_waiting(seq=3, interval=120)
-    world.given_waiting(SIBLING_ID, seq=1, interval=3600)
-    world.clock.advance(120 + 601)
-
-    # When the sweeper looks for checks ten minutes late
-    redriven = world.status_checks.redrive(timedelta(minutes=10))
-
-    # Then only the late one is checked again, now, as the check it expects
-    assert redriven == 1
-    assert world.queue.checks == [(REQUEST_ID, 3, 0)]
 
 
 # -- TikTok says downloading ----------------------------------------------------------------------
@@ -406,7 +487,7 @@ def test_a_request_of_its_own_grant_releases_it_when_it_ends(world: World) -> No
     [
         ("300", 300),  # longer than the doubled interval (240)
         ("700", 700),  # longer than the schedule's longest (480)
-        ("3600", 900),  # longer than SQS allows: its longest delay
+        ("3600", 900),  # longer than SQS allows: its longest delay, and the message hops on from there
     ],
 )
 def test_a_rate_limited_check_comes_back_after_at_least_retry_after(
@@ -419,14 +500,15 @@ def test_a_rate_limited_check_comes_back_after_at_least_retry_after(
     # When its check runs
     outcome = world.status_checks.check(REQUEST_ID, 3, world.deadline())
 
-    # Then the next check waits at least Retry-After (at most SQS's 900 s), the request still waits,
-    # and the outcome tells the handler to pause the rest of its batch
+    # Then the next check is due after Retry-After (its message delayed at most SQS's 900 s), the
+    # request still waits, and the outcome tells the handler to pause the rest of its batch
     assert (outcome.action, outcome.rate_limited_for) == ("rate_limited", int(retry_after))
     assert world.queue.checks == [(REQUEST_ID, 4, delay)]
     record = world.record
-    assert (record.status, record.poll_seq, record.poll_interval) == (DownloadStatus.WAITING, 4, delay)
+    interval = int(retry_after)
+    assert (record.status, record.poll_seq, record.poll_interval) == (DownloadStatus.WAITING, 4, interval)
     assert record.preparation is not None
-    assert record.preparation.next_check_at == world.clock.now() + timedelta(seconds=delay)
+    assert record.preparation.next_check_at == world.clock.now() + timedelta(seconds=interval)
     assert world.events.sent == []
     assert GRANT in world.grants.items
 

@@ -22,6 +22,25 @@ def test_defaults_need_only_the_bucket() -> None:
     assert (settings.s3_retry_mode, settings.s3_max_attempts) == ("standard", 5)
 
 
+def test_polling_defaults_to_no_webhooks_and_60_percent_of_1000_checks_a_minute() -> None:
+    settings = Settings.from_environment({"BUCKET_NAME": "b", "DOWNLOADS_TABLE_NAME": "t"})
+    assert (settings.status_poll_max_seconds, settings.webhooks_configured) == (900, False)
+    assert settings.status_poll_backstop_seconds == 21_600
+    assert (settings.tiktok_calls_per_minute, settings.status_check_share_percent) == (1000, 60)
+    configured = Settings.from_environment(
+        {
+            "BUCKET_NAME": "b",
+            "DOWNLOADS_TABLE_NAME": "t",
+            "WEBHOOKS_CONFIGURED": "true",
+            "STATUS_POLL_BACKSTOP_SECONDS": "86400",
+            "TIKTOK_CALLS_PER_MINUTE": "2000",
+            "STATUS_CHECK_SHARE_PERCENT": "100",
+        }
+    )
+    assert (configured.webhooks_configured, configured.status_poll_backstop_seconds) == (True, 86_400)
+    assert (configured.tiktok_calls_per_minute, configured.status_check_share_percent) == (2000, 100)
+
+
 def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
     settings = Settings.from_environment(
         {
@@ -66,6 +85,13 @@ def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
         ("DEADLINE_MARGIN_SECONDS", "0"),
         ("S3_RETRY_MODE", "legacy"),
         ("S3_MAX_ATTEMPTS", "0"),
+        ("STATUS_POLL_MAX_SECONDS", "901"),
+        ("WEBHOOKS_CONFIGURED", "yes"),
+        ("STATUS_POLL_BACKSTOP_SECONDS", "899"),
+        ("STATUS_POLL_BACKSTOP_SECONDS", "86401"),
+        ("TIKTOK_CALLS_PER_MINUTE", "0"),
+        ("STATUS_CHECK_SHARE_PERCENT", "0"),
+        ("STATUS_CHECK_SHARE_PERCENT", "101"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_variable(variable: str, value: str) -> None:

@@ -25,7 +25,8 @@ from tiktok_archive.adapters.aws_clients import is_condition_failure
 from tiktok_archive.adapters.dynamodb_items import epoch_value, lease_value, store_error
 from tiktok_archive.adapters.record_items import checked_sets, error_sets, error_values, key_of
 from tiktok_archive.adapters.record_reads import WAITING_BUCKET
-from tiktok_archive.adapters.record_writes import Claimed, RecordWrites, Unchanged
+from tiktok_archive.adapters.record_schedule import RecordSchedule
+from tiktok_archive.adapters.record_writes import Claimed, Unchanged
 from tiktok_archive.models.clock import format_utc
 from tiktok_archive.models.clock import utc_now as _now
 from tiktok_archive.models.download_record import (
@@ -40,7 +41,7 @@ from tiktok_archive.models.record_lifecycle import Event
 from tiktok_archive.observability import logger
 
 
-class DownloadRecords(RecordWrites):
+class DownloadRecords(RecordSchedule):
     """The downloads table: its reads, and a write for each step of a record's lifecycle.
 
     Args:
@@ -101,29 +102,6 @@ class DownloadRecords(RecordWrites):
             values[":caller_user"] = {"S": caller_user(caller, user_openid)}
             sets += ["user_openid = :user", "caller_user = :caller_user"]
         return self._write(Event.ADD, request_id, sets, values)
-
-    def advance_schedule(
-        self,
-        request_id: int,
-        seq: int,
-        *,
-        tiktok_status: str | None,
-        apply_time: datetime | None,
-        collect_time: datetime | None,
-        next_check_at: datetime,
-        poll_interval: int,
-    ) -> DownloadRecord | Unchanged:
-        """Record a status check (number ``seq``) that found the request still being prepared.
-
-        Raises:
-            RecordStoreError: DynamoDB failed.
-        """
-        sets, values = checked_sets(seq, tiktok_status, apply_time, collect_time)
-        sets += ["next_check_at = :next_check", "poll_interval = :interval"]
-        values.update(
-            {":next_check": {"S": format_utc(next_check_at)}, ":interval": {"N": str(poll_interval)}}
-        )
-        return self._write(Event.CHECKED, request_id, sets, values, seq=seq)
 
     def mark_ready(
         self,

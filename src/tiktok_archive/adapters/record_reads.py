@@ -1,4 +1,6 @@
-"""Reading download records (boto3): one by its id, a user's, a caller's page, the overdue waiting ones.
+"""Reading download records (boto3): one by its id, a user's, a caller's page.
+
+The waiting ones by their next check are :mod:`record_schedule`'s.
 
 Two sparse indexes find a user's records: ``by-user`` (``user_openid``: every caller's, for TikTok's
 ``authorization.removed``) and ``by-caller-user`` (``caller_user``, newest first by ``created_at``: one
@@ -8,14 +10,12 @@ The indexes are eventually consistent: a record written a moment ago may not sho
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.dynamodb_items import store_error
 from tiktok_archive.adapters.record_items import key_of, record_of
-from tiktok_archive.models.clock import format_utc
 from tiktok_archive.models.download_record import DownloadRecord, caller_user
 
 if TYPE_CHECKING:
@@ -125,26 +125,3 @@ class RecordReads:
             records += page
             if after is None:
                 return records
-
-    def overdue(self, before: datetime, limit: int = 500) -> list[DownloadRecord]:
-        """Waiting records whose next check was due before ``before`` (the ``by-schedule`` index).
-
-        Their chain of checks was lost: a message that could not be sent, one left in the dead-letter queue.
-
-        Raises:
-            RecordStoreError: DynamoDB failed.
-        """
-        try:
-            answer = self._client.query(
-                TableName=self._table,
-                IndexName=BY_SCHEDULE_INDEX,
-                KeyConditionExpression="schedule_bucket = :bucket AND next_check_at < :before",
-                ExpressionAttributeValues={
-                    ":bucket": {"S": WAITING_BUCKET},
-                    ":before": {"S": format_utc(before)},
-                },
-                Limit=limit,
-            )
-        except (ClientError, BotoCoreError) as error:
-            raise store_error("Query", error) from None
-        return [record_of(item) for item in answer.get("Items", [])]

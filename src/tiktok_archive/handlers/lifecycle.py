@@ -92,8 +92,8 @@ def _work(message: LifecycleMessage) -> None:
     """Hand ``message`` to the service that does its work."""
     deadline = unit_of_work(_invocation.deadline)  # each message: a unit of work of its own
     if isinstance(message, StatusCheck):
-        _invocation.pace()
-        outcome = status_checks().check(message.request_id, message.seq, deadline)
+        # Paced only when it calls TikTok: a stale check, or an early one sending itself on, calls nobody.
+        outcome = status_checks().check(message.request_id, message.seq, deadline, pace=_invocation.pace)
         if outcome.rate_limited_for:
             _invocation.paused_until = time.monotonic() + outcome.rate_limited_for
     elif isinstance(message, ArchiveReadyWork):

@@ -17,8 +17,8 @@ from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.grant_release import release_unneeded
 from tiktok_archive.logic.handover import Holding, TokenHandover
 from tiktok_archive.logic.ownership import logged_as
-from tiktok_archive.logic.status_checks import Schedule
 from tiktok_archive.logic.tokens import TokenService
+from tiktok_archive.models.check_schedule import Schedule
 from tiktok_archive.models.clock import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, Preparation

@@ -1,12 +1,16 @@
 """Waiting for TikTok without anyone polling: a waiting request's status checks, and TikTok's ``ready``.
 
 Each added request is checked on a :class:`Schedule` — first after ``STATUS_POLL_INITIAL_SECONDS``,
-then twice as long after each check up to ``STATUS_POLL_MAX_SECONDS`` — by a chain of delayed queue
-messages, one message per check (see :class:`LifecycleQueue`). A check sends the next one before it
-records itself, so a failed write repeats a check rather than breaking the chain; the record's
-``poll_seq`` makes any other check stale. TikTok's answer moves the request on: ``downloading`` queues
-the download (once: the record's claim), ``expired`` / ``cancelled`` end it; a 429 slows its schedule;
-after ``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The sweeper re-drives a chain that was lost.
+then twice as long after each check up to its longest (``STATUS_POLL_MAX_SECONDS``, or with webhooks the
+backstop's hours), never sooner than the budget's floor (all waiting requests' checks fit the check
+budget) — by a chain of delayed queue messages, one message per check (see :class:`LifecycleQueue`).
+The record's ``next_check_at`` is authoritative: a message that comes earlier (SQS delays at most 900 s)
+sends itself on for the time left, calling nobody. A check sends the next one before it records itself,
+so a failed write repeats a check rather than breaking the chain; the record's ``poll_seq`` makes any
+other check stale. TikTok's answer moves the request on: ``downloading`` queues the download (once: the
+record's claim), ``expired`` / ``cancelled`` end it; a 429 slows its schedule; after
+``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The sweeper re-drives a chain that was lost
+(:mod:`~tiktok_archive.logic.sweep`).
 
 TikTok's ``portability.download.ready`` webhook ends the wait too (:class:`ArchiveReady`): the download
 is queued at once and the schedule's next check finds itself stale.
@@ -17,6 +21,7 @@ ends releases its grant when no other request needs it (:func:`release_grant`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +36,7 @@ from tiktok_archive.logic.grant_release import release_grant
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, logged_as
 from tiktok_archive.logic.queued_downloads import QUEUED_LEASE
 from tiktok_archive.logic.tokens import TokenService
+from tiktok_archive.models.check_schedule import Schedule
 from tiktok_archive.models.clock import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
@@ -43,22 +49,9 @@ from tiktok_archive.observability import logger
 
 # A ready archive's job waits this long before a repeated trigger may queue it again.
 READY_LEASE = QUEUED_LEASE
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """When to check a waiting request.
-
-    First after ``initial``, doubling up to ``longest``, until ``give_up_after``.
-    """
-
-    initial: int
-    longest: int
-    give_up_after: timedelta
-
-    def after(self, interval: int) -> int:
-        """The interval that follows ``interval``."""
-        return min(self.longest, max(1, interval * 2))
+# A check message this much early or less is on time: the record's next_check_at is written just after its
+# message is sent, so every message arrives a moment "early".
+EARLY_TOLERANCE_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -80,6 +73,7 @@ class StatusChecks:
         queue: the lifecycle queue (the chain of checks).
         jobs: the download queue, built on first use.
         schedule: the status checks' timing.
+        floor: the budget's floor of an interval, in seconds (the sweeper's, read cheaply).
     """
 
     def __init__(
@@ -91,6 +85,7 @@ class StatusChecks:
         queue: LifecycleQueue,
         jobs: Callable[[], DownloadJobs],
         schedule: Schedule,
+        floor: Callable[[], int] = lambda: 0,
     ) -> None:
         self._tiktok = tiktok
         self._records = records
@@ -99,12 +94,18 @@ class StatusChecks:
         self._queue = queue
         self._jobs = jobs
         self._schedule = schedule
+        self._floor = floor
 
-    def check(self, request_id: int, seq: int, deadline: Deadline) -> CheckOutcome:
+    def check(
+        self, request_id: int, seq: int, deadline: Deadline, pace: Callable[[], None] = lambda: None
+    ) -> CheckOutcome:
         """Status check number ``seq`` of a waiting request (a lifecycle queue message).
 
+        ``pace`` is called just before TikTok is (not for a stale or an early check).
+
         Returns:
-            what happened; stale checks (another one is expected, or the request moved on) do nothing.
+            what happened; stale checks (another one is expected, or the request moved on) do nothing;
+            an early one (``"early"``) sent itself on to when the record expects it, calling nobody.
 
         Raises:
             ServiceError: only transient failures of AWS (the message comes back).
@@ -114,9 +115,16 @@ class StatusChecks:
             if record is None or record.status is not DownloadStatus.WAITING or record.poll_seq != seq:
                 logger.info("status check is stale", extra={"seq": seq})
                 return CheckOutcome("stale")
-            return self._check(record, deadline)
+            early_by = _early_by(record)
+            if early_by:
+                # The next hop first; acknowledging this message afterwards keeps the chain whole and
+                # spends none of its receives.
+                self._queue.schedule_check(request_id, seq, min(early_by, MAX_DELAY_SECONDS))
+                logger.info("status check early; sent on", extra={"seq": seq, "due_in_seconds": early_by})
+                return CheckOutcome("early")
+            return self._check(record, deadline, pace)
 
-    def _check(self, record: DownloadRecord, deadline: Deadline) -> CheckOutcome:
+    def _check(self, record: DownloadRecord, deadline: Deadline, pace: Callable[[], None]) -> CheckOutcome:
         prep = record.preparation
         if record.grant_id is None or prep is None:
             return CheckOutcome("stale")
@@ -124,6 +132,7 @@ class StatusChecks:
             return self._fail(record, PreparationTimedOutError("TikTok did not prepare the archive in time"))
         grant_id = record.grant_id
         request_id = record.request_id
+        pace()
         try:
             status = self._tokens.with_access_token(
                 grant_id,
@@ -185,10 +194,14 @@ class StatusChecks:
         self._next(record, status, self._schedule.after(record.poll_interval or self._schedule.initial))
         return CheckOutcome("waiting")
 
-    def _next(self, record: DownloadRecord, status: RequestStatus | None, interval: int) -> None:
-        """Send the next check, then record this one (a lost write repeats a check, never loses one)."""
-        interval = min(interval, MAX_DELAY_SECONDS)  # a Retry-After may exceed the schedule's longest
-        self._queue.schedule_check(record.request_id, record.poll_seq + 1, interval)
+    def _next(self, record: DownloadRecord, status: RequestStatus | None, backoff: int) -> None:
+        """Send the next check, then record this one (a lost write repeats a check, never loses one).
+
+        The next check comes after ``backoff``, at least the budget's floor; beyond SQS's 900 s its
+        message hops (the record's ``next_check_at`` says when it is due).
+        """
+        interval = self._schedule.spaced(backoff, self._floor())
+        self._queue.schedule_check(record.request_id, record.poll_seq + 1, min(interval, MAX_DELAY_SECONDS))
         self._records.advance_schedule(
             record.request_id,
             record.poll_seq,
@@ -206,22 +219,6 @@ class StatusChecks:
             self._events.publish(ended)
             release_grant(self._records, self._tokens, ended)
         return CheckOutcome("failed")
-
-    def redrive(self, overdue_for: timedelta) -> int:
-        """Check again, now, every waiting request whose next check is ``overdue_for`` late.
-
-        Its chain of delayed messages was lost. Returns how many. A re-driven check carries the expected
-        ``seq``: if the chain was only slow, one of the two checks finds the other done and is stale.
-
-        Raises:
-            ServiceError: only transient failures of AWS.
-        """
-        late = self._records.overdue(_now() - overdue_for)
-        for record in late:
-            with logged_as(record.request_id):
-                self._queue.schedule_check(record.request_id, record.poll_seq, 0)
-                logger.warning("status check re-driven: the schedule had lost it")
-        return len(late)
 
 
 class ArchiveReady:
@@ -270,6 +267,16 @@ class ArchiveReady:
             logger.info("archive ready (webhook); download queued, status checks stopped")
             self._events.publish(queued)
             return "queued"
+
+
+def _early_by(record: DownloadRecord) -> int:
+    """Whole seconds until ``record``'s next check is due (its give-up time at the latest); 0: due now."""
+    prep = record.preparation
+    if prep is None or prep.next_check_at is None:
+        return 0
+    due = prep.next_check_at if prep.give_up_at is None else min(prep.next_check_at, prep.give_up_at)
+    early = (due - _now()).total_seconds()
+    return math.ceil(early) if early > EARLY_TOLERANCE_SECONDS else 0
 
 
 def _moment(seconds: int | None) -> datetime | None:

@@ -51,6 +51,7 @@ class Event(StrEnum):
 
     ADD = "add"
     CHECKED = "checked"
+    REDRIVEN = "redriven"
     READY = "ready"
     READY_ANNOUNCED = "ready_announced"
     EXPIRED_AT_TIKTOK = "expired_at_tiktok"
@@ -119,6 +120,7 @@ TRANSITIONS: dict[Event, Transition] = {
     for t in (
         Transition(Event.ADD, (ABSENT,), _W, "POST /requests"),
         Transition(Event.CHECKED, (_W,), None, "status check: TikTok says pending", guard=SCHEDULE),
+        Transition(Event.REDRIVEN, (_W,), None, "sweeper: a lost check sent again", guard=SCHEDULE),
         Transition(
             Event.READY,
             (_W,),
