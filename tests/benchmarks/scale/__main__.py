@@ -13,6 +13,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tiktok_archive.models.check_schedule import CheckBudget
+
 from .report import Figures, duration, plot, summarise, write_section
 from .sections import lines
 from .simulator import DAY, Scenario, run
@@ -36,13 +38,14 @@ def scenarios(users: int, days: float, seed: int, quota: int) -> list[Scenario]:
 
 
 def check_capacity(base: Scenario, check_seconds: float) -> int:
-    """Status checks a minute the service can make: TikTok's quota, or the lifecycle's pace if lower.
+    """Status checks a minute the service makes: the checks' budget, or the lifecycle's pace if lower.
 
-    An invocation starts a check at most every ``STATUS_POLL_PACE_MS``, and not before the last one ended
+    The budget is ``STATUS_CHECK_SHARE_PERCENT`` of TikTok's quota (:class:`CheckBudget`). An invocation
+    starts a check at most every ``STATUS_POLL_PACE_MS``, and not before the last one ended
     (``check_seconds``: TikTok's answer and the AWS calls around it).
     """
     pacing = base.lifecycle_concurrency * 60 / max(base.pace_ms / 1000, check_seconds)
-    return min(base.quota, int(pacing))
+    return min(CheckBudget(base.quota, base.check_share_percent).checks_per_minute, int(pacing))
 
 
 def capacity_scenarios(base: Scenario, check_seconds: float) -> tuple[int, list[Scenario]]:

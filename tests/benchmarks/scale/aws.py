@@ -15,19 +15,22 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from tests.unit.fakes import START, Clock, FakeDownloadRecords, FakeTransfer, Journal
+from tiktok_archive.adapters.check_floor import CheckFloor
 from tiktok_archive.adapters.download_events import DETAIL_TYPES, DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
-from tiktok_archive.adapters.lifecycle_queue import MAX_DELAY_SECONDS, LifecycleQueue
+from tiktok_archive.adapters.lifecycle_queue import MAX_BATCH, MAX_DELAY_SECONDS, LifecycleQueue
+from tiktok_archive.adapters.record_schedule import Position
 from tiktok_archive.adapters.webhook_deliveries import Arrival, WebhookDeliveries
 from tiktok_archive.logic.transfer import TransferWatch
 from tiktok_archive.models.deadline import Deadline
@@ -71,7 +74,7 @@ class CountingJournal(Journal):
 
 # Journal names → (service, request kind). Reads are strongly consistent GetItem/Query (1 RRU per 4 KB),
 # writes conditional PutItem/UpdateItem/DeleteItem (1 WRU per KB, charged when the condition fails too).
-_DYNAMODB_READS = {"get", "of_user", "of_caller_user", "page_of", "overdue", "handed"}
+_DYNAMODB_READS = {"get", "of_user", "of_caller_user", "page_of", "overdue", "handed", "count_waiting"}
 
 
 def aws_requests(counts: Counter[str]) -> Counter[str]:
@@ -79,7 +82,7 @@ def aws_requests(counts: Counter[str]) -> Counter[str]:
     billed: Counter[str] = Counter()
     for name, count in counts.items():
         table, _, method = name.partition(".")
-        if table in ("records", "grants", "deliveries"):
+        if table in ("records", "grants", "deliveries", "floor", "quota"):
             billed["dynamodb.read" if method in _DYNAMODB_READS else "dynamodb.write"] += count
         elif table == "vault":
             billed["kms"] += count
@@ -99,6 +102,8 @@ class IndexedRecords(FakeDownloadRecords):
         super().__init__(clock, journal)
         self._by_caller_user: dict[tuple[str | None, str | None], set[int]] = {}
         self._waiting: set[int] = set()
+        self._late: list[tuple[datetime, int]] = []
+        self._late_before: datetime | None = None
 
     def _put(self, record: DownloadRecord) -> DownloadRecord:
         old = self.items.get(record.request_id)
@@ -115,16 +120,46 @@ class IndexedRecords(FakeDownloadRecords):
         mine = [self.items[i] for i in self._by_caller_user.get((caller, user_openid), ())]
         return sorted(mine, key=lambda r: (r.created_at, r.request_id), reverse=True)
 
-    def overdue(self, before: datetime, limit: int = 500) -> list[DownloadRecord]:
+    def _due(self, record: DownloadRecord) -> datetime | None:
+        return record.preparation.next_check_at if record.preparation is not None else None
+
+    def count_waiting(self, before: datetime | None = None) -> int:
+        """A ``Select=COUNT`` query of the by-schedule index: it reads every item it counts."""
+        self._call("count_waiting")
+        if before is None:
+            count = sum(1 for i in self._waiting if self._due(self.items[i]) is not None)
+        else:
+            count = sum(
+                1 for i in self._waiting if (due := self._due(self.items[i])) is not None and due < before
+            )
+        # Eventually consistent, about 1 KB a record: half a read unit per 4 KB (the first is the call's).
+        self._journal.counts["dynamodb.read"] += max(0, math.ceil(count * RECORD_KB / 8) - 1)
+        return count
+
+    def overdue(
+        self, before: datetime, after: Position | None = None, limit: int = 100
+    ) -> tuple[list[DownloadRecord], Position | None]:
+        """A page of the by-schedule index before ``before`` (the sweep's run sorts it once)."""
         self._call("overdue")
-        late = []
-        for request_id in self._waiting:
-            record = self.items[request_id]
-            due = record.preparation.next_check_at if record.preparation is not None else None
-            if due is not None and due < before:
-                late.append((due, record))
-        late.sort(key=lambda pair: pair[0])
-        return [record for _, record in late[:limit]]
+        if self._late_before != before:
+            late = []
+            for request_id in self._waiting:
+                record = self.items[request_id]
+                due = self._due(record)
+                if due is not None and due < before:
+                    late.append((due, request_id))
+            late.sort()
+            self._late, self._late_before = late, before
+        start = (
+            0
+            if after is None
+            else bisect.bisect_right(self._late, (after["next_check_at"], after["request_id"]))
+        )
+        keys = self._late[start : start + limit]
+        page = [self.items[request_id] for _, request_id in keys]
+        if not page or len(page) < limit:
+            return page, None
+        return page, {"next_check_at": keys[-1][0], "request_id": keys[-1][1]}
 
     @property
     def waiting(self) -> int:
@@ -197,6 +232,33 @@ class SimLifecycleQueue(LifecycleQueue):
     def send(self, message: LifecycleMessage, delay_seconds: int = 0) -> None:
         self._journal.note("queue.send")
         self.queue.send(message, max(0, min(delay_seconds, MAX_DELAY_SECONDS)))
+
+    def schedule_checks(self, checks: Sequence[tuple[StatusCheck, int]]) -> set[StatusCheck]:
+        """Ten to a ``SendMessageBatch`` (one request each); SQS refuses none here."""
+        self._journal.counts["queue.send_batch"] += math.ceil(len(checks) / MAX_BATCH)
+        for check, delay in checks:
+            self.queue.send(check, max(0, min(delay, MAX_DELAY_SECONDS)))
+        return set()
+
+
+class SimCheckFloor(CheckFloor):
+    """The checks' floor: one item of the downloads table, read by a container at most every 5 minutes."""
+
+    def __init__(self, journal: CountingJournal, now: Callable[[], float]) -> None:
+        self._journal = journal
+        self._now = now
+        self.floor = 0
+        self._read_at = -1e9
+
+    def seconds(self) -> int:
+        if self._now() - self._read_at >= 300:
+            self._read_at = self._now()
+            self._journal.note("floor.get")
+        return self.floor
+
+    def store(self, waiting: int, floor_seconds: int) -> None:
+        self._journal.note("floor.store")
+        self.floor = floor_seconds
 
 
 class SimDownloadJobs(DownloadJobs):

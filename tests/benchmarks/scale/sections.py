@@ -63,7 +63,7 @@ def lines(
         "",
         "With webhooks off, the most requests that can wait at once is **check calls a minute × the longest",
         f"interval in minutes**: {most:,} = {most * 60 // figures[1].result.scenario.poll_longest:,} × "
-        f"{figures[1].result.scenario.poll_longest // 60}, where check calls a minute = min(TikTok's quota, "
+        f"{figures[1].result.scenario.poll_longest // 60}, where check calls a minute = min(the checks' budget, {figures[1].result.scenario.check_share_percent} % of TikTok's quota, "
         "lifecycle concurrency × 60 s ÷ max(pace, one check's time)); a check took "
         f"{figures[1].result.check_seconds * 1000:.0f} ms here (TikTok's answer and the DynamoDB and KMS calls"
         " around it), so the pace of 150 ms is not what bounds it. The two polling-only runs hold that many,",

@@ -20,14 +20,15 @@ import pytest
 from tests.conftest import BACKEND_CALLER
 from tests.harness.tiktok_emulator import sign, webhook_body
 from tests.unit.fakes import START, FakeAppCredentials, FakeGrants, FakeVault, freeze_time
-from tiktok_archive.handlers.sweeper import OVERDUE_FOR
 from tiktok_archive.logic.add_request import AddRequest
 from tiktok_archive.logic.claimed_download import ClaimedDownload
 from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.queued_downloads import QueuedDownloads
-from tiktok_archive.logic.status_checks import ArchiveReady, Schedule, StatusChecks
+from tiktok_archive.logic.status_checks import ArchiveReady, StatusChecks
+from tiktok_archive.logic.sweep import Sweep
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.logic.webhooks import WebhookReceiver
+from tiktok_archive.models.check_schedule import CheckBudget, Schedule
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadStatus
 from tiktok_archive.models.errors import ServiceError
@@ -40,6 +41,7 @@ from .aws import (
     CountingJournal,
     IndexedRecords,
     Message,
+    SimCheckFloor,
     SimDeliveries,
     SimDownloadJobs,
     SimEvents,
@@ -71,7 +73,9 @@ class Scenario:
     never_ready: float = 0.01
     outages: int = 3
     poll_initial: int = 60
-    poll_longest: int = 900
+    poll_longest: int = 900  # STATUS_POLL_MAX_SECONDS: without webhooks
+    poll_backstop: int = 21_600  # STATUS_POLL_BACKSTOP_SECONDS: with webhooks (WebhooksConfigured)
+    check_share_percent: int = 60  # STATUS_CHECK_SHARE_PERCENT
     lifecycle_concurrency: int = 2
     pace_ms: int = 150
     worker_concurrency: int = 10
@@ -125,7 +129,9 @@ class UseCases:
     archive_ready: ArchiveReady
     queued_downloads: QueuedDownloads
     webhook_receiver: WebhookReceiver
+    sweep: Sweep
     schedule: Schedule
+    budget: CheckBudget
 
 
 def build(scenario: Scenario) -> World:
@@ -174,17 +180,27 @@ def use_cases(world: World) -> UseCases:
     events = SimEvents(journal)
     lifecycle = SimLifecycleQueue(journal, world.lifecycle_queue)
     jobs = SimDownloadJobs(journal, world.download_queue)
-    schedule = Schedule(scenario.poll_initial, scenario.poll_longest, timedelta(hours=168))
+    longest = scenario.poll_backstop if scenario.webhooks else scenario.poll_longest
+    schedule = Schedule(
+        scenario.poll_initial,
+        max(scenario.poll_initial, longest),
+        timedelta(hours=168),
+        webhooks=scenario.webhooks,
+    )
+    budget = CheckBudget(scenario.quota, scenario.check_share_percent)
+    floor = SimCheckFloor(journal, lambda: world.clock.elapsed)
     records = world.records
     claimed = ClaimedDownload(world.transfer, records, world.tiktok, events, lambda: tokens)
     deliveries = SimDeliveries(journal)
     return UseCases(
         AddRequest(world.tiktok, records, tokens, handover, events, lifecycle, schedule),
-        StatusChecks(world.tiktok, records, tokens, events, lifecycle, lambda: jobs, schedule),
+        StatusChecks(world.tiktok, records, tokens, events, lifecycle, lambda: jobs, schedule, floor.seconds),
         ArchiveReady(records, events, lambda: jobs),
         QueuedDownloads(claimed, records, events, lambda: vault, lambda: tokens),
         WebhookReceiver(lambda: app, lambda: deliveries, lambda: lifecycle),
+        Sweep(records, lifecycle, floor, budget),
         schedule,
+        budget,
     )
 
 
@@ -228,6 +244,7 @@ class Run:
         self.waiting: list[tuple[float, int]] = []
         self.lateness: list[float] = []
         self.check_seconds: list[float] = []
+        self.floors: list[tuple[float, int]] = []
         world.loop.add_source(self.lifecycle)
         world.loop.add_source(self.worker)
         world.model.on_ready = self.archive_prepared
@@ -292,20 +309,17 @@ class Run:
         if tiktok_work and invocation.paused_until > now:
             world.journal.note("sqs.change_visibility")
             return Outcome(0.001, invocation.paused_until - now + 1)
-        pace = world.scenario.pace_ms / 1000
-        if tiktok_work and now < invocation.last_call + pace:
-            invocation.next_at = invocation.last_call + pace
-            return None
         world.meter.start()
         unit = invocation.deadline.unit(UNIT_ATTEMPTS)
         back: float | None = None
         try:
             if isinstance(body, StatusCheck):
-                invocation.last_call = now
-                self.late(now, now - message.visible_at)
-                outcome = self.cases.status_checks.check(body.request_id, body.seq, unit)
+                outcome = self.cases.status_checks.check(
+                    body.request_id, body.seq, unit, pace=lambda: self.pace(invocation, now)
+                )
                 self.count(f"check {outcome.action}")
-                if outcome.action != "stale":
+                if outcome.action not in ("stale", "early"):
+                    self.late(now, now - message.visible_at)
                     self.check_seconds.append(world.meter.seconds())
                 if outcome.rate_limited_for:
                     invocation.paused_until = now + outcome.rate_limited_for
@@ -342,11 +356,21 @@ class Run:
     def sweep(self) -> None:
         world = self.world
         world.meter.start()
-        redriven = self.cases.status_checks.redrive(OVERDUE_FOR)
-        self.outcomes["checks re-driven"] = self.outcomes.get("checks re-driven", 0) + redriven
+        outcome = self.cases.sweep.run(Deadline.after(290))
+        self.outcomes["checks re-driven"] = self.outcomes.get("checks re-driven", 0) + outcome.redriven
+        self.floors.append((world.clock.elapsed, outcome.floor_seconds))
         self.billing["sweeper"].bill(world.meter.seconds())
         world.journal.note("eventbridge.scheduled")
         world.loop.schedule(world.clock.elapsed + 900, self.sweep)
+
+    def pace(self, invocation: Invocation, now: float) -> None:
+        """The handler's pace: one TikTok call per ``STATUS_POLL_PACE_MS`` per invocation (a billed sleep)."""
+        at = now + self.world.meter.seconds()
+        gap = invocation.last_call + self.world.scenario.pace_ms / 1000 - at
+        if gap > 0:
+            self.world.tiktok.spent += gap
+            at += gap
+        invocation.last_call = at
 
     def late(self, now: float, seconds: float) -> None:
         """A check ``seconds`` after its message became visible: the worst per minute is kept."""
