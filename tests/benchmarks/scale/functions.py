@@ -5,8 +5,9 @@
 other; a message's work takes the time its calls took (:class:`Meter`). What the handlers themselves do
 is modelled here, explicitly, around the real use cases:
 
-- the lifecycle handler's pacing (one TikTok call per ``STATUS_POLL_PACE_MS`` per invocation), its
-  pause after a 429 (the batch's other TikTok work handed back, ``ChangeMessageVisibility``);
+- the lifecycle handler's pacing (one TikTok call per ``STATUS_POLL_PACE_MS`` per invocation: a sleep the
+  invocation is billed for), its pause after a 429 (the batch's other TikTok work handed back,
+  ``ChangeMessageVisibility``);
 - ``settle``: a permanent failure is acknowledged, a transient one comes back after its
   ``redeliver_after`` or the queue's visibility timeout, and dies after ``MaxReceiveCount`` receives.
 
@@ -72,19 +73,18 @@ class Invocation:
     messages: list[Message]
     next_at: float
     index: int = 0
-    last_call: float = -1e9
+    last_call: float = -1e9  # when its last TikTok call began (the pace)
     paused_until: float = 0.0
     deadline: Deadline = field(default_factory=lambda: Deadline.after(0))
 
 
-Handler = Callable[[Message, Invocation, float], Outcome | None]
+Handler = Callable[[Message, Invocation, float], Outcome]
 
 
 class QueueConsumer:
     """An event source mapping and its function: a :class:`~.loop.Source` for the event loop.
 
-    ``handle(message, invocation, now)`` works one message and says its outcome; ``None`` means "not
-    yet": the invocation waits until its ``next_at`` (pacing) and tries the same message again.
+    ``handle(message, invocation, now)`` works one message and says its outcome.
     """
 
     def __init__(
@@ -133,8 +133,6 @@ class QueueConsumer:
             return
         message = running.messages[running.index]
         outcome = self._handle(message, running, now)
-        if outcome is None:
-            return
         running.index += 1
         running.next_at = now + outcome.seconds
         if outcome.back_after is not None:

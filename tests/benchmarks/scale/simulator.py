@@ -302,7 +302,7 @@ class Run:
         world.journal.note("apigateway.request")
 
     # -- the lifecycle function (handlers/lifecycle.py) ---------------------------------------------
-    def lifecycle_message(self, message: Message, invocation: Invocation, now: float) -> Outcome | None:
+    def lifecycle_message(self, message: Message, invocation: Invocation, now: float) -> Outcome:
         world = self.world
         body = message.body
         tiktok_work = isinstance(body, TIKTOK_WORK)
