@@ -1,5 +1,8 @@
 """Powertools Logger, Tracer and Metrics, created once and shared by every module; the secret scrubber.
 
+The Tracer is deferred (:mod:`tiktok_archive.tracing`): nothing of X-Ray is imported until the first traced
+call, and nothing at all when tracing is off.
+
 Code must never log a secret. The scrubber is the second line of defence, in three places, so that
 nothing added later — an exception text, a library's message, a handler someone attaches — can put
 one in a log line:
@@ -33,8 +36,10 @@ from collections import OrderedDict
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+from tiktok_archive.tracing import DeferredTracer
 
 SERVICE = "tiktok-archive"
 METRICS_NAMESPACE = "TikTokArchive"
@@ -218,7 +223,8 @@ def install_scrubber(*loggers: logging.Logger) -> None:
 
 logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
 install_scrubber(logging.getLogger(SERVICE))
-tracer = Tracer(service=SERVICE)
+# Built at the first traced call, and only when tracing is on: see tracing.py.
+tracer = DeferredTracer(service=SERVICE)
 metrics = Metrics(
     namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", METRICS_NAMESPACE), service=SERVICE
 )

@@ -3,29 +3,22 @@
 Nothing here runs at import time; the first invocation builds what it calls (and the adapters under it,
 :mod:`runtime_adapters`), and every later one in the same container reuses them. Tests call ``reset()``
 to rebuild with another environment.
+
+**Imports are deferred, here and in** :mod:`runtime_adapters` **only.** Every handler imports this module,
+so a top-level import of a use case would load every function's logic, adapters and their libraries
+(boto3, the S3 transfer, urllib3 …) into every function's cold start. Instead each builder imports the
+class it builds inside itself, the first time it runs: a function loads only the chain its own handlers
+call, when they first call it. Annotations name the classes through ``TYPE_CHECKING`` imports. Everything
+else in the package imports at the top, as usual; ``tests/unit/test_cold_start_imports.py`` checks what
+each handler's import loads.
 """
 
 from __future__ import annotations
 
 import functools
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tiktok_archive.adapters import aws_clients
-from tiktok_archive.logic.add_request import AddRequest
-from tiktok_archive.logic.caller_downloads import CallerDownloads
-from tiktok_archive.logic.cancel_request import CancelRequest
-from tiktok_archive.logic.claimed_download import ClaimedDownload
-from tiktok_archive.logic.handover import TokenHandover
-from tiktok_archive.logic.purge import UserPurge
-from tiktok_archive.logic.queries import RecordQueries
-from tiktok_archive.logic.queued_downloads import QueuedDownloads
-from tiktok_archive.logic.status_checks import ArchiveReady, StatusChecks
-from tiktok_archive.logic.sweep import Sweep
-from tiktok_archive.logic.tokens import TokenService
-from tiktok_archive.logic.transfer import ArchiveTransfer
-from tiktok_archive.logic.webhooks import WebhookReceiver
-from tiktok_archive.models.check_schedule import CheckBudget, Schedule
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.runtime_adapters import (
@@ -45,6 +38,22 @@ from tiktok_archive.runtime_adapters import (
 from tiktok_archive.runtime_adapters import reset as reset_adapters
 from tiktok_archive.settings import DEFAULT_DEADLINE_MARGIN_SECONDS, Settings
 
+if TYPE_CHECKING:
+    from tiktok_archive.logic.add_request import AddRequest
+    from tiktok_archive.logic.caller_downloads import CallerDownloads
+    from tiktok_archive.logic.cancel_request import CancelRequest
+    from tiktok_archive.logic.claimed_download import ClaimedDownload
+    from tiktok_archive.logic.handover import TokenHandover
+    from tiktok_archive.logic.purge import UserPurge
+    from tiktok_archive.logic.queries import RecordQueries
+    from tiktok_archive.logic.queued_downloads import QueuedDownloads
+    from tiktok_archive.logic.status_checks import ArchiveReady, StatusChecks
+    from tiktok_archive.logic.sweep import Sweep
+    from tiktok_archive.logic.tokens import TokenService
+    from tiktok_archive.logic.transfer import ArchiveTransfer
+    from tiktok_archive.logic.webhooks import WebhookReceiver
+    from tiktok_archive.models.check_schedule import Schedule
+
 
 @functools.cache
 def transfer_service() -> ArchiveTransfer:
@@ -53,6 +62,8 @@ def transfer_service() -> ArchiveTransfer:
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
+    from tiktok_archive.logic.transfer import ArchiveTransfer
+
     config = settings()
     return ArchiveTransfer(
         tiktok_client(),
@@ -69,6 +80,8 @@ def token_service() -> TokenService:
     Raises:
         ConfigurationError: ``GRANTS_TABLE_NAME`` or ``TOKEN_KMS_KEY_ID`` is not set.
     """
+    from tiktok_archive.logic.tokens import TokenService
+
     return TokenService(grants(), token_vault(), tiktok_client(), app_credentials)
 
 
@@ -79,18 +92,24 @@ def token_handover() -> TokenHandover:
     Raises:
         ConfigurationError: ``GRANTS_TABLE_NAME`` or ``TOKEN_KMS_KEY_ID`` is not set.
     """
+    from tiktok_archive.logic.handover import TokenHandover
+
     return TokenHandover(token_service(), grants())
 
 
 @functools.cache
 def webhook_receiver() -> WebhookReceiver:
     """TikTok's webhook deliveries, verified, recorded and queued."""
+    from tiktok_archive.logic.webhooks import WebhookReceiver
+
     return WebhookReceiver(app_credentials, webhook_deliveries, lifecycle_queue)
 
 
 @functools.cache
 def record_queries() -> RecordQueries:
     """Reads of a caller's records."""
+    from tiktok_archive.logic.queries import RecordQueries
+
     return RecordQueries(download_records(), transfer_service())
 
 
@@ -101,6 +120,8 @@ def user_purge() -> UserPurge:
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
+    from tiktok_archive.logic.purge import UserPurge
+
     return UserPurge(
         download_records(),
         grants(),
@@ -117,6 +138,8 @@ def user_purge() -> UserPurge:
 @functools.cache
 def claimed_download() -> ClaimedDownload:
     """One download under its record's claim (the core of both the API's and the worker's downloads)."""
+    from tiktok_archive.logic.claimed_download import ClaimedDownload
+
     return ClaimedDownload(
         transfer_service(), download_records(), tiktok_client(), download_events(), token_service
     )
@@ -125,6 +148,8 @@ def claimed_download() -> ClaimedDownload:
 @functools.cache
 def caller_downloads() -> CallerDownloads:
     """``POST /downloads``: now, or queued (the queue, the key and the grants built on first need)."""
+    from tiktok_archive.logic.caller_downloads import CallerDownloads
+
     return CallerDownloads(
         claimed_download(), download_records(), download_jobs, token_service, token_handover
     )
@@ -133,6 +158,8 @@ def caller_downloads() -> CallerDownloads:
 @functools.cache
 def queued_downloads() -> QueuedDownloads:
     """The worker's jobs (the key and the grants built on first need: a backend's own jobs need neither)."""
+    from tiktok_archive.logic.queued_downloads import QueuedDownloads
+
     return QueuedDownloads(
         claimed_download(), download_records(), download_events(), token_vault, token_service
     )
@@ -145,6 +172,8 @@ def add_request() -> AddRequest:
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
+    from tiktok_archive.logic.add_request import AddRequest
+
     return AddRequest(
         tiktok_client(),
         download_records(),
@@ -163,6 +192,8 @@ def status_checks() -> StatusChecks:
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
+    from tiktok_archive.logic.status_checks import StatusChecks
+
     return StatusChecks(
         tiktok_client(),
         download_records(),
@@ -182,6 +213,9 @@ def sweep() -> Sweep:
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
+    from tiktok_archive.logic.sweep import Sweep
+    from tiktok_archive.models.check_schedule import CheckBudget
+
     config = settings()
     budget = CheckBudget(config.tiktok_calls_per_minute, config.status_check_share_percent)
     return Sweep(download_records(), lifecycle_queue(), check_floor(), budget)
@@ -190,6 +224,8 @@ def sweep() -> Sweep:
 @functools.cache
 def archive_ready() -> ArchiveReady:
     """TikTok's ``ready`` webhook's work: the download queued (the queue built on first need)."""
+    from tiktok_archive.logic.status_checks import ArchiveReady
+
     return ArchiveReady(download_records(), download_events(), download_jobs)
 
 
@@ -200,6 +236,8 @@ def cancel_request() -> CancelRequest:
     Raises:
         ConfigurationError: the environment is invalid (the message names the variable).
     """
+    from tiktok_archive.logic.cancel_request import CancelRequest
+
     return CancelRequest(
         tiktok_client(),
         download_records(),
@@ -211,6 +249,8 @@ def cancel_request() -> CancelRequest:
 
 
 def _schedule() -> Schedule:
+    from tiktok_archive.models.check_schedule import Schedule
+
     config = settings()
     longest = config.status_poll_max_seconds
     if config.webhooks_configured:
@@ -230,6 +270,8 @@ def start_invocation(context: Any) -> Deadline:
     Lambda's deadline less ``DEADLINE_MARGIN_SECONDS``, measured from this moment. The AWS clients are
     told when the invocation ends, so that none of their tries outlives it.
     """
+    from tiktok_archive.adapters import aws_clients
+
     remaining_ms: int = context.get_remaining_time_in_millis()
     aws_clients.start_invocation(remaining_ms)
     try:
@@ -256,8 +298,8 @@ def reset() -> None:
     for built in (
         cancel_request,
         archive_ready,
-        sweep,
         status_checks,
+        sweep,
         add_request,
         queued_downloads,
         caller_downloads,

@@ -2,34 +2,32 @@
 
 Nothing here runs at import time; the first invocation that needs an adapter builds it, and every later
 one in the same container reuses it, with its connection pools and part-upload threads. What the
-handlers call — the use cases over these adapters — is built in :mod:`runtime`.
+handlers call — the use cases over these adapters — is built in :mod:`runtime`. As there, each builder
+imports the adapter it builds inside itself (see :mod:`runtime`'s docstring for why).
 """
 
 from __future__ import annotations
 
 import functools
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
-from tiktok_archive.adapters import aws_clients
-from tiktok_archive.adapters.app_credentials import AppCredentialsSource
-from tiktok_archive.adapters.aws_clients import SMALL_CALLS, s3_limits
-from tiktok_archive.adapters.check_floor import CheckFloor
-from tiktok_archive.adapters.download_events import DownloadEvents
-from tiktok_archive.adapters.download_jobs import DownloadJobs
-from tiktok_archive.adapters.download_records import DownloadRecords
-from tiktok_archive.adapters.grants import Grants
-from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
-from tiktok_archive.adapters.queue_visibility import MessageVisibility
-from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
-from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
-from tiktok_archive.adapters.token_vault import TokenVault
-from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
 from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.settings import Settings
+
+if TYPE_CHECKING:
+    from tiktok_archive.adapters.app_credentials import AppCredentialsSource
+    from tiktok_archive.adapters.check_floor import CheckFloor
+    from tiktok_archive.adapters.download_events import DownloadEvents
+    from tiktok_archive.adapters.download_jobs import DownloadJobs
+    from tiktok_archive.adapters.download_records import DownloadRecords
+    from tiktok_archive.adapters.grants import Grants
+    from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
+    from tiktok_archive.adapters.queue_visibility import MessageVisibility
+    from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
+    from tiktok_archive.adapters.tiktok import TikTokClient
+    from tiktok_archive.adapters.token_vault import TokenVault
+    from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
 
 
 @functools.cache
@@ -48,14 +46,21 @@ def _small_calls_client(service: str) -> Any:
 
     One connection pool and one creation cost per container, not one per adapter.
     """
-    return aws_clients.client(service, SMALL_CALLS)
+    from tiktok_archive.adapters import aws_clients
+
+    return aws_clients.client(service, aws_clients.SMALL_CALLS)
 
 
 @functools.cache
 def archive_store() -> S3ArchiveStore:
     """The container's S3 writer: one client and one pool of part uploaders."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tiktok_archive.adapters import aws_clients
+    from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
+
     config = settings()
-    limits = s3_limits(config.deadline_margin_seconds, config.s3_max_attempts)
+    limits = aws_clients.s3_limits(config.deadline_margin_seconds, config.s3_max_attempts)
     s3_client = aws_clients.client(
         "s3",
         limits,
@@ -80,6 +85,8 @@ def archive_store() -> S3ArchiveStore:
 @functools.cache
 def tiktok_client() -> TikTokClient:
     """The container's TikTok client and its connection pool."""
+    from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
+
     config = settings()
     return TikTokClient(
         config.tiktok_api_base_url,
@@ -97,6 +104,8 @@ def token_vault() -> TokenVault:
     Raises:
         ConfigurationError: ``TOKEN_KMS_KEY_ID`` is not set.
     """
+    from tiktok_archive.adapters.token_vault import TokenVault
+
     config = settings()
     if not config.token_kms_key_id:
         raise ConfigurationError("TOKEN_KMS_KEY_ID is required to seal and open tokens")
@@ -110,6 +119,8 @@ def download_jobs() -> DownloadJobs:
     Raises:
         ConfigurationError: ``DOWNLOAD_QUEUE_URL`` or ``TOKEN_KMS_KEY_ID`` is not set.
     """
+    from tiktok_archive.adapters.download_jobs import DownloadJobs
+
     config = settings()
     if not config.download_queue_url:
         raise ConfigurationError(
@@ -121,6 +132,8 @@ def download_jobs() -> DownloadJobs:
 @functools.cache
 def download_records() -> DownloadRecords:
     """The downloads table."""
+    from tiktok_archive.adapters.download_records import DownloadRecords
+
     config = settings()
     return DownloadRecords(
         _small_calls_client("dynamodb"),
@@ -132,12 +145,16 @@ def download_records() -> DownloadRecords:
 @functools.cache
 def check_floor() -> CheckFloor:
     """The status checks' floor interval (the sweeper stores it, checks read it, cached)."""
+    from tiktok_archive.adapters.check_floor import CheckFloor
+
     return CheckFloor(_small_calls_client("dynamodb"), settings().downloads_table_name)
 
 
 @functools.cache
 def download_events() -> DownloadEvents:
     """The event bus."""
+    from tiktok_archive.adapters.download_events import DownloadEvents
+
     return DownloadEvents(_small_calls_client("events"), settings().event_bus_name)
 
 
@@ -148,6 +165,10 @@ def app_credentials() -> AppCredentialsSource:
     Raises:
         ConfigurationError: ``TIKTOK_APP_SECRET_ARN`` is not set.
     """
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+    from tiktok_archive.adapters.app_credentials import AppCredentialsSource
+
     config = settings()
     if not config.app_secret_arn:
         raise ConfigurationError("TIKTOK_APP_SECRET_ARN is required to refresh tokens and verify webhooks")
@@ -162,6 +183,8 @@ def grants() -> Grants:
     Raises:
         ConfigurationError: ``GRANTS_TABLE_NAME`` is not set.
     """
+    from tiktok_archive.adapters.grants import Grants
+
     config = settings()
     if not config.grants_table_name:
         raise ConfigurationError("GRANTS_TABLE_NAME is required to keep the users' tokens handed over")
@@ -175,6 +198,8 @@ def lifecycle_queue() -> LifecycleQueue:
     Raises:
         ConfigurationError: ``LIFECYCLE_QUEUE_URL`` is not set.
     """
+    from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
+
     config = settings()
     if not config.lifecycle_queue_url:
         raise ConfigurationError(
@@ -190,6 +215,8 @@ def webhook_deliveries() -> WebhookDeliveries:
     Raises:
         ConfigurationError: ``WEBHOOK_DELIVERIES_TABLE_NAME`` is not set.
     """
+    from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
+
     config = settings()
     if not config.webhook_deliveries_table_name:
         raise ConfigurationError("WEBHOOK_DELIVERIES_TABLE_NAME is required to take TikTok's webhooks")
@@ -199,6 +226,8 @@ def webhook_deliveries() -> WebhookDeliveries:
 @functools.cache
 def message_visibility() -> MessageVisibility:
     """Changes a received message's visibility (the worker's redelivery timing)."""
+    from tiktok_archive.adapters.queue_visibility import MessageVisibility
+
     return MessageVisibility(_small_calls_client("sqs"))
 
 

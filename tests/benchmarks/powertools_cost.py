@@ -26,10 +26,7 @@ not installed, the Parser variants of part 1 and part 2 are skipped with a messa
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -51,13 +48,13 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from botocore.exceptions import ClientError
 
+from tests.benchmarks import lambda_tree
+from tests.benchmarks.lambda_tree import MODES, lock_distributions
 from tiktok_archive.adapters import webhook_deliveries
 from tiktok_archive.models.errors import QueueError, ServiceError
 from tiktok_archive.models.portability import parse_new_request
 from tiktok_archive.models.webhook_errors import DeliveryInFlightError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LOCK = REPO_ROOT / "src" / "requirements.txt"
 PYDANTIC_DISTRIBUTIONS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection")
 REGION = "us-east-1"
 TOKEN = "act.BENCH0000000000000000000000000000000000000000000000000000000000000000!1234.e1"
@@ -118,7 +115,6 @@ PAIRS = (
     ("api", "api + Parser + model + ApiGatewayEnvelope"),
     ("webhook", "webhook + Idempotency"),
 )
-MODES = ("no bytecode (as sam build ships it)", "bytecode compiled ahead")
 CHILD = """import sys, time
 sys.path[:0] = [{tree!r}]
 sys.stderr.write("--start--\\n")
@@ -139,43 +135,10 @@ def has_pydantic() -> bool:
     return True
 
 
-def lock_distributions() -> list[str]:
-    """The distributions src/requirements.txt pins (the function's whole runtime closure)."""
-    return re.findall(r"^([A-Za-z0-9][A-Za-z0-9_.-]*)==", LOCK.read_text(), flags=re.MULTILINE)
-
-
-def copy_distribution(name: str, dest: Path) -> int:
-    """Copy one installed distribution's files (no bytecode) into ``dest``; its size in bytes."""
-    distribution = metadata.distribution(name)
-    size = 0
-    for file in distribution.files or ():
-        if file.parts[0] == ".." or "__pycache__" in file.parts or file.suffix == ".pyc":
-            continue
-        source = Path(str(distribution.locate_file(file)))
-        if not source.is_file():
-            continue
-        target = dest / file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-        size += source.stat().st_size
-    return size
-
-
 def build_trees(root: Path, pydantic: bool) -> tuple[dict[str, Path], dict[str, int]]:
     """Two ``/var/task`` look-alikes (without bytecode, compiled) and the installed size of each group."""
-    bare = root / "bare"
-    sizes = {"lock": sum(copy_distribution(name, bare) for name in lock_distributions())}
-    if pydantic:
-        sizes["pydantic"] = sum(copy_distribution(name, bare) for name in PYDANTIC_DISTRIBUTIONS)
-    shutil.copytree(
-        REPO_ROOT / "src" / "tiktok_archive",
-        bare / "tiktok_archive",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
-    compiled = root / "compiled"
-    shutil.copytree(bare, compiled)
-    compileall.compile_dir(compiled, quiet=2, workers=0)
-    return {MODES[0]: bare, MODES[1]: compiled}, sizes
+    groups = {"lock": lock_distributions(), **({"pydantic": PYDANTIC_DISTRIBUTIONS} if pydantic else {})}
+    return lambda_tree.build_trees(root, groups)
 
 
 def child_environment() -> dict[str, str]:

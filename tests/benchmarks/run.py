@@ -30,6 +30,7 @@ from typing import Any
 
 import boto3
 
+from tests.benchmarks import cold_start
 from tests.harness.functions import LambdaFunctions
 from tests.harness.local_stack import REGION, REPO_ROOT, LocalStack, Resources, provision
 
@@ -167,33 +168,6 @@ def stored_digest(s3: Any, request_id: int) -> str:
         hasher.update(chunk)
     s3.delete_object(Bucket=BUCKET, Key=key)
     return hasher.hexdigest()
-
-
-def import_times(repeats: int = 7) -> dict[str, float]:
-    """Median import time (ms) of each handler and of bare boto3, as Lambda's runtime would import them."""
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT / "src"),
-        # In Lambda the X-Ray SDK samples locally; without this it builds an X-Ray client at import.
-        "LAMBDA_TASK_ROOT": "/var/task",
-        "AWS_LAMBDA_FUNCTION_NAME": "bench",
-        "AWS_DEFAULT_REGION": REGION,
-    }
-    times: dict[str, float] = {}
-    for module in ("boto3", "tiktok_archive.handlers.api", "tiktok_archive.handlers.worker"):
-        samples = []
-        for _ in range(repeats):
-            completed = subprocess.run(
-                [sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                env=environment,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            line = completed.stderr.strip().splitlines()[-1]
-            samples.append(int(line.split("|")[1]) / 1000)
-        times[module] = statistics.median(samples)
-    return times
 
 
 def machine() -> str:
@@ -367,7 +341,7 @@ def write_report(
     sizes: list[int],
     rounds: int,
     checks: list[tuple[bool, str]],
-    imports: dict[str, float],
+    cold_starts: list[str],
     elapsed: float,
 ) -> None:
     lines = [
@@ -434,15 +408,9 @@ def write_report(
         "- **CPU.** Each byte is CRC'd once (the part CRCs are sent with the parts and combined into the",
         "  object's); SigV4 still hashes every part over plain HTTP (moto), as for every approach.",
         "",
-        "## Import time (cold start)",
+        cold_start.SECTION,
         "",
-        "Median of 7 `python -X importtime` runs with `LAMBDA_TASK_ROOT` set as in Lambda (the X-Ray SDK",
-        "then samples locally instead of building an X-Ray client at import):",
-        "",
-        "| module | import time (ms) | × bare boto3 |",
-        "|---|---:|---:|",
-        *[f"| `{module}` | {ms:.0f} | {ms / imports['boto3']:.2f} |" for module, ms in imports.items()],
-        "",
+        *cold_starts,
     ]
     path.write_text("\n".join(lines) + kept_sections(path))
 
@@ -461,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="64,512,2048", help="archive sizes in MiB, comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per size (the median is reported)")
     parser.add_argument("--report", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--cold-start-rounds", type=int, help="paired cold-start rounds per function (default: 4 × --rounds)"
+    )
     args = parser.parse_args(argv)
     sizes = [int(value) * MIB for value in args.sizes.split(",")]
     started = time.monotonic()
@@ -498,18 +469,18 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             stack.emulator.reset()
-    imports = import_times()
+    cold_rounds = args.cold_start_rounds or 4 * args.rounds
+    cold_starts = cold_start.cold_starts(cold_rounds)
     summaries = summarize(runs)
-    checks = targets(summaries, sizes)
+    checks = targets(summaries, sizes) + cold_start.targets(cold_starts)
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     plot(runs, summaries, sizes, report.with_suffix(".png"))
-    write_report(report, summaries, sizes, args.rounds, checks, imports, time.monotonic() - started)
+    cold_report = cold_start.report(cold_starts, cold_rounds)
+    write_report(report, summaries, sizes, args.rounds, checks, cold_report, time.monotonic() - started)
     print()
     for ok, text in checks:
         print(f"{'PASS' if ok else 'FAIL'} {text}")
-    for module, ms in imports.items():
-        print(f"import {module}: {ms:.0f} ms")
     print(f"\nwrote {report} and {report.with_suffix('.png')} in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

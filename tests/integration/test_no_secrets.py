@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from aws_lambda_powertools import Tracer
 from aws_xray_sdk import global_sdk_config
 from aws_xray_sdk.core import xray_recorder
 
@@ -41,7 +42,7 @@ from tests.harness.tokens import new_request_id
 from tests.harness.tokens import open_id as new_open_id
 from tests.integration.support import MIB, ApiAnswer, Configure, call_api, call_worker, sqs_record
 from tiktok_archive.adapters.download_records import DownloadRecords
-from tiktok_archive.observability import WIRE_LOGGERS, logger
+from tiktok_archive.observability import SERVICE, WIRE_LOGGERS, logger, tracer
 
 
 # -- what X-Ray would receive ------------------------------------------------------------------------
@@ -72,7 +73,8 @@ class Traces:
 
 @pytest.fixture
 def traces() -> Iterator[Traces]:
-    """X-Ray on (the service's Tracer is off outside Lambda), every document kept instead of sent."""
+    """X-Ray on, and the service's Tracer too (outside Lambda it is off and imports no X-Ray), every
+    document kept instead of sent. botocore is left unpatched, as before: patching is process-wide."""
     saved = (
         global_sdk_config.sdk_enabled(),
         xray_recorder.emitter,
@@ -83,9 +85,11 @@ def traces() -> Iterator[Traces]:
     global_sdk_config.set_sdk_enabled(True)
     # Part uploads run on threads without a segment, as in Lambda: AWS_XRAY_CONTEXT_MISSING=IGNORE_ERROR.
     xray_recorder.configure(emitter=capture, sampling=False, context_missing="IGNORE_ERROR")
+    tracer.use(Tracer(service=SERVICE, disabled=False, auto_patch=False))
     try:
         yield capture
     finally:
+        tracer.use(None)
         xray_recorder.clear_trace_entities()
         xray_recorder.emitter, xray_recorder.sampling = saved[1], saved[2]
         xray_recorder.context.context_missing = saved[3]

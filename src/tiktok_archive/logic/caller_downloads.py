@@ -18,12 +18,12 @@ from tiktok_archive.logic.claimed_download import ClaimedDownload, ended_error
 from tiktok_archive.logic.grant_release import release_unneeded
 from tiktok_archive.logic.handover import Holding, TokenHandover
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, logged_as
-from tiktok_archive.logic.queued_downloads import QUEUED_LEASE
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import ENDED, Answer, Owner
 from tiktok_archive.models.errors import DownloadNotFoundError, ServiceError
+from tiktok_archive.models.messages import QUEUED_LEASE
 from tiktok_archive.models.portability import HandedTokens
 from tiktok_archive.observability import logger
 

@@ -11,7 +11,6 @@ itself runs under its claim (:class:`ClaimedDownload`). It knows nothing of SQS 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 
 from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_jobs import open_job_token
@@ -33,9 +32,6 @@ from tiktok_archive.models.errors import (
 from tiktok_archive.models.messages import DownloadJob
 from tiktok_archive.observability import logger
 
-# A queued job that has not started after this long may be queued again by a repeated async request
-# or a repeated trigger (a duplicate message is harmless: the claim lets only one of them download).
-QUEUED_LEASE = timedelta(minutes=15)
 # Where a job of the service's own may pick a download up: queued (or retried after a failure, or taken
 # over from a crashed attempt) — never a request TikTok is still preparing.
 _JOB_STATUSES = frozenset({DownloadStatus.QUEUED, DownloadStatus.IN_PROGRESS, DownloadStatus.FAILED})

@@ -34,7 +34,6 @@ from tiktok_archive.adapters.record_writes import Unchanged
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.logic.grant_release import release_grant
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, NOT_OWNED, logged_as
-from tiktok_archive.logic.queued_downloads import QUEUED_LEASE
 from tiktok_archive.logic.tokens import TokenService
 from tiktok_archive.models.check_schedule import Schedule
 from tiktok_archive.models.clock import utc_now as _now  # tests freeze this module's clock
@@ -42,7 +41,7 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
 from tiktok_archive.models.errors import DownloadNotFoundError, PreparationTimedOutError, ServiceError
-from tiktok_archive.models.messages import ArchiveReadyWork
+from tiktok_archive.models.messages import QUEUED_LEASE, ArchiveReadyWork
 from tiktok_archive.models.portability import RequestStatus, TikTokStatus
 from tiktok_archive.models.tiktok_errors import TikTokApiError
 from tiktok_archive.observability import logger

@@ -23,7 +23,7 @@ The lifecycle queue: small JSON documents, never a token:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from tiktok_archive.models.caller import MAX_CALLER_LENGTH
@@ -37,6 +37,9 @@ MAX_SEQ = 1_000_000
 # A sealed token: KMS's ciphertext of at most 2,048 characters, in base64.
 MAX_SEALED_LENGTH = 8192
 MAX_CANCELS = 1000
+# A queued job that has not started after this long may be queued again by a repeated async request
+# or a repeated trigger (a duplicate message is harmless: the claim lets only one of them download).
+QUEUED_LEASE = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
