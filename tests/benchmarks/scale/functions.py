@@ -22,11 +22,15 @@ from dataclasses import dataclass, field
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ServiceError
 
-from .aws import CountingJournal, Message, SimQueue
+from .aws import LATENCY, CountingJournal, Message, SimQueue
+from .tiktok import LATENCY as TIKTOK_LATENCY
 from .tiktok import SimTikTok
 
 OVERHEAD_SECONDS = 0.01  # the handler, Powertools, the batch processor: a warm invocation's own time
 UNIT_ATTEMPTS = 12  # ATTEMPTS_PER_UNIT's default: 3 × TIKTOK_MAX_ATTEMPTS
+# A status check's time as modelled: TikTok's answer; the record and the grant read, the token opened,
+# the next check sent and the record written (what the week without webhooks measures, refreshes aside).
+CHECK_SECONDS = TIKTOK_LATENCY["check"] + 3 * LATENCY["records"] + LATENCY["vault"] + LATENCY["queue"]
 
 
 @dataclass
