@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ConfigurationError
+from tiktok_archive.models.tiktok_quota import Priority
 from tiktok_archive.runtime_adapters import (
     app_credentials,
     archive_store,
@@ -217,8 +218,7 @@ def sweep() -> Sweep:
     from tiktok_archive.models.check_schedule import CheckBudget
 
     config = settings()
-    budget = CheckBudget(config.tiktok_calls_per_minute, config.status_check_share_percent)
-    return Sweep(download_records(), lifecycle_queue(), check_floor(), budget)
+    return Sweep(download_records(), lifecycle_queue(), check_floor(), CheckBudget.of(config.quota))
 
 
 @functools.cache
@@ -281,16 +281,17 @@ def start_invocation(context: Any) -> Deadline:
     return Deadline.for_invocation(remaining_ms, margin)
 
 
-def unit_of_work(deadline: Deadline) -> Deadline:
+def unit_of_work(deadline: Deadline, priority: Priority) -> Deadline:
     """A unit of work (one API request, one queue message) on the invocation's ``deadline``.
 
-    The same moment, and its own count of attempts (``ATTEMPTS_PER_UNIT``).
+    The same moment, its own count of attempts (``ATTEMPTS_PER_UNIT``), and its ``priority`` on
+    TikTok's shared quota (the handler knows what the unit is).
     """
     try:
         attempts = settings().attempts_per_unit
     except ConfigurationError:
         attempts = Settings.attempts_per_unit
-    return deadline.unit(attempts)
+    return deadline.unit(attempts, priority)
 
 
 def reset() -> None:

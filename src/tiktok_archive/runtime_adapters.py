@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from tiktok_archive.adapters.queue_visibility import MessageVisibility
     from tiktok_archive.adapters.s3_archive_store import S3ArchiveStore
     from tiktok_archive.adapters.tiktok import TikTokClient
+    from tiktok_archive.adapters.tiktok_quota import SharedQuota
     from tiktok_archive.adapters.token_vault import TokenVault
     from tiktok_archive.adapters.webhook_deliveries import WebhookDeliveries
 
@@ -84,7 +85,7 @@ def archive_store() -> S3ArchiveStore:
 
 @functools.cache
 def tiktok_client() -> TikTokClient:
-    """The container's TikTok client and its connection pool."""
+    """The container's TikTok client and its connection pool, drawing on the shared quota (when set)."""
     from tiktok_archive.adapters.tiktok import TikTokClient, build_pool
 
     config = settings()
@@ -94,7 +95,26 @@ def tiktok_client() -> TikTokClient:
         connect_timeout=config.connect_timeout_seconds,
         read_timeout=config.read_timeout_seconds,
         max_attempts=config.tiktok_max_attempts,
+        quota=tiktok_quota(),
     )
+
+
+def tiktok_quota() -> SharedQuota | None:
+    """TikTok's quota shared by every invocation (None without ``TIKTOK_QUOTA_TABLE_NAME``)."""
+    from tiktok_archive.adapters.tiktok_quota import SharedQuota
+
+    config = settings()
+    if not config.quota_table_name:
+        return None
+    return SharedQuota(_quota_client(), config.quota_table_name, config.quota)
+
+
+@functools.cache
+def _quota_client() -> Any:
+    """The quota counter's DynamoDB client: short tries, since the counter fails open."""
+    from tiktok_archive.adapters import aws_clients
+
+    return aws_clients.client("dynamodb", aws_clients.QUOTA_CALLS)
 
 
 @functools.cache
@@ -247,6 +267,7 @@ def reset() -> None:
         archive_store,
         message_visibility,
         _small_calls_client,
+        _quota_client,
         settings,
     ):
         built.cache_clear()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, cast
 from urllib.parse import urlsplit
 
-from tiktok_archive.models.check_schedule import DEFAULT_CALLS_PER_MINUTE, DEFAULT_CHECK_SHARE_PERCENT
 from tiktok_archive.models.errors import ConfigurationError
+from tiktok_archive.models.tiktok_quota import Priority, QuotaPlan
 
 MIB = 1024 * 1024
 # S3 refuses parts below 5 MiB (except the last) and above 5 GiB.
@@ -104,16 +104,16 @@ class Settings:
             ``true``/``false``, default false), up to the backstop…
         status_poll_backstop_seconds: …this long (``STATUS_POLL_BACKSTOP_SECONDS``, 900–86400, default
             21600): a check then only catches a lost webhook.
-        tiktok_calls_per_minute: TikTok's quota, calls a minute per endpoint (``TIKTOK_CALLS_PER_MINUTE``,
-            1–1000000, default 1000)…
-        status_check_share_percent: …of which the status checks may use this share
-            (``STATUS_CHECK_SHARE_PERCENT``, 1–100, default 60): no check interval is shorter than the
-            waiting requests' checks need to fit it.
         status_poll_give_up_hours: a request still being prepared after this long is given up
             (``STATUS_POLL_GIVE_UP_HOURS``, 1–8760, default 168).
         status_poll_pace_ms: the least time between two TikTok calls of one lifecycle invocation
             (``STATUS_POLL_PACE_MS``, 0–10000, default 150): with the template's concurrency cap, what
             keeps many users' checks under TikTok's rate limit.
+        quota_table_name: the DynamoDB table of TikTok's quota, shared by every function that calls
+            TikTok (``TIKTOK_QUOTA_TABLE_NAME``; unset: calls are not budgeted).
+        quota: TikTok's calls a minute per endpoint (``TIKTOK_CALLS_PER_MINUTE``, 10–1,000,000, default
+            1000) and the share of them the service uses (``TIKTOK_QUOTA_SHARE_PERCENT``, 1–100,
+            default 90); see :mod:`tiktok_archive.models.tiktok_quota`.
     """
 
     bucket_name: str
@@ -145,8 +145,8 @@ class Settings:
     status_poll_pace_ms: int = 150
     webhooks_configured: bool = False
     status_poll_backstop_seconds: int = 21_600
-    tiktok_calls_per_minute: int = DEFAULT_CALLS_PER_MINUTE
-    status_check_share_percent: int = DEFAULT_CHECK_SHARE_PERCENT
+    quota_table_name: str = ""
+    quota: QuotaPlan = field(default_factory=QuotaPlan)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -219,14 +219,23 @@ class Settings:
             status_poll_backstop_seconds=_int(
                 env, "STATUS_POLL_BACKSTOP_SECONDS", 21_600, MAX_DELAY_SECONDS, 86_400
             ),
-            tiktok_calls_per_minute=_int(
-                env, "TIKTOK_CALLS_PER_MINUTE", DEFAULT_CALLS_PER_MINUTE, 1, 1_000_000
-            ),
-            status_check_share_percent=_int(
-                env, "STATUS_CHECK_SHARE_PERCENT", DEFAULT_CHECK_SHARE_PERCENT, 1, 100
-            ),
             memory_mib=memory,
+            quota_table_name=env.get("TIKTOK_QUOTA_TABLE_NAME", "").strip(),
+            quota=_quota(env),
         )
+
+
+def _quota(env: Mapping[str, str]) -> QuotaPlan:
+    plan = QuotaPlan(
+        calls_per_minute=_int(env, "TIKTOK_CALLS_PER_MINUTE", 1000, 10, 1_000_000),
+        share_percent=_int(env, "TIKTOK_QUOTA_SHARE_PERCENT", 90, 1, 100),
+    )
+    if plan.cap(Priority.CHECK) < 1:
+        raise ConfigurationError(
+            "TIKTOK_CALLS_PER_MINUTE x TIKTOK_QUOTA_SHARE_PERCENT leaves status checks no call in a "
+            f"sub-window (a cap of {plan.window_cap}): raise either"
+        )
+    return plan
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:

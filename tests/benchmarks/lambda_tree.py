@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK = REPO_ROOT / "src" / "requirements.txt"
-SHIPPED, COMPILED = "no bytecode (as sam build ships it)", "bytecode compiled ahead"
+SHIPPED, COMPILED = "no bytecode (plain sam build)", "bytecode compiled ahead (as make build ships it)"
 MODES = (SHIPPED, COMPILED)
 
 

@@ -57,6 +57,7 @@ def local() -> LocalResources:
         .with_log_group("LifecycleFunctionLogGroup", "/aws/lambda/lifecycle")
         .with_table("GrantsTable", "grants-abc")
         .with_table("WebhookDeliveriesTable", "deliveries-abc")
+        .with_table("TikTokQuotaTable", "quota-abc")
         .with_log_group("WebhookFunctionLogGroup", "/aws/lambda/webhook")
         .with_log_group("SweeperFunctionLogGroup", "/aws/lambda/sweeper")
         .with_queue("LifecycleQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-abc")
@@ -402,15 +403,31 @@ def test_a_key_policy_that_does_not_delegate_denies_what_iam_allows(
         evaluate(requirement, policies["ApiFunction"])
 
 
-def test_the_worker_may_not_queue_jobs(policies: dict[str, list[dict[str, Any]]]) -> None:
+def test_the_worker_may_only_send_a_deferred_job_again_to_its_own_queue(
+    policies: dict[str, list[dict[str, Any]]],
+) -> None:
+    # A job TikTok's quota has no call for is sent again to the queue it came from (a new message, so
+    # that its receive count does not grow): the worker may send there, and nowhere else.
     send = only(
         required_permissions(
             call("WorkerFunction", "sqs", "SendMessage", QueueUrl=QUEUE_URL, MessageBody="{}")
         )
     )
     assert send.resource_arn == f"arn:aws:sqs:{REGION}:{ACCOUNT}:downloads-abc"
-    assert not evaluate(send, policies["WorkerFunction"]).allowed
+    assert "DeferJobs" in evaluate(send, policies["WorkerFunction"]).reason
     assert evaluate(send, policies["ApiFunction"]).allowed
+    lifecycle = only(
+        required_permissions(
+            call(
+                "WorkerFunction",
+                "sqs",
+                "SendMessage",
+                QueueUrl=f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-abc",
+                MessageBody="{}",
+            )
+        )
+    )
+    assert not evaluate(lifecycle, policies["WorkerFunction"]).allowed
     receive = only(required_permissions(call("WorkerFunction", "sqs", "ReceiveMessage", QueueUrl=QUEUE_URL)))
     assert "AWSLambdaSQSQueueExecutionRole" in evaluate(receive, policies["WorkerFunction"]).reason
 

@@ -227,7 +227,12 @@ def test_iam_is_least_privilege(resources: dict[str, Any]) -> None:
         {"Fn::GetAtt": ["LifecycleQueue", "Arn"]},
     ]
     managed = [p["Ref"] for p in resources["ApiFunction"]["Properties"]["Policies"] if "Ref" in p]
-    assert managed == ["ArchiveObjectsPolicy", "DownloadRecordsPolicy", "UserGrantsPolicy"]
+    assert managed == [
+        "ArchiveObjectsPolicy",
+        "DownloadRecordsPolicy",
+        "UserGrantsPolicy",
+        "TikTokQuotaPolicy",
+    ]
     grants = resources["UserGrantsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     [kms] = [s for s in grants if s["Sid"] == "SealAndOpenTokens"]
     assert set(kms["Condition"]["StringEquals"]["kms:EncryptionContext:purpose"]) == {
@@ -262,6 +267,32 @@ def test_downloads_table_is_on_demand_recoverable_encrypted_and_expires_with_the
     # Records live as long as the archives the bucket's lifecycle keeps.
     assert variables["RECORD_RETENTION_DAYS"] == {"Ref": "ArchiveRetentionDays"}
     assert resources["TokenKey"]["Properties"]["EnableKeyRotation"] is True
+
+
+def test_exactly_the_functions_that_call_tiktok_draw_from_its_shared_quota(
+    resources: dict[str, Any], template: dict[str, Any]
+) -> None:
+    table = resources["TikTokQuotaTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "window", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    [count] = resources["TikTokQuotaPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert count["Action"] == "dynamodb:UpdateItem"
+    assert count["Resource"] == {"Fn::GetAtt": ["TikTokQuotaTable", "Arn"]}
+    assert "TIKTOK_QUOTA_TABLE_NAME" not in template["Globals"]["Function"]["Environment"]["Variables"]
+    callers = {"ApiFunction", "WorkerFunction", "LifecycleFunction"}
+    for name, resource in _of_type(resources, "AWS::Serverless::Function").items():
+        properties = resource["Properties"]
+        variables = properties["Environment"]["Variables"]
+        holds = {"Ref": "TikTokQuotaPolicy"} in properties.get("Policies", [])
+        assert holds == (name in callers), name
+        if name in callers:
+            assert variables["TIKTOK_QUOTA_TABLE_NAME"] == {"Ref": "TikTokQuotaTable"}
+            assert variables["TIKTOK_CALLS_PER_MINUTE"] == {"Ref": "TikTokCallsPerMinute"}
+            assert variables["TIKTOK_QUOTA_SHARE_PERCENT"] == {"Ref": "TikTokQuotaSharePercent"}
+        else:
+            assert "TIKTOK_QUOTA_TABLE_NAME" not in variables, name
+    assert template["Parameters"]["TikTokCallsPerMinute"]["Default"] == 1000
 
 
 def test_api_function_serves_the_backends_routes(resources: dict[str, Any]) -> None:

@@ -363,10 +363,12 @@ def sent_messages(resources: Resources, queue: str) -> list[tuple[dict[str, Any]
     """What the functions of this test sent to ``queue`` so far (bodies and their ``DelaySeconds``), as
     the harness's recorder of AWS calls saw the SendMessage and SendMessageBatch calls (read, not taken:
     the permission check at the end of the test still judges them)."""
-    url = resources.local.ref(queue)
+    # By the queue's name: a message sent again to the queue it was received from is addressed by the
+    # URL Lambda's record names (https://sqs.<region>.amazonaws.com/<account>/<name>), not moto's.
+    name = resources.local.ref(queue).rsplit("/", 1)[-1]
     sent = []
     for call in list(RECORDER.calls):
-        if call.params.get("QueueUrl") != url:
+        if str(call.params.get("QueueUrl")).rsplit("/", 1)[-1] != name:
             continue
         if call.operation == "SendMessage":
             entries = [call.params]

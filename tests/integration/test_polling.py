@@ -39,7 +39,9 @@ from tests.integration.support import (
     take_messages,
     tiktok_calls,
 )
+from tiktok_archive.models.check_schedule import CheckBudget
 from tiktok_archive.models.clock import format_utc, parse_utc, utc_now
+from tiktok_archive.models.tiktok_quota import QuotaPlan
 
 BACKLOG = 130  # lost checks: more than the sweeper's page of 100
 
@@ -160,10 +162,13 @@ def test_a_hop_is_a_fresh_message_so_hops_spend_none_of_the_checks_receives(
 def test_the_sweepers_count_of_waiting_requests_spaces_their_next_checks(
     configure: Configure, emulator: Emulator, resources: Resources, parameters: dict[str, str]
 ) -> None:
-    # Given a check budget of 6 a minute (a quota of 10, the checks' 60 %) and three waiting requests
-    configure(parameters, TIKTOK_CALLS_PER_MINUTE="10")
+    # Given three waiting requests, and then a check budget of 6 a minute (a quota of 16 calls: 2 per
+    # 10 s sub-window at a 90 % share, of which the checks' 60 % is 1)
+    configure(parameters)
     user = consent(emulator, prepare_seconds=24 * HOUR, scopes=["portability.all.ongoing"])
     ids = [added(user) for _ in range(3)]
+    configure(TIKTOK_CALLS_PER_MINUTE="16")
+    assert CheckBudget.of(QuotaPlan(16)).checks_per_minute == 6
 
     # When the sweeper counts them
     assert call_sweeper() == {"redriven": 0, "waiting": 3, "floor_seconds": 30, "finished": True}
@@ -188,14 +193,14 @@ def test_the_sweeper_redrives_every_lost_check_of_a_backlog_larger_than_a_page(
     outcome = call_sweeper()
 
     # Then every one is sent its expected check again (two pages, ten to a SendMessageBatch), spread
-    # 0.1 s apart (130 lost of 130 waiting at 600 checks a minute), and rescheduled to when it is due
-    assert outcome == {"redriven": BACKLOG, "waiting": BACKLOG, "floor_seconds": 13, "finished": True}
+    # 0.13 s apart (130 lost of 130 waiting at 456 checks a minute), and rescheduled to when it is due
+    assert outcome == {"redriven": BACKLOG, "waiting": BACKLOG, "floor_seconds": 18, "finished": True}
     redriven = sent_messages(resources, "LifecycleQueue")[already:]
     assert sorted(int(body["request_id"]) for body, _ in redriven) == sorted(ids)
     assert {(body["kind"], body["seq"]) for body, _ in redriven} == {("check", 0)}
     delays = [delay for _, delay in redriven]
     assert delays == sorted(delays)
-    assert (delays[0], delays[-1]) == (0, 13)
+    assert (delays[0], delays[-1]) == (0, 17)
     assert all(due_in(resources, request_id) > -60 for request_id in ids)
 
     # And the next run finds nothing left to re-drive

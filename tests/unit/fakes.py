@@ -37,6 +37,7 @@ from tiktok_archive.adapters.record_schedule import Position
 from tiktok_archive.adapters.record_writes import Claimed, Unchanged
 from tiktok_archive.adapters.s3_archive_store import PartListener
 from tiktok_archive.adapters.tiktok import TikTokClient
+from tiktok_archive.adapters.tiktok.budget import budget_exhausted
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic import (
     add_request,
@@ -66,6 +67,15 @@ from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, Se
 from tiktok_archive.models.messages import LifecycleMessage, StatusCheck
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
 from tiktok_archive.models.record_lifecycle import Event, Fields, ending, transition
+from tiktok_archive.models.tiktok_quota import (
+    Endpoint,
+    Priority,
+    QuotaGate,
+    QuotaPlan,
+    until_next_window,
+    window_key,
+    window_start,
+)
 
 T = TypeVar("T")
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -182,32 +192,95 @@ class Script(Generic[T]):
 
 
 # -- TikTok and the app's credentials ----------------------------------------------------------
-class FakeTikTok(TikTokClient):
-    """TikTok's portability and OAuth endpoints, answering from scripts."""
+class FakeQuota:
+    """TikTok's shared quota in memory, answering as ``SharedQuota``'s conditional ``UpdateItem`` does.
 
-    def __init__(self, journal: Journal) -> None:
+    One count per ``"<endpoint> <sub-window start>"`` key; a call is counted while the count is under the
+    priority's cap (``attribute_not_exists(calls) OR calls < :cap``), else refused with the seconds to
+    the next sub-window. ``failing``: DynamoDB fails, and the call goes ahead uncounted (fail open).
+    ``granted`` and ``refused`` keep every answer, ``(epoch seconds, endpoint, priority)``, for tests and
+    the scale simulation.
+
+    Args:
+        plan: the quota's size.
+        clock: epoch seconds now (``lambda: clock.now().timestamp()`` with a :class:`Clock`).
+    """
+
+    def __init__(self, plan: QuotaPlan, clock: Callable[[], float]) -> None:
+        self.plan = plan
+        self._clock = clock
+        self.counts: dict[str, int] = {}
+        self.granted: list[tuple[float, Endpoint, Priority]] = []
+        self.refused: list[tuple[float, Endpoint, Priority]] = []
+        self.failing = False
+
+    def take(self, endpoint: Endpoint, priority: Priority) -> float | None:
+        now = self._clock()
+        if self.failing:
+            self.granted.append((now, endpoint, priority))
+            return None
+        key = window_key(endpoint, window_start(now))
+        cap = self.plan.cap(priority)
+        if cap <= 0 or self.counts.get(key, 0) >= cap:
+            self.refused.append((now, endpoint, priority))
+            return until_next_window(now)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.granted.append((now, endpoint, priority))
+        return None
+
+    def most_in_a_minute(self, endpoint: Endpoint) -> int:
+        """The most calls to ``endpoint`` granted in any 60 s window (sliding, as TikTok counts)."""
+        times = sorted(at for at, granted, _ in self.granted if granted is endpoint)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while times[first] <= at - 60:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+
+class FakeTikTok(TikTokClient):
+    """TikTok's portability and OAuth endpoints, answering from scripts.
+
+    With a ``quota`` (a :class:`FakeQuota`), every call draws from it first at the unit's priority, as
+    the real client's tries do: a refused call raises ``TikTokBudgetExhaustedError`` and is not answered.
+    """
+
+    def __init__(self, journal: Journal, quota: QuotaGate | None = None) -> None:
         self.max_attempts = 1
+        self.quota = quota
         self.checks: Script[RequestStatus | None] = Script("tiktok.check_request", journal)
         self.adds: Script[int] = Script("tiktok.add_request", journal)
         self.cancels: Script[None] = Script("tiktok.cancel_request", journal)
         self.refreshes: Script[TokenGrant] = Script("tiktok.refresh_tokens", journal)
         self.revokes: Script[bool] = Script("tiktok.revoke_tokens", journal)
 
+    def _draw(self, endpoint: Endpoint, deadline: Deadline) -> None:
+        if self.quota is not None:
+            wait = self.quota.take(endpoint, deadline.priority)
+            if wait is not None:
+                raise budget_exhausted(endpoint, wait)
+
     def check_request(self, request: DownloadRequest, deadline: Deadline) -> RequestStatus | None:
+        self._draw(Endpoint.CHECK, deadline)
         return self.checks.answer(request.request_id, request.access_token)
 
     def add_request(
         self, access_token: str, data_format: str, categories: list[str], deadline: Deadline
     ) -> int:
+        self._draw(Endpoint.ADD, deadline)
         return self.adds.answer(access_token, data_format, tuple(categories))
 
     def cancel_request(self, request: DownloadRequest, deadline: Deadline) -> None:
+        self._draw(Endpoint.CANCEL, deadline)
         self.cancels.answer(request.request_id, request.access_token)
 
     def refresh_tokens(self, app: AppCredentials, refresh_token: str, deadline: Deadline) -> TokenGrant:
+        self._draw(Endpoint.REFRESH, deadline)
         return self.refreshes.answer(app.client_secret, refresh_token)
 
     def revoke_tokens(self, app: AppCredentials, token: str, deadline: Deadline) -> bool:
+        self._draw(Endpoint.REVOKE, deadline)
         return self.revokes.answer(app.client_secret, token)
 
 

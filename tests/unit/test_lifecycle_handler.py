@@ -30,6 +30,7 @@ from tests.unit.fakes import (
     FakeEvents,
     FakeGrants,
     FakeLifecycleQueue,
+    FakeQuota,
     FakeTikTok,
     FakeTransfer,
     FakeVault,
@@ -59,6 +60,7 @@ from tiktok_archive.models.messages import (
 )
 from tiktok_archive.models.portability import RequestStatus
 from tiktok_archive.models.tiktok_errors import TikTokApiError
+from tiktok_archive.models.tiktok_quota import Endpoint, Priority, QuotaPlan
 
 OPENID = "openid-1"
 ERASED = "openid-erased"
@@ -76,9 +78,16 @@ class Visibility:
     """The messages handed back, with the seconds after which they come back."""
 
     postponed: list[tuple[str, int]] = field(default_factory=list)
+    sent_again: list[tuple[str, int]] = field(default_factory=list)  # (body, delay)
+    sqs_takes_sends: bool = True
 
     def postpone(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
         self.postponed.append((receipt_handle, seconds))
+
+    def send_again(self, queue_url: str, body: str, seconds: int) -> bool:
+        if self.sqs_takes_sends:
+            self.sent_again.append((body, seconds))
+        return self.sqs_takes_sends
 
 
 @dataclass
@@ -281,3 +290,75 @@ def test_a_purge_that_fails_for_now_comes_back_and_the_rest_of_the_batch_is_work
 @pytest.mark.parametrize("body", ["not json", json.dumps({"kind": "nothing"}), json.dumps({"kind": "check"})])
 def test_a_malformed_message_is_acknowledged(world: World, body: Any) -> None:
     assert world.batch(("malformed", body)) == []
+
+
+def spent_quota(world: World, *spent: tuple[Endpoint, int]) -> FakeQuota:
+    """A quota of 10 calls a sub-window (6 for checks), ``spent`` already, that the world's TikTok draws."""
+    quota = FakeQuota(QuotaPlan(70, 100), lambda: world.clock.now().timestamp())
+    for endpoint, calls in spent:
+        for _ in range(calls):
+            assert quota.take(endpoint, Priority.PURGE) is None
+    world.tiktok.quota = quota
+    return quota
+
+
+def test_a_spent_quota_defers_the_checks_but_not_the_revocation(world: World) -> None:
+    # Given a quota whose status checks are spent (6 of 10) on both endpoints, an erasure's TikTok side
+    # and a status check
+    quota = spent_quota(world, (Endpoint.CHECK, 6), (Endpoint.REVOKE, 6))
+    world.given_grant(GRANT, OPENID)
+    world.given_waiting(NEXT_ID)
+    world.given_grant(ERASED_GRANT, ERASED, erasing=True)
+    world.tiktok.revokes.then(True)
+
+    handed_back = world.batch(
+        ("revoke", RevokeAtTikTok(BACKEND_CALLER, ERASED, ())),
+        ("check", StatusCheck(NEXT_ID, 0)),
+    )
+
+    # Then the revocation, a purge's, gets its call; the check is not made, nor failed: it takes its next
+    # turn (the record's schedule moves on at the same interval) and its message is acknowledged
+    assert handed_back == []
+    assert world.tiktok.revokes.count == 1
+    assert world.tiktok.checks.count == 0
+    assert [(endpoint, priority) for _, endpoint, priority in quota.refused] == [
+        (Endpoint.CHECK, Priority.CHECK)
+    ]
+    record = world.records.items[NEXT_ID]
+    assert (record.status, record.poll_seq, record.poll_interval) == (DownloadStatus.WAITING, 1, 60)
+    assert world.visibility.postponed == []
+    assert world.visibility.sent_again == []
+    assert ERASED_GRANT not in world.grants.items
+
+
+def test_a_revocation_the_quota_refuses_is_sent_again_and_acknowledged(world: World) -> None:
+    # Given a quota with no call left for revocations, even a purge's
+    spent_quota(world, (Endpoint.REVOKE, 10))
+    world.given_grant(ERASED_GRANT, ERASED, erasing=True)
+    revoke = RevokeAtTikTok(BACKEND_CALLER, ERASED, ())
+
+    handed_back = world.batch(("revoke", revoke))
+
+    # Then TikTok is not called; the same message is sent again, delayed until the next sub-window (plus
+    # jitter), and the one received is acknowledged: its receive count does not grow
+    assert handed_back == []
+    assert world.tiktok.revokes.count == 0
+    [(body, delay)] = world.visibility.sent_again
+    assert json.loads(body) == revoke.body()
+    assert 10 <= delay <= 20
+    assert world.visibility.postponed == []
+    assert world.grants.items[ERASED_GRANT].erasing is True
+
+
+def test_a_deferred_message_sqs_will_not_take_again_comes_back_as_a_transient_failure(world: World) -> None:
+    # Given a revocation the quota refuses, and SQS refusing to take the message again
+    spent_quota(world, (Endpoint.REVOKE, 10))
+    world.given_grant(ERASED_GRANT, ERASED, erasing=True)
+    world.visibility.sqs_takes_sends = False
+
+    handed_back = world.batch(("revoke", RevokeAtTikTok(BACKEND_CALLER, ERASED, ())))
+
+    # Then the received message itself comes back, after the quota's delay: late, never lost
+    assert handed_back == ["revoke"]
+    [(name, seconds)] = world.visibility.postponed
+    assert (name, 10 <= seconds <= 20) == ("revoke", True)

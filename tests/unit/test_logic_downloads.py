@@ -57,6 +57,7 @@ from tiktok_archive.models.messages import DownloadJob
 from tiktok_archive.models.portability import HandedTokens, RequestStatus, TokenGrant
 from tiktok_archive.models.tiktok_errors import (
     TikTokApiError,
+    TikTokBudgetExhaustedError,
     UpstreamStreamBrokenError,
     UpstreamUnavailableError,
 )
@@ -382,6 +383,32 @@ def test_a_failed_download_is_recorded_and_published(world: World) -> None:
     assert world.record.error is not None
     assert world.record.error.code == "upstream_unavailable"
     assert world.events.detail_types == ["Download Failed"]
+
+
+def test_a_download_tiktoks_quota_defers_after_its_claim_is_retried_later_without_a_failed_event(
+    world: World,
+) -> None:
+    # Given a download whose owner TikTok confirms, and whose archive request the quota then refuses
+    world.tiktok.checks.then(ready())
+
+    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise TikTokBudgetExhaustedError("no call left", retry_after="7", redeliver_after=12)
+
+    world.transfer.during = refused
+
+    # When the download runs; Then the caller is told to come back (503, Retry-After)
+    with pytest.raises(TikTokBudgetExhaustedError) as deferred:
+        world.download()
+    assert (deferred.value.status, deferred.value.retry_after) == (503, "7")
+
+    # And the record says why it waits, but no Download Failed event tells the backend it is over; the
+    # next try claims it again and stores it
+    assert world.record.error is not None
+    assert world.record.error.code == "tiktok_budget_exhausted"
+    assert world.events.sent == []
+    world.transfer.during = None
+    world.tiktok.checks.then(ready())
+    assert world.download().record.status is DownloadStatus.COMPLETED
 
 
 def test_a_failure_on_a_request_cancelled_meanwhile_publishes_no_download_failed_event(

@@ -24,10 +24,11 @@ from tiktok_archive.models.check_schedule import CheckBudget
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download_record import DownloadRecord, Preparation
 from tiktok_archive.models.messages import StatusCheck
+from tiktok_archive.models.tiktok_quota import QuotaPlan
 
 FIRST_ID = 7_234_567_890_000_000_000
 LATE = int(OVERDUE_FOR.total_seconds()) + 60  # seconds a lost check is late by
-BUDGET = CheckBudget(calls_per_minute=1000, share_percent=60)  # 600 checks a minute
+BUDGET = CheckBudget(600)  # checks a minute
 
 
 class SlowQueue(FakeLifecycleQueue):
@@ -127,7 +128,7 @@ def test_the_floor_follows_the_waiting_count_down_and_up(world: World) -> None:
         del world.records.items[request_id]
     world.sweep()
     world.given_waiting(3000, due_in=60, first=FIRST_ID + 10_000)
-    world.sweep(CheckBudget(calls_per_minute=2000, share_percent=50))  # and a larger quota
+    world.sweep(CheckBudget(1000))  # and a larger quota
 
     # Then each run stored the floor of its own count (and its budget)
     assert world.floor.stored == [(1200, 120), (300, 30), (3300, 198)]
@@ -174,7 +175,7 @@ def test_a_spread_longer_than_sqs_allows_is_due_when_the_record_says(world: Worl
     lost = world.given_waiting(100, due_in=-LATE)
 
     # When the sweeper runs
-    world.sweep(CheckBudget(calls_per_minute=10, share_percent=60))
+    world.sweep(CheckBudget(6))
 
     # Then the last ones are due beyond SQS's 900 s: their messages wait 900 s and then hop on
     assert world.due_in(lost[-1]) == 990
@@ -234,10 +235,11 @@ def test_a_chain_that_moved_meanwhile_is_left_to_itself(world: World) -> None:
 @pytest.mark.parametrize(
     ("budget", "interval", "waiting_max"),
     [
-        (CheckBudget(), 900, 9_000),  # without webhooks, at the longest interval: the README's figure
-        (CheckBudget(), 300, 3_000),
-        (CheckBudget(), 60, 600),
-        (CheckBudget(share_percent=100), 900, 15_000),
+        (CheckBudget(), 900, 6_840),  # without webhooks, at the longest interval: the README's figure
+        (CheckBudget(), 300, 2_280),
+        (CheckBudget(), 60, 456),
+        (CheckBudget.of(QuotaPlan(1000, share_percent=100)), 900, 7_650),
+        (CheckBudget.of(QuotaPlan(5000)), 900, 34_650),
     ],
 )
 def test_the_quota_allows_checks_a_minute_times_the_interval_in_minutes(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tiktok_archive.models.check_schedule import CheckBudget
 from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.settings import MIB, Settings
 
@@ -22,11 +23,11 @@ def test_defaults_need_only_the_bucket() -> None:
     assert (settings.s3_retry_mode, settings.s3_max_attempts) == ("standard", 5)
 
 
-def test_polling_defaults_to_no_webhooks_and_60_percent_of_1000_checks_a_minute() -> None:
+def test_polling_defaults_to_no_webhooks_and_the_quotas_456_checks_a_minute() -> None:
     settings = Settings.from_environment({"BUCKET_NAME": "b", "DOWNLOADS_TABLE_NAME": "t"})
     assert (settings.status_poll_max_seconds, settings.webhooks_configured) == (900, False)
     assert settings.status_poll_backstop_seconds == 21_600
-    assert (settings.tiktok_calls_per_minute, settings.status_check_share_percent) == (1000, 60)
+    assert CheckBudget.of(settings.quota).checks_per_minute == 456  # 6 sub-windows × 60 % of 1,000 × 90 % / 7
     configured = Settings.from_environment(
         {
             "BUCKET_NAME": "b",
@@ -34,11 +35,11 @@ def test_polling_defaults_to_no_webhooks_and_60_percent_of_1000_checks_a_minute(
             "WEBHOOKS_CONFIGURED": "true",
             "STATUS_POLL_BACKSTOP_SECONDS": "86400",
             "TIKTOK_CALLS_PER_MINUTE": "2000",
-            "STATUS_CHECK_SHARE_PERCENT": "100",
+            "TIKTOK_QUOTA_SHARE_PERCENT": "100",
         }
     )
     assert (configured.webhooks_configured, configured.status_poll_backstop_seconds) == (True, 86_400)
-    assert (configured.tiktok_calls_per_minute, configured.status_check_share_percent) == (2000, 100)
+    assert CheckBudget.of(configured.quota).checks_per_minute == 6 * (2000 // 7) * 60 // 100
 
 
 def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
@@ -90,8 +91,8 @@ def test_values_are_read_and_the_base_url_trailing_slash_dropped() -> None:
         ("STATUS_POLL_BACKSTOP_SECONDS", "899"),
         ("STATUS_POLL_BACKSTOP_SECONDS", "86401"),
         ("TIKTOK_CALLS_PER_MINUTE", "0"),
-        ("STATUS_CHECK_SHARE_PERCENT", "0"),
-        ("STATUS_CHECK_SHARE_PERCENT", "101"),
+        ("TIKTOK_QUOTA_SHARE_PERCENT", "0"),
+        ("TIKTOK_QUOTA_SHARE_PERCENT", "101"),
     ],
 )
 def test_invalid_values_are_refused_naming_the_variable(variable: str, value: str) -> None:

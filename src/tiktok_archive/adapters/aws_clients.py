@@ -57,6 +57,9 @@ class CallLimits:
 
 
 SMALL_CALLS = CallLimits(connect_timeout=1.0, read_timeout=2.0, attempts=3)
+# TikTok's quota counter: asked before every TikTok try, and failing open — a slow answer is worth less
+# than the time it costs, so one short try and one more (a stalled table costs a try at most 2 s).
+QUOTA_CALLS = CallLimits(connect_timeout=0.5, read_timeout=0.5, attempts=2)
 
 
 def s3_limits(deadline_margin_seconds: float, attempts: int) -> CallLimits:

@@ -35,6 +35,7 @@ from tiktok_archive.models.portability import (
     parse_open_id,
     refuse_unknown_fields,
 )
+from tiktok_archive.models.tiktok_quota import Priority
 from tiktok_archive.observability import hide, logger
 from tiktok_archive.runtime import (
     add_request,
@@ -155,6 +156,9 @@ def _json_body(*, required: bool) -> dict[str, Any]:
 @lambda_entry(correlation_paths.API_GATEWAY_REST)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point for the REST API."""
-    # One request is one unit of work: the invocation's deadline and its own count of attempts.
-    app.append_context(deadline=unit_of_work(start_invocation(context)))  # type: ignore[no-untyped-call]
+    # One request is one unit of work: the invocation's deadline, its own count of attempts, and its
+    # priority on TikTok's quota — a DELETE (a cancel, an erasure) before every other caller.
+    priority = Priority.PURGE if event.get("httpMethod") == "DELETE" else Priority.INTERACTIVE
+    deadline = unit_of_work(start_invocation(context), priority)
+    app.append_context(deadline=deadline)  # type: ignore[no-untyped-call]
     return app.resolve(event, context)

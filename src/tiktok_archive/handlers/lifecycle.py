@@ -5,8 +5,9 @@ Thin on purpose: each message is parsed and handed to its use case (:class:`Stat
 Two things are the trigger's own:
 
 - pacing: one invocation makes at most one status check per ``STATUS_POLL_PACE_MS``; with the template's
-  cap on concurrent invocations, that bounds the checks a minute whatever the number of waiting users
-  (see the README's arithmetic);
+  cap on concurrent invocations, that bounds the checks offered a minute whatever the number of waiting
+  users; how many reach TikTok is TikTok's shared quota's to say (checks at its lowest priority, the
+  purges' cancels and revocations at its highest; see docs/configuration.md);
 - a 429: the batch's other TikTok work (status checks, an erasure's revocation) is handed back to come in
   after TikTok's ``Retry-After`` (their visibility is changed), so one rate limit does not cost a call per
   message. Purges and webhook work call no TikTok endpoint: they are never held back.
@@ -40,6 +41,7 @@ from tiktok_archive.models.messages import (
     StatusCheck,
     parse_lifecycle_message,
 )
+from tiktok_archive.models.tiktok_quota import Priority
 from tiktok_archive.observability import logger
 from tiktok_archive.runtime import archive_ready, start_invocation, status_checks, unit_of_work, user_purge
 from tiktok_archive.runtime_adapters import message_visibility, settings
@@ -90,7 +92,10 @@ def lifecycle_message(record: SQSRecord) -> None:
 
 def _work(message: LifecycleMessage) -> None:
     """Hand ``message`` to the service that does its work."""
-    deadline = unit_of_work(_invocation.deadline)  # each message: a unit of work of its own
+    # Each message: a unit of work of its own. Status checks are the quota's lowest priority; the rest
+    # of what this queue does with TikTok is a purge's (cancels, revocations), its highest.
+    priority = Priority.CHECK if isinstance(message, StatusCheck) else Priority.PURGE
+    deadline = unit_of_work(_invocation.deadline, priority)
     if isinstance(message, StatusCheck):
         # Paced only when it calls TikTok: a stale check, or an early one sending itself on, calls nobody.
         outcome = status_checks().check(message.request_id, message.seq, deadline, pace=_invocation.pace)

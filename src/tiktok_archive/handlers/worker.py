@@ -8,7 +8,9 @@ reported in ``batchItemFailures`` so SQS delivers the message again (when the fa
 TikTok's ``Retry-After``, a running download's claim — the message's visibility is changed to come back
 then); a permanent one (a malformed
 message, a refused token or scope, an unknown request) is recorded, logged as a structured error and
-acknowledged so it does not loop until the dead-letter queue. Each message is judged on its own.
+acknowledged so it does not loop until the dead-letter queue. A job TikTok's shared quota has no call
+for is no failure: it is sent again, delayed, and the message acknowledged (``settle``), so its receive
+count does not grow. Each message is judged on its own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.models.inputs import parse_json_object, parse_request_id
 from tiktok_archive.models.messages import parse_download_job
+from tiktok_archive.models.tiktok_quota import Priority
 from tiktok_archive.observability import hide, logger
 from tiktok_archive.runtime import queued_downloads, start_invocation, unit_of_work
 
@@ -53,7 +56,7 @@ def download_message(record: SQSRecord) -> None:
         job = parse_download_job(request_id, document)
         hide(job.access_token)
         # Each message is a unit of work of its own on the invocation's deadline.
-        queued_downloads().run(job, unit_of_work(_deadline[-1]))
+        queued_downloads().run(job, unit_of_work(_deadline[-1], Priority.DOWNLOAD))
     except ServiceError as error:
         request = {"request_id": None if request_id is None else str(request_id)}
         settle(error, record, request, postpone=True)

@@ -50,6 +50,7 @@ from tiktok_archive.models.errors import (
     ServiceError,
     UnexpectedError,
 )
+from tiktok_archive.models.tiktok_errors import TikTokBudgetExhaustedError
 from tiktok_archive.observability import logger
 
 # A claim outlives its invocation's deadline by this much, then lapses by itself: a crashed or killed
@@ -209,7 +210,9 @@ class ClaimedDownload:
         except RecordStoreError as store_error:
             logger.error("download failure not recorded", extra=store_error.log_fields())
             return
-        if record.status is DownloadStatus.FAILED:  # not cancelled or taken over meanwhile
+        # Not cancelled or taken over meanwhile; and not deferred for TikTok's quota, which is no outcome:
+        # the work comes back (the record says why it waits, and a later claim takes it).
+        if record.status is DownloadStatus.FAILED and not isinstance(error, TikTokBudgetExhaustedError):
             self._events.publish(record)
 
 

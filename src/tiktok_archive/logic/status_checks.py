@@ -8,9 +8,9 @@ The record's ``next_check_at`` is authoritative: a message that comes earlier (S
 sends itself on for the time left, calling nobody. A check sends the next one before it records itself,
 so a failed write repeats a check rather than breaking the chain; the record's ``poll_seq`` makes any
 other check stale. TikTok's answer moves the request on: ``downloading`` queues the download (once: the
-record's claim), ``expired`` / ``cancelled`` end it; a 429 slows its schedule; after
-``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The sweeper re-drives a chain that was lost
-(:mod:`~tiktok_archive.logic.sweep`).
+record's claim), ``expired`` / ``cancelled`` end it; a 429 slows its schedule; a check TikTok's quota has
+no call for takes its next turn; after ``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The sweeper re-drives
+a chain that was lost (:mod:`~tiktok_archive.logic.sweep`).
 
 TikTok's ``portability.download.ready`` webhook ends the wait too (:class:`ArchiveReady`): the download
 is queued at once and the schedule's next check finds itself stale.
@@ -43,7 +43,7 @@ from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
 from tiktok_archive.models.errors import DownloadNotFoundError, PreparationTimedOutError, ServiceError
 from tiktok_archive.models.messages import QUEUED_LEASE, ArchiveReadyWork
 from tiktok_archive.models.portability import RequestStatus, TikTokStatus
-from tiktok_archive.models.tiktok_errors import TikTokApiError
+from tiktok_archive.models.tiktok_errors import TikTokApiError, TikTokBudgetExhaustedError
 from tiktok_archive.observability import logger
 
 # A ready archive's job waits this long before a repeated trigger may queue it again.
@@ -151,6 +151,13 @@ class StatusChecks:
         if not error.is_transient:  # reauthorization_required, scope errors …
             return self._fail(record, error)
         interval = record.poll_interval or self._schedule.initial
+        if isinstance(error, TikTokBudgetExhaustedError):
+            # TikTok's quota had no call for a check now: not TikTok's failure, so the schedule does not
+            # slow down; the check takes its next turn an interval later (at least the quota's wait), so
+            # that refused checks spread over the schedule instead of all coming back together.
+            self._next(record, None, max(interval, error.redeliver_after or 0))
+            logger.info("status check deferred: TikTok's quota has no call left for checks now")
+            return CheckOutcome("deferred")
         if isinstance(error, TikTokApiError):
             # A 429 or TikTok failing: slow this request's schedule down (at least TikTok's Retry-After).
             interval = max(self._schedule.after(interval), error.redeliver_after or 0)

@@ -8,10 +8,11 @@ archive (``WEBHOOKS_CONFIGURED``), the backstop ``STATUS_POLL_BACKSTOP_SECONDS``
 only a backstop for a lost webhook). Longer than 900 s is carried by a chain of delayed messages that
 re-send themselves until the record's ``next_check_at``.
 
-The checks of all waiting requests share one budget, ``STATUS_CHECK_SHARE_PERCENT`` of
-``TIKTOK_CALLS_PER_MINUTE``. Each request checked once per interval costs ``waiting / interval`` checks a
-second in all, so no interval may be shorter than the *floor* ``waiting × 60 / checks_per_minute``; the
-sweeper counts the waiting requests and stores that floor, every check waits at least that long.
+The checks of all waiting requests share one budget: what TikTok's quota, shared by every function
+(:mod:`~tiktok_archive.models.tiktok_quota`), lets status checks draw in a minute. Each request checked
+once per interval costs ``waiting / interval`` checks a second in all, so no interval may be shorter than
+the *floor* ``waiting × 60 / checks_per_minute``; the sweeper counts the waiting requests and stores that
+floor, every check waits at least that long.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 
-# TikTok's Check Status quota (a minute's calls per endpoint per app) and the share the checks may use:
-# the rest is for what matters more (purges, cancels, downloads of ready archives, the API's calls).
-DEFAULT_CALLS_PER_MINUTE = 1000
-DEFAULT_CHECK_SHARE_PERCENT = 60
+from tiktok_archive.models.tiktok_quota import SUB_WINDOWS, Priority, QuotaPlan
 
 
 @dataclass(frozen=True)
@@ -58,17 +56,19 @@ class CheckBudget:
     """TikTok's Check Status calls a minute that the status checks may use, and what follows from it.
 
     Args:
-        calls_per_minute: TikTok's quota (``TIKTOK_CALLS_PER_MINUTE``, 1,000 by default).
-        share_percent: the checks' share of it (``STATUS_CHECK_SHARE_PERCENT``, 60 by default).
+        checks_per_minute: status checks a minute, all waiting requests together (at least one); what
+            the shared quota lets them draw, :meth:`of` it — 456 with the defaults.
     """
 
-    calls_per_minute: int = DEFAULT_CALLS_PER_MINUTE
-    share_percent: int = DEFAULT_CHECK_SHARE_PERCENT
+    checks_per_minute: int = SUB_WINDOWS * QuotaPlan().cap(Priority.CHECK)
 
-    @property
-    def checks_per_minute(self) -> int:
-        """Status checks a minute, all waiting requests together (at least one)."""
-        return max(1, self.calls_per_minute * self.share_percent // 100)
+    @classmethod
+    def of(cls, plan: QuotaPlan) -> CheckBudget:
+        """The checks' budget under ``plan``: what their priority may draw in every sub-window, sustained.
+
+        ``plan`` is ``TIKTOK_CALLS_PER_MINUTE`` and ``TIKTOK_QUOTA_SHARE_PERCENT``.
+        """
+        return cls(max(1, SUB_WINDOWS * plan.cap(Priority.CHECK)))
 
     def floor_seconds(self, waiting: int) -> int:
         """The shortest interval at which ``waiting`` requests' checks fit the budget."""

@@ -2,11 +2,12 @@
 
 The handler makes one deadline per invocation (Lambda's deadline less a safety margin, on the monotonic
 clock) and gives each unit of work — an API request, a queue message — its own count of attempts on that
-deadline (:meth:`Deadline.unit`). Every try of every TikTok operation of the unit draws from it — the
-retries and resumptions of an operation, the refresh of a token and the call made again with it — and so
-does every store the service tries again itself (a rotated token's). AWS calls retry inside botocore,
-bounded by the invocation's end (``adapters/aws_clients``). A unit that runs out answers with what it
-has; a message delivered again is a new unit (so a message costs at most ``MaxReceiveCount`` units).
+deadline (:meth:`Deadline.unit`) and its priority on TikTok's shared quota (:mod:`tiktok_quota`). Every
+try of every TikTok operation of the unit draws from it — the retries and resumptions of an operation,
+the refresh of a token and the call made again with it — and so does every store the service tries again
+itself (a rotated token's). AWS calls retry inside botocore, bounded by the invocation's end
+(``adapters/aws_clients``). A unit that runs out answers with what it has; a message delivered again is
+a new unit (so a message costs at most ``MaxReceiveCount`` units).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 
 from tiktok_archive.models.errors import DeadlineExceededError
+from tiktok_archive.models.tiktok_quota import Priority
 
 
 class Deadline:
@@ -23,14 +25,26 @@ class Deadline:
     deadline, so no path can run into Lambda's own timeout, which kills the process without cleanup.
     """
 
-    def __init__(self, at: float, attempts: int | None = None, *, unit: Deadline | None = None) -> None:
+    def __init__(
+        self,
+        at: float,
+        attempts: int | None = None,
+        *,
+        unit: Deadline | None = None,
+        priority: Priority = Priority.CHECK,
+    ) -> None:
         self._at = at
         self._attempts = attempts
         self._unit = unit  # whose attempts this one draws (a shorter deadline of the same unit)
+        self._priority = priority
 
-    def unit(self, attempts: int) -> Deadline:
-        """A unit of work on this deadline (the same moment) that may make ``attempts`` attempts."""
-        return Deadline(self._at, max(1, attempts))
+    def unit(self, attempts: int, priority: Priority = Priority.CHECK) -> Deadline:
+        """A unit of work on this deadline (the same moment) that may make ``attempts`` attempts.
+
+        ``priority``: its share of TikTok's quota (:mod:`tiktok_quota`); the lowest unless the handler,
+        which knows what the unit is (an API route, a worker job, a lifecycle message), says otherwise.
+        """
+        return Deadline(self._at, max(1, attempts), priority=priority)
 
     def within(self, seconds: float) -> Deadline:
         """The same unit, its deadline brought no later than ``seconds`` from now (its attempts shared).
@@ -50,6 +64,11 @@ class Deadline:
             return False
         self._attempts -= 1
         return True
+
+    @property
+    def priority(self) -> Priority:
+        """The unit's priority on TikTok's quota."""
+        return self._unit.priority if self._unit is not None else self._priority
 
     @property
     def attempts_left(self) -> int | None:

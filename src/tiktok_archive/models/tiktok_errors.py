@@ -105,3 +105,15 @@ class ArchiveInvalidError(ServiceError):
     """
 
     code = "archive_invalid"
+
+
+class TikTokBudgetExhaustedError(ServiceError):
+    """The service's own share of TikTok's quota has no call left for this work now; TikTok was not called.
+
+    Not a failure: the work is deferred, and takes no attempt. The API answers 503 with ``Retry-After``
+    (when the budget's next sub-window starts); a queued message is sent again with that delay and the
+    one received acknowledged, so its receive count does not grow; a status check takes its next turn.
+    """
+
+    code = "tiktok_budget_exhausted"
+    http_status = 503

@@ -21,6 +21,7 @@ from tiktok_archive.adapters.tiktok.transport import Transport, build_pool
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
+from tiktok_archive.models.tiktok_quota import QuotaGate
 
 __all__ = [
     "ArchiveStream",
@@ -40,6 +41,7 @@ class TikTokClient:
         connect_timeout: seconds to connect.
         read_timeout: longest silence on the socket, waiting for the answer or inside the body.
         max_attempts: requests one operation may make in all, however they fail.
+        quota: TikTok's quota shared by every invocation, drawn by every try (None: not budgeted).
     """
 
     def __init__(
@@ -50,16 +52,18 @@ class TikTokClient:
         connect_timeout: float,
         read_timeout: float,
         max_attempts: int,
+        quota: QuotaGate | None = None,
     ) -> None:
         transport = Transport(base_url, pool, connect_timeout=connect_timeout, read_timeout=read_timeout)
         self.max_attempts = max_attempts
+        self.quota = quota
         self._download = DownloadEndpoint(transport)
         self._portability = PortabilityEndpoints(transport)
         self._oauth = OAuthEndpoint(transport)
 
     def budget(self, deadline: Deadline) -> AttemptBudget:
-        """A fresh budget for one operation: ``max_attempts`` requests before ``deadline``."""
-        return AttemptBudget(self.max_attempts, deadline)
+        """A fresh budget for one operation: ``max_attempts`` requests before ``deadline``, on the quota."""
+        return AttemptBudget(self.max_attempts, deadline, self.quota)
 
     def open_archive(self, request: DownloadRequest, budget: AttemptBudget) -> ArchiveStream:
         """Open the archive's stream; see :meth:`DownloadEndpoint.open`."""

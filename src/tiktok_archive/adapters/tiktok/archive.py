@@ -37,6 +37,7 @@ from tiktok_archive.adapters.tiktok.transport import MAX_DOCUMENT_BYTES, Transpo
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.errors import DeadlineExceededError, ServiceError
 from tiktok_archive.models.tiktok_errors import ArchiveTruncatedError, UpstreamStreamBrokenError
+from tiktok_archive.models.tiktok_quota import Endpoint
 from tiktok_archive.models.zip_tail import ZipTail
 from tiktok_archive.observability import logger, tracer
 
@@ -130,6 +131,7 @@ class DownloadEndpoint:
         return self._transport.post(
             DOWNLOAD_PATH,
             budget,
+            endpoint=Endpoint.DOWNLOAD,
             token=request.access_token,
             json_body={"request_id": request.request_id},
             headers=headers,

@@ -5,10 +5,16 @@ before the archive starts, the ranged requests that resume a broken stream, the 
 status check, an added request, a cancellation, a token refresh. Its :class:`AttemptBudget` counts every
 request it makes, however they fail, so ``TIKTOK_MAX_ATTEMPTS`` means exactly how many times TikTok is
 called at most; and every wait draws on the invocation's :class:`Deadline`.
+
+It is also where every try draws from TikTok's quota, shared by every invocation of every function
+(:class:`QuotaGate`, at the unit's priority): a try the quota refuses is not made, is no failure and
+raises :class:`TikTokBudgetExhaustedError`, which defers the work. A first try refused takes no attempt;
+a retry is counted when it is about to be made, after its wait.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from types import TracebackType
@@ -19,6 +25,8 @@ from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import MaxRetryError, ResponseError
 
 from tiktok_archive.models.deadline import Deadline
+from tiktok_archive.models.tiktok_errors import TikTokBudgetExhaustedError
+from tiktok_archive.models.tiktok_quota import WINDOW_SECONDS, Endpoint, QuotaGate
 from tiktok_archive.observability import logger
 
 # Statuses that say "try again": rate limited, or TikTok's side failing before it answered.
@@ -39,32 +47,62 @@ class AttemptBudget:
 
     Each request also draws from the unit of work's count of attempts (``deadline.take_attempt``), so
     the operations of one unit — a check, a refresh, the check made again, a download — are bounded
-    together as well as each alone.
+    together as well as each alone; and from TikTok's shared quota (``quota``), at the unit's priority.
 
     Args:
         attempts: requests allowed in all, the first one included (at least 1).
         deadline: when every request and wait of the operation must have ended (and the unit's calls).
+        quota: TikTok's quota shared by every invocation; None: not budgeted (tests, local runs).
     """
 
-    def __init__(self, attempts: int, deadline: Deadline) -> None:
+    def __init__(self, attempts: int, deadline: Deadline, quota: QuotaGate | None = None) -> None:
         self.limit = max(1, attempts)
         self.used = 0
         self.deadline = deadline
+        self.quota = quota
 
     @property
     def left(self) -> int:
         """Requests still allowed."""
         return self.limit - self.used
 
-    def take(self) -> bool:
-        """Spend one request; False (nothing spent) when none is left or the deadline has passed.
+    def take(self, endpoint: Endpoint | None = None) -> bool:
+        """Spend one request to ``endpoint``; False (nothing spent) when none is left or time has run out.
 
-        None is left when the operation spent its own, or the unit of work spent its attempts.
+        None is left when the operation spent its own, or the unit of work spent its attempts. The
+        request is counted against ``endpoint``'s quota (None: not counted) only when an attempt is left.
+
+        Raises:
+            TikTokBudgetExhaustedError: the quota has no call left for this unit's priority; no attempt
+                was spent.
         """
-        if self.used >= self.limit or self.deadline.expired() or not self.deadline.take_attempt():
+        unit_left = self.deadline.attempts_left
+        if self.used >= self.limit or self.deadline.expired() or (unit_left is not None and unit_left <= 0):
+            return False
+        if endpoint is not None and self.quota is not None:
+            wait = self.quota.take(endpoint, self.deadline.priority)
+            if wait is not None:
+                raise budget_exhausted(endpoint, wait)
+        if not self.deadline.take_attempt():
             return False
         self.used += 1
         return True
+
+
+def budget_exhausted(endpoint: Endpoint, wait: float) -> TikTokBudgetExhaustedError:
+    """The refusal of a try by the quota: ``Retry-After`` when the next sub-window starts.
+
+    A queued message comes back up to one sub-window later than that (jitter), so that the messages
+    deferred together do not all come back at the same second.
+    """
+    seconds = max(1, math.ceil(wait))
+    # Jitter spreads deferred work apart; it is no secret.
+    jitter = random.randint(0, WINDOW_SECONDS)  # noqa: S311
+    return TikTokBudgetExhaustedError(
+        f"the service's share of TikTok's {endpoint.value} quota is spent for now; try again later",
+        retry_after=str(seconds),
+        redeliver_after=seconds + jitter,
+    )
 
 
 class BudgetedRetry(urllib3.Retry):
@@ -76,17 +114,27 @@ class BudgetedRetry(urllib3.Retry):
     its ``Retry-After`` for the caller) or its error is raised.
     """
 
-    def __init__(self, *args: Any, budget: AttemptBudget | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        budget: AttemptBudget | None = None,
+        endpoint: Endpoint | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.budget = budget
+        self.endpoint = endpoint
         self.planned_wait = 0.0
 
     @classmethod
-    def drawing_on(cls, budget: AttemptBudget, *, idempotent: bool = True) -> BudgetedRetry:
-        """Retries of one POST, paid from ``budget`` (whose first request the caller already took).
+    def drawing_on(
+        cls, budget: AttemptBudget, *, endpoint: Endpoint | None = None, idempotent: bool = True
+    ) -> BudgetedRetry:
+        """Retries of one POST to ``endpoint``, paid from ``budget`` (whose first request the caller took).
 
         ``idempotent=False``: only a 429 or a failed connection is tried again — never a 5xx or a
-        timeout after the request was sent, which TikTok may already have acted on.
+        timeout after the request was sent, which TikTok may already have acted on. Each retry draws from
+        ``endpoint``'s quota too; one the quota refuses is not made.
         """
         return cls(
             total=max(0, budget.left),
@@ -103,6 +151,7 @@ class BudgetedRetry(urllib3.Retry):
             raise_on_status=False,
             respect_retry_after_header=True,
             budget=budget,
+            endpoint=endpoint,
         )
 
     @classmethod
@@ -113,7 +162,7 @@ class BudgetedRetry(urllib3.Retry):
         return cls.drawing_on(budget)
 
     def new(self, **kw: Any) -> Self:
-        return super().new(budget=self.budget, **kw)
+        return super().new(budget=self.budget, endpoint=self.endpoint, **kw)
 
     def get_backoff_time(self) -> float:
         """Full jitter: uniform between 0 and the exponential ceiling of the failures so far."""
@@ -157,6 +206,19 @@ class BudgetedRetry(urllib3.Retry):
         return retry
 
     def sleep(self, response: urllib3.BaseHTTPResponse | None = None) -> None:
-        """Wait what :meth:`increment` planned (and checked against the deadline)."""
+        """Wait what :meth:`increment` planned (and checked against the deadline), then draw the quota.
+
+        The retry's call is counted when it is about to be made, not before its wait, so that it counts
+        in the sub-window it is made in.
+
+        Raises:
+            TikTokBudgetExhaustedError: the quota has no call left for the retry; the operation ends
+                there and its work is deferred.
+        """
         if self.planned_wait > 0:
             time.sleep(self.planned_wait)
+        budget = self.budget
+        if budget is not None and budget.quota is not None and self.endpoint is not None:
+            wait = budget.quota.take(self.endpoint, budget.deadline.priority)
+            if wait is not None:
+                raise budget_exhausted(self.endpoint, wait)

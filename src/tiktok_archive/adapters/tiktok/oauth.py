@@ -28,6 +28,7 @@ from tiktok_archive.adapters.tiktok.transport import (
 from tiktok_archive.models.errors import AppCredentialsError, ReauthorizationRequiredError, ServiceError
 from tiktok_archive.models.portability import AppCredentials, TokenGrant, is_open_id
 from tiktok_archive.models.tiktok_errors import TikTokApiError, UpstreamBadResponseError
+from tiktok_archive.models.tiktok_quota import Endpoint
 from tiktok_archive.observability import hide, tracer
 
 TOKEN_PATH = "/v2/oauth/token/"  # noqa: S105 - a path, not a password
@@ -59,6 +60,7 @@ class OAuthEndpoint:
         response = self._transport.post(
             TOKEN_PATH,
             budget,
+            endpoint=Endpoint.REFRESH,
             form={
                 "client_key": app.client_key,
                 "client_secret": app.client_secret,
@@ -89,6 +91,7 @@ class OAuthEndpoint:
         response = self._transport.post(
             REVOKE_PATH,
             budget,
+            endpoint=Endpoint.REVOKE,
             form={"client_key": app.client_key, "client_secret": app.client_secret, "token": token},
         )
         body, document = read_document(response)

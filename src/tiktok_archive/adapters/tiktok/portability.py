@@ -20,6 +20,7 @@ from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.inputs import INT64_MAX, is_int_in
 from tiktok_archive.models.portability import RequestStatus
 from tiktok_archive.models.tiktok_errors import UpstreamBadResponseError
+from tiktok_archive.models.tiktok_quota import Endpoint
 from tiktok_archive.observability import tracer
 
 ADD_PATH = "/v2/user/data/add/?fields=request_id"
@@ -55,6 +56,7 @@ class PortabilityEndpoints:
         response = self._transport.post(
             ADD_PATH,
             budget,
+            endpoint=Endpoint.ADD,
             token=access_token,
             json_body={"data_format": data_format, "category_selection_list": categories},
             idempotent=False,
@@ -84,7 +86,11 @@ class PortabilityEndpoints:
             UpstreamUnavailableError / UpstreamBadResponseError: no usable answer.
         """
         response = self._transport.post(
-            CHECK_PATH, budget, token=request.access_token, json_body={"request_id": request.request_id}
+            CHECK_PATH,
+            budget,
+            endpoint=Endpoint.CHECK,
+            token=request.access_token,
+            json_body={"request_id": request.request_id},
         )
         body, document = read_document(response)
         if not succeeded(response, document):
@@ -119,6 +125,7 @@ class PortabilityEndpoints:
         response = self._transport.post(
             f"{CANCEL_PATH}?request_id={request.request_id}",
             budget,
+            endpoint=Endpoint.CANCEL,
             token=request.access_token,
             json_body={"request_id": request.request_id},
         )

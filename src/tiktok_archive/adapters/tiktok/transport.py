@@ -1,9 +1,9 @@
 """The one way the service talks to TikTok: a POST on the container's shared urllib3 pool.
 
-Each request draws on its operation's :class:`AttemptBudget` (the first try here, the retries in
-:class:`BudgetedRetry`), and its connect and read timeouts are shortened to the deadline. Answers that
-are not what the operation wanted are turned into the one error that says what happened
-(:func:`tiktok_failure`), keeping TikTok's code, status and ``log_id``.
+Each request draws on its operation's :class:`AttemptBudget` and on its endpoint's share of TikTok's
+quota (the first try here, the retries in :class:`BudgetedRetry`), and its connect and read timeouts
+are shortened to the deadline. Answers that are not what the operation wanted are turned into the one
+error that says what happened (:func:`tiktok_failure`), keeping TikTok's code, status and ``log_id``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tiktok_archive.models.tiktok_errors import (
     UpstreamBadResponseError,
     UpstreamUnavailableError,
 )
+from tiktok_archive.models.tiktok_quota import Endpoint
 
 # An answer document is small; more than this is not one, and we stop reading.
 MAX_DOCUMENT_BYTES = 64 * 1024
@@ -62,6 +63,7 @@ class Transport:
         path: str,
         budget: AttemptBudget,
         *,
+        endpoint: Endpoint,
         token: str | None = None,
         json_body: dict[str, Any] | None = None,
         form: dict[str, str] | None = None,
@@ -70,14 +72,18 @@ class Transport:
     ) -> urllib3.BaseHTTPResponse:
         """POST ``path`` (with its query) and return the answer unread (``preload_content=False``).
 
+        Every try draws from ``endpoint``'s share of TikTok's quota (see :class:`AttemptBudget`).
+
         Raises:
             DeadlineExceededError: no time was left to ask.
+            TikTokBudgetExhaustedError: the quota had no call left for this unit; TikTok was not called
+                (or a retry was not made).
             UpstreamUnavailableError: no connection or no answer in time, after the retries (or the
                 budget had no request left).
         """
         if budget.deadline.expired():
             raise DeadlineExceededError("the invocation's time budget ran out before TikTok was called")
-        if not budget.take():
+        if not budget.take(endpoint):
             raise UpstreamUnavailableError("no attempt was left to call TikTok")
         all_headers = {"Accept-Encoding": "identity", **(headers or {})}
         if token is not None:
@@ -97,7 +103,7 @@ class Transport:
                 headers=all_headers,
                 preload_content=False,
                 redirect=False,
-                retries=BudgetedRetry.drawing_on(budget, idempotent=idempotent),
+                retries=BudgetedRetry.drawing_on(budget, endpoint=endpoint, idempotent=idempotent),
                 timeout=urllib3.Timeout(
                     connect=deadline.bound(self._connect_timeout), read=deadline.bound(self._read_timeout)
                 ),
