@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tiktok_archive.models.check_schedule import CheckBudget
+from tiktok_archive.models.tiktok_quota import QuotaPlan
 
 from .functions import CHECK_SECONDS
 from .report import Figures, duration, plot, summarise, write_section
@@ -42,12 +43,13 @@ def scenarios(users: int, days: float, seed: int, quota: int) -> list[Scenario]:
 def check_capacity(base: Scenario, check_seconds: float) -> int:
     """Status checks a minute the service makes: the checks' budget, or the lifecycle's pace if lower.
 
-    The budget is ``STATUS_CHECK_SHARE_PERCENT`` of TikTok's quota (:class:`CheckBudget`). An invocation
-    starts a check at most every ``STATUS_POLL_PACE_MS``, and not before the last one ended
+    The budget: what the checks' priority may draw from the shared quota (:class:`CheckBudget`). An
+    invocation starts a check at most every ``STATUS_POLL_PACE_MS``, and not before the last one ended
     (``check_seconds``: TikTok's answer and the AWS calls around it).
     """
     pacing = base.lifecycle_concurrency * 60 / max(base.pace_ms / 1000, check_seconds)
-    return min(CheckBudget(base.quota, base.check_share_percent).checks_per_minute, int(pacing))
+    budget = CheckBudget.of(QuotaPlan(base.quota, base.quota_share_percent))
+    return min(budget.checks_per_minute, int(pacing))
 
 
 def capacity_scenarios(base: Scenario, check_seconds: float) -> tuple[int, list[Scenario]]:

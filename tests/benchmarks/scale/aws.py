@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from tests.unit.fakes import START, Clock, FakeDownloadRecords, FakeTransfer, Journal
+from tests.unit.fakes import START, Clock, FakeDownloadRecords, FakeQuota, FakeTransfer, Journal
 from tiktok_archive.adapters.check_floor import CheckFloor
 from tiktok_archive.adapters.download_events import DETAIL_TYPES, DownloadEvents
 from tiktok_archive.adapters.download_jobs import DownloadJobs
@@ -37,6 +37,7 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
 from tiktok_archive.models.messages import DownloadJob, LifecycleMessage, StatusCheck
+from tiktok_archive.models.tiktok_quota import Endpoint, Priority, QuotaPlan
 
 from .tiktok import SimTikTok
 
@@ -239,6 +240,33 @@ class SimLifecycleQueue(LifecycleQueue):
         for check, delay in checks:
             self.queue.send(check, max(0, min(delay, MAX_DELAY_SECONDS)))
         return set()
+
+
+class SimQuota(FakeQuota):
+    """The shared quota (``SharedQuota``'s arithmetic, as the unit tests' fake answers it), counted.
+
+    Each try is one conditional ``UpdateItem`` (charged when refused too); ``refusals`` per endpoint.
+    The fake's lists of every answer are not kept (millions at this scale).
+    """
+
+    def __init__(self, plan: QuotaPlan, clock: Callable[[], float], journal: CountingJournal) -> None:
+        super().__init__(plan, clock)
+        self._journal = journal
+        self.refusals: Counter[str] = Counter()
+        self._window = 0.0
+
+    def take(self, endpoint: Endpoint, priority: Priority) -> float | None:
+        self._journal.note("quota.take")
+        wait = super().take(endpoint, priority)
+        if wait is not None:
+            self.refusals[endpoint.value] += 1
+        self.granted.clear()
+        self.refused.clear()
+        now = self._clock()
+        if now - self._window > 600:  # the table's TTL: counters of sub-windows long gone
+            self._window = now
+            self.counts = {k: v for k, v in self.counts.items() if float(k.rpartition(" ")[2]) > now - 120}
+        return wait
 
 
 class SimCheckFloor(CheckFloor):

@@ -8,8 +8,9 @@ is modelled here, explicitly, around the real use cases:
 - the lifecycle handler's pacing (one TikTok call per ``STATUS_POLL_PACE_MS`` per invocation: a sleep the
   invocation is billed for), its pause after a 429 (the batch's other TikTok work handed back,
   ``ChangeMessageVisibility``);
-- ``settle``: a permanent failure is acknowledged, a transient one comes back after its
-  ``redeliver_after`` or the queue's visibility timeout, and dies after ``MaxReceiveCount`` receives.
+- ``settle``: work TikTok's shared budget deferred is sent again with its delay (a new message), a
+  permanent failure is acknowledged, a transient one comes back after its ``redeliver_after`` or the
+  queue's visibility timeout, and dies after ``MaxReceiveCount`` receives.
 
 Every invocation is billed its wall time (pacing sleeps included) plus :data:`OVERHEAD_SECONDS`.
 """
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ServiceError
+from tiktok_archive.models.tiktok_errors import TikTokBudgetExhaustedError
 
 from .aws import LATENCY, CountingJournal, Message, SimQueue
 from .tiktok import LATENCY as TIKTOK_LATENCY
@@ -142,8 +144,16 @@ class QueueConsumer:
         if outcome.back_after is not None:
             self.queue.hand_back(message, now + outcome.back_after)
 
-    def fail(self, error: ServiceError) -> float | None:
-        """``settle``: when a failed message comes back (None: acknowledged, a permanent failure)."""
+    def fail(self, error: ServiceError, message: Message) -> float | None:
+        """``settle``: when a failed message comes back (None: acknowledged).
+
+        Work the quota had no call for is sent again with its delay as a new message (receive count 0)
+        and this one acknowledged; a permanent failure is acknowledged.
+        """
+        if isinstance(error, TikTokBudgetExhaustedError) and error.redeliver_after is not None:
+            self._journal.note("queue.send")
+            self.queue.send(message.body, error.redeliver_after)
+            return None
         if not error.is_transient:
             return None
         if error.redeliver_after is not None:

@@ -33,6 +33,7 @@ from tiktok_archive.models.download_record import DownloadStatus
 from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.models.messages import TIKTOK_WORK, ArchiveReadyWork, DownloadJob, StatusCheck
 from tiktok_archive.models.portability import HandedTokens, NewRequest
+from tiktok_archive.models.tiktok_quota import Priority, QuotaPlan
 from tiktok_archive.observability import logger
 
 from . import speed
@@ -46,6 +47,7 @@ from .aws import (
     SimEvents,
     SimLifecycleQueue,
     SimQueue,
+    SimQuota,
     SimTransfer,
 )
 from .functions import UNIT_ATTEMPTS, Billing, Invocation, Meter, Outcome, QueueConsumer
@@ -74,7 +76,8 @@ class Scenario:
     poll_initial: int = 60
     poll_longest: int = 900  # STATUS_POLL_MAX_SECONDS: without webhooks
     poll_backstop: int = 21_600  # STATUS_POLL_BACKSTOP_SECONDS: with webhooks (WebhooksConfigured)
-    check_share_percent: int = 60  # STATUS_CHECK_SHARE_PERCENT
+    budget: bool = True  # the shared quota (TIKTOK_QUOTA_TABLE_NAME set)
+    quota_share_percent: int = 90  # TIKTOK_QUOTA_SHARE_PERCENT
     lifecycle_concurrency: int = 2
     pace_ms: int = 150
     worker_concurrency: int = 10
@@ -98,6 +101,7 @@ class Result:
     dead_letters: dict[str, int] = field(default_factory=dict)
     lost_refresh_tokens: int = 0
     lateness: list[float] = field(default_factory=list)
+    deferred: dict[str, int] = field(default_factory=dict)  # tries the shared budget refused, by endpoint
     check_seconds: float = 0.0  # a status check's mean time (TikTok's answer and the AWS calls around it)
     wall_seconds: float = 0.0
     events: int = 0
@@ -151,6 +155,9 @@ def build(scenario: Scenario) -> World:
         outages=sorted(outages),
     )
     tiktok = SimTikTok(model, lambda: clock.elapsed, rng)
+    if scenario.budget:
+        plan = QuotaPlan(scenario.quota, scenario.quota_share_percent)
+        tiktok.quota = SimQuota(plan, lambda: START.timestamp() + clock.elapsed + tiktok.spent, journal)
     return World(
         scenario,
         clock,
@@ -186,7 +193,7 @@ def use_cases(world: World) -> UseCases:
         timedelta(hours=168),
         webhooks=scenario.webhooks,
     )
-    budget = CheckBudget(scenario.quota, scenario.check_share_percent)
+    budget = CheckBudget.of(QuotaPlan(scenario.quota, scenario.quota_share_percent))
     floor = SimCheckFloor(journal, lambda: world.clock.elapsed)
     records = world.records
     claimed = ClaimedDownload(world.transfer, records, world.tiktok, events, lambda: tokens)
@@ -261,7 +268,9 @@ class Run:
         new = NewRequest(HandedTokens(access, refresh, open_id))
         world.meter.start()
         try:
-            self.cases.add_request.add(BACKEND_CALLER, new, Deadline.after(18).unit(UNIT_ATTEMPTS))
+            self.cases.add_request.add(
+                BACKEND_CALLER, new, Deadline.after(18).unit(UNIT_ATTEMPTS, Priority.INTERACTIVE)
+            )
             self.count("added")
             del self.handed[user]
         except ServiceError as error:
@@ -309,7 +318,9 @@ class Run:
             world.journal.note("sqs.change_visibility")
             return Outcome(0.001, invocation.paused_until - now + 1)
         world.meter.start()
-        unit = invocation.deadline.unit(UNIT_ATTEMPTS)
+        # Status checks are the quota's lowest priority; the rest of this queue's TikTok work a purge's.
+        priority = Priority.CHECK if isinstance(body, StatusCheck) else Priority.PURGE
+        unit = invocation.deadline.unit(UNIT_ATTEMPTS, priority)
         back: float | None = None
         try:
             if isinstance(body, StatusCheck):
@@ -327,7 +338,7 @@ class Run:
         except ServiceError as error:
             if error.upstream_status == 429 and error.redeliver_after:
                 invocation.paused_until = now + error.redeliver_after
-            back = self.lifecycle.fail(error)
+            back = self.lifecycle.fail(error, message)
         return Outcome(world.meter.seconds(), back)
 
     # -- the worker (handlers/worker.py) ------------------------------------------------------------
@@ -337,10 +348,10 @@ class Run:
         world.meter.start()
         back: float | None = None
         try:
-            self.cases.queued_downloads.run(job, invocation.deadline.unit(UNIT_ATTEMPTS))
+            self.cases.queued_downloads.run(job, invocation.deadline.unit(UNIT_ATTEMPTS, Priority.DOWNLOAD))
         except ServiceError as error:
             self.count(f"download failed: {error.error_code}")
-            back = self.worker.fail(error)
+            back = self.worker.fail(error, message)
         seconds = world.meter.seconds()
         record = world.records.items.get(job.request_id)
         if (
@@ -421,6 +432,7 @@ def run(scenario: Scenario) -> Result:
         {"lifecycle": len(world.lifecycle_queue.dead), "download": len(world.download_queue.dead)},
         world.model.refused_grants,
         simulation.lateness,
+        dict(world.tiktok.quota.refusals) if isinstance(world.tiktok.quota, SimQuota) else {},
         sum(simulation.check_seconds) / max(1, len(simulation.check_seconds)),
         time.monotonic() - started,
         world.loop.processed,

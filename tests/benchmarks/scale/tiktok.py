@@ -14,8 +14,10 @@
 :class:`SimTikTok` stands for :class:`TikTokClient` as the logic sees it, including what its urllib3
 retry policy does (``BudgetedRetry``): a 429 whose ``Retry-After`` is at most 10 s and a 5xx of an
 idempotent call are tried again (backoff with full jitter) while the operation's and the unit's attempts
-last; every try is a call against the quota. Time an invocation spends on TikTok (latency, waits) is
-added up in ``spent`` for the Lambda model to bill.
+last; every try is a call against the quota. Before each try it draws from the service's shared budget
+(``quota``, TikTok's quota as ``SharedQuota`` counts it, at the unit's priority): a try the budget refuses
+is not made and raises ``TikTokBudgetExhaustedError``. Time an invocation spends on TikTok (latency,
+waits) is added up in ``spent`` for the Lambda model to bill.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from tiktok_archive.adapters.tiktok.budget import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_MAX_SECONDS,
     RETRY_AFTER_MAX_SECONDS,
+    budget_exhausted,
 )
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.errors import ReauthorizationRequiredError, ServiceError
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
 from tiktok_archive.models.tiktok_errors import TikTokApiError
+from tiktok_archive.models.tiktok_quota import Endpoint, QuotaGate
 
 ENDPOINTS = ("add", "check", "cancel", "download", "oauth")
 FIRST_REQUEST_ID = 7_000_000_000_000_000_000  # beyond 2^53, as TikTok's are
@@ -45,6 +49,14 @@ REFRESH_LIFETIME = 180 * 86400
 DOWNLOADABLE_FOR = 4 * 86400
 # Seconds one answered call takes (an assumption: TikTok's API from eu-west-1).
 LATENCY = {"add": 0.3, "check": 0.15, "cancel": 0.2, "download": 0.3, "oauth": 0.25}
+# The shared quota's name of each endpoint.
+QUOTA_ENDPOINT = {
+    "add": Endpoint.ADD,
+    "check": Endpoint.CHECK,
+    "cancel": Endpoint.CANCEL,
+    "download": Endpoint.DOWNLOAD,
+    "oauth": Endpoint.REFRESH,
+}
 
 
 class QuotaWindow:
@@ -190,9 +202,12 @@ class SimTikTok(TikTokClient):
     ``now()`` is the invocation's moment; ``spent`` the seconds its TikTok calls took so far.
     """
 
-    def __init__(self, model: TikTokModel, now: Callable[[], float], rng: random.Random) -> None:
+    def __init__(
+        self, model: TikTokModel, now: Callable[[], float], rng: random.Random, quota: QuotaGate | None = None
+    ) -> None:
         self.max_attempts = 4  # TIKTOK_MAX_ATTEMPTS's default
         self.model = model
+        self.quota = quota
         self._now = now
         self._rng = rng
         self.spent = 0.0
@@ -201,8 +216,16 @@ class SimTikTok(TikTokClient):
         """One operation's tries; the moment TikTok answered it, or its last error raised."""
         error: ServiceError | None = None
         for attempt in range(1, self.max_attempts + 1):
-            if not deadline.take_attempt():
+            left = deadline.attempts_left
+            if left is not None and left <= 0:
                 break
+            if self.quota is not None:
+                # The shared budget first, at the unit's priority: a refused try is not made, takes no
+                # attempt, and defers the work (TikTokBudgetExhaustedError).
+                wait = self.quota.take(QUOTA_ENDPOINT[endpoint], deadline.priority)
+                if wait is not None:
+                    raise budget_exhausted(QUOTA_ENDPOINT[endpoint], wait)
+            deadline.take_attempt()
             at = self._now() + self.spent
             outage_end = self.model.in_outage(at)
             room = None if outage_end is not None else self.model.windows[endpoint].try_call(at)
