@@ -91,7 +91,7 @@ def aws_requests(counts: Counter[str]) -> Counter[str]:
             billed["sqs.send"] += count
         elif table == "events":
             billed["eventbridge"] += count
-        elif table in ("sqs", "s3", "lambda", "dynamodb"):
+        elif table in ("sqs", "s3", "dynamodb", "apigateway", "eventbridge"):
             billed[name] += count
     return billed
 
