@@ -1,14 +1,17 @@
 """The scale simulation's own pieces (``tests/benchmarks/scale``): the quota's window, the event loop's
-order, the queue's dead letters, and a small run end to end."""
+order, the queue's dead letters, a small run end to end, and its section kept by ``make bench``."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.run import kept_sections
 from tests.benchmarks.scale.aws import CountingJournal, SimQueue
 from tests.benchmarks.scale.loop import EventLoop, SimClock
+from tests.benchmarks.scale.report import START_MARK, write_section
 from tests.benchmarks.scale.simulator import DAY, Scenario, run
 from tests.benchmarks.scale.tiktok import QuotaWindow, SimTikTok, TikTokModel
 from tiktok_archive.models.deadline import Deadline
@@ -99,3 +102,22 @@ def test_a_small_run_stores_every_archive_prepared_under_the_quota() -> None:
     assert max(result.ready_to_stored) < 60
     assert all(sum(series) == 0 for series in result.refused.values())
     assert result.lost_refresh_tokens == 0
+
+
+def test_the_scale_section_is_kept_when_make_bench_writes_the_rest(tmp_path: Path) -> None:
+    # Given a report with bench-scale's section written into it
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\nold transfer figures\n")
+    write_section(report, ["## Scale", "figures"])
+
+    # When bench-scale writes it again, and make bench rewrites the rest
+    write_section(report, ["## Scale", "new figures"])
+    kept = kept_sections(report)
+    report.write_text("# Benchmarks\n\nnew transfer figures\n" + kept)
+
+    # Then the rest is new and the one section is there, once, with the newest figures
+    text = report.read_text()
+    assert "new transfer figures" in text
+    assert "old transfer figures" not in text
+    assert text.count(START_MARK) == 1
+    assert "new figures" in text.split(START_MARK)[1]
