@@ -23,7 +23,7 @@ LAMBDA_PIP_ENV := PIP_ONLY_BINARY=:all: PIP_IMPLEMENTATION=cp PIP_PYTHON_VERSION
 LOCK := $(BIN)/uv pip compile --quiet --no-config --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command "make lock"
 
-.PHONY: help demo serve test test-unit faults bench lint format validate build deploy deploy-guided outputs \
+.PHONY: help demo serve test test-unit faults bench bench-scale lint format validate build deploy deploy-guided outputs \
 	delete clean lock lock-check
 # The deployed stack (samconfig.toml names it too); `make deploy STACK=other` for a second one.
 STACK ?= tiktok-archive
@@ -76,6 +76,9 @@ $(BIN)/.bench-installed: $(BIN)/.installed requirements-bench.txt
 
 bench: $(BIN)/.bench-installed  ## Benchmark vs TikTok's sample and boto3; writes docs/benchmarks.md and .png.
 	PYTHONPATH=src $(BIN)/python -m tests.benchmarks.run $(BENCH_ARGS)
+
+bench-scale: $(BIN)/.bench-installed  ## Simulate 100,000 users over a week (TikTok's quota, cost per archive); writes its section of docs/benchmarks.md.
+	PYTHONPATH=src $(BIN)/python -m tests.benchmarks.scale $(BENCH_SCALE_ARGS)
 
 lint: $(BIN)/.installed  ## ruff and mypy --strict.
 	$(BIN)/ruff check src tests

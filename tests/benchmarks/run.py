@@ -616,7 +616,16 @@ def write_report(
         "",
         *cold_starts,
     ]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + kept_sections(path))
+
+
+def kept_sections(path: Path) -> str:
+    """Sections other benchmarks wrote into ``path`` between their markers (``make bench-scale``'s)."""
+    text = path.read_text() if path.exists() else ""
+    start, end = "<!-- bench-scale:start -->", "<!-- bench-scale:end -->"
+    if start not in text or end not in text:
+        return ""
+    return "\n" + text[text.index(start) : text.index(end) + len(end)] + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
