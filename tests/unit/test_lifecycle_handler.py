@@ -60,7 +60,7 @@ from tiktok_archive.models.messages import (
 )
 from tiktok_archive.models.portability import RequestStatus
 from tiktok_archive.models.tiktok_errors import TikTokApiError
-from tiktok_archive.models.tiktok_quota import Endpoint, Priority, QuotaPlan
+from tiktok_archive.models.tiktok_quota import WINDOW_SECONDS, Endpoint, Priority, QuotaPlan
 
 OPENID = "openid-1"
 ERASED = "openid-erased"
@@ -316,8 +316,9 @@ def test_a_spent_quota_defers_the_checks_but_not_the_revocation(world: World) ->
         ("check", StatusCheck(NEXT_ID, 0)),
     )
 
-    # Then the revocation, a purge's, gets its call; the check is not made, nor failed: it takes its next
-    # turn (the record's schedule moves on at the same interval) and its message is acknowledged
+    # Then the revocation, a purge's, gets its call; the check is not made, nor failed: the same check
+    # comes back as a new message once the quota's next sub-window starts (jittered: 10 to 20 s), the
+    # record's schedule as it was, and this message is acknowledged
     assert handed_back == []
     assert world.tiktok.revokes.count == 1
     assert world.tiktok.checks.count == 0
@@ -325,7 +326,10 @@ def test_a_spent_quota_defers_the_checks_but_not_the_revocation(world: World) ->
         (Endpoint.CHECK, Priority.CHECK)
     ]
     record = world.records.items[NEXT_ID]
-    assert (record.status, record.poll_seq, record.poll_interval) == (DownloadStatus.WAITING, 1, 60)
+    assert (record.status, record.poll_seq) == (DownloadStatus.WAITING, 0)
+    [(request_id, seq, delay)] = [check for check in world.queue.checks if check[0] == NEXT_ID]
+    assert (request_id, seq) == (NEXT_ID, 0)
+    assert 1 <= delay <= 2 * WINDOW_SECONDS
     assert world.visibility.postponed == []
     assert world.visibility.sent_again == []
     assert ERASED_GRANT not in world.grants.items

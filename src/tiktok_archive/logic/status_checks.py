@@ -44,6 +44,7 @@ from tiktok_archive.models.errors import DownloadNotFoundError, PreparationTimed
 from tiktok_archive.models.messages import QUEUED_LEASE, ArchiveReadyWork
 from tiktok_archive.models.portability import RequestStatus, TikTokStatus
 from tiktok_archive.models.tiktok_errors import TikTokApiError, TikTokBudgetExhaustedError
+from tiktok_archive.models.tiktok_quota import WINDOW_SECONDS
 from tiktok_archive.observability import logger
 
 # A ready archive's job waits this long before a repeated trigger may queue it again.
@@ -152,11 +153,16 @@ class StatusChecks:
             return self._fail(record, error)
         interval = record.poll_interval or self._schedule.initial
         if isinstance(error, TikTokBudgetExhaustedError):
-            # TikTok's quota had no call for a check now: not TikTok's failure, so the schedule does not
-            # slow down; the check takes its next turn an interval later (at least the quota's wait), so
-            # that refused checks spread over the schedule instead of all coming back together.
-            self._next(record, None, max(interval, error.redeliver_after or 0))
-            logger.info("status check deferred: TikTok's quota has no call left for checks now")
+            # TikTok's quota had no call for a check now: not TikTok's failure, so the schedule stays as
+            # it is and the same check comes back once the quota has room (its next sub-window, jittered
+            # so that the refused checks spread over the ones after) — a new message, spending none of
+            # this one's receives. Waiting a whole interval instead would leave the checks' share unused.
+            delay = min(error.redeliver_after or WINDOW_SECONDS, MAX_DELAY_SECONDS)
+            self._queue.schedule_check(record.request_id, record.poll_seq, delay)
+            logger.info(
+                "status check deferred: TikTok's quota has no call left for checks now",
+                extra={"next_in_seconds": delay},
+            )
             return CheckOutcome("deferred")
         if isinstance(error, TikTokApiError):
             # A 429 or TikTok failing: slow this request's schedule down (at least TikTok's Retry-After).
