@@ -34,7 +34,7 @@ from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.models.messages import TIKTOK_WORK, ArchiveReadyWork, DownloadJob, StatusCheck
 from tiktok_archive.models.portability import HandedTokens, NewRequest
 from tiktok_archive.models.tiktok_quota import Priority, QuotaPlan
-from tiktok_archive.observability import logger
+from tiktok_archive.observability import logger, metrics
 
 from . import speed
 from .aws import (
@@ -409,6 +409,8 @@ def run(scenario: Scenario) -> Result:
         # Nothing is logged: the service's log calls cost a tenth of a check's time and say nothing here.
         for method in ("debug", "info", "warning", "error", "exception", "append_keys", "remove_keys"):
             monkeypatch.setattr(logger, method, _silent)
+        # Nor counted in metrics: the simulation counts for itself (and a metrics buffer prints when full).
+        monkeypatch.setattr(metrics, "add_metric", _silent)
         simulation = Run(world, use_cases(world))
         spacing = scenario.arrival_seconds / max(1, scenario.users)
         for user in range(scenario.users):
