@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.models.errors import RecordStoreError, ServiceError
 
 Item = Mapping[str, Any]
+
+
+def query_pages(client: Any, query: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """DynamoDB's answers to ``query``, one a page, until its last (``LastEvaluatedKey`` followed).
+
+    Raises:
+        RecordStoreError: DynamoDB failed.
+    """
+    asked = dict(query)
+    while True:
+        try:
+            answer: dict[str, Any] = client.query(**asked)
+        except (ClientError, BotoCoreError) as error:
+            raise store_error("Query", error) from None
+        yield answer
+        start = answer.get("LastEvaluatedKey")
+        if not start:
+            return
+        asked["ExclusiveStartKey"] = start
 
 
 def string_field(item: Item, name: str) -> str | None:

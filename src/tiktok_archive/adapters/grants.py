@@ -28,7 +28,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.dynamodb_items import epoch_value, lease_value, store_error
+from tiktok_archive.adapters.dynamodb_items import epoch_value, lease_value, query_pages, store_error
 from tiktok_archive.adapters.grant_items import (
     Grant,
     Lease,
@@ -78,25 +78,13 @@ class Grants(HandedRegistry):
         Raises:
             RecordStoreError: DynamoDB failed.
         """
-        grants: list[Grant] = []
-        start: dict[str, Any] | None = None
-        while True:
-            query: dict[str, Any] = {
-                "TableName": self._table,
-                "IndexName": BY_USER_INDEX,
-                "KeyConditionExpression": "user_openid = :user",
-                "ExpressionAttributeValues": {":user": {"S": user_openid}},
-            }
-            if start:
-                query["ExclusiveStartKey"] = start
-            try:
-                answer = self._client.query(**query)
-            except (ClientError, BotoCoreError) as error:
-                raise store_error("Query", error) from None
-            grants += [grant_of(item) for item in answer.get("Items", [])]
-            start = answer.get("LastEvaluatedKey")
-            if not start:
-                return grants
+        query = {
+            "TableName": self._table,
+            "IndexName": BY_USER_INDEX,
+            "KeyConditionExpression": "user_openid = :user",
+            "ExpressionAttributeValues": {":user": {"S": user_openid}},
+        }
+        return [grant_of(item) for page in query_pages(self._client, query) for item in page.get("Items", [])]
 
     # -- a new consent ---------------------------------------------------------------------------
     def adopt(self, grant_id: str, caller: str, user_openid: str | None, tokens: SealedTokens) -> Grant:

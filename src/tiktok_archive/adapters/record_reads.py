@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.dynamodb_items import store_error
+from tiktok_archive.adapters.dynamodb_items import query_pages, store_error
 from tiktok_archive.adapters.record_items import key_of, record_of
 from tiktok_archive.models.download_record import DownloadRecord, caller_user
 
@@ -54,25 +54,15 @@ class RecordReads:
         Raises:
             RecordStoreError: DynamoDB failed.
         """
-        records: list[DownloadRecord] = []
-        start: dict[str, Any] | None = None
-        while True:
-            query: dict[str, Any] = {
-                "TableName": self._table,
-                "IndexName": BY_USER_INDEX,
-                "KeyConditionExpression": "user_openid = :user",
-                "ExpressionAttributeValues": {":user": {"S": user_openid}},
-            }
-            if start:
-                query["ExclusiveStartKey"] = start
-            try:
-                answer = self._client.query(**query)
-            except (ClientError, BotoCoreError) as error:
-                raise store_error("Query", error) from None
-            records += [record_of(item) for item in answer.get("Items", [])]
-            start = answer.get("LastEvaluatedKey")
-            if not start:
-                return records
+        query = {
+            "TableName": self._table,
+            "IndexName": BY_USER_INDEX,
+            "KeyConditionExpression": "user_openid = :user",
+            "ExpressionAttributeValues": {":user": {"S": user_openid}},
+        }
+        return [
+            record_of(item) for page in query_pages(self._client, query) for item in page.get("Items", [])
+        ]
 
     def page_of(
         self, caller: str, user_openid: str, limit: int, after: tuple[str, int] | None = None

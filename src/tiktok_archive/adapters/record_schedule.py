@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tiktok_archive.adapters.dynamodb_items import store_error
+from tiktok_archive.adapters.dynamodb_items import query_pages, store_error
 from tiktok_archive.adapters.record_items import checked_sets, record_of
 from tiktok_archive.adapters.record_reads import BY_SCHEDULE_INDEX, WAITING_BUCKET
 from tiktok_archive.adapters.record_writes import RecordWrites, Unchanged
@@ -36,16 +36,8 @@ class RecordSchedule(RecordWrites):
         Raises:
             RecordStoreError: DynamoDB failed.
         """
-        query = self._schedule_query(before)
-        query["Select"] = "COUNT"
-        count = 0
-        while True:
-            answer = self._query(query)
-            count += int(answer.get("Count", 0))
-            start = answer.get("LastEvaluatedKey")
-            if not start:
-                return count
-            query["ExclusiveStartKey"] = start
+        query = {**self._schedule_query(before), "Select": "COUNT"}
+        return sum(int(page.get("Count", 0)) for page in query_pages(self._client, query))
 
     def overdue(
         self, before: datetime, after: Position | None = None, limit: int = 100
