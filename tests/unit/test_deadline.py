@@ -36,3 +36,14 @@ def test_deadline_passes_with_time() -> None:
     deadline.check("now")
     time.sleep(0.06)
     assert deadline.expired()
+
+
+def test_the_invocation_ends_a_margin_after_its_deadline_in_every_part_of_the_unit() -> None:
+    # Lambda ends the invocation at its timeout: the deadline plus the margin (what a mark must outlive)
+    deadline = Deadline.for_invocation(remaining_ms=28_000, margin_seconds=10)
+    assert 27.9 < deadline.invocation_left() <= 28.0
+    unit = deadline.unit(3)
+    assert unit.invocation_left() == pytest.approx(deadline.invocation_left(), abs=0.01)
+    assert unit.within(1).invocation_left() == pytest.approx(deadline.invocation_left(), abs=0.01)
+    # Without a margin (a deadline made for a part of the work), the deadline is the end
+    assert Deadline.after(5).invocation_left() == pytest.approx(5, abs=0.01)

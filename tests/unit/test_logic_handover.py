@@ -502,7 +502,9 @@ def test_a_store_failure_after_tiktok_rotated_is_logged_as_a_lost_lineage_and_ra
     assert "refresh-new" not in "\n".join(logs.lines)
 
 
-def test_a_handed_token_not_remembered_still_leaves_the_grant(world: World, logs: LogCapture) -> None:
+def test_a_handed_token_not_remembered_at_first_is_remembered_at_the_second_try(
+    world: World, logs: LogCapture
+) -> None:
     world.tiktok.refreshes.then(exchanged())
     world.grants.faults.arm(
         "remember_handed", RecordStoreError("DynamoDB PutItem failed: InternalServerError")
@@ -510,8 +512,36 @@ def test_a_handed_token_not_remembered_still_leaves_the_grant(world: World, logs
 
     assert world.handover.take(CALLER, HANDED, deadline()) == Holding("access-new", GRANT, OPENID)
     assert world.stored() == ("access-new", "refresh-new")
-    assert (world.grants.handed_tokens, world.grants.exchanging) == ({}, {})
-    assert logs.find("handed-over token not remembered")
+    assert world.remembered("refresh-caller") == (GRANT, CALLER)
+    assert world.grants.exchanging == {}
+    assert logs.find("handed-over token not remembered; trying again")
+
+
+def test_a_handed_token_never_remembered_keeps_its_exchange_mark_until_it_lapses(
+    world: World, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a handover whose exchange succeeds but whose registry write fails every time
+    world.tiktok.refreshes.then(exchanged())
+
+    def failing(*args: object) -> None:
+        raise RecordStoreError("DynamoDB PutItem failed: InternalServerError")
+
+    monkeypatch.setattr(world.grants, "remember_handed", failing)
+
+    # When the tokens are taken
+    holding = world.handover.take(CALLER, HANDED, deadline())
+
+    # Then the grant is kept, and the mark is not dropped: TikTok rotated the token, so nobody may send it
+    assert holding == Holding("access-new", GRANT, OPENID)
+    assert world.stored() == ("access-new", "refresh-new")
+    assert world.grants.handed_tokens == {}
+    assert len(world.grants.exchanging) == 1
+    assert logs.find("handed-over token not remembered; its exchange mark lapses by itself")
+
+    # And the same token handed over again while the mark holds is not sent to TikTok
+    with pytest.raises(TokenRefreshInProgressError):
+        world.handover.take(CALLER, HANDED, deadline(seconds=3))
+    assert world.tiktok.refreshes.count == 1
 
 
 def test_the_grants_table_failing_before_tiktok_is_called_changes_nothing(world: World) -> None:
@@ -531,3 +561,24 @@ def test_a_grant_kept_at_the_second_try_is_the_users(world: World) -> None:
     assert world.stored() == ("access-new", "refresh-new")
     assert world.journal.calls.count("grants.adopt") == 2
     assert world.remembered("refresh-caller") == (GRANT, CALLER)
+
+
+def test_the_exchange_mark_outlives_the_invocation_not_only_its_deadline(world: World) -> None:
+    # Given an API invocation with 20 s to its deadline and a 60 s margin (DeadlineMarginSeconds) after it
+    world.tiktok.refreshes.then(exchanged())
+    marks: list[timedelta] = []
+    mark = world.grants.begin_exchange
+
+    def noted(digest: str, lease: timedelta) -> str | None:
+        marks.append(lease)
+        return mark(digest, lease)
+
+    world.grants.begin_exchange = noted  # type: ignore[method-assign]
+
+    # When tokens are handed over
+    world.handover.take(CALLER, HANDED, Deadline.for_invocation(80_000, 60))
+
+    # Then the mark lasts until Lambda ends the invocation and a little after: a handover cannot still
+    # be storing its exchange's result after its mark lapsed (another would send the token again)
+    (lease,) = marks
+    assert lease.total_seconds() == pytest.approx(80 + 30, abs=0.5)

@@ -42,7 +42,7 @@ from tiktok_archive.adapters.grant_items import Grant, Lease, SealedTokens
 from tiktok_archive.adapters.grants import user_grant_id
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
 from tiktok_archive.logic import token_refresh
-from tiktok_archive.logic.handover import TokenHandover
+from tiktok_archive.logic.handover import Holding, TokenHandover
 from tiktok_archive.logic.token_refresh import (
     ABANDONED_FOR,
     REFRESH_LEASE,
@@ -1090,12 +1090,20 @@ class Invocation:
     an invocation whose lease lapses before it stores). A parked invocation may be resumed later, or die.
     """
 
-    def __init__(self, name: str, work: Callable[[], object], park_at: str | None, started: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        work: Callable[[], object],
+        park_at: str | None,
+        started: float,
+        lifetime: float,
+    ) -> None:
         self.name = name
         self.park_at = park_at
         self.started = started
+        self.lifetime = lifetime  # Lambda ends it then: no code of it runs later
         self.rotations: list[tuple[str, str]] = []  # (refresh token sent, the one TikTok answered)
-        self.registry_read: set[str] = set()  # the digests remembered (or marked) when it began
+        self.registry_read: dict[str, float] = {}  # digests remembered (or marked) when it began → until
         self.stored_when_leased: set[str] = set()  # the refresh tokens ever stored when it took the lease
         self.error: BaseException | None = None
         self.done = False
@@ -1243,6 +1251,8 @@ class ObservedGrants(FakeGrants):
 PARKS = st.sampled_from([None, None, "before", "after"])
 REFRESH_PARKS = st.sampled_from([None, "before", "after", "after"])
 LAMBDA_LIFETIME = 15 * 60.0
+# A handover is an API call: Lambda ends it at its deadline plus the margin (the API function's timeout).
+HANDOVER_DEADLINE, HANDOVER_MARGIN = 30.0, 10.0
 FRESH_SECONDS = int(FRESH_FOR.total_seconds())
 
 
@@ -1304,8 +1314,12 @@ class LineageMachine(RuleBasedStateMachine):
             # (A refresh that took the lease before a stalled one stored the successor cannot know.)
             if successor in self.running.stored_when_leased:
                 self.violations.append(f"replayed {token}: the service had stored its successor {successor}")
-        elif hashlib.sha256(token.encode()).hexdigest() in self.running.registry_read:
-            # (A handover that read the registry before a concurrent one marked the token cannot know.)
+        elif (
+            self.running.registry_read.get(hashlib.sha256(token.encode()).hexdigest(), 0)
+            > self.clock.now().timestamp()
+        ):
+            # (A handover that read the registry before a concurrent one marked the token cannot know; a
+            # mark that lapsed is of a handover Lambda ended — whether it sent the token, nobody knows.)
             self.violations.append(
                 f"sent {token} handed over again: the registry knew it was (being) exchanged"
             )
@@ -1320,7 +1334,14 @@ class LineageMachine(RuleBasedStateMachine):
                     self.violations.append(f"erased while {invocation.name} may still store {answered}")
 
     # -- invocations -------------------------------------------------------------------------------
+    def _lambda_ends_what_outlived_its_timeout(self) -> None:
+        for invocation in list(self.parked):
+            if self.clock.monotonic() - invocation.started >= invocation.lifetime:
+                self.parked.remove(invocation)
+                self.dead.append(invocation)
+
     def _run(self, invocation: Invocation) -> None:
+        self._lambda_ends_what_outlived_its_timeout()  # time moves inside invocations too (their waits)
         self.running = invocation
         invocation.step()
         if not invocation.done:
@@ -1340,18 +1361,34 @@ class LineageMachine(RuleBasedStateMachine):
                     f"{invocation.name} dropped {answered} while the grant still held its predecessor"
                 )
 
-    def _start(self, name: str, work: Callable[[], object], park_at: str | None) -> None:
-        invocation = Invocation(name, work, park_at, self.clock.monotonic())
+    def _start(
+        self, name: str, work: Callable[[], object], park_at: str | None, lifetime: float = LAMBDA_LIFETIME
+    ) -> None:
+        self._lambda_ends_what_outlived_its_timeout()
+        invocation = Invocation(name, work, park_at, self.clock.monotonic(), lifetime)
         now = self.clock.now()
-        marked = {digest for digest, (_, until) in self.grants.exchanging.items() if until > now}
-        invocation.registry_read = set(self.grants.handed_tokens) | marked
+        invocation.registry_read = {
+            digest: until.timestamp() for digest, (_, until) in self.grants.exchanging.items() if until > now
+        }
+        invocation.registry_read.update(dict.fromkeys(self.grants.handed_tokens, float("inf")))
         self._run(invocation)
+
+    def _hand_over(self, name: str, tokens: HandedTokens, caller: str, park_at: str | None) -> None:
+        lifetime = HANDOVER_DEADLINE + HANDOVER_MARGIN
+
+        def work() -> Holding:
+            deadline = Deadline.for_invocation(int(lifetime * 1000), HANDOVER_MARGIN)
+            return self.handover.take(caller, tokens, deadline)
+
+        self._start(name, work, park_at, lifetime)
 
     def _hand_over_a_consent(self, park_at: str | None, named: bool, access_lifetime: int) -> str:
         token = self.model.consent(access_lifetime)
-        tokens = HandedTokens(f"act.handed.{token}", token, OPENID if named else None)
-        self._start(
-            f"hand over {token}", lambda: self.handover.take(CALLER, tokens, Deadline.after(30)), park_at
+        self._hand_over(
+            f"hand over {token}",
+            HandedTokens(f"act.handed.{token}", token, OPENID if named else None),
+            CALLER,
+            park_at,
         )
         return token
 
@@ -1371,10 +1408,7 @@ class LineageMachine(RuleBasedStateMachine):
 
     @rule(token=handed, caller=st.sampled_from([CALLER, CALLER, "arn:aws:iam::123456789012:role/other"]))
     def a_handed_refresh_token_is_handed_over_again(self, token: str, caller: str) -> None:
-        tokens = HandedTokens(f"act.handed.{token}", token)
-        self._start(
-            f"hand over {token} again", lambda: self.handover.take(caller, tokens, Deadline.after(30)), None
-        )
+        self._hand_over(f"hand over {token} again", HandedTokens(f"act.handed.{token}", token), caller, None)
 
     @rule(park_at=REFRESH_PARKS, refused_once=st.booleans(), with_use=st.booleans())
     def an_invocation_uses_the_grant(self, park_at: str | None, refused_once: bool, with_use: bool) -> None:
@@ -1396,6 +1430,9 @@ class LineageMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.parked)
     @rule(data=st.data(), dies=st.sampled_from([False, False, False, False, True]))
     def a_stalled_invocation_goes_on_or_dies(self, data: st.DataObject, dies: bool) -> None:
+        self._lambda_ends_what_outlived_its_timeout()
+        if not self.parked:
+            return
         invocation = data.draw(st.sampled_from(self.parked))
         self.parked.remove(invocation)
         if dies:
@@ -1406,10 +1443,7 @@ class LineageMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([1, 20, 61, 61, 61, 300, 16 * 60, 2 * 3600]))
     def time_passes(self, seconds: int) -> None:
         self.clock.advance(seconds)
-        for invocation in list(self.parked):
-            if self.clock.monotonic() - invocation.started >= LAMBDA_LIFETIME:  # Lambda's timeout
-                self.parked.remove(invocation)
-                self.dead.append(invocation)
+        self._lambda_ends_what_outlived_its_timeout()
 
     @rule(
         failure=st.sampled_from(

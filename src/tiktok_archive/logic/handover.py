@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from tiktok_archive.adapters.grant_items import Exchanged
 from tiktok_archive.adapters.grants import Grants, request_grant_id, user_grant_id
+from tiktok_archive.logic.token_refresh import STORE_ATTEMPTS
 from tiktok_archive.logic.tokens import TokenService, handed_access_token
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import (
@@ -39,10 +40,11 @@ from tiktok_archive.models.portability import HandedTokens, TokenGrant
 from tiktok_archive.observability import logger
 
 T = TypeVar("T")
-# A handover marks the refresh token it exchanges until its deadline and this long after (a store begun
-# before the deadline may end in the invocation's margin): until then a concurrent handover of the same
-# token waits for its result. The mark of a handover that died lapses by itself.
-EXCHANGE_OUTLIVES_DEADLINE = timedelta(seconds=30)
+# A handover marks the refresh token it exchanges until Lambda ends its invocation (its deadline plus
+# the margin, in which a store begun before the deadline may still end) and this long after (DynamoDB's
+# clock is not ours): until then a concurrent handover of the same token waits for its result. The mark
+# of a handover that died lapses by itself — once no code of it can run any longer.
+EXCHANGE_OUTLIVES_INVOCATION = timedelta(seconds=30)
 # How long a handover waits for a concurrent one's exchange of the same token before answering
 # ``token_refresh_in_progress`` (the caller sends the same body again).
 WAIT_FOR_CONCURRENT_HANDOVER_SECONDS = 6.0
@@ -116,11 +118,7 @@ class TokenHandover:
         if holding.grant_id is None:
             self._grants.end_exchange(digest, owner)  # the tokens wait for their request's own grant
             return holding
-        try:
-            self._grants.remember_handed(digest, holding.grant_id, caller)
-        except ServiceError as error:
-            logger.warning("handed-over token not remembered", extra=error.log_fields())
-            self._grants.end_exchange(digest, owner)
+        self._remember(digest, holding.grant_id, caller, deadline)
         return holding
 
     def act(self, holding: Holding, deadline: Deadline, use: Callable[[str], T]) -> T:
@@ -158,7 +156,7 @@ class TokenHandover:
             RecordStoreError: DynamoDB failed (nothing was sent to TikTok).
         """
         waited = Deadline.after(min(WAIT_FOR_CONCURRENT_HANDOVER_SECONDS, max(0.0, deadline.remaining())))
-        lease = timedelta(seconds=max(0.0, deadline.remaining())) + EXCHANGE_OUTLIVES_DEADLINE
+        lease = timedelta(seconds=max(0.0, deadline.invocation_left())) + EXCHANGE_OUTLIVES_INVOCATION
         while True:
             found = self._grants.handed(digest)
             if isinstance(found, Exchanged):
@@ -174,6 +172,28 @@ class TokenHandover:
                     "body again in a moment"
                 )
             time.sleep(0.25)
+
+    def _remember(self, digest: str, grant_id: str, caller: str, deadline: Deadline) -> None:
+        """Remember the grant an exchanged token went into, tried up to :data:`STORE_ATTEMPTS` times.
+
+        Never raises: the tokens are kept, so the handover succeeded. When the registry cannot be
+        written, the token's exchange mark is left to lapse by itself (it is never ended here: TikTok
+        rotated the token, and a mark dropped would let the same token be sent again). Until it lapses
+        the same token handed over again is answered ``token_refresh_in_progress``; afterwards TikTok
+        refuses it (``reauthorization_required``).
+        """
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                self._grants.remember_handed(digest, grant_id, caller)
+                return
+            except ServiceError as error:
+                if attempt == STORE_ATTEMPTS or not deadline.take_attempt():
+                    logger.warning(
+                        "handed-over token not remembered; its exchange mark lapses by itself",
+                        extra=error.log_fields(),
+                    )
+                    return
+                logger.warning("handed-over token not remembered; trying again", extra=error.log_fields())
 
     def _keep_fresh(
         self, caller: str, handed: HandedTokens, fresh: TokenGrant, deadline: Deadline

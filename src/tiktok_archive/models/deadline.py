@@ -32,11 +32,13 @@ class Deadline:
         *,
         unit: Deadline | None = None,
         priority: Priority = Priority.CHECK,
+        ends_at: float | None = None,
     ) -> None:
         self._at = at
         self._attempts = attempts
         self._unit = unit  # whose attempts this one draws (a shorter deadline of the same unit)
         self._priority = priority
+        self._ends_at = at if ends_at is None else max(at, ends_at)  # when Lambda ends the invocation
 
     def unit(self, attempts: int, priority: Priority = Priority.CHECK) -> Deadline:
         """A unit of work on this deadline (the same moment) that may make ``attempts`` attempts.
@@ -44,7 +46,7 @@ class Deadline:
         ``priority``: its share of TikTok's quota (:mod:`tiktok_quota`); the lowest unless the handler,
         which knows what the unit is (an API route, a worker job, a lifecycle message), says otherwise.
         """
-        return Deadline(self._at, max(1, attempts), priority=priority)
+        return Deadline(self._at, max(1, attempts), priority=priority, ends_at=self._ends_at)
 
     def within(self, seconds: float) -> Deadline:
         """The same unit, its deadline brought no later than ``seconds`` from now (its attempts shared).
@@ -52,7 +54,9 @@ class Deadline:
         For a part of the work that must end sooner (a refresh within its lease): what it tries draws
         from the unit's count of attempts, as the rest of the unit's work does.
         """
-        return Deadline(min(self._at, time.monotonic() + seconds), unit=self._unit or self)
+        return Deadline(
+            min(self._at, time.monotonic() + seconds), unit=self._unit or self, ends_at=self._ends_at
+        )
 
     def take_attempt(self) -> bool:
         """Spend one of the unit's attempts; False (nothing spent) when none is left."""
@@ -83,11 +87,20 @@ class Deadline:
     @classmethod
     def for_invocation(cls, remaining_ms: int, margin_seconds: float) -> Deadline:
         """The deadline of an invocation with ``remaining_ms`` left, stopping ``margin_seconds`` early."""
-        return cls.after(remaining_ms / 1000 - margin_seconds)
+        now = time.monotonic()
+        return cls(now + remaining_ms / 1000 - margin_seconds, ends_at=now + remaining_ms / 1000)
 
     def remaining(self) -> float:
         """Seconds left (negative once passed)."""
         return self._at - time.monotonic()
+
+    def invocation_left(self) -> float:
+        """Seconds until Lambda ends the invocation (the deadline plus its margin).
+
+        No code of the invocation runs later: a mark that must outlive whatever it still does lasts at
+        least this long.
+        """
+        return self._ends_at - time.monotonic()
 
     def expired(self) -> bool:
         """Whether the deadline has passed."""
