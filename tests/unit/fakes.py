@@ -64,7 +64,7 @@ from tiktok_archive.models.download_record import (
     RecordedError,
 )
 from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, ServiceError
-from tiktok_archive.models.messages import LifecycleMessage, StatusCheck
+from tiktok_archive.models.messages import ArchiveReadyWork, LifecycleMessage, StatusCheck
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
 from tiktok_archive.models.record_lifecycle import Event, Fields, ending, transition
 from tiktok_archive.models.tiktok_quota import (
@@ -842,6 +842,12 @@ class FakeDownloadRecords(DownloadRecords):
         )
         return failed.record if isinstance(failed, Unchanged) else failed
 
+    def unclaim(self, claim: Claimed) -> DownloadRecord:
+        given = self._apply(
+            "unclaim", Event.UNCLAIM, claim.record.request_id, lambda base: base, lease_owner=claim.owner
+        )
+        return given.record if isinstance(given, Unchanged) else given
+
 
 def _cleared(record: DownloadRecord, groups: frozenset[Fields]) -> DownloadRecord:
     """``record`` without the fields of ``groups``, as the adapter's ``REMOVE`` leaves it."""
@@ -927,6 +933,7 @@ class FakeDownloadJobs(DownloadJobs):
         self._journal = journal
         self.sent: list[tuple[int, str]] = []
         self.for_grant: list[int] = []
+        self.ready: list[ArchiveReadyWork] = []
         self.faults = Faults()
 
     def send(self, request_id: int, access_token: str) -> str:
@@ -939,6 +946,11 @@ class FakeDownloadJobs(DownloadJobs):
         self._journal.note("jobs.send_for_grant")
         self.faults.check("send_for_grant")
         self.for_grant.append(request_id)
+
+    def send_ready(self, work: ArchiveReadyWork) -> None:
+        self._journal.note("jobs.send_ready")
+        self.faults.check("send_ready")
+        self.ready.append(work)
 
 
 class FakeEvents(DownloadEvents):

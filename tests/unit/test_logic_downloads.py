@@ -28,6 +28,7 @@ from tiktok_archive.adapters.grant_items import Grant
 from tiktok_archive.adapters.grants import user_grant_id
 from tiktok_archive.adapters.record_writes import Claimed
 from tiktok_archive.adapters.s3_archive_store import PartListener
+from tiktok_archive.adapters.tiktok.budget import budget_exhausted
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
 from tiktok_archive.logic.caller_downloads import CallerDownloads
 from tiktok_archive.logic.claimed_download import (
@@ -61,6 +62,7 @@ from tiktok_archive.models.tiktok_errors import (
     UpstreamStreamBrokenError,
     UpstreamUnavailableError,
 )
+from tiktok_archive.models.tiktok_quota import Endpoint
 
 REQUEST_ID = 7_234_567_890_123_456_789
 SIBLING_ID = 7_234_567_890_123_450_000
@@ -628,40 +630,112 @@ def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world:
     assert world.events.detail_types == ["Download Failed"]
 
 
+def refused_download() -> TikTokApiError:
+    """TikTok's download answer for a request that is not downloadable with this token (the emulator's)."""
+    return TikTokApiError(
+        "invalid_params", "TikTok refused: invalid_params", log_id="202612", upstream_status=400
+    )
+
+
+def test_a_grant_job_downloads_without_asking_tiktoks_status_first(world: World) -> None:
+    # Given a queued request of the user's grant (TikTok said it is ready: that is why it was queued)
+    world.given_requested(status=DownloadStatus.QUEUED)
+
+    # When the worker runs the job
+    world.job(DownloadJob(REQUEST_ID, from_grant=True))
+
+    # Then the archive is stored with no Check Status call (at scale it would compete with the checks)
+    assert world.record.status is DownloadStatus.COMPLETED
+    assert world.tiktok.checks.count == 0
+    assert len(world.transfer.runs) == 1
+
+
 @pytest.mark.parametrize(
-    ("answer", "status", "event"),
+    ("answer", "status", "event", "code"),
     [
-        (RequestStatus(REQUEST_ID, "expired"), DownloadStatus.EXPIRED, "Request Expired"),
-        (RequestStatus(REQUEST_ID, "cancelled"), DownloadStatus.CANCELLED, "Request Cancelled"),
-        (None, DownloadStatus.FAILED, "Download Failed"),  # TikTok no longer confirms the request
+        (RequestStatus(REQUEST_ID, "expired"), DownloadStatus.EXPIRED, "Request Expired", "request_expired"),
+        (
+            RequestStatus(REQUEST_ID, "cancelled"),
+            DownloadStatus.CANCELLED,
+            "Request Cancelled",
+            "request_cancelled",
+        ),
+        # TikTok no longer confirms the request
+        (None, DownloadStatus.FAILED, "Download Failed", "not_found"),
         (
             TikTokApiError(
                 "scope_not_authorized", "TikTok refused: scope", log_id="202611", upstream_status=401
             ),
             DownloadStatus.FAILED,
             "Download Failed",
+            "scope_not_authorized",
         ),
     ],
 )
-def test_a_queued_job_refused_for_good_before_its_download_ends_its_record_and_its_grant(
-    world: World, answer: RequestStatus | TikTokApiError | None, status: DownloadStatus, event: str
+def test_a_grant_job_whose_download_tiktok_refuses_ends_as_its_status_says(
+    world: World, answer: RequestStatus | TikTokApiError | None, status: DownloadStatus, event: str, code: str
 ) -> None:
-    # Given a queued request whose status TikTok now answers with an end (expired, cancelled, unknown,
-    # a scope withdrawn) — permanent: the message is acknowledged, nothing would check it again
+    # Given a queued request whose download TikTok refuses (invalid_params: expired, cancelled, not the
+    # user's …) and whose status then says why — permanent: the message is acknowledged
     world.given_requested(status=DownloadStatus.QUEUED)
+
+    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise refused_download()
+
+    world.transfer.during = refused
     world.tiktok.checks.then(answer)
 
     # When the worker runs the job
     with pytest.raises(ServiceError) as raised:
         world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
-    # Then the record says how it ended and one event tells the backend; nothing was downloaded, and the
-    # service holds the user's tokens no longer
-    assert not raised.value.is_transient
+    # Then the error is TikTok's explanation, the record says how it ended, one event tells the backend,
+    # and the service holds the user's tokens no longer
+    assert (raised.value.error_code, raised.value.is_transient) == (code, False)
+    assert world.tiktok.checks.count == 1
     assert world.record.status is status
     assert world.events.detail_types == [event]
-    assert world.transfer.runs == []
     assert world.grants.items == {}
+
+
+def test_a_refused_grant_download_whose_status_check_the_quota_defers_comes_back(world: World) -> None:
+    # Given a grant job whose download TikTok refuses, and the explanation deferred by the quota
+    world.given_requested(status=DownloadStatus.QUEUED)
+
+    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise refused_download()
+
+    world.transfer.during = refused
+    world.tiktok.checks.then(budget_exhausted(Endpoint.CHECK, 4.0))
+
+    # When the worker runs the job
+    with pytest.raises(TikTokBudgetExhaustedError):
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
+
+    # Then nothing ended: the job comes back (the deferral is no outcome), the grant is kept
+    assert world.record.status is DownloadStatus.FAILED
+    assert world.events.detail_types == []
+    assert GRANT in world.grants.items
+
+
+def test_a_grant_job_whose_download_tiktok_refuses_otherwise_asks_no_status(world: World) -> None:
+    world.given_requested(status=DownloadStatus.QUEUED)
+    scope = TikTokApiError(
+        "scope_not_authorized", "TikTok refused: scope", log_id="2026", upstream_status=401
+    )
+
+    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise scope
+
+    world.transfer.during = refused
+
+    with pytest.raises(TikTokApiError) as raised:
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
+
+    assert raised.value is scope
+    assert world.tiktok.checks.count == 0
+    assert world.record.status is DownloadStatus.FAILED
+    assert world.events.detail_types == ["Download Failed"]
 
 
 def test_a_grant_job_whose_download_fails_for_good_releases_the_grant(world: World) -> None:
@@ -705,7 +779,6 @@ def test_a_grant_job_whose_token_tiktok_refuses_mid_download_is_retried_with_a_r
 ) -> None:
     # Given a queued request whose stored access token TikTok refuses when the archive is fetched
     world.given_requested(status=DownloadStatus.QUEUED)
-    world.tiktok.checks.then(ready()).then(ready())
     world.tiktok.refreshes.then(refreshed())
     refused = TikTokApiError("access_token_invalid", "expired", log_id="L1", upstream_status=401)
 
@@ -718,9 +791,36 @@ def test_a_grant_job_whose_token_tiktok_refuses_mid_download_is_retried_with_a_r
     # When the worker runs its job
     answer = world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
-    # Then the grant was refreshed and the download made again with the new token
+    # Then the grant was refreshed and the download made again with the new token; the refusal was the
+    # token's, not the download's: the claim was given back (no failure recorded, no event but the end)
     assert answer.record.status is DownloadStatus.COMPLETED
     assert [run.access_token for run in world.transfer.runs] == ["access-stored", "access-fresh"]
+    assert world.events.detail_types == ["Download Completed"]
+    assert world.tiktok.checks.count == 0
+    assert world.journal.calls.count("records.unclaim") == 1
+    assert "records.fail" not in world.journal.calls
+
+
+def test_a_grant_job_whose_refreshed_token_tiktok_refuses_too_fails_once(world: World) -> None:
+    # Given a queued request whose tokens TikTok refuses for the download, stored and refreshed alike
+    world.given_requested(status=DownloadStatus.QUEUED)
+    world.tiktok.refreshes.then(refreshed())
+
+    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise TikTokApiError("access_token_invalid", "revoked", log_id="L2", upstream_status=401)
+
+    world.transfer.during = refused
+
+    # When the worker runs its job
+    with pytest.raises(TikTokApiError):
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
+
+    # Then the record failed for good once, one event says so, and the grant is released
+    assert world.record.status is DownloadStatus.FAILED
+    assert world.record.error is not None
+    assert world.record.error.code == "access_token_invalid"
+    assert world.events.detail_types == ["Download Failed"]
+    assert world.grants.items == {}
 
 
 # -- TikTok's window is over, the archive is still kept ---------------------------------------------
@@ -766,12 +866,11 @@ def test_a_repeat_of_a_stored_download_with_a_refresh_token_keeps_no_grant(world
 
 
 # -- one deadline per invocation ----------------------------------------------------------------------
-def test_a_slow_refresh_and_owner_check_do_not_move_the_transfers_deadline(world: World) -> None:
+def test_a_slow_refresh_does_not_move_the_transfers_deadline(world: World) -> None:
     # Given an invocation with 40 s of work left, a queued request whose token must be refreshed first
-    # (TikTok takes 8 s to answer the refresh) and whose owner check is slow (8 s more)
+    # (TikTok takes 16 s to answer the refresh)
     world.given_requested(access_left=timedelta(minutes=5))
-    world.tiktok.refreshes.then(refreshed(), meanwhile=lambda: world.clock.advance(8))
-    world.tiktok.checks.then(ready(), meanwhile=lambda: world.clock.advance(8))
+    world.tiktok.refreshes.then(refreshed(), meanwhile=lambda: world.clock.advance(16))
     deadline = Deadline.after(40)
 
     # When the worker runs the job
@@ -781,3 +880,16 @@ def test_a_slow_refresh_and_owner_check_do_not_move_the_transfers_deadline(world
     (given,) = world.transfer.deadlines
     assert given is deadline
     assert given.remaining() == pytest.approx(40 - 16)
+
+
+def test_a_slow_owner_check_does_not_move_the_transfers_deadline(world: World) -> None:
+    # Given a backend's own queue message (its token in clear: TikTok confirms the owner first), the
+    # owner check taking 8 s of an invocation's 40
+    world.tiktok.checks.then(ready(), meanwhile=lambda: world.clock.advance(8))
+    deadline = Deadline.after(40)
+
+    world.queued_downloads.run(DownloadJob(REQUEST_ID, access_token="act.backend"), deadline)
+
+    (given,) = world.transfer.deadlines
+    assert given is deadline
+    assert given.remaining() == pytest.approx(40 - 8)

@@ -74,6 +74,7 @@ def _writes(records: DownloadRecords) -> dict[str, Callable[[], object]]:
         "report_progress": lambda: records.report_progress(claim, Progress(1, 1, 1.0, now)),
         "complete": lambda: records.complete(claim, 5, "AAAAAA=="),
         "fail": lambda: records.fail(claim, error),
+        "unclaim": lambda: records.unclaim(claim),
     }
 
 

@@ -268,6 +268,17 @@ class DownloadRecords(RecordSchedule):
         values = {":expires": epoch_value(_now() + self._retention), **error_values(error)}
         return self._finish(Event.FAIL, claim, ["expires_at = :expires", *error_sets(error)], values)
 
+    def unclaim(self, claim: Claimed) -> DownloadRecord:
+        """Give a claim back before its download began: the record is ``queued`` again, nothing else changed.
+
+        Returns:
+            the queued record — or the record as it is when the claim was lost meanwhile.
+
+        Raises:
+            RecordStoreError: DynamoDB failed.
+        """
+        return self._finish(Event.UNCLAIM, claim, [], {})
+
     def abandon(self, request_id: int, error: ServiceError) -> None:
         """A queued download whose message could not be sent: record it failed (never raises)."""
         try:

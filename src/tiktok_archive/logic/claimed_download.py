@@ -25,10 +25,11 @@ from tiktok_archive.logic.grant_release import release_grant
 from tiktok_archive.logic.ownership import (
     EXPIRED_MESSAGE,
     NOT_FOUND_MESSAGE,
+    NOT_OWNED,
     confirm_owner,
     require_ready,
 )
-from tiktok_archive.logic.tokens import TokenService
+from tiktok_archive.logic.tokens import INVALID_TOKEN, TokenService
 from tiktok_archive.logic.transfer import ArchiveTransfer
 from tiktok_archive.models.clock import utc_now
 from tiktok_archive.models.deadline import Deadline
@@ -50,7 +51,7 @@ from tiktok_archive.models.errors import (
     ServiceError,
     UnexpectedError,
 )
-from tiktok_archive.models.tiktok_errors import TikTokBudgetExhaustedError
+from tiktok_archive.models.tiktok_errors import TikTokApiError, TikTokBudgetExhaustedError
 from tiktok_archive.observability import logger
 
 # A claim outlives its invocation's deadline by this much, then lapses by itself: a crashed or killed
@@ -58,6 +59,11 @@ from tiktok_archive.observability import logger
 LEASE_GRACE_SECONDS = 5
 # A running download records its progress at most this often.
 PROGRESS_EVERY_SECONDS = 3.0
+# The record's end when TikTok's status explains a refused download.
+_ENDED_BY: dict[type[ServiceError], DownloadStatus] = {
+    RequestExpiredError: DownloadStatus.EXPIRED,
+    RequestCancelledError: DownloadStatus.CANCELLED,
+}
 
 
 class ClaimedDownload:
@@ -85,11 +91,26 @@ class ClaimedDownload:
         self._events = events
         self._tokens = tokens
 
-    def run(self, request: DownloadRequest, owner: Owner, deadline: Deadline, *, link: bool) -> Answer:
+    def run(
+        self,
+        request: DownloadRequest,
+        owner: Owner,
+        deadline: Deadline,
+        *,
+        link: bool,
+        known_ready: bool = False,
+    ) -> Answer:
         """Download ``request``'s archive for ``owner`` under the record's claim, once TikTok confirmed both.
 
         ``link``: the answer carries a presigned link (the API's), and a request that ended is an error;
         without (the worker's), the record is answered as it is.
+
+        ``known_ready``: TikTok said so already — the service added the request with its user's grant
+        (TikTok answered that user with this ``request_id``) and TikTok announced it ready (a status check
+        saw ``downloading``, its signed webhook said ``download.ready``, or ``POST /downloads`` confirmed
+        it). Then the download is asked for at once, without a Check Status call first (at scale, that
+        call competes with the status checks for the same endpoint's quota); only when TikTok refuses
+        the download does Check Status say why (expired, cancelled, not the user's).
 
         Returns:
             the completed record (with a link when asked); or the record as it is when it was stored
@@ -103,9 +124,10 @@ class ClaimedDownload:
             DownloadInProgressError: another invocation holds the download (409, with Retry-After).
             ServiceError: the download failed; the record says so and an event was published.
         """
-        stored = self.stored_or_ready(request, owner, deadline)
-        if stored is not None:
-            return self._held(stored, request, link=link)
+        if not known_ready:
+            stored = self.stored_or_ready(request, owner, deadline)
+            if stored is not None:
+                return self._held(stored, request, link=link)
         bucket, key = self._transfer.location(request.request_id)
         lease = timedelta(seconds=max(0.0, deadline.remaining()) + LEASE_GRACE_SECONDS)
         claim = self._records.claim(request.request_id, bucket, key, lease, owner)
@@ -118,8 +140,19 @@ class ClaimedDownload:
         try:
             result = self._transfer.run(request, deadline, reporter)
         except ServiceError as error:
-            self._finish_failed(claim, error)
-            raise
+            if known_ready and isinstance(error, TikTokApiError) and error.error_code == INVALID_TOKEN:
+                # TikTok refused the token, not the download: the record is as before (``use`` of
+                # :meth:`TokenService.with_access_token` changes nothing TikTok did not accept).
+                try:
+                    self._records.unclaim(claim)
+                except RecordStoreError as store_error:  # the claim lapses by itself
+                    logger.warning("claim not given back", extra=store_error.log_fields())
+                raise
+            explained = self._explained(request, owner, deadline, error) if known_ready else error
+            self._finish_failed(claim, explained)
+            if explained is error:
+                raise
+            raise explained from None
         except Exception:
             self._finish_failed(claim, UnexpectedError("internal error"))
             raise
@@ -204,8 +237,31 @@ class ClaimedDownload:
         if record.grant_id is not None:
             release_grant(self._records, self._tokens(), record)
 
+    def _explained(
+        self, request: DownloadRequest, owner: Owner, deadline: Deadline, error: ServiceError
+    ) -> ServiceError:
+        """Why TikTok refused to download a request it had said was ready: its Check Status says.
+
+        TikTok's download answers ``invalid_params`` alike for a request that expired, was cancelled or
+        is not the token's user's; any other failure is its own explanation.
+        """
+        if not (isinstance(error, TikTokApiError) and error.error_code == NOT_OWNED):
+            return error
+        try:
+            self.stored_or_ready(request, owner, deadline)
+        except ServiceError as explanation:
+            logger.info("TikTok refused the download", extra=explanation.log_fields())
+            return explanation
+        return error
+
     def _finish_failed(self, claim: Claimed, error: ServiceError) -> None:
         try:
+            if isinstance(error, RequestExpiredError | RequestCancelledError):
+                ended = self._records.end(claim.record.request_id, _ENDED_BY[type(error)])
+                if not isinstance(ended, Unchanged):
+                    self._events.publish(ended)
+                    self.release(ended)
+                return
             record = self._records.fail(claim, error)
         except RecordStoreError as store_error:
             logger.error("download failure not recorded", extra=store_error.log_fields())

@@ -93,7 +93,11 @@ class QueuedDownloads:
             raise
 
     def _download_with_grant(self, request_id: int, deadline: Deadline) -> Answer:
-        """A request the lifecycle queued: its user's stored grant provides the token."""
+        """A request the service queued: its user's stored grant provides the token.
+
+        Every such job follows TikTok's word that the request is ready (see ``known_ready`` of
+        :meth:`ClaimedDownload.run`): the download is asked for without a Check Status call first.
+        """
         record = self._records.get(request_id)
         if record is None or record.grant_id is None:
             raise DownloadNotFoundError("no request added with POST /requests has this request_id")
@@ -108,7 +112,9 @@ class QueuedDownloads:
         return self._tokens().with_access_token(
             record.grant_id,
             deadline,
-            lambda token: self._download.run(DownloadRequest(request_id, token), owner, deadline, link=False),
+            lambda token: self._download.run(
+                DownloadRequest(request_id, token), owner, deadline, link=False, known_ready=True
+            ),
         )
 
     def _end_queued(self, request_id: int, error: ServiceError) -> None:

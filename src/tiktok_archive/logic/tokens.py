@@ -39,7 +39,8 @@ T = TypeVar("T")
 FRESH_FOR = timedelta(minutes=20)
 # A caller's access token's lifetime is unknown: TikTok's pages say 2 hours; count from when it was given.
 ASSUMED_ACCESS_LIFETIME = timedelta(hours=2)
-_INVALID_TOKEN = "access_token_invalid"  # noqa: S105 - TikTok's error code
+# TikTok's refusal of an access token (revoked, or expired before its time).
+INVALID_TOKEN = "access_token_invalid"  # noqa: S105 - TikTok's error code
 
 
 class TokenService:
@@ -144,7 +145,7 @@ class TokenService:
         try:
             return use(token)
         except TikTokApiError as error:
-            if error.error_code != _INVALID_TOKEN:
+            if error.error_code != INVALID_TOKEN:
                 raise
         latest = existing_grant(self._grants, grant_id)
         stored = self._seals.access_token(latest) if latest.sealed_access_token else None

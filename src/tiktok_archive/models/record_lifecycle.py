@@ -64,6 +64,7 @@ class Event(StrEnum):
     PROGRESS = "progress"
     COMPLETE = "complete"
     FAIL = "fail"
+    UNCLAIM = "unclaim"
     EXPIRE = "expire"
     CANCEL = "cancel"
     REVOKE = "revoke"
@@ -183,6 +184,14 @@ TRANSITIONS: dict[Event, Transition] = {
             "download failed",
             guard=CLAIM,
             clears=frozenset({Fields.LEASE, Fields.PROGRESS}),
+        ),
+        Transition(
+            Event.UNCLAIM,
+            (_P,),
+            _Q,
+            "TikTok refused the token before the download began",
+            guard=CLAIM,
+            clears=frozenset({Fields.LEASE_OWNER, Fields.PROGRESS}),
         ),
         Transition(
             Event.EXPIRE, _NOT_ENDED, DownloadStatus.EXPIRED, "TikTok's window closed", clears=_ENDING

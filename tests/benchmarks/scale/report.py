@@ -45,6 +45,7 @@ class Figures:
     refused: int
     p50: float | None
     p99: float | None
+    p99_up: float | None  # from when TikTok could serve it (not from inside one of its outages)
     peak_waiting: int
     per_archive: dict[str, float]
     cost_per_1000: dict[str, float]
@@ -114,6 +115,7 @@ def summarise(result: Result) -> Figures:
         sum(sum(series) for series in result.refused.values()),
         percentile(result.ready_to_stored, 0.50),
         percentile(result.ready_to_stored, 0.99),
+        percentile(result.servable_to_stored, 0.99),
         max((count for _, count in result.waiting), default=0),
         per_archive,
         cost,

@@ -92,6 +92,8 @@ class Result:
     calls: dict[str, list[int]]
     refused: dict[str, list[int]]
     ready_to_stored: list[float]
+    # The same from when TikTok could serve the archive (ready during an outage: from the outage's end).
+    servable_to_stored: list[float]
     billing: dict[str, Billing]
     counts: dict[str, int]
     archives: int
@@ -203,7 +205,7 @@ def use_cases(world: World) -> UseCases:
         StatusChecks(world.tiktok, records, tokens, events, lifecycle, lambda: jobs, schedule, floor.seconds),
         ArchiveReady(records, events, lambda: jobs),
         QueuedDownloads(claimed, records, events, lambda: vault, lambda: tokens),
-        WebhookReceiver(lambda: app, lambda: deliveries, lambda: lifecycle),
+        WebhookReceiver(lambda: app, lambda: deliveries, lambda: lifecycle, lambda: jobs),
         Sweep(records, lifecycle, floor, budget),
         schedule,
         budget,
@@ -245,6 +247,7 @@ class Run:
         }
         self.handed: dict[int, tuple[str, str]] = {}
         self.ready_at: dict[int, float] = {}
+        self.servable_at: dict[int, float] = {}  # ready, and TikTok up: the end of an outage it fell in
         self.stored: dict[int, float] = {}
         self.outcomes: dict[str, int] = {}
         self.waiting: list[tuple[float, int]] = []
@@ -285,6 +288,7 @@ class Run:
     # -- TikTok's webhook -------------------------------------------------------------------------
     def archive_prepared(self, request_id: int, at: float) -> None:
         self.ready_at[request_id] = at
+        self.servable_at[request_id] = self.world.model.in_outage(at) or at
         if not self.world.scenario.webhooks:
             return
         delay = self.world.rng.uniform(1, 10)
@@ -344,8 +348,11 @@ class Run:
     # -- the worker (handlers/worker.py) ------------------------------------------------------------
     def download_message(self, message: Message, invocation: Invocation, now: float) -> Outcome:
         world = self.world
-        job: DownloadJob = message.body
+        job: DownloadJob | ArchiveReadyWork = message.body
         world.meter.start()
+        if isinstance(job, ArchiveReadyWork):  # TikTok's ready webhook: the download queued at once
+            self.count(f"ready webhook {self.cases.archive_ready.queue(job)}")
+            return Outcome(world.meter.seconds(), None)
         back: float | None = None
         try:
             self.cases.queued_downloads.run(job, invocation.deadline.unit(UNIT_ATTEMPTS, Priority.DOWNLOAD))
@@ -425,6 +432,7 @@ def run(scenario: Scenario) -> Result:
         world.model.log.calls,
         world.model.log.refused,
         [simulation.stored[i] - ready for i, ready in simulation.ready_at.items() if i in simulation.stored],
+        [simulation.stored[i] - up for i, up in simulation.servable_at.items() if i in simulation.stored],
         simulation.billing,
         dict(world.journal.counts),
         len(simulation.stored),
