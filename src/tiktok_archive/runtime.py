@@ -109,7 +109,7 @@ def webhook_receiver() -> WebhookReceiver:
     """TikTok's webhook deliveries, verified, recorded and queued."""
     from tiktok_archive.logic.webhooks import WebhookReceiver
 
-    return WebhookReceiver(app_credentials, webhook_deliveries, lifecycle_queue, download_jobs)
+    return WebhookReceiver(app_credentials, webhook_deliveries, lifecycle_queue)
 
 
 @functools.cache

@@ -139,10 +139,10 @@ def token_vault() -> TokenVault:
 
 @functools.cache
 def download_jobs() -> DownloadJobs:
-    """The download queue (built on first use; its KMS key when a token is first sealed).
+    """The queue of async downloads (built on first use).
 
     Raises:
-        ConfigurationError: ``DOWNLOAD_QUEUE_URL`` is not set (``TOKEN_KMS_KEY_ID``: when sealing).
+        ConfigurationError: ``DOWNLOAD_QUEUE_URL`` or ``TOKEN_KMS_KEY_ID`` is not set.
     """
     from tiktok_archive.adapters.download_jobs import DownloadJobs
 
@@ -151,7 +151,7 @@ def download_jobs() -> DownloadJobs:
         raise ConfigurationError(
             "DOWNLOAD_QUEUE_URL is required for queued downloads (Prefer: respond-async)"
         )
-    return DownloadJobs(_small_calls_client("sqs"), token_vault, config.download_queue_url)
+    return DownloadJobs(_small_calls_client("sqs"), token_vault(), config.download_queue_url)
 
 
 @functools.cache

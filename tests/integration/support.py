@@ -450,15 +450,6 @@ def run_taken(
     return result
 
 
-def run_ready(resources: Resources) -> dict[str, Any]:
-    """Run TikTok's ready webhook's work waiting on the download queue, as Lambda would run the worker."""
-    work = take_messages(resources, "DownloadQueue", "webhook")
-    assert [json.loads(message["body"])["event"] for message in work] == ["portability.download.ready"]
-    result = call_worker(work)
-    acknowledge(resources, "DownloadQueue", work, result)
-    return result
-
-
 def hide_from_indexes(resources: Resources, request_id: int) -> dict[str, Any]:
     """Make a record invisible to the user indexes, as a write the index has not caught up with yet.
 

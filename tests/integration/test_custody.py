@@ -79,7 +79,6 @@ from tests.integration.support import (
     record,
     records,
     run_lifecycle_message,
-    run_ready,
     run_taken,
     second_pass,
     sqs_record,
@@ -811,7 +810,7 @@ def test_delete_users_erases_the_user_under_the_caller_at_tiktok_too_and_is_idem
         create_time=int(time.time()),
     )
     deliver(ready)
-    run_ready(resources)
+    run_taken(resources, take_messages(resources, "LifecycleQueue", "webhook"))
     assert (status_of(resources, unknown_user), record(resources, unknown_user)["user_openid"]["S"]) == (
         "queued",
         user["open_id"],

@@ -38,7 +38,6 @@ from tests.integration.support import (
     open_uploads,
     receive,
     run_lifecycle_message,
-    run_ready,
     second_pass,
     stored_keys,
     take_messages,
@@ -62,11 +61,7 @@ def signed(raw: bytes, *, secret: str = SECRET, at: float | None = None) -> str:
 
 def nothing_done(resources: Resources) -> bool:
     deliveries = resources.client("dynamodb").scan(TableName=resources.local.ref("WebhookDeliveriesTable"))
-    return (
-        deliveries["Items"] == []
-        and receive(resources, "LifecycleQueue", wait_seconds=0) == []
-        and receive(resources, "DownloadQueue", wait_seconds=0) == []
-    )
+    return deliveries["Items"] == [] and receive(resources, "LifecycleQueue", wait_seconds=0) == []
 
 
 def run_lifecycle(resources: Resources) -> None:
@@ -86,10 +81,8 @@ def test_a_valid_delivery_is_acknowledged_fast_and_its_work_queued(
 
     assert (answer.status, answer.body) == (200, {"status": "queued"})
     assert took < 1.0  # one secret read, one write, one message
-    # on the download queue: a ready archive waits behind no status check of the lifecycle queue
-    [work] = receive(resources, "DownloadQueue")
+    [work] = receive(resources, "LifecycleQueue")
     assert json.loads(work["body"])["event"] == "portability.download.ready"
-    assert receive(resources, "LifecycleQueue", wait_seconds=0) == []
 
 
 def test_a_base64_encoded_body_is_verified_on_its_bytes(configure: Configure, resources: Resources) -> None:
@@ -159,7 +152,7 @@ def test_duplicates_do_the_work_once(configure: Configure, resources: Resources)
     answers = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(3)]
 
     assert [a.body["status"] for a in answers] == ["queued", "duplicate", "duplicate"]
-    assert len(receive(resources, "DownloadQueue")) == 1
+    assert len(receive(resources, "LifecycleQueue")) == 1
 
 
 def test_a_delivery_whose_first_arrival_is_still_queueing_is_503_then_queued_once_that_one_died(
@@ -189,13 +182,13 @@ def test_a_delivery_whose_first_arrival_is_still_queueing_is_503_then_queued_onc
     # When TikTok delivers it again; Then it is not acknowledged (that invocation may still die)
     again = call_webhook(webhook_event(raw, signed(raw)))
     assert (again.status, again.body["error"]["code"]) == (503, "delivery_in_flight")
-    assert receive(resources, "DownloadQueue", wait_seconds=0) == []
+    assert receive(resources, "LifecycleQueue", wait_seconds=0) == []
 
     # And once that invocation is older than any webhook invocation lives, the next delivery queues the work
     recorded(seconds_ago=webhook_deliveries.STUCK_AFTER.total_seconds() + 5)
     later = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(2)]
     assert [a.body["status"] for a in later] == ["queued", "duplicate"]
-    assert len(receive(resources, "DownloadQueue")) == 1
+    assert len(receive(resources, "LifecycleQueue")) == 1
 
 
 # -- portability.download.ready -------------------------------------------------------------------------
@@ -207,12 +200,12 @@ def test_download_ready_queues_a_waiting_request_at_once_and_stops_its_checks(
     request_id = added(user)
     resources.events()
 
-    # When TikTok announces it ready (and it is), the worker does the work, and the pending check comes
+    # When TikTok announces it ready (and it is), and the lifecycle does the work
     emulator.advance_clock(3600)
     raw = delivery("portability.download.ready", {"request_id": request_id}, user["open_id"])
     assert call_webhook(webhook_event(raw, signed(raw))).body["status"] == "queued"
     checks_before = emulator.stats()["calls"].get("check", 0)
-    assert run_ready(resources) == {"batchItemFailures": []}
+    run_lifecycle(resources)
     run_lifecycle(resources)
 
     # Then the download is queued without a status check, and the pending check does nothing
@@ -232,7 +225,7 @@ def test_download_ready_for_an_unknown_request_is_acknowledged_and_logged(
     raw = delivery("portability.download.ready", {"request_id": new_request_id()})
 
     assert call_webhook(webhook_event(raw, signed(raw))).status == 200
-    run_ready(resources)
+    run_lifecycle(resources)
 
     assert logs.find("TikTok announced an archive ready for a request this service does not know")
     assert resources.client("dynamodb").scan(TableName=resources.table)["Items"] == []
@@ -254,7 +247,7 @@ def test_download_ready_for_a_stored_archive_downloads_nothing_and_records_tikto
     # When TikTok announces it ready, naming its user
     raw = delivery("portability.download.ready", {"request_id": request_id}, owner)
     assert call_webhook(webhook_event(raw, signed(raw))).status == 200
-    run_ready(resources)
+    run_lifecycle(resources)
 
     # Then nothing is downloaded, queued or published; the record only learns its user, as TikTok named
     # it — so that the user's purge finds it
@@ -266,7 +259,7 @@ def test_download_ready_for_a_stored_archive_downloads_nothing_and_records_tikto
     # And a later delivery naming someone else changes nothing: the first user TikTok named stays
     raw = delivery("portability.download.ready", {"request_id": request_id}, new_open_id())
     assert call_webhook(webhook_event(raw, signed(raw))).status == 200
-    run_ready(resources)
+    run_lifecycle(resources)
     assert resources.item(request_id) == {**before, **user_fields}
 
 
@@ -282,7 +275,7 @@ def test_authorization_removed_purges_everything_of_the_user_under_every_caller(
     emulator.set_request_state(stored, "downloading")
     raw = delivery("portability.download.ready", {"request_id": stored}, user["open_id"])
     call_webhook(webhook_event(raw, signed(raw)))
-    run_ready(resources)
+    run_lifecycle(resources)
     [job] = receive(resources, "DownloadQueue")
     assert call_worker([job]) == {"batchItemFailures": []}
     other = consent(emulator, prepare_seconds=3600)
@@ -344,10 +337,10 @@ def test_a_base64_delivery_signature_is_over_the_decoded_bytes(
 def test_a_delivery_whose_work_cannot_be_queued_is_503_and_its_retry_does_the_work(
     configure: Configure, resources: Resources
 ) -> None:
-    # Given the queue of a ready archive's work unavailable (deleted behind the stack's back)
+    # Given the lifecycle queue unavailable (deleted behind the stack's back)
     raw = delivery("portability.download.ready", {"request_id": new_request_id()})
     sqs = resources.client("sqs")
-    sqs.delete_queue(QueueUrl=resources.local.ref("DownloadQueue"))
+    sqs.delete_queue(QueueUrl=resources.local.ref("LifecycleQueue"))
 
     failed = call_webhook(webhook_event(raw, signed(raw)))
 

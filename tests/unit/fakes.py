@@ -64,7 +64,7 @@ from tiktok_archive.models.download_record import (
     RecordedError,
 )
 from tiktok_archive.models.errors import MissingTokenError, RecordStoreError, ServiceError
-from tiktok_archive.models.messages import ArchiveReadyWork, LifecycleMessage, StatusCheck
+from tiktok_archive.models.messages import LifecycleMessage, StatusCheck
 from tiktok_archive.models.portability import AppCredentials, RequestStatus, TokenGrant
 from tiktok_archive.models.record_lifecycle import Event, Fields, ending, transition
 from tiktok_archive.models.tiktok_quota import (
@@ -933,7 +933,6 @@ class FakeDownloadJobs(DownloadJobs):
         self._journal = journal
         self.sent: list[tuple[int, str]] = []
         self.for_grant: list[int] = []
-        self.ready: list[ArchiveReadyWork] = []
         self.faults = Faults()
 
     def send(self, request_id: int, access_token: str) -> str:
@@ -946,11 +945,6 @@ class FakeDownloadJobs(DownloadJobs):
         self._journal.note("jobs.send_for_grant")
         self.faults.check("send_for_grant")
         self.for_grant.append(request_id)
-
-    def send_ready(self, work: ArchiveReadyWork) -> None:
-        self._journal.note("jobs.send_ready")
-        self.faults.check("send_ready")
-        self.ready.append(work)
 
 
 class FakeEvents(DownloadEvents):

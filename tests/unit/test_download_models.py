@@ -23,13 +23,11 @@ from tiktok_archive.models.inputs import (
 from tiktok_archive.models.messages import (
     ArchiveReadyWork,
     AuthorizationRemovedWork,
-    DownloadJob,
     EraseUser,
     LifecycleMessage,
     PurgeAgain,
     RevokeAtTikTok,
     StatusCheck,
-    parse_download_message,
     parse_lifecycle_message,
 )
 from tiktok_archive.models.paging import (
@@ -349,22 +347,6 @@ def test_a_ready_webhook_naming_no_valid_user_still_queues_the_download() -> Non
         {"kind": "webhook", "event": "portability.download.ready", "request_id": "5", "user_openid": ""}
     )
     assert message == ArchiveReadyWork(5, None, None)
-
-
-def test_the_download_queue_carries_jobs_and_tiktoks_ready_webhook_work_only() -> None:
-    ready = ArchiveReadyWork(7_234_567_890_123_456_789, "openid-1", "delivery-1")
-    assert parse_download_message(ready.body()) == ready
-    job = DownloadJob(5, from_grant=True)
-    assert parse_download_message(job.body()) == job
-    # Any other lifecycle work is not the download queue's, nor a kind nobody sends
-    for document in (
-        StatusCheck(5, 1).body(),
-        AuthorizationRemovedWork("openid-1", 1, "delivery-2").body(),
-        {"kind": "download", "request_id": "5", "source": "grant"},
-    ):
-        with pytest.raises(InvalidRequestError) as raised:
-            parse_download_message(document)
-        assert not raised.value.is_transient
 
 
 @pytest.mark.parametrize("text", ["1" * 25, "9" * 10_000, "000" + "9" * 19])

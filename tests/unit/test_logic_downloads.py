@@ -44,6 +44,7 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import Answer, DownloadRecord, DownloadStatus, Owner, Preparation
 from tiktok_archive.models.errors import (
+    ArchiveNotReadyError,
     ArchiveTooLargeError,
     DeadlineExceededError,
     DownloadInProgressError,
@@ -588,12 +589,10 @@ def test_a_grant_job_acts_on_a_queued_a_lapsed_or_a_failed_request(
 
 @pytest.mark.parametrize(
     "state",
-    [DownloadStatus.WAITING, DownloadStatus.COMPLETED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED],
+    [DownloadStatus.COMPLETED, DownloadStatus.CANCELLED, DownloadStatus.REVOKED],
 )
-def test_a_grant_job_for_a_request_not_ready_or_ended_does_nothing(
-    world: World, state: DownloadStatus
-) -> None:
-    # Given a request TikTok is still preparing, or one already stored or ended
+def test_a_grant_job_for_a_request_stored_or_ended_does_nothing(world: World, state: DownloadStatus) -> None:
+    # Given a request already stored or ended
     before = world.given_requested(status=state)
 
     # When a job for it arrives (a stray duplicate)
@@ -604,6 +603,19 @@ def test_a_grant_job_for_a_request_not_ready_or_ended_does_nothing(
     assert world.record == before
     assert (world.tiktok.checks.count, world.transfer.runs, world.events.sent) == (0, [], [])
     assert "vault.open" not in world.journal.calls
+
+
+def test_a_grant_job_that_came_before_its_record_said_queued_comes_back(world: World) -> None:
+    # Given a waiting request whose job arrives before the write that marks it queued (the job is sent
+    # first, so that a lost send never strands a record marked queued)
+    before = world.given_requested(status=DownloadStatus.WAITING)
+
+    # When the worker runs the job; Then it comes back later, and nothing changed meanwhile
+    with pytest.raises(ArchiveNotReadyError) as raised:
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
+    assert (raised.value.is_transient, raised.value.redeliver_after) == (True, 30)
+    assert world.record == before
+    assert (world.tiktok.checks.count, world.transfer.runs, world.events.sent) == (0, [], [])
 
 
 def test_a_grant_job_for_a_request_added_elsewhere_is_not_found(world: World) -> None:
@@ -712,8 +724,31 @@ def test_a_refused_grant_download_whose_status_check_the_quota_defers_comes_back
     with pytest.raises(TikTokBudgetExhaustedError):
         world.job(DownloadJob(REQUEST_ID, from_grant=True))
 
-    # Then nothing ended: the job comes back (the deferral is no outcome), the grant is kept
-    assert world.record.status is DownloadStatus.FAILED
+    # Then nothing ended: the record is queued as before, the job comes back, the grant is kept
+    assert world.record.status is DownloadStatus.QUEUED
+    assert world.events.detail_types == []
+    assert GRANT in world.grants.items
+    assert "records.fail" not in world.journal.calls
+
+
+def test_a_refused_grant_download_whose_status_says_pending_comes_back_without_an_outcome(
+    world: World,
+) -> None:
+    # Given a grant job whose download TikTok refuses because it is (again) preparing the archive
+    world.given_requested(status=DownloadStatus.QUEUED)
+
+    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise refused_download()
+
+    world.transfer.during = refused
+    world.tiktok.checks.then(RequestStatus(REQUEST_ID, "pending"))
+
+    with pytest.raises(ServiceError) as raised:
+        world.job(DownloadJob(REQUEST_ID, from_grant=True))
+
+    # Then the error says "later", the record is queued as before, no event, the grant kept
+    assert (raised.value.error_code, raised.value.is_transient) == ("archive_not_ready", True)
+    assert world.record.status is DownloadStatus.QUEUED
     assert world.events.detail_types == []
     assert GRANT in world.grants.items
 

@@ -12,7 +12,6 @@ their parser).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -20,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tiktok_archive.adapters.aws_clients import aws_failure
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, TokenVault
 from tiktok_archive.models.errors import QueueError, TokenVaultError
-from tiktok_archive.models.messages import ArchiveReadyWork, DownloadJob
+from tiktok_archive.models.messages import DownloadJob
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -40,9 +39,9 @@ class DownloadJobs:
         queue_url: the download queue (``DOWNLOAD_QUEUE_URL``).
     """
 
-    def __init__(self, sqs: SQSClient, vault: Callable[[], TokenVault], queue_url: str) -> None:
+    def __init__(self, sqs: SQSClient, vault: TokenVault, queue_url: str) -> None:
         self._sqs = sqs
-        self._vault = vault  # built on first need: only a token to seal needs it
+        self._vault = vault
         self._queue_url = queue_url
 
     def send(self, request_id: int, access_token: str) -> str:
@@ -52,7 +51,7 @@ class DownloadJobs:
             QueueError: KMS or SQS failed; nothing was queued.
         """
         try:
-            sealed = self._vault().seal(access_token, ACCESS_TOKEN_PURPOSE, job_binding(request_id))
+            sealed = self._vault.seal(access_token, ACCESS_TOKEN_PURPOSE, job_binding(request_id))
         except TokenVaultError as error:
             raise QueueError(error.message) from None
         return self._send(DownloadJob(request_id, encrypted_access_token=sealed))
@@ -65,15 +64,7 @@ class DownloadJobs:
         """
         self._send(DownloadJob(request_id, from_grant=True))
 
-    def send_ready(self, work: ArchiveReadyWork) -> None:
-        """Queue TikTok's announcement that an archive is ready (its webhook's work).
-
-        Raises:
-            QueueError: SQS failed; nothing was queued.
-        """
-        self._send(work)
-
-    def _send(self, job: DownloadJob | ArchiveReadyWork) -> str:
+    def _send(self, job: DownloadJob) -> str:
         try:
             answer = self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(job.body()))
         except (ClientError, BotoCoreError) as error:

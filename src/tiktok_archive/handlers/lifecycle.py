@@ -101,7 +101,7 @@ def _work(message: LifecycleMessage) -> None:
         outcome = status_checks().check(message.request_id, message.seq, deadline, pace=_invocation.pace)
         if outcome.rate_limited_for:
             _invocation.paused_until = time.monotonic() + outcome.rate_limited_for
-    elif isinstance(message, ArchiveReadyWork):  # sent here before the download queue took this work
+    elif isinstance(message, ArchiveReadyWork):
         archive_ready().queue(message)
     elif isinstance(message, AuthorizationRemovedWork):
         user_purge().authorization_removed(message.user_openid, message.reason)

@@ -1,9 +1,7 @@
 """SQS entry point: each message asks for one download; partial batch responses report failures.
 
-A message is ``{"request_id", "access_token"}`` (sent by a backend), ``{"request_id",
-"encrypted_access_token"}`` (queued by ``POST /downloads`` with ``Prefer: respond-async``), ``{"request_id",
-"source": "grant"}`` (queued by the service), or TikTok's ready webhook's work, which queues the waiting
-request's download (see :mod:`tiktok_archive.models.messages`). A download
+A message is ``{"request_id", "access_token"}`` (sent by a backend) or ``{"request_id",
+"encrypted_access_token"}`` (queued by ``POST /downloads`` with ``Prefer: respond-async``). A download
 already completed is acknowledged without downloading again; one that another invocation is running,
 and any transient failure (rate limit, TikTok 5xx, network, broken stream, S3, the deadline), are
 reported in ``batchItemFailures`` so SQS delivers the message again (when the failure says when —
@@ -33,10 +31,10 @@ from tiktok_archive.handlers.queue_failures import settle
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import ServiceError
 from tiktok_archive.models.inputs import parse_json_object, parse_request_id
-from tiktok_archive.models.messages import ArchiveReadyWork, parse_download_message
+from tiktok_archive.models.messages import parse_download_job
 from tiktok_archive.models.tiktok_quota import Priority
 from tiktok_archive.observability import hide, logger
-from tiktok_archive.runtime import archive_ready, queued_downloads, start_invocation, unit_of_work
+from tiktok_archive.runtime import queued_downloads, start_invocation, unit_of_work
 
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -55,13 +53,10 @@ def download_message(record: SQSRecord) -> None:
     try:
         document = parse_json_object(record.body)
         request_id = parse_request_id(document.get("request_id"))
-        work = parse_download_message(document)
-        if isinstance(work, ArchiveReadyWork):
-            logger.info("archive ready (webhook)", extra={"outcome": archive_ready().queue(work)})
-            return
-        hide(work.access_token)
+        job = parse_download_job(request_id, document)
+        hide(job.access_token)
         # Each message is a unit of work of its own on the invocation's deadline.
-        queued_downloads().run(work, unit_of_work(_deadline[-1], Priority.DOWNLOAD))
+        queued_downloads().run(job, unit_of_work(_deadline[-1], Priority.DOWNLOAD))
     except ServiceError as error:
         request = {"request_id": None if request_id is None else str(request_id)}
         settle(error, record, request, postpone=True)

@@ -2,8 +2,10 @@
 
 Both triggers' use cases (:mod:`caller_downloads`, :mod:`queued_downloads`) run a download through
 :class:`ClaimedDownload`. Authorization comes first: TikTok's Check Status, asked with the user's token,
-must confirm that the token's user owns the request before anything is written, queued or published.
-Then the record is claimed (a lease: a duplicate request or a redelivered message does not download
+must confirm that the token's user owns the request before anything is written, queued or published —
+except for a job the service queued for a user's grant, whose owner and readiness TikTok already stated
+(``known_ready``: the download itself asks TikTok, and a refusal is explained by Check Status). Then the
+record is claimed (a lease: a duplicate request or a redelivered message does not download
 again, and a record is its caller's — another caller, even one holding the user's token, gets the same
 404 as for an unknown request), the archive streamed into S3 (:class:`ArchiveTransfer`, which knows
 nothing of records), its progress recorded, and the outcome recorded and published; a grant no request
@@ -143,12 +145,13 @@ class ClaimedDownload:
             if known_ready and isinstance(error, TikTokApiError) and error.error_code == INVALID_TOKEN:
                 # TikTok refused the token, not the download: the record is as before (``use`` of
                 # :meth:`TokenService.with_access_token` changes nothing TikTok did not accept).
-                try:
-                    self._records.unclaim(claim)
-                except RecordStoreError as store_error:  # the claim lapses by itself
-                    logger.warning("claim not given back", extra=store_error.log_fields())
+                self._give_back(claim)
                 raise
             explained = self._explained(request, owner, deadline, error) if known_ready else error
+            if explained is not error and explained.is_transient:
+                # TikTok's status says "later" (still pending, a rate limit, the quota): no outcome yet.
+                self._give_back(claim)
+                raise explained from None
             self._finish_failed(claim, explained)
             if explained is error:
                 raise
@@ -236,6 +239,13 @@ class ClaimedDownload:
         """Delete the record's grant if no request needs it any longer (never raises)."""
         if record.grant_id is not None:
             release_grant(self._records, self._tokens(), record)
+
+    def _give_back(self, claim: Claimed) -> None:
+        """The record ``queued`` again, as before its claim (never raises: a claim kept lapses)."""
+        try:
+            self._records.unclaim(claim)
+        except RecordStoreError as store_error:
+            logger.warning("claim not given back", extra=store_error.log_fields())
 
     def _explained(
         self, request: DownloadRequest, owner: Owner, deadline: Deadline, error: ServiceError

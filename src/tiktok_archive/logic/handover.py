@@ -31,12 +31,14 @@ from tiktok_archive.logic.token_refresh import STORE_ATTEMPTS
 from tiktok_archive.logic.tokens import TokenService, handed_access_token
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import (
+    AppCredentialsError,
     OpenIdMismatchError,
     ReauthorizationRequiredError,
     ServiceError,
     TokenRefreshInProgressError,
 )
 from tiktok_archive.models.portability import HandedTokens, TokenGrant
+from tiktok_archive.models.tiktok_errors import TikTokApiError, TikTokBudgetExhaustedError
 from tiktok_archive.observability import logger
 
 T = TypeVar("T")
@@ -111,10 +113,13 @@ class TokenHandover:
         owner = found
         try:
             fresh = self._tokens.refresh_handed(handed.refresh_token, deadline)
-            holding = self._keep_fresh(caller, handed, fresh, deadline)
-        except BaseException:
-            self._grants.end_exchange(digest, owner)  # nothing was kept: refused, mixed up, or lost
+        except BaseException as error:
+            if _not_rotated(error):
+                self._grants.end_exchange(digest, owner)  # TikTok refused it, or was never asked
             raise
+        # TikTok rotated the token: from here on its mark is never dropped (a failure below leaves it to
+        # lapse), so that nobody sends the dead token again while this invocation may still run.
+        holding = self._keep_fresh(caller, handed, fresh, deadline)
         if holding.grant_id is None:
             self._grants.end_exchange(digest, owner)  # the tokens wait for their request's own grant
             return holding
@@ -243,3 +248,14 @@ class TokenHandover:
             raise ReauthorizationRequiredError(_EXCHANGED_BEFORE)
         token = self._tokens.access_token(grant.grant_id, deadline)
         return Holding(token, grant.grant_id, grant.user_openid, joined=True)
+
+
+def _not_rotated(error: BaseException) -> bool:
+    """Whether a failed exchange certainly left the handed token as it was.
+
+    TikTok refused it or the app, or was not called; a timeout or a 5xx may have come after TikTok rotated
+    it.
+    """
+    if isinstance(error, ReauthorizationRequiredError | AppCredentialsError | TikTokBudgetExhaustedError):
+        return True
+    return isinstance(error, TikTokApiError) and (error.upstream_status or 500) < 500

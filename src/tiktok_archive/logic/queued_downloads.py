@@ -24,6 +24,7 @@ from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest
 from tiktok_archive.models.download_record import Answer, DownloadRecord, DownloadStatus, Owner
 from tiktok_archive.models.errors import (
+    ArchiveNotReadyError,
     DownloadNotFoundError,
     RequestCancelledError,
     RequestExpiredError,
@@ -103,6 +104,13 @@ class QueuedDownloads:
             raise DownloadNotFoundError("no request added with POST /requests has this request_id")
         if record.status.final:
             return _nothing_to_download(record)
+        if record.status is DownloadStatus.WAITING:
+            # The job is sent before the record says ``queued`` (a lost send must not strand a record
+            # marked queued): a worker may see it first. It comes back; a job that never finds its
+            # record queued ends in the dead-letter queue.
+            raise ArchiveNotReadyError(
+                "this request is not queued here yet; the job comes back", retry_after="30"
+            )
         if record.status not in _JOB_STATUSES:
             logger.info(
                 "a job for a request that is not ready here is ignored", extra={"status": record.status.value}

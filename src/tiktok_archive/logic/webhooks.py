@@ -2,11 +2,9 @@
 
 :class:`WebhookReceiver` is what ``POST /webhooks/tiktok`` does with a delivery: the signature is checked
 with the app's client secret (read again once when it does not match, in case the secret was rotated),
-the event parsed, the delivery recorded by its id (a duplicate stops there), and the work queued: an
-archive ready on the download queue, where the worker's :class:`ArchiveReady` queues its download at once
-(the lifecycle queue may hold a backlog of status checks it would wait behind); a user's removal on the
-lifecycle queue, where :class:`UserPurge` does it. It answers within one DynamoDB write and one SQS
-message; nothing slow happens while TikTok waits for its 200.
+the event parsed, the delivery recorded by its id (a duplicate stops there), and the work put on the
+lifecycle queue, where :class:`ArchiveReady` (or :class:`UserPurge`) does it. It answers within one
+DynamoDB write and one SQS message; nothing slow happens while TikTok waits for its 200.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tiktok_archive.adapters.app_credentials import AppCredentialsSource
-from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
 from tiktok_archive.adapters.webhook_deliveries import Arrival, WebhookDeliveries
 from tiktok_archive.models.errors import ServiceError
@@ -37,8 +34,7 @@ class WebhookReceiver:
     Args:
         app: the app's credentials (the signing key and the expected ``client_key``).
         deliveries: the deliveries table.
-        queue: the lifecycle queue (a user's removal).
-        ready: the download queue (an archive ready).
+        queue: the lifecycle queue.
     """
 
     def __init__(
@@ -46,12 +42,10 @@ class WebhookReceiver:
         app: Callable[[], AppCredentialsSource],
         deliveries: Callable[[], WebhookDeliveries],
         queue: Callable[[], LifecycleQueue],
-        ready: Callable[[], DownloadJobs],
     ) -> None:
         self._app = app
         self._deliveries = deliveries
         self._queue = queue
-        self._ready = ready
 
     def receive(self, signature: str | None, raw: bytes, now: float) -> str:
         """Take one delivery: ``"queued"``, ``"duplicate"`` or ``"ignored"`` (an event not acted on).
@@ -98,10 +92,7 @@ class WebhookReceiver:
                 retry_after="15",
             )
         try:
-            if isinstance(work, ArchiveReadyWork):
-                self._ready().send_ready(work)
-            else:
-                self._queue().send(work)
+            self._queue().send(work)
         except ServiceError:
             deliveries.forget(event.delivery_id)
             raise

@@ -4,10 +4,7 @@ The download queue: ``{"request_id", "access_token"}`` (a backend's own message,
 inside the encrypted queue), ``{"request_id", "encrypted_access_token"}`` (queued by ``POST /downloads``
 with ``Prefer: respond-async``: the token sealed with KMS, bound to the ``request_id``) or
 ``{"request_id", "source": "grant"}`` (queued by the service for a request whose user's grant provides the
-token). See :class:`DownloadJob`. And TikTok's ``portability.download.ready`` webhook's work, the same
-``{"kind": "webhook", "event": "portability.download.ready", …}`` as below (:class:`ArchiveReadyWork`):
-the webhook function sends it here, so that a ready archive waits behind no status check of the
-lifecycle queue (:func:`parse_download_message`).
+token). See :class:`DownloadJob`.
 
 The lifecycle queue: small JSON documents, never a token:
 
@@ -83,21 +80,6 @@ def parse_download_job(request_id: int, document: dict[str, Any]) -> DownloadJob
             raise MissingTokenError("encrypted_access_token must be a base64 string")
         return DownloadJob(request_id, encrypted_access_token=encrypted)
     return DownloadJob(request_id, access_token=parse_access_token(document.get("access_token")))
-
-
-def parse_download_message(document: dict[str, Any]) -> DownloadJob | ArchiveReadyWork:
-    """The work of a download queue message: a job, or TikTok's announcement that an archive is ready.
-
-    Raises:
-        InvalidRequestError: a malformed ``request_id``, or a ``kind`` that is not TikTok's ready webhook.
-        MissingTokenError: as :func:`parse_download_job`.
-    """
-    if "kind" in document:
-        work = parse_lifecycle_message(document)
-        if not isinstance(work, ArchiveReadyWork):
-            raise InvalidRequestError("not a download queue message")
-        return work
-    return parse_download_job(parse_request_id(document.get("request_id")), document)
 
 
 # -- the lifecycle queue -----------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from tiktok_archive.logic.transfer import TransferWatch
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.download import DownloadRequest, DownloadResult, StoredArchive
 from tiktok_archive.models.download_record import DownloadRecord, DownloadStatus
-from tiktok_archive.models.messages import ArchiveReadyWork, DownloadJob, LifecycleMessage, StatusCheck
+from tiktok_archive.models.messages import DownloadJob, LifecycleMessage, StatusCheck
 from tiktok_archive.models.tiktok_quota import Endpoint, Priority, QuotaPlan
 
 from .tiktok import SimTikTok
@@ -299,10 +299,6 @@ class SimDownloadJobs(DownloadJobs):
     def send_for_grant(self, request_id: int) -> None:
         self._journal.note("jobs.send_for_grant")
         self.queue.send(DownloadJob(request_id, from_grant=True))
-
-    def send_ready(self, work: ArchiveReadyWork) -> None:
-        self._journal.note("jobs.send_ready")
-        self.queue.send(work)
 
 
 class SimEvents(DownloadEvents):

@@ -205,7 +205,7 @@ def use_cases(world: World) -> UseCases:
         StatusChecks(world.tiktok, records, tokens, events, lifecycle, lambda: jobs, schedule, floor.seconds),
         ArchiveReady(records, events, lambda: jobs),
         QueuedDownloads(claimed, records, events, lambda: vault, lambda: tokens),
-        WebhookReceiver(lambda: app, lambda: deliveries, lambda: lifecycle, lambda: jobs),
+        WebhookReceiver(lambda: app, lambda: deliveries, lambda: lifecycle),
         Sweep(records, lifecycle, floor, budget),
         schedule,
         budget,
@@ -348,11 +348,8 @@ class Run:
     # -- the worker (handlers/worker.py) ------------------------------------------------------------
     def download_message(self, message: Message, invocation: Invocation, now: float) -> Outcome:
         world = self.world
-        job: DownloadJob | ArchiveReadyWork = message.body
+        job: DownloadJob = message.body
         world.meter.start()
-        if isinstance(job, ArchiveReadyWork):  # TikTok's ready webhook: the download queued at once
-            self.count(f"ready webhook {self.cases.archive_ready.queue(job)}")
-            return Outcome(world.meter.seconds(), None)
         back: float | None = None
         try:
             self.cases.queued_downloads.run(job, invocation.deadline.unit(UNIT_ATTEMPTS, Priority.DOWNLOAD))
