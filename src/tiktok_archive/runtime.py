@@ -32,6 +32,7 @@ from tiktok_archive.runtime_adapters import (
     download_records,
     grants,
     lifecycle_queue,
+    ready_queue,
     settings,
     tiktok_client,
     token_vault,
@@ -109,7 +110,7 @@ def webhook_receiver() -> WebhookReceiver:
     """TikTok's webhook deliveries, verified, recorded and queued."""
     from tiktok_archive.logic.webhooks import WebhookReceiver
 
-    return WebhookReceiver(app_credentials, webhook_deliveries, lifecycle_queue)
+    return WebhookReceiver(app_credentials, webhook_deliveries, lifecycle_queue, ready_queue)
 
 
 @functools.cache

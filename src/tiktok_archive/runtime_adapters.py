@@ -234,6 +234,23 @@ def lifecycle_queue() -> LifecycleQueue:
 
 
 @functools.cache
+def ready_queue() -> LifecycleQueue:
+    """The queue of TikTok's ``download.ready`` work (the lifecycle function's too, with no checks).
+
+    The lifecycle queue when ``READY_QUEUE_URL`` is not set.
+
+    Raises:
+        ConfigurationError: neither ``READY_QUEUE_URL`` nor ``LIFECYCLE_QUEUE_URL`` is set.
+    """
+    from tiktok_archive.adapters.lifecycle_queue import LifecycleQueue
+
+    config = settings()
+    if not config.ready_queue_url:
+        return lifecycle_queue()
+    return LifecycleQueue(_small_calls_client("sqs"), config.ready_queue_url)
+
+
+@functools.cache
 def webhook_deliveries() -> WebhookDeliveries:
     """The deliveries table.
 
@@ -262,6 +279,7 @@ def reset() -> None:
         grants,
         webhook_deliveries,
         lifecycle_queue,
+        ready_queue,
         app_credentials,
         download_events,
         download_records,

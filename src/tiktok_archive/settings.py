@@ -94,6 +94,8 @@ class Settings:
         webhook_deliveries_table_name: the DynamoDB table of TikTok's webhook deliveries
             (``WEBHOOK_DELIVERIES_TABLE_NAME``; needed by the webhook function).
         lifecycle_queue_url: the queue of status checks and webhook work (``LIFECYCLE_QUEUE_URL``).
+        ready_queue_url: the queue of TikTok's ``download.ready`` work (``READY_QUEUE_URL``; the
+            webhook's; without it that work goes on the lifecycle queue).
         app_secret_arn: the Secrets Manager secret ``{"client_key", "client_secret"}`` of the TikTok app
             (``TIKTOK_APP_SECRET_ARN``; needed to refresh tokens and to verify webhooks).
         status_poll_initial_seconds: the first status check of an added request comes this long after
@@ -138,6 +140,7 @@ class Settings:
     grants_table_name: str = ""
     webhook_deliveries_table_name: str = ""
     lifecycle_queue_url: str = ""
+    ready_queue_url: str = ""
     app_secret_arn: str = ""
     status_poll_initial_seconds: int = 60
     status_poll_max_seconds: int = 900
@@ -210,6 +213,7 @@ class Settings:
             grants_table_name=env.get("GRANTS_TABLE_NAME", "").strip(),
             webhook_deliveries_table_name=env.get("WEBHOOK_DELIVERIES_TABLE_NAME", "").strip(),
             lifecycle_queue_url=env.get("LIFECYCLE_QUEUE_URL", "").strip(),
+            ready_queue_url=env.get("READY_QUEUE_URL", "").strip(),
             app_secret_arn=env.get("TIKTOK_APP_SECRET_ARN", "").strip(),
             status_poll_initial_seconds=_int(env, "STATUS_POLL_INITIAL_SECONDS", 60, 1, 900),
             status_poll_max_seconds=_int(env, "STATUS_POLL_MAX_SECONDS", 900, 1, MAX_DELAY_SECONDS),

@@ -61,6 +61,7 @@ def local() -> LocalResources:
         .with_log_group("WebhookFunctionLogGroup", "/aws/lambda/webhook")
         .with_log_group("SweeperFunctionLogGroup", "/aws/lambda/sweeper")
         .with_queue("LifecycleQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-abc")
+        .with_queue("ReadyQueue", f"http://127.0.0.1:4566/{ACCOUNT}/ready-abc")
         .with_queue("LifecycleDeadLetterQueue", f"http://127.0.0.1:4566/{ACCOUNT}/lifecycle-dlq-abc")
         .with_resource("TikTokAppSecret", SECRET_ARN, Id=SECRET_ARN)
         .with_resource("ApiFunctionRole", "api-role", Arn=role_arn("ApiFunction"))
@@ -876,3 +877,24 @@ def test_function_variables_win_and_novalue_removes() -> None:
     assert small.function_timeout("Fn") == 3
     with pytest.raises(TemplateError, match="reserved"):
         small.function_environment("Bad", local)
+
+
+def test_only_the_webhook_function_may_send_to_the_ready_queue(
+    policies: dict[str, list[dict[str, Any]]],
+) -> None:
+    # TikTok's download.ready work is trusted as TikTok's (its signature was checked): no other function
+    # of the stack may put work there (backends send to the download queue, which the worker parses as
+    # jobs only).
+    send = only(
+        required_permissions(
+            call(
+                "WebhookFunction",
+                "sqs",
+                "SendMessage",
+                QueueUrl=f"http://127.0.0.1:4566/{ACCOUNT}/ready-abc",
+                MessageBody="{}",
+            )
+        )
+    )
+    allowed = {function for function, statements in policies.items() if evaluate(send, statements).allowed}
+    assert allowed == {"WebhookFunction"}

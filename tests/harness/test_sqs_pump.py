@@ -25,6 +25,7 @@ def test_the_event_sources_are_the_templates(template: Template) -> None:
     assert template.sqs_event_sources() == [
         SqsEventSource("WorkerFunction", "DownloadQueue", 1, True),
         SqsEventSource("LifecycleFunction", "LifecycleQueue", 10, True),
+        SqsEventSource("LifecycleFunction", "ReadyQueue", 10, True),
     ]
     # BatchSize follows its parameter
     worker = template.sqs_event_sources(template.parameters({"WorkerBatchSize": "4"}))[0]

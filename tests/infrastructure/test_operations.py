@@ -94,7 +94,7 @@ def test_every_work_queue_alarms_when_its_oldest_message_is_old(resources: dict[
         for a in _alarms(resources).values()
         if a.get("MetricName") == "ApproximateAgeOfOldestMessage"
     }
-    assert work_queues == watched == {"DownloadQueue", "LifecycleQueue"}
+    assert work_queues == watched == {"DownloadQueue", "LifecycleQueue", "ReadyQueue"}
 
 
 def test_every_function_alarms_on_errors_and_throttles(resources: dict[str, Any]) -> None:

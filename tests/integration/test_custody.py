@@ -810,7 +810,7 @@ def test_delete_users_erases_the_user_under_the_caller_at_tiktok_too_and_is_idem
         create_time=int(time.time()),
     )
     deliver(ready)
-    run_taken(resources, take_messages(resources, "LifecycleQueue", "webhook"))
+    run_taken(resources, take_messages(resources, "ReadyQueue", "webhook"), "ReadyQueue")
     assert (status_of(resources, unknown_user), record(resources, unknown_user)["user_openid"]["S"]) == (
         "queued",
         user["open_id"],

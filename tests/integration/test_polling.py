@@ -229,8 +229,8 @@ def test_with_webhooks_a_ready_archive_is_downloaded_at_once_though_its_next_che
     )
     signature = sign(APP_SECRET["client_secret"], int(time.time()), raw)
     assert call_webhook(webhook_event(raw, signature)).body["status"] == "queued"
-    [work] = take_messages(resources, "LifecycleQueue", "webhook")
-    assert run_taken(resources, [work]) == {"batchItemFailures": []}
+    [work] = take_messages(resources, "ReadyQueue", "webhook")
+    assert run_taken(resources, [work], "ReadyQueue") == {"batchItemFailures": []}
 
     # Then its download is queued within seconds, without a status check, and it runs
     [job] = receive(resources, "DownloadQueue")

@@ -61,12 +61,21 @@ def signed(raw: bytes, *, secret: str = SECRET, at: float | None = None) -> str:
 
 def nothing_done(resources: Resources) -> bool:
     deliveries = resources.client("dynamodb").scan(TableName=resources.local.ref("WebhookDeliveriesTable"))
-    return deliveries["Items"] == [] and receive(resources, "LifecycleQueue", wait_seconds=0) == []
+    return (
+        deliveries["Items"] == []
+        and receive(resources, "LifecycleQueue", wait_seconds=0) == []
+        and receive(resources, "ReadyQueue", wait_seconds=0) == []
+    )
 
 
 def run_lifecycle(resources: Resources) -> None:
     """Deliver the lifecycle queue's messages that are due now (work first, checks as well)."""
     deliver(resources, "LifecycleQueue", wait_seconds=2)
+
+
+def run_ready(resources: Resources) -> None:
+    """Deliver the ready queue's messages (TikTok's ``download.ready`` work) to the lifecycle function."""
+    deliver(resources, "ReadyQueue", wait_seconds=2)
 
 
 # -- signatures ----------------------------------------------------------------------------------------
@@ -81,8 +90,10 @@ def test_a_valid_delivery_is_acknowledged_fast_and_its_work_queued(
 
     assert (answer.status, answer.body) == (200, {"status": "queued"})
     assert took < 1.0  # one secret read, one write, one message
-    [work] = receive(resources, "LifecycleQueue")
+    # on the ready queue: a ready archive waits behind no status check of the lifecycle queue
+    [work] = receive(resources, "ReadyQueue")
     assert json.loads(work["body"])["event"] == "portability.download.ready"
+    assert receive(resources, "LifecycleQueue", wait_seconds=0) == []
 
 
 def test_a_base64_encoded_body_is_verified_on_its_bytes(configure: Configure, resources: Resources) -> None:
@@ -152,7 +163,7 @@ def test_duplicates_do_the_work_once(configure: Configure, resources: Resources)
     answers = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(3)]
 
     assert [a.body["status"] for a in answers] == ["queued", "duplicate", "duplicate"]
-    assert len(receive(resources, "LifecycleQueue")) == 1
+    assert len(receive(resources, "ReadyQueue")) == 1
 
 
 def test_a_delivery_whose_first_arrival_is_still_queueing_is_503_then_queued_once_that_one_died(
@@ -182,13 +193,13 @@ def test_a_delivery_whose_first_arrival_is_still_queueing_is_503_then_queued_onc
     # When TikTok delivers it again; Then it is not acknowledged (that invocation may still die)
     again = call_webhook(webhook_event(raw, signed(raw)))
     assert (again.status, again.body["error"]["code"]) == (503, "delivery_in_flight")
-    assert receive(resources, "LifecycleQueue", wait_seconds=0) == []
+    assert receive(resources, "ReadyQueue", wait_seconds=0) == []
 
     # And once that invocation is older than any webhook invocation lives, the next delivery queues the work
     recorded(seconds_ago=webhook_deliveries.STUCK_AFTER.total_seconds() + 5)
     later = [call_webhook(webhook_event(raw, signed(raw))) for _ in range(2)]
     assert [a.body["status"] for a in later] == ["queued", "duplicate"]
-    assert len(receive(resources, "LifecycleQueue")) == 1
+    assert len(receive(resources, "ReadyQueue")) == 1
 
 
 # -- portability.download.ready -------------------------------------------------------------------------
@@ -200,12 +211,12 @@ def test_download_ready_queues_a_waiting_request_at_once_and_stops_its_checks(
     request_id = added(user)
     resources.events()
 
-    # When TikTok announces it ready (and it is), and the lifecycle does the work
+    # When TikTok announces it ready (and it is), the lifecycle does the work, and the pending check comes
     emulator.advance_clock(3600)
     raw = delivery("portability.download.ready", {"request_id": request_id}, user["open_id"])
     assert call_webhook(webhook_event(raw, signed(raw))).body["status"] == "queued"
     checks_before = emulator.stats()["calls"].get("check", 0)
-    run_lifecycle(resources)
+    run_ready(resources)
     run_lifecycle(resources)
 
     # Then the download is queued without a status check, and the pending check does nothing
@@ -225,7 +236,7 @@ def test_download_ready_for_an_unknown_request_is_acknowledged_and_logged(
     raw = delivery("portability.download.ready", {"request_id": new_request_id()})
 
     assert call_webhook(webhook_event(raw, signed(raw))).status == 200
-    run_lifecycle(resources)
+    run_ready(resources)
 
     assert logs.find("TikTok announced an archive ready for a request this service does not know")
     assert resources.client("dynamodb").scan(TableName=resources.table)["Items"] == []
@@ -247,7 +258,7 @@ def test_download_ready_for_a_stored_archive_downloads_nothing_and_records_tikto
     # When TikTok announces it ready, naming its user
     raw = delivery("portability.download.ready", {"request_id": request_id}, owner)
     assert call_webhook(webhook_event(raw, signed(raw))).status == 200
-    run_lifecycle(resources)
+    run_ready(resources)
 
     # Then nothing is downloaded, queued or published; the record only learns its user, as TikTok named
     # it — so that the user's purge finds it
@@ -259,7 +270,7 @@ def test_download_ready_for_a_stored_archive_downloads_nothing_and_records_tikto
     # And a later delivery naming someone else changes nothing: the first user TikTok named stays
     raw = delivery("portability.download.ready", {"request_id": request_id}, new_open_id())
     assert call_webhook(webhook_event(raw, signed(raw))).status == 200
-    run_lifecycle(resources)
+    run_ready(resources)
     assert resources.item(request_id) == {**before, **user_fields}
 
 
@@ -275,7 +286,7 @@ def test_authorization_removed_purges_everything_of_the_user_under_every_caller(
     emulator.set_request_state(stored, "downloading")
     raw = delivery("portability.download.ready", {"request_id": stored}, user["open_id"])
     call_webhook(webhook_event(raw, signed(raw)))
-    run_lifecycle(resources)
+    run_ready(resources)
     [job] = receive(resources, "DownloadQueue")
     assert call_worker([job]) == {"batchItemFailures": []}
     other = consent(emulator, prepare_seconds=3600)
@@ -337,10 +348,10 @@ def test_a_base64_delivery_signature_is_over_the_decoded_bytes(
 def test_a_delivery_whose_work_cannot_be_queued_is_503_and_its_retry_does_the_work(
     configure: Configure, resources: Resources
 ) -> None:
-    # Given the lifecycle queue unavailable (deleted behind the stack's back)
+    # Given the ready queue unavailable (deleted behind the stack's back)
     raw = delivery("portability.download.ready", {"request_id": new_request_id()})
     sqs = resources.client("sqs")
-    sqs.delete_queue(QueueUrl=resources.local.ref("LifecycleQueue"))
+    sqs.delete_queue(QueueUrl=resources.local.ref("ReadyQueue"))
 
     failed = call_webhook(webhook_event(raw, signed(raw)))
 

@@ -1,4 +1,7 @@
-"""Lifecycle queue entry point: status checks of waiting requests, webhook work, and users' purges.
+"""Lifecycle and ready queues' entry point: status checks of waiting requests, webhook work, users' purges.
+
+TikTok's ``download.ready`` work comes on a queue of its own (the ready queue, its own event source), so
+that it never waits behind the status checks of many waiting requests; the rest on the lifecycle queue.
 
 Thin on purpose: each message is parsed and handed to its use case (:class:`StatusChecks`,
 :class:`ArchiveReady`, :class:`UserPurge`).
@@ -101,7 +104,7 @@ def _work(message: LifecycleMessage) -> None:
         outcome = status_checks().check(message.request_id, message.seq, deadline, pace=_invocation.pace)
         if outcome.rate_limited_for:
             _invocation.paused_until = time.monotonic() + outcome.rate_limited_for
-    elif isinstance(message, ArchiveReadyWork):
+    elif isinstance(message, ArchiveReadyWork):  # from the ready queue (the lifecycle queue before it)
         archive_ready().queue(message)
     elif isinstance(message, AuthorizationRemovedWork):
         user_purge().authorization_removed(message.user_openid, message.reason)

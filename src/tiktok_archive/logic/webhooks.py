@@ -2,9 +2,11 @@
 
 :class:`WebhookReceiver` is what ``POST /webhooks/tiktok`` does with a delivery: the signature is checked
 with the app's client secret (read again once when it does not match, in case the secret was rotated),
-the event parsed, the delivery recorded by its id (a duplicate stops there), and the work put on the
-lifecycle queue, where :class:`ArchiveReady` (or :class:`UserPurge`) does it. It answers within one
-DynamoDB write and one SQS message; nothing slow happens while TikTok waits for its 200.
+the event parsed, the delivery recorded by its id (a duplicate stops there), and the work queued for the
+lifecycle function: an archive ready on the ready queue, where :class:`ArchiveReady` queues its download
+at once (on the lifecycle queue it would wait behind the backlog of status checks that 100,000 waiting
+requests make); a user's removal on the lifecycle queue, where :class:`UserPurge` does it. It answers
+within one DynamoDB write and one SQS message; nothing slow happens while TikTok waits for its 200.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class WebhookReceiver:
     Args:
         app: the app's credentials (the signing key and the expected ``client_key``).
         deliveries: the deliveries table.
-        queue: the lifecycle queue.
+        queue: the lifecycle queue (a user's removal).
+        ready: the ready queue (an archive ready), which only the webhook function sends to.
     """
 
     def __init__(
@@ -42,10 +45,12 @@ class WebhookReceiver:
         app: Callable[[], AppCredentialsSource],
         deliveries: Callable[[], WebhookDeliveries],
         queue: Callable[[], LifecycleQueue],
+        ready: Callable[[], LifecycleQueue],
     ) -> None:
         self._app = app
         self._deliveries = deliveries
         self._queue = queue
+        self._ready = ready
 
     def receive(self, signature: str | None, raw: bytes, now: float) -> str:
         """Take one delivery: ``"queued"``, ``"duplicate"`` or ``"ignored"`` (an event not acted on).
@@ -92,7 +97,7 @@ class WebhookReceiver:
                 retry_after="15",
             )
         try:
-            self._queue().send(work)
+            (self._ready if isinstance(work, ArchiveReadyWork) else self._queue)().send(work)
         except ServiceError:
             deliveries.forget(event.delivery_id)
             raise

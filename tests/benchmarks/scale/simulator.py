@@ -121,6 +121,7 @@ class World:
     tiktok: SimTikTok
     records: IndexedRecords
     lifecycle_queue: SimQueue
+    ready_queue: SimQueue  # TikTok's download.ready work, the lifecycle function's second event source
     download_queue: SimQueue
     transfer: SimTransfer
     meter: Meter
@@ -169,6 +170,7 @@ def build(scenario: Scenario) -> World:
         tiktok,
         IndexedRecords(clock, journal),
         SimQueue("lifecycle", journal, lambda: clock.elapsed),
+        SimQueue("ready", journal, lambda: clock.elapsed),
         SimQueue("download", journal, lambda: clock.elapsed),
         SimTransfer(journal, tiktok, scenario.throughput_mib * 1048576),
         Meter(journal, tiktok),
@@ -187,6 +189,7 @@ def use_cases(world: World) -> UseCases:
     handover = TokenHandover(tokens, grants)
     events = SimEvents(journal)
     lifecycle = SimLifecycleQueue(journal, world.lifecycle_queue)
+    ready = SimLifecycleQueue(journal, world.ready_queue)
     jobs = SimDownloadJobs(journal, world.download_queue)
     longest = scenario.poll_backstop if scenario.webhooks else scenario.poll_longest
     schedule = Schedule(
@@ -205,7 +208,7 @@ def use_cases(world: World) -> UseCases:
         StatusChecks(world.tiktok, records, tokens, events, lifecycle, lambda: jobs, schedule, floor.seconds),
         ArchiveReady(records, events, lambda: jobs),
         QueuedDownloads(claimed, records, events, lambda: vault, lambda: tokens),
-        WebhookReceiver(lambda: app, lambda: deliveries, lambda: lifecycle),
+        WebhookReceiver(lambda: app, lambda: deliveries, lambda: lifecycle, lambda: ready),
         Sweep(records, lifecycle, floor, budget),
         schedule,
         budget,
@@ -229,6 +232,18 @@ class Run:
             deadline_seconds=50,
             journal=journal,
         )
+        # The template's second SQS event source of the lifecycle function: the same handler, its own
+        # MaximumConcurrency, billed as the lifecycle function.
+        self.ready = QueueConsumer(
+            world.ready_queue,
+            self.lifecycle_message,
+            batch=10,
+            concurrency=scenario.lifecycle_concurrency,
+            visibility=360,
+            deadline_seconds=50,
+            journal=journal,
+        )
+        self.ready.billing = self.lifecycle.billing
         self.worker = QueueConsumer(
             world.download_queue,
             self.download_message,
@@ -255,6 +270,7 @@ class Run:
         self.check_seconds: list[float] = []
         self.floors: list[tuple[float, int]] = []
         world.loop.add_source(self.lifecycle)
+        world.loop.add_source(self.ready)
         world.loop.add_source(self.worker)
         world.model.on_ready = self.archive_prepared
 
@@ -436,7 +452,10 @@ def run(scenario: Scenario) -> Result:
         world.transfer.stored_bytes,
         simulation.waiting,
         simulation.outcomes,
-        {"lifecycle": len(world.lifecycle_queue.dead), "download": len(world.download_queue.dead)},
+        {
+            "lifecycle": len(world.lifecycle_queue.dead) + len(world.ready_queue.dead),
+            "download": len(world.download_queue.dead),
+        },
         world.model.refused_grants,
         simulation.lateness,
         dict(world.tiktok.quota.refusals) if isinstance(world.tiktok.quota, SimQuota) else {},
