@@ -317,8 +317,8 @@ def test_a_spent_quota_defers_the_checks_but_not_the_revocation(world: World) ->
     )
 
     # Then the revocation, a purge's, gets its call; the check is not made, nor failed: the same check
-    # comes back as a new message once the quota's next sub-window starts (jittered: 10 to 20 s), the
-    # record's schedule as it was, and this message is acknowledged
+    # comes back as a new message once the quota's next sub-window starts (jittered: 10 to 20 s), sent
+    # again as all refused work is (settle), the record's schedule as it was, and this one acknowledged
     assert handed_back == []
     assert world.tiktok.revokes.count == 1
     assert world.tiktok.checks.count == 0
@@ -327,11 +327,11 @@ def test_a_spent_quota_defers_the_checks_but_not_the_revocation(world: World) ->
     ]
     record = world.records.items[NEXT_ID]
     assert (record.status, record.poll_seq) == (DownloadStatus.WAITING, 0)
-    [(request_id, seq, delay)] = [check for check in world.queue.checks if check[0] == NEXT_ID]
-    assert (request_id, seq) == (NEXT_ID, 0)
-    assert 1 <= delay <= 2 * WINDOW_SECONDS
+    assert [check for check in world.queue.checks if check[0] == NEXT_ID] == []
+    [(body, delay)] = world.visibility.sent_again
+    assert json.loads(body) == StatusCheck(NEXT_ID, 0).body()
+    assert WINDOW_SECONDS <= delay <= 2 * WINDOW_SECONDS
     assert world.visibility.postponed == []
-    assert world.visibility.sent_again == []
     assert ERASED_GRANT not in world.grants.items
 
 

@@ -44,7 +44,6 @@ from tiktok_archive.models.errors import DownloadNotFoundError, PreparationTimed
 from tiktok_archive.models.messages import QUEUED_LEASE, ArchiveReadyWork
 from tiktok_archive.models.portability import RequestStatus, TikTokStatus
 from tiktok_archive.models.tiktok_errors import TikTokApiError, TikTokBudgetExhaustedError
-from tiktok_archive.models.tiktok_quota import WINDOW_SECONDS
 from tiktok_archive.observability import logger
 
 # A ready archive's job waits this long before a repeated trigger may queue it again.
@@ -108,7 +107,9 @@ class StatusChecks:
             an early one (``"early"``) sent itself on to when the record expects it, calling nobody.
 
         Raises:
-            ServiceError: only transient failures of AWS (the message comes back).
+            TikTokBudgetExhaustedError: TikTok's shared quota has no call for this check now (the same
+                check is to come again after ``redeliver_after``; nothing was changed).
+            ServiceError: otherwise only transient failures of AWS (the message comes back).
         """
         with logged_as(request_id):
             record = self._records.get(request_id)
@@ -154,16 +155,10 @@ class StatusChecks:
         interval = record.poll_interval or self._schedule.initial
         if isinstance(error, TikTokBudgetExhaustedError):
             # TikTok's quota had no call for a check now: not TikTok's failure, so the schedule stays as
-            # it is and the same check comes back once the quota has room (its next sub-window, jittered
-            # so that the refused checks spread over the ones after) — a new message, spending none of
-            # this one's receives. Waiting a whole interval instead would leave the checks' share unused.
-            delay = min(error.redeliver_after or WINDOW_SECONDS, MAX_DELAY_SECONDS)
-            self._queue.schedule_check(record.request_id, record.poll_seq, delay)
-            logger.info(
-                "status check deferred: TikTok's quota has no call left for checks now",
-                extra={"next_in_seconds": delay},
-            )
-            return CheckOutcome("deferred")
+            # it is, and the handler sends the same check again once the quota has room (its next
+            # sub-window, jittered), as it defers all refused work (``settle``). Waiting a whole interval
+            # instead would leave the checks' share unused.
+            raise error
         if isinstance(error, TikTokApiError):
             # A 429 or TikTok failing: slow this request's schedule down (at least TikTok's Retry-After).
             interval = max(self._schedule.after(interval), error.redeliver_after or 0)
