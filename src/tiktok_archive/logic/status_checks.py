@@ -9,8 +9,9 @@ sends itself on for the time left, calling nobody. A check sends the next one be
 so a failed write repeats a check rather than breaking the chain; the record's ``poll_seq`` makes any
 other check stale. TikTok's answer moves the request on: ``downloading`` queues the download (once: the
 record's claim), ``expired`` / ``cancelled`` end it; a 429 slows its schedule; a check TikTok's quota has
-no call for takes its next turn; after ``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The sweeper re-drives
-a chain that was lost (:mod:`~tiktok_archive.logic.sweep`).
+no call for comes again after the quota's wait (the handler sends it again, as all refused work); after
+``STATUS_POLL_GIVE_UP_HOURS`` it is given up. The sweeper re-drives a chain that was lost
+(:mod:`~tiktok_archive.logic.sweep`).
 
 TikTok's ``portability.download.ready`` webhook ends the wait too (:class:`ArchiveReady`): the download
 is queued at once and the schedule's next check finds itself stale.

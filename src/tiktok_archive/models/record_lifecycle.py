@@ -189,7 +189,7 @@ TRANSITIONS: dict[Event, Transition] = {
             Event.UNCLAIM,
             (_P,),
             _Q,
-            "TikTok refused the token before the download began",
+            "TikTok refused the token, or said later, before the download began",
             guard=CLAIM,
             clears=frozenset({Fields.LEASE_OWNER, Fields.PROGRESS}),
         ),

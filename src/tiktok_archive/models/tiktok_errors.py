@@ -112,7 +112,7 @@ class TikTokBudgetExhaustedError(ServiceError):
 
     Not a failure: the work is deferred, and takes no attempt. The API answers 503 with ``Retry-After``
     (when the budget's next sub-window starts); a queued message is sent again with that delay and the
-    one received acknowledged, so its receive count does not grow; a status check takes its next turn.
+    one received acknowledged, so its receive count does not grow (a status check too: the same check).
     """
 
     code = "tiktok_budget_exhausted"
