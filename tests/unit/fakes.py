@@ -41,7 +41,7 @@ from tiktok_archive.adapters.tiktok.budget import budget_exhausted
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic import (
     add_request,
-    claimed_download,
+    download_progress,
     grant_vault,
     handover,
     purge,
@@ -122,7 +122,7 @@ def freeze_time(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
     monkeypatch.setattr(add_request, "_now", clock.now)
     monkeypatch.setattr(status_checks, "_now", clock.now)
     monkeypatch.setattr(sweep, "_now", clock.now)
-    monkeypatch.setattr(claimed_download, "time", clock)
+    monkeypatch.setattr(download_progress, "time", clock)
     monkeypatch.setattr(deadline_module, "time", clock)
 
 

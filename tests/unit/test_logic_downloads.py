@@ -31,11 +31,8 @@ from tiktok_archive.adapters.s3_archive_store import PartListener
 from tiktok_archive.adapters.tiktok.budget import budget_exhausted
 from tiktok_archive.adapters.token_vault import ACCESS_TOKEN_PURPOSE, REFRESH_TOKEN_PURPOSE
 from tiktok_archive.logic.caller_downloads import CallerDownloads
-from tiktok_archive.logic.claimed_download import (
-    PROGRESS_EVERY_SECONDS,
-    ClaimedDownload,
-    _ProgressReporter,
-)
+from tiktok_archive.logic.claimed_download import ClaimedDownload
+from tiktok_archive.logic.download_progress import PROGRESS_EVERY_SECONDS, ProgressReporter
 from tiktok_archive.logic.handover import TokenHandover
 from tiktok_archive.logic.queries import RecordQueries
 from tiktok_archive.logic.queued_downloads import QueuedDownloads
@@ -212,7 +209,7 @@ def sealed_job(world: World, token: str = "access-caller") -> DownloadJob:
 # -- progress -------------------------------------------------------------------------------------
 def test_progress_is_reported_at_most_every_progress_every_seconds(world: World) -> None:
     # Given a running download's reporter
-    reporter = _ProgressReporter(world.records, world.claim())
+    reporter = ProgressReporter(world.records, world.claim())
 
     # When parts are done at these moments (seconds after the start)
     at = 0.0
@@ -234,7 +231,7 @@ def test_a_progress_report_that_finds_the_request_ended_stops_the_download(
     world: World, ended: DownloadStatus
 ) -> None:
     # Given a running download whose request is cancelled (or its user revoked) meanwhile
-    reporter = _ProgressReporter(world.records, world.claim())
+    reporter = ProgressReporter(world.records, world.claim())
     world.records.end(REQUEST_ID, ended)
 
     # When the next report is due; Then it raises into the transfer, which aborts the upload
@@ -246,7 +243,7 @@ def test_a_progress_report_that_finds_the_request_ended_stops_the_download(
 
 def test_a_progress_report_that_finds_the_download_taken_over_stops_it(world: World) -> None:
     # Given a download whose claim lapsed and another invocation took it over
-    reporter = _ProgressReporter(world.records, world.claim())
+    reporter = ProgressReporter(world.records, world.claim())
     world.clock.advance(70)
     world.claim()
 
@@ -259,7 +256,7 @@ def test_a_progress_report_dynamodb_refuses_is_logged_and_the_download_goes_on(w
     # Given a running download whose progress write fails once (DynamoDB briefly unavailable)
     throttled = RecordStoreError("DynamoDB UpdateItem failed: ThrottlingException")
     world.records.faults.arm("report_progress", throttled)
-    reporter = _ProgressReporter(world.records, world.claim())
+    reporter = ProgressReporter(world.records, world.claim())
     world.clock.advance(PROGRESS_EVERY_SECONDS + 1)
 
     # When the store reports a part, then another later

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from tiktok_archive.adapters.download_jobs import DownloadJobs
 from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.record_writes import Unchanged
-from tiktok_archive.logic.claimed_download import ClaimedDownload, ended_error
+from tiktok_archive.logic.claimed_download import ClaimedDownload
+from tiktok_archive.logic.download_progress import ended_error
 from tiktok_archive.logic.grant_release import release_unneeded
 from tiktok_archive.logic.handover import Holding, TokenHandover
 from tiktok_archive.logic.ownership import NOT_FOUND_MESSAGE, logged_as

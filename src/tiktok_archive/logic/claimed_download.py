@@ -15,7 +15,6 @@ needs any longer is released.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -23,9 +22,9 @@ from tiktok_archive.adapters.download_events import DownloadEvents
 from tiktok_archive.adapters.download_records import DownloadRecords
 from tiktok_archive.adapters.record_writes import Claimed, Unchanged
 from tiktok_archive.adapters.tiktok import TikTokClient
+from tiktok_archive.logic.download_progress import ProgressReporter, ended_error
 from tiktok_archive.logic.grant_release import release_grant
 from tiktok_archive.logic.ownership import (
-    EXPIRED_MESSAGE,
     NOT_FOUND_MESSAGE,
     NOT_OWNED,
     confirm_owner,
@@ -42,7 +41,6 @@ from tiktok_archive.models.download_record import (
     DownloadRecord,
     DownloadStatus,
     Owner,
-    Progress,
 )
 from tiktok_archive.models.errors import (
     DownloadInProgressError,
@@ -59,8 +57,6 @@ from tiktok_archive.observability import logger
 # A claim outlives its invocation's deadline by this much, then lapses by itself: a crashed or killed
 # attempt never blocks the download for longer.
 LEASE_GRACE_SECONDS = 5
-# A running download records its progress at most this often.
-PROGRESS_EVERY_SECONDS = 3.0
 # The record's end when TikTok's status explains a refused download.
 _ENDED_BY: dict[type[ServiceError], DownloadStatus] = {
     RequestExpiredError: DownloadStatus.EXPIRED,
@@ -138,7 +134,7 @@ class ClaimedDownload:
                 logger.info("the record of this request is another caller's")
                 raise DownloadNotFoundError(NOT_FOUND_MESSAGE)
             return self._held(claim.record, request, link=link)
-        reporter = _ProgressReporter(self._records, claim)
+        reporter = ProgressReporter(self._records, claim)
         try:
             result = self._transfer.run(request, deadline, reporter)
         except ServiceError as error:
@@ -280,64 +276,3 @@ class ClaimedDownload:
         # the work comes back (the record says why it waits, and a later claim takes it).
         if record.status is DownloadStatus.FAILED and not isinstance(error, TikTokBudgetExhaustedError):
             self._events.publish(record)
-
-
-class _ProgressReporter:
-    """Records a running download's progress at most every :data:`PROGRESS_EVERY_SECONDS`.
-
-    It stops the download (an error raised into the transfer, which aborts the upload) when the record
-    says it was cancelled, revoked or taken over meanwhile; and tells a failed transfer whether the
-    record ended meanwhile (a cancellation or a purge aborts the upload from outside: a stop, not a
-    failure).
-    """
-
-    def __init__(self, records: DownloadRecords, claim: Claimed) -> None:
-        self._records = records
-        self._claim = claim
-        self._started = time.monotonic()
-        self._last = self._started
-
-    def part_done(self, parts: int, size: int) -> None:
-        now = time.monotonic()
-        if now - self._last < PROGRESS_EVERY_SECONDS:
-            return
-        self._last = now
-        progress = Progress(
-            bytes_received=size,
-            parts_uploaded=parts,
-            mib_per_second=round(size / 1048576 / max(now - self._started, 1e-6), 1),
-            at=utc_now(),
-        )
-        try:
-            held = self._records.report_progress(self._claim, progress)
-        except RecordStoreError as error:
-            # Progress is for show: a DynamoDB hiccup must not stop a long download.
-            logger.warning("download progress not recorded", extra=error.log_fields())
-            return
-        if held is None:
-            return
-        if held.record.status in ENDED:
-            logger.info(
-                "download stopped: the request ended meanwhile", extra={"status": held.record.status.value}
-            )
-            raise ended_error(held.record.status)
-        raise DownloadInProgressError("another invocation took this download over")
-
-    def stopped(self) -> ServiceError | None:
-        try:
-            record = self._records.get(self._claim.record.request_id)
-        except ServiceError:
-            # Not known (the store failed, or no time is left to ask it): a failure, as the transfer saw it.
-            return None
-        return ended_error(record.status) if record is not None and record.status in ENDED else None
-
-
-def ended_error(status: DownloadStatus) -> ServiceError:
-    """The error for a download asked of a request that ended (cancelled, revoked, expired)."""
-    if status is DownloadStatus.EXPIRED:
-        return RequestExpiredError(EXPIRED_MESSAGE)
-    if status is DownloadStatus.REVOKED:
-        return RequestCancelledError(
-            "the user's data was removed (the user disconnected the app, or was erased), this request's too"
-        )
-    return RequestCancelledError("this request was cancelled")
