@@ -4,6 +4,7 @@ claim, and its progress reporter, with in-memory collaborators: ownership, claim
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -391,10 +392,9 @@ def test_a_download_tiktoks_quota_defers_after_its_claim_is_retried_later_withou
     # Given a download whose owner TikTok confirms, and whose archive request the quota then refuses
     world.tiktok.checks.then(ready())
 
-    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
-        raise TikTokBudgetExhaustedError("no call left", retry_after="7", redeliver_after=12)
-
-    world.transfer.during = refused
+    world.transfer.during = raising(
+        TikTokBudgetExhaustedError("no call left", retry_after="7", redeliver_after=12)
+    )
 
     # When the download runs; Then the caller is told to come back (503, Retry-After)
     with pytest.raises(TikTokBudgetExhaustedError) as deferred:
@@ -639,6 +639,15 @@ def test_a_grant_job_whose_refresh_tiktok_refuses_fails_its_queued_record(world:
     assert world.events.detail_types == ["Download Failed"]
 
 
+def raising(error: ServiceError) -> Callable[[DownloadRequest, PartListener | None], None]:
+    """A transfer's ``during`` that fails with ``error`` before any byte."""
+
+    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
+        raise error
+
+    return refused
+
+
 def refused_download() -> TikTokApiError:
     """TikTok's download answer for a request that is not downloadable with this token (the emulator's)."""
     return TikTokApiError(
@@ -688,10 +697,7 @@ def test_a_grant_job_whose_download_tiktok_refuses_ends_as_its_status_says(
     # user's …) and whose status then says why — permanent: the message is acknowledged
     world.given_requested(status=DownloadStatus.QUEUED)
 
-    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
-        raise refused_download()
-
-    world.transfer.during = refused
+    world.transfer.during = raising(refused_download())
     world.tiktok.checks.then(answer)
 
     # When the worker runs the job
@@ -711,10 +717,7 @@ def test_a_refused_grant_download_whose_status_check_the_quota_defers_comes_back
     # Given a grant job whose download TikTok refuses, and the explanation deferred by the quota
     world.given_requested(status=DownloadStatus.QUEUED)
 
-    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
-        raise refused_download()
-
-    world.transfer.during = refused
+    world.transfer.during = raising(refused_download())
     world.tiktok.checks.then(budget_exhausted(Endpoint.CHECK, 4.0))
 
     # When the worker runs the job
@@ -734,10 +737,7 @@ def test_a_refused_grant_download_whose_status_says_pending_comes_back_without_a
     # Given a grant job whose download TikTok refuses because it is (again) preparing the archive
     world.given_requested(status=DownloadStatus.QUEUED)
 
-    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
-        raise refused_download()
-
-    world.transfer.during = refused
+    world.transfer.during = raising(refused_download())
     world.tiktok.checks.then(RequestStatus(REQUEST_ID, "pending"))
 
     with pytest.raises(ServiceError) as raised:
@@ -755,11 +755,7 @@ def test_a_grant_job_whose_download_tiktok_refuses_otherwise_asks_no_status(worl
     scope = TikTokApiError(
         "scope_not_authorized", "TikTok refused: scope", log_id="2026", upstream_status=401
     )
-
-    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
-        raise scope
-
-    world.transfer.during = refused
+    world.transfer.during = raising(scope)
 
     with pytest.raises(TikTokApiError) as raised:
         world.job(DownloadJob(REQUEST_ID, from_grant=True))
@@ -838,10 +834,9 @@ def test_a_grant_job_whose_refreshed_token_tiktok_refuses_too_fails_once(world: 
     world.given_requested(status=DownloadStatus.QUEUED)
     world.tiktok.refreshes.then(refreshed())
 
-    def refused(request: DownloadRequest, on_part: PartListener | None) -> None:
-        raise TikTokApiError("access_token_invalid", "revoked", log_id="L2", upstream_status=401)
-
-    world.transfer.during = refused
+    world.transfer.during = raising(
+        TikTokApiError("access_token_invalid", "revoked", log_id="L2", upstream_status=401)
+    )
 
     # When the worker runs its job
     with pytest.raises(TikTokApiError):
@@ -914,13 +909,13 @@ def test_a_slow_refresh_does_not_move_the_transfers_deadline(world: World) -> No
     assert given.remaining() == pytest.approx(40 - 16)
 
 
-def test_a_slow_owner_check_does_not_move_the_transfers_deadline(world: World) -> None:
+def test_a_slow_owner_check_does_not_move_the_transfers_deadline(world: World, token: str) -> None:
     # Given a backend's own queue message (its token in clear: TikTok confirms the owner first), the
     # owner check taking 8 s of an invocation's 40
     world.tiktok.checks.then(ready(), meanwhile=lambda: world.clock.advance(8))
     deadline = Deadline.after(40)
 
-    world.queued_downloads.run(DownloadJob(REQUEST_ID, access_token="act.backend"), deadline)
+    world.queued_downloads.run(DownloadJob(REQUEST_ID, access_token=token), deadline)
 
     (given,) = world.transfer.deadlines
     assert given is deadline

@@ -262,8 +262,9 @@ class ClaimedDownload:
 
     def _finish_failed(self, claim: Claimed, error: ServiceError) -> None:
         try:
-            if isinstance(error, RequestExpiredError | RequestCancelledError):
-                ended = self._records.end(claim.record.request_id, _ENDED_BY[type(error)])
+            end = _ENDED_BY.get(type(error))
+            if end is not None:
+                ended = self._records.end(claim.record.request_id, end)
                 if not isinstance(ended, Unchanged):
                     self._events.publish(ended)
                     self.release(ended)

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from tiktok_archive.adapters.grant_items import Exchanged
 from tiktok_archive.adapters.grants import Grants, request_grant_id, user_grant_id
-from tiktok_archive.logic.token_refresh import STORE_ATTEMPTS
+from tiktok_archive.logic.token_refresh import stored
 from tiktok_archive.logic.tokens import TokenService, handed_access_token
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import (
@@ -187,18 +187,17 @@ class TokenHandover:
         the same token handed over again is answered ``token_refresh_in_progress``; afterwards TikTok
         refuses it (``reauthorization_required``).
         """
-        for attempt in range(1, STORE_ATTEMPTS + 1):
-            try:
-                self._grants.remember_handed(digest, grant_id, caller)
-                return
-            except ServiceError as error:
-                if attempt == STORE_ATTEMPTS or not deadline.take_attempt():
-                    logger.warning(
-                        "handed-over token not remembered; its exchange mark lapses by itself",
-                        extra=error.log_fields(),
-                    )
-                    return
-                logger.warning("handed-over token not remembered; trying again", extra=error.log_fields())
+        try:
+            stored(
+                lambda: self._grants.remember_handed(digest, grant_id, caller),
+                deadline,
+                "handed-over token not remembered; trying again",
+            )
+        except ServiceError as error:
+            logger.warning(
+                "handed-over token not remembered; its exchange mark lapses by itself",
+                extra=error.log_fields(),
+            )
 
     def _keep_fresh(
         self, caller: str, handed: HandedTokens, fresh: TokenGrant, deadline: Deadline

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -51,6 +52,26 @@ WAIT_FOR_OTHER_REFRESH_SECONDS = 6.0
 # A refresh whose lease lapsed unfinished may still store its tokens while its invocation lives: at most
 # Lambda's 15 minutes (and a minute's margin) after it began.
 ABANDONED_FOR = timedelta(minutes=16)
+
+T = TypeVar("T")
+
+
+def stored(write: Callable[[], T], deadline: Deadline, retrying: str) -> T:
+    """``write()``, tried up to :data:`STORE_ATTEMPTS` times (the tries after the first: the unit's attempts).
+
+    Each failure but the last is logged as ``retrying``.
+
+    Raises:
+        ServiceError: the last try's failure (the caller says what was lost).
+    """
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            return write()
+        except ServiceError as error:
+            if attempt == STORE_ATTEMPTS or not deadline.take_attempt():
+                raise
+            logger.warning(retrying, extra=error.log_fields())
+    raise AssertionError("unreachable")
 
 
 def existing_grant(grants: Grants, grant_id: str) -> Grant:
@@ -160,20 +181,19 @@ class TokenRefresh:
         )
 
     def _store_rotated(self, grant: Grant, owner: str, fresh: TokenGrant, deadline: Deadline) -> str | None:
-        for attempt in range(1, STORE_ATTEMPTS + 1):
-            try:
-                return self._grants.store_refreshed(grant, owner, self._seals.seal(grant.grant_id, fresh))
-            except ServiceError as error:
-                if attempt == STORE_ATTEMPTS or not deadline.take_attempt():
-                    # TikTok rotated the refresh token and the new one could not be kept: the next
-                    # refresh will be refused and the user asked to consent again.
-                    logger.error(
-                        "rotated tokens not stored: the user's refresh token is lost",
-                        extra=error.log_fields(),
-                    )
-                    raise
-                logger.warning("rotated tokens not stored; trying again", extra=error.log_fields())
-        raise AssertionError("unreachable")
+        try:
+            return stored(
+                lambda: self._grants.store_refreshed(grant, owner, self._seals.seal(grant.grant_id, fresh)),
+                deadline,
+                "rotated tokens not stored; trying again",
+            )
+        except ServiceError as error:
+            # TikTok rotated the refresh token and the new one could not be kept: the next refresh will
+            # be refused and the user asked to consent again.
+            logger.error(
+                "rotated tokens not stored: the user's refresh token is lost", extra=error.log_fields()
+            )
+            raise
 
     def exchange(self, refresh_token: str, deadline: Deadline) -> TokenGrant:
         """One refresh at TikTok; a refusal that is the app's is counted and keeps every grant.

@@ -23,7 +23,7 @@ from tiktok_archive.adapters.grants import Grants
 from tiktok_archive.adapters.tiktok import TikTokClient
 from tiktok_archive.adapters.token_vault import TokenVault
 from tiktok_archive.logic.grant_vault import GrantVault
-from tiktok_archive.logic.token_refresh import STORE_ATTEMPTS, TokenRefresh, existing_grant
+from tiktok_archive.logic.token_refresh import TokenRefresh, existing_grant, stored
 from tiktok_archive.models.clock import utc_now as _now  # tests freeze this module's clock
 from tiktok_archive.models.deadline import Deadline
 from tiktok_archive.models.errors import (
@@ -77,19 +77,19 @@ class TokenService:
             TokenVaultError / RecordStoreError: KMS or DynamoDB failed every time (logged as a lost
                 lineage when a refresh token was among them).
         """
-        for attempt in range(1, STORE_ATTEMPTS + 1):
-            try:
-                return self._grants.adopt(grant_id, caller, user_openid, self._seals.seal(grant_id, fresh))
-            except ServiceError as error:
-                if attempt == STORE_ATTEMPTS or not deadline.take_attempt():
-                    if fresh.refresh_token:
-                        logger.error(
-                            "handed-over tokens not stored: the user's refresh token is lost",
-                            extra=error.log_fields(),
-                        )
-                    raise
-                logger.warning("tokens not stored; trying again", extra=error.log_fields())
-        raise AssertionError("unreachable")
+        try:
+            return stored(
+                lambda: self._grants.adopt(grant_id, caller, user_openid, self._seals.seal(grant_id, fresh)),
+                deadline,
+                "tokens not stored; trying again",
+            )
+        except ServiceError as error:
+            if fresh.refresh_token:
+                logger.error(
+                    "handed-over tokens not stored: the user's refresh token is lost",
+                    extra=error.log_fields(),
+                )
+            raise
 
     def refresh_handed(self, refresh_token: str, deadline: Deadline) -> TokenGrant:
         """Exchange a refresh token a caller handed over (TikTok names its user and rotates it).

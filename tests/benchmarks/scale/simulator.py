@@ -223,25 +223,19 @@ class Run:
         self.cases = cases
         scenario = world.scenario
         journal = world.journal
-        self.lifecycle = QueueConsumer(
-            world.lifecycle_queue,
-            self.lifecycle_message,
-            batch=10,
-            concurrency=scenario.lifecycle_concurrency,
-            visibility=360,
-            deadline_seconds=50,
-            journal=journal,
-        )
-        # The template's second SQS event source of the lifecycle function: the same handler, its own
-        # MaximumConcurrency, billed as the lifecycle function.
-        self.ready = QueueConsumer(
-            world.ready_queue,
-            self.lifecycle_message,
-            batch=10,
-            concurrency=scenario.lifecycle_concurrency,
-            visibility=360,
-            deadline_seconds=50,
-            journal=journal,
+        # The lifecycle function's two SQS event sources (the lifecycle and the ready queue): the same
+        # handler, each its own MaximumConcurrency, billed as one function.
+        self.lifecycle, self.ready = (
+            QueueConsumer(
+                queue,
+                self.lifecycle_message,
+                batch=10,
+                concurrency=scenario.lifecycle_concurrency,
+                visibility=360,
+                deadline_seconds=50,
+                journal=journal,
+            )
+            for queue in (world.lifecycle_queue, world.ready_queue)
         )
         self.ready.billing = self.lifecycle.billing
         self.worker = QueueConsumer(
