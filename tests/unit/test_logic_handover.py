@@ -34,10 +34,11 @@ from tiktok_archive.models.errors import (
     OpenIdMismatchError,
     ReauthorizationRequiredError,
     RecordStoreError,
+    ServiceError,
     TokenRefreshInProgressError,
 )
 from tiktok_archive.models.portability import HandedTokens, TokenGrant
-from tiktok_archive.models.tiktok_errors import TikTokApiError
+from tiktok_archive.models.tiktok_errors import TikTokApiError, UpstreamUnavailableError
 
 CALLER = "arn:aws:sts::123456789012:assumed-role/tiktok-archive-backend"
 OTHER_CALLER = "arn:aws:sts::123456789012:assumed-role/another-backend"
@@ -223,6 +224,28 @@ def test_tiktok_refusing_the_app_keeps_nothing_and_does_not_wait(world: World) -
         world.handover.take(CALLER, HANDED, deadline())
     assert world.grants.items == {}
     assert world.clock.slept == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        UpstreamUnavailableError("TikTok did not answer in time"),
+        TikTokApiError("internal_error", "TikTok failed", log_id="20261203", upstream_status=500),
+    ],
+)
+def test_an_exchange_that_may_have_reached_tiktok_keeps_its_mark_until_it_lapses(
+    world: World, failure: ServiceError
+) -> None:
+    # Given an exchange that failed in a way that may have come after TikTok rotated the token
+    world.tiktok.refreshes.then(failure)
+
+    with pytest.raises(ServiceError):
+        world.handover.take(CALLER, HANDED, deadline())
+
+    # Then nothing is kept, but the mark stays: the same token handed over again is not sent meanwhile
+    assert world.grants.items == {}
+    assert len(world.grants.exchanging) == 1
+    assert "grants.end_exchange" not in world.journal.calls
 
 
 # -- without a refresh token ----------------------------------------------------------------------

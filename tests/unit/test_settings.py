@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tiktok_archive import runtime_adapters
 from tiktok_archive.models.check_schedule import CheckBudget
 from tiktok_archive.models.errors import ConfigurationError
 from tiktok_archive.settings import MIB, Settings
@@ -131,3 +132,23 @@ def test_explicit_values_win_over_the_memory_and_a_lone_part_size_gets_a_fitting
     assert (part_only.part_size_bytes, part_only.upload_concurrency) == (16 * MIB, 3)  # 88 MiB // 16 - 2
     concurrency_only = Settings.from_environment({**base, "UPLOAD_CONCURRENCY": "2"})
     assert (concurrency_only.part_size_bytes, concurrency_only.upload_concurrency) == (8 * MIB, 2)
+
+
+def test_the_ready_queue_is_its_own_when_configured_else_the_lifecycle_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("BUCKET_NAME", "archives")
+    monkeypatch.setenv("DOWNLOADS_TABLE_NAME", "downloads")
+    monkeypatch.setenv("LIFECYCLE_QUEUE_URL", "http://127.0.0.1:9/123456789012/lifecycle")
+    monkeypatch.delenv("READY_QUEUE_URL", raising=False)
+    runtime_adapters.reset()
+    try:
+        assert runtime_adapters.ready_queue() is runtime_adapters.lifecycle_queue()
+        monkeypatch.setenv("READY_QUEUE_URL", "http://127.0.0.1:9/123456789012/ready")
+        runtime_adapters.reset()
+        ready = runtime_adapters.ready_queue()
+        assert ready is not runtime_adapters.lifecycle_queue()
+        assert ready._queue_url.endswith("/ready")
+    finally:
+        runtime_adapters.reset()
